@@ -1,0 +1,55 @@
+//! AdminService: the security team revokes and inspects tokens.
+use super::pb::admin_service_server::AdminService;
+use super::pb::*;
+use super::{authorize, convert};
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::identity::{Role, RoleMap};
+use crate::store::TokenFilter;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+pub struct AdminApi {
+    pub broker: Arc<Broker>,
+    pub roles: Arc<RoleMap>,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    #[instrument(skip_all, fields(caller))]
+    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+        let caller = authorize(&req, &self.roles, &[Role::Admin])?;
+        tracing::Span::current().record("caller", caller.id.as_str());
+        let r = req.get_ref();
+        let target = convert::target(r.target.as_ref())?;
+        let reason = convert::required_text("reason", &r.reason, convert::MAX_REASON)?;
+        let revoked = self.broker.revoke(&caller, target, reason).await?;
+        Ok(Response::new(RevokeResponse {
+            event: Some(convert::event(&revoked.event)),
+            tokens_revoked: revoked.tokens_revoked,
+            tasks_stopped: revoked.tasks_stopped,
+        }))
+    }
+
+    async fn list_tokens(&self, req: Request<ListTokensRequest>) -> Result<Response<ListTokensResponse>, Status> {
+        authorize(&req, &self.roles, &[Role::Admin])?;
+        let r = req.get_ref();
+        let now = self.clock.now();
+        let filter = TokenFilter {
+            task: if r.task_id.is_empty() { None } else { Some(convert::task_id("task_id", &r.task_id)?) },
+            agent: if r.agent.is_empty() {
+                None
+            } else {
+                Some(convert::spiffe_id("agent", &r.agent)?.to_string())
+            },
+            active_at: r.active_only.then_some(now),
+            limit: convert::limit(r.limit)?,
+        };
+        let tokens = self.broker.list_tokens(&filter).await?;
+        Ok(Response::new(ListTokensResponse {
+            tokens: tokens.iter().map(|t| convert::token(t, now)).collect(),
+        }))
+    }
+}

@@ -1,0 +1,197 @@
+//! Proto <-> domain. Parsing happens here, at the edge: every refusal is
+//! INVALID_ARGUMENT naming the field.
+use super::pb;
+use crate::domain::{Scope, Task, TaskId, TaskState};
+use crate::error::invalid;
+use crate::identity::SpiffeId;
+use crate::revocation::{Event, Target};
+use crate::store::TokenRecord;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tonic::Status;
+
+pub const MAX_OBJECTIVE: usize = 4096;
+pub const MAX_REASON: usize = 1024;
+pub const MAX_SCOPES: usize = 64;
+pub const MAX_TASK_SECONDS: u64 = 366 * 24 * 3600;
+pub const MAX_TTL_SECONDS: u64 = 24 * 3600;
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+pub fn spiffe_id(field: &'static str, s: &str) -> Result<SpiffeId, Status> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    SpiffeId::parse(s).map_err(|e| invalid(field, e))
+}
+
+pub fn task_id(field: &'static str, s: &str) -> Result<TaskId, Status> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    s.parse().map_err(|_| invalid(field, format!("{s:?} is not a task id (a UUID)")))
+}
+
+pub fn required_text(field: &'static str, s: &str, max: usize) -> Result<String, Status> {
+    if s.trim().is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if s.len() > max {
+        return Err(invalid(field, format!("is longer than {max} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(s.to_string())
+}
+
+pub fn workflow_name(s: &str) -> Result<String, Status> {
+    let name = required_text("workflow", s, 128)?;
+    if name.chars().any(char::is_whitespace) {
+        return Err(invalid("workflow", "must not contain whitespace"));
+    }
+    Ok(name)
+}
+
+pub fn declared_scopes(scopes: &[pb::Scope]) -> Result<Vec<Scope>, Status> {
+    if scopes.is_empty() {
+        return Err(invalid("scopes", "at least one scope is required"));
+    }
+    if scopes.len() > MAX_SCOPES {
+        return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
+    }
+    scopes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Scope::declared(&s.audience, &s.resource, &s.action)
+                .map_err(|e| Status::invalid_argument(format!("scopes[{i}]: {e}")))
+        })
+        .collect()
+}
+
+pub fn requested_scope(scope: Option<&pb::Scope>) -> Result<Scope, Status> {
+    let s = scope.ok_or_else(|| invalid("scope", "is required"))?;
+    Scope::requested(&s.audience, &s.resource, &s.action).map_err(|e| invalid("scope", e))
+}
+
+pub fn seconds(field: &'static str, secs: u64, max: u64) -> Result<Duration, Status> {
+    if secs == 0 {
+        return Err(invalid(field, "must be at least 1"));
+    }
+    if secs > max {
+        return Err(invalid(field, format!("must be at most {max}")));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+pub fn limit(n: u32) -> Result<u32, Status> {
+    match n {
+        0 => Ok(DEFAULT_LIMIT),
+        n if n > MAX_LIMIT => Err(invalid("limit", format!("must be at most {MAX_LIMIT}"))),
+        n => Ok(n),
+    }
+}
+
+pub fn task_state_filter(v: i32) -> Result<Option<TaskState>, Status> {
+    match pb::TaskState::try_from(v) {
+        Ok(pb::TaskState::Unspecified) => Ok(None),
+        Ok(pb::TaskState::Active) => Ok(Some(TaskState::Active)),
+        Ok(pb::TaskState::Completed) => Ok(Some(TaskState::Completed)),
+        Ok(pb::TaskState::Expired) => Ok(Some(TaskState::Expired)),
+        Ok(pb::TaskState::Deviated) => Ok(Some(TaskState::Deviated)),
+        Ok(pb::TaskState::Revoked) => Ok(Some(TaskState::Revoked)),
+        Err(_) => Err(invalid("state", format!("{v} is not a task state"))),
+    }
+}
+
+pub fn target(t: Option<&pb::RevocationTarget>) -> Result<Target, Status> {
+    use pb::revocation_target::Target as T;
+    match t.and_then(|t| t.target.as_ref()) {
+        None => Err(invalid("target", "is required: one of token, task, agent, all")),
+        Some(T::Token(j)) => uuid::Uuid::parse_str(j)
+            .map(Target::Token)
+            .map_err(|_| invalid("target.token", format!("{j:?} is not a token id (a UUID jti)"))),
+        Some(T::Task(t)) => task_id("target.task", t).map(Target::Task),
+        Some(T::Agent(a)) => spiffe_id("target.agent", a).map(Target::Agent),
+        Some(T::All(true)) => Ok(Target::All),
+        Some(T::All(false)) => Err(invalid("target.all", "must be true to revoke everything")),
+    }
+}
+
+pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }
+}
+
+fn state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Active => pb::TaskState::Active,
+        TaskState::Completed => pb::TaskState::Completed,
+        TaskState::Expired => pb::TaskState::Expired,
+        TaskState::Deviated => pb::TaskState::Deviated,
+        TaskState::Revoked => pb::TaskState::Revoked,
+    }
+}
+
+pub fn scope(s: &Scope) -> pb::Scope {
+    pb::Scope {
+        audience: s.audience.clone(),
+        resource: s.resource.clone(),
+        action: s.action.clone(),
+    }
+}
+
+pub fn task(t: &Task) -> pb::Task {
+    pb::Task {
+        id: t.id.to_string(),
+        agent: t.agent.clone(),
+        workflow: t.workflow.clone(),
+        objective: t.objective.clone(),
+        scopes: t.scopes.iter().map(scope).collect(),
+        state: state(t.state) as i32,
+        opened_by: t.opened_by.clone(),
+        created_at: Some(timestamp(t.created_at)),
+        expires_at: Some(timestamp(t.expires_at)),
+        ended_at: t.ended_at.map(timestamp),
+        end_reason: t.end_reason.clone().unwrap_or_default(),
+        tokens_minted: t.tokens_minted,
+    }
+}
+
+pub fn token(t: &TokenRecord, now: OffsetDateTime) -> pb::TokenInfo {
+    pb::TokenInfo {
+        jti: t.jti.to_string(),
+        task_id: t.task.to_string(),
+        agent: t.agent.clone(),
+        workflow: t.workflow.clone(),
+        scope: Some(scope(&t.scope)),
+        kid: t.kid.clone(),
+        cert_thumbprint: t.cert_thumbprint.clone(),
+        issued_at: Some(timestamp(t.issued_at)),
+        expires_at: Some(timestamp(t.expires_at)),
+        revoked_at: t.revoked_at.map(timestamp),
+        active: t.revoked_at.is_none() && t.expires_at > now,
+    }
+}
+
+pub fn event(e: &Event) -> pb::RevocationEvent {
+    use pb::revocation_target::Target as T;
+    let r = &e.revocation;
+    let target = match &r.target {
+        Target::Token(j) => T::Token(j.to_string()),
+        Target::Task(t) => T::Task(t.to_string()),
+        Target::Agent(a) => T::Agent(a.to_string()),
+        Target::All => T::All(true),
+    };
+    pb::RevocationEvent {
+        sequence: e.seq,
+        target: Some(pb::RevocationTarget { target: Some(target) }),
+        reason: r.reason.clone(),
+        actor: r.actor.clone(),
+        trigger: r.trigger.as_str().to_string(),
+        at: Some(timestamp(r.at)),
+    }
+}

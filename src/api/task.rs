@@ -1,0 +1,73 @@
+//! TaskService: orchestrators open, complete and read tasks.
+use super::pb::task_service_server::TaskService;
+use super::pb::*;
+use super::{authorize, convert};
+use crate::broker::{Broker, StartTask};
+use crate::identity::{Role, RoleMap};
+use crate::store::TaskFilter;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+pub struct TaskApi {
+    pub broker: Arc<Broker>,
+    pub roles: Arc<RoleMap>,
+}
+
+const READERS: &[Role] = &[Role::Orchestrator, Role::Admin];
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    #[instrument(skip_all, fields(caller))]
+    async fn start_task(&self, req: Request<StartTaskRequest>) -> Result<Response<StartTaskResponse>, Status> {
+        let caller = authorize(&req, &self.roles, &[Role::Orchestrator])?;
+        tracing::Span::current().record("caller", caller.id.as_str());
+        let r = req.get_ref();
+        let input = StartTask {
+            agent: convert::spiffe_id("agent", &r.agent)?,
+            workflow: convert::workflow_name(&r.workflow)?,
+            objective: convert::required_text("objective", &r.objective, convert::MAX_OBJECTIVE)?,
+            scopes: convert::declared_scopes(&r.scopes)?,
+            duration: convert::seconds("duration_seconds", r.duration_seconds, convert::MAX_TASK_SECONDS)?,
+        };
+        let task = self.broker.start_task(&caller, input).await?;
+        tracing::info!(task = %task.id, agent = %task.agent, workflow = %task.workflow, "task opened");
+        Ok(Response::new(StartTaskResponse { task: Some(convert::task(&task)) }))
+    }
+
+    #[instrument(skip_all, fields(caller, task))]
+    async fn complete_task(&self, req: Request<CompleteTaskRequest>) -> Result<Response<CompleteTaskResponse>, Status> {
+        let caller = authorize(&req, &self.roles, &[Role::Orchestrator])?;
+        let id = convert::task_id("task_id", &req.get_ref().task_id)?;
+        tracing::Span::current().record("caller", caller.id.as_str()).record("task", id.to_string());
+        let (task, event) = self.broker.complete_task(&caller, id).await?;
+        tracing::info!(seq = event.seq, "task completed; its tokens are revoked");
+        Ok(Response::new(CompleteTaskResponse {
+            task: Some(convert::task(&task)),
+            revocation_sequence: event.seq,
+        }))
+    }
+
+    async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
+        authorize(&req, &self.roles, READERS)?;
+        let id = convert::task_id("task_id", &req.get_ref().task_id)?;
+        let task = self.broker.get_task(id).await?;
+        Ok(Response::new(GetTaskResponse { task: Some(convert::task(&task)) }))
+    }
+
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        authorize(&req, &self.roles, READERS)?;
+        let r = req.get_ref();
+        let filter = TaskFilter {
+            agent: if r.agent.is_empty() {
+                None
+            } else {
+                Some(convert::spiffe_id("agent", &r.agent)?.to_string())
+            },
+            state: convert::task_state_filter(r.state)?,
+            limit: convert::limit(r.limit)?,
+        };
+        let tasks = self.broker.list_tasks(&filter).await?;
+        Ok(Response::new(ListTasksResponse { tasks: tasks.iter().map(convert::task).collect() }))
+    }
+}

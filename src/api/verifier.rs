@@ -1,0 +1,100 @@
+//! VerifierService: resource servers introspect tokens, fetch keys and follow the
+//! revocation stream.
+use super::pb::verifier_service_server::VerifierService;
+use super::pb::*;
+use super::{authorize, convert};
+use crate::broker::Broker;
+use crate::identity::{Role, RoleMap};
+use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub struct VerifierApi {
+    pub broker: Arc<Broker>,
+    pub roles: Arc<RoleMap>,
+    pub shutdown: CancellationToken,
+    /// How often a watch stream re-reads the store even without a local wake-up,
+    /// so revocations committed by other replicas arrive too.
+    pub poll: Duration,
+}
+
+const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
+const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Verifier];
+const BATCH: u32 = 500;
+
+#[tonic::async_trait]
+impl VerifierService for VerifierApi {
+    async fn introspect(&self, req: Request<IntrospectRequest>) -> Result<Response<IntrospectResponse>, Status> {
+        authorize(&req, &self.roles, VERIFIERS)?;
+        let token = &req.get_ref().token;
+        if token.is_empty() {
+            return Err(crate::error::invalid("token", "is required"));
+        }
+        let Some(c) = self.broker.introspect(token).await? else {
+            return Ok(Response::new(IntrospectResponse { active: false, ..Default::default() }));
+        };
+        let claims_json = serde_json::to_string(&c).map_err(|_| Status::internal("encoding claims"))?;
+        Ok(Response::new(IntrospectResponse {
+            active: true,
+            claims_json,
+            sub: c.sub,
+            aud: c.aud,
+            scope: c.scope,
+            task_id: c.task,
+            workflow: c.wf,
+            jti: c.jti,
+            exp: c.exp,
+            iat: c.iat,
+            cnf_x5t_s256: c.cnf.x5t_s256,
+        }))
+    }
+
+    async fn get_jwks(&self, req: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+        authorize(&req, &self.roles, ANYONE)?;
+        let jwks = self.broker.jwks().await?;
+        let jwks_json = serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
+        Ok(Response::new(GetJwksResponse { jwks_json }))
+    }
+
+    type WatchRevocationsStream = Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
+
+    async fn watch_revocations(
+        &self,
+        req: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let caller = authorize(&req, &self.roles, VERIFIERS)?;
+        let mut cursor = req.get_ref().after_sequence;
+        let broker = self.broker.clone();
+        let shutdown = self.shutdown.clone();
+        let poll = self.poll;
+        // Subscribe before the first read, so nothing committed in between is missed.
+        let mut wake = broker.hub().subscribe();
+        tracing::info!(caller = %caller.id, after = cursor, "revocation watch opened");
+        let stream = async_stream::try_stream! {
+            loop {
+                // Always read from the store by cursor: a watcher that fell behind is
+                // caught up from there, never skipped.
+                loop {
+                    let batch = broker.store().revocations_after(cursor, BATCH).await.map_err(Status::from)?;
+                    let full = batch.len() as u32 == BATCH;
+                    for ev in batch {
+                        cursor = ev.seq;
+                        yield convert::event(&ev);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = wake.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

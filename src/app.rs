@@ -1,0 +1,331 @@
+//! Wiring: `build(config)` loads keys and bundles, connects the store and binds the
+//! listeners; `App::run(shutdown)` serves gRPC over mTLS and HTTP until shutdown.
+use crate::api::pb::admin_service_server::AdminServiceServer;
+use crate::api::pb::task_service_server::TaskServiceServer;
+use crate::api::pb::token_service_server::TokenServiceServer;
+use crate::api::pb::verifier_service_server::VerifierServiceServer;
+use crate::api::{AdminApi, TaskApi, TokenApi, VerifierApi, pb};
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::identity::{TlsConn, TrustBundles};
+use crate::policy::WorkflowPolicy;
+use crate::store::{PgStore, Store};
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often watch streams re-read the store without a local wake-up.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+pub struct App {
+    broker: Arc<Broker>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    bundles: TrustBundles,
+    tls: TlsAcceptor,
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+/// Installs ring as the process's rustls provider (the only one built in).
+pub fn install_crypto() {
+    // Err means a provider is already installed: ring, since it is the only one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Builds the broker from validated settings: bundles, TLS, store, key, listeners.
+pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    install_crypto();
+    let bundles = TrustBundles::load(
+        config
+            .trust_domains
+            .iter()
+            .map(|t| (t.name.as_str(), t.bundle.as_path())),
+    )?;
+    let tls = server_tls(&config, &bundles)?;
+    let url = config
+        .database
+        .url
+        .as_ref()
+        .context("database.url is not set")?;
+    let store = PgStore::connect(url.expose(), config.database.max_connections, config.database.connect_timeout)
+        .await
+        .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let policy = Arc::new(WorkflowPolicy::new(config.workflows()?));
+    let broker = Broker::new(
+        store.clone(),
+        policy,
+        clock.clone(),
+        config.server.issuer.clone(),
+        config.keys.heartbeat,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the broker: {e}"))?;
+    let grpc = TcpListener::bind(config.server.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on server.grpc_addr {}", config.server.grpc_addr))?;
+    let http = TcpListener::bind(config.server.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on server.http_addr {}", config.server.http_addr))?;
+    Ok(App {
+        broker: Arc::new(broker),
+        store,
+        clock,
+        config,
+        bundles,
+        tls,
+        grpc,
+        http,
+    })
+}
+
+/// A database URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn server_tls(config: &Config, bundles: &TrustBundles) -> anyhow::Result<TlsAcceptor> {
+    let cert_path = &config.server.cert;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("server.cert: cannot read {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("server.cert: {} is not a PEM certificate chain", cert_path.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("server.cert: {} holds no certificate", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.server.key)
+        .with_context(|| format!("server.key: cannot read a PEM private key from {}", config.server.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_client_cert_verifier(bundles.handshake_verifier())
+        .with_single_cert(chain, key)
+        .context("server.cert and server.key do not form a usable pair")?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+impl App {
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, ends watch streams
+    /// and waits (up to `server.shutdown_grace`) for in-flight calls to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let roles = Arc::new(self.config.role_map());
+        let grace = self.config.server.shutdown_grace;
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<TaskServiceServer<TaskApi>>().await;
+        health.set_serving::<TokenServiceServer<TokenApi>>().await;
+        health.set_serving::<AdminServiceServer<AdminApi>>().await;
+        health.set_serving::<VerifierServiceServer<VerifierApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+
+        let b = &self.broker;
+        let router = tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(reflection)
+            .add_service(TaskServiceServer::new(TaskApi { broker: b.clone(), roles: roles.clone() }))
+            .add_service(TokenServiceServer::new(TokenApi { broker: b.clone(), roles: roles.clone() }))
+            .add_service(AdminServiceServer::new(AdminApi {
+                broker: b.clone(),
+                roles: roles.clone(),
+                clock: self.clock.clone(),
+            }))
+            .add_service(VerifierServiceServer::new(VerifierApi {
+                broker: b.clone(),
+                roles,
+                shutdown: cancel.clone(),
+                poll: WATCH_POLL,
+            }));
+
+        let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
+        let accept = tokio::spawn(accept_loop(self.grpc, self.tls, self.bundles, conn_tx, cancel.clone()));
+        let grpc = tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+            cancel.clone().cancelled_owned(),
+        ));
+
+        let http_router = Router::new()
+            .route("/.well-known/jwks.json", get(jwks))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(HttpState { broker: b.clone(), store: self.store.clone() });
+        let http = tokio::spawn(
+            axum::serve(self.http, http_router).with_graceful_shutdown(cancel.clone().cancelled_owned()).into_future(),
+        );
+
+        let sweeper = tokio::spawn(every(self.config.tasks.sweep_interval, cancel.clone(), {
+            let b = b.clone();
+            move || {
+                let b = b.clone();
+                async move {
+                    match b.sweep_expired().await {
+                        Ok(0) => {}
+                        Ok(n) => info!(tasks = n, "expired tasks ended and their tokens revoked"),
+                        Err(error) => warn!(%error, "expiry sweep failed; will retry"),
+                    }
+                }
+            }
+        }));
+        let heartbeat = tokio::spawn(every(self.config.keys.heartbeat, cancel.clone(), {
+            let b = b.clone();
+            move || {
+                let b = b.clone();
+                async move {
+                    if let Err(error) = b.renew_key().await {
+                        warn!(%error, "could not renew the signing key registration; will retry");
+                    }
+                }
+            }
+        }));
+
+        info!(grpc = %self.config.server.grpc_addr, http = %self.config.server.http_addr, kid = b.kid(), "mayfly serving");
+        shutdown.await;
+        info!("shutting down: draining open calls and streams");
+        health.set_not_serving::<TaskServiceServer<TaskApi>>().await;
+        cancel.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            let _ = accept.await;
+            let g = grpc.await;
+            let h = http.await;
+            let _ = sweeper.await;
+            let _ = heartbeat.await;
+            (g, h)
+        })
+        .await;
+        match drained {
+            Ok((g, h)) => {
+                g.context("gRPC server task")?.context("gRPC server")?;
+                h.context("HTTP server task")?.context("HTTP server")?;
+                info!("shut down cleanly");
+            }
+            Err(_) => warn!(grace = ?grace, "open calls did not finish within the shutdown grace period"),
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` every `period` until cancelled.
+async fn every<F, Fut>(period: Duration, cancel: CancellationToken, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => f().await,
+        }
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes in their own tasks, so a
+/// slow client never holds up others. Failed handshakes never reach tonic, so
+/// they are logged here with the reason.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    bundles: TrustBundles,
+    out: tokio::sync::mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let bundles = bundles.clone();
+        let out = out.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let conn = TlsConn::new(stream, &bundles);
+                    match &conn.info().identity {
+                        Ok(c) => debug!(%peer, caller = %c.id, "mTLS connection"),
+                        Err(why) => warn!(%peer, %why, "connection without a valid X.509-SVID; its calls will be refused"),
+                    }
+                    let _ = out.send(Ok(conn)).await;
+                }
+                Ok(Err(why)) => warn!(%peer, %why, "TLS handshake failed"),
+                Err(_) => warn!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    broker: Arc<Broker>,
+    store: Arc<dyn Store>,
+}
+
+async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
+    match s.broker.jwks().await {
+        Ok(jwks) => (
+            [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+            Json(jwks),
+        )
+            .into_response(),
+        Err(error) => {
+            error!(%error, "JWKS: store unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
+    match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(error)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {error}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the store did not answer within 2s").into_response(),
+    }
+}

@@ -1,0 +1,571 @@
+//! The use cases: open, complete and read tasks; mint; revoke; introspect; sweep
+//! expired tasks. Callers arrive authenticated and role-checked; requests arrive
+//! parsed into domain types.
+use crate::audit::{Action, AuditEvent};
+use crate::clock::Clock;
+use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
+use crate::identity::{Caller, SpiffeId};
+use crate::policy::{Denied, MintInput, Policy, StartInput};
+use crate::revocation::{Event, Hub, Revocation, Target, Trigger};
+use crate::store::{EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter, TokenRecord};
+use crate::token::{Claims, Confirmation, Jwks, KeyRecord, KeySet, SigningKey, TokenError};
+use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tracing::warn;
+use uuid::Uuid;
+
+/// The actor named when the broker itself acts (the expiry sweeper).
+pub const SYSTEM_ACTOR: &str = "mayfly";
+
+/// Why a use case refused; `error.rs` turns each into a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{field}: {why}")]
+    InvalidArgument { field: &'static str, why: String },
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub struct StartTask {
+    pub agent: SpiffeId,
+    pub workflow: String,
+    pub objective: String,
+    pub scopes: Vec<Scope>,
+    pub duration: Duration,
+}
+
+pub struct MintRequest {
+    pub task: TaskId,
+    pub scope: Scope,
+    pub ttl: Duration,
+}
+
+pub struct Minted {
+    pub token: String,
+    pub jti: Uuid,
+    pub expires_at: OffsetDateTime,
+    pub ttl: Duration,
+}
+
+/// The broker's signing key and its view of every published key.
+struct Keys {
+    signing: SigningKey,
+    created_at: OffsetDateTime,
+    /// Unix seconds until which the registration of `signing` is known to last.
+    registered_until: AtomicI64,
+    published: RwLock<Arc<KeySet>>,
+}
+
+pub struct Broker {
+    store: Arc<dyn Store>,
+    policy: Arc<dyn Policy>,
+    clock: Arc<dyn Clock>,
+    hub: Hub,
+    keys: Keys,
+    issuer: String,
+    key_heartbeat: Duration,
+}
+
+impl Broker {
+    /// Generates this process's signing key and registers its public half.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        policy: Arc<dyn Policy>,
+        clock: Arc<dyn Clock>,
+        issuer: String,
+        key_heartbeat: Duration,
+    ) -> Result<Self, BrokerError> {
+        let signing = SigningKey::generate()
+            .map_err(|_| BrokerError::Internal("cannot generate a signing key".into()))?;
+        let latest = store.last_revocation_seq().await?;
+        let broker = Broker {
+            keys: Keys {
+                signing,
+                created_at: clock.now(),
+                registered_until: AtomicI64::new(i64::MIN),
+                published: RwLock::new(Arc::new(KeySet::default())),
+            },
+            store,
+            policy,
+            clock,
+            hub: Hub::new(latest),
+            issuer,
+            key_heartbeat,
+        };
+        broker.renew_key().await?;
+        broker.refresh_keys().await?;
+        Ok(broker)
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn kid(&self) -> &str {
+        self.keys.signing.kid()
+    }
+
+    /// Extends the registration of the signing key: it stays published for two
+    /// heartbeats plus the longest token TTL, so every token it signed outlives
+    /// neither the key's presence in the JWKS.
+    pub async fn renew_key(&self) -> Result<(), BrokerError> {
+        let now = self.clock.now();
+        let not_after = now + self.key_heartbeat * 2 + self.policy.longest_token_ttl();
+        self.store
+            .register_key(&KeyRecord {
+                kid: self.keys.signing.kid().to_string(),
+                public_key: self.keys.signing.public_key().to_vec(),
+                created_at: self.keys.created_at,
+                not_after,
+            })
+            .await?;
+        self.keys
+            .registered_until
+            .fetch_max(not_after.unix_timestamp(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn refresh_keys(&self) -> Result<(), BrokerError> {
+        let live = self.store.live_keys(self.clock.now()).await?;
+        let set = Arc::new(KeySet::from_records(&live));
+        *self.keys.published.write().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(())
+    }
+
+    async fn audit_denial(&self, event: AuditEvent) {
+        if let Err(error) = self.store.append_audit(&event).await {
+            warn!(%error, action = event.action.as_str(), "could not record a denial in the audit trail");
+        }
+    }
+
+    // ---- tasks -------------------------------------------------------------------
+
+    pub async fn start_task(&self, caller: &Caller, req: StartTask) -> Result<Task, BrokerError> {
+        let now = self.clock.now();
+        let decision = self.policy.decide_start(&StartInput {
+            orchestrator: &caller.id,
+            agent: &req.agent,
+            workflow: &req.workflow,
+            scopes: &req.scopes,
+            duration: req.duration,
+        });
+        if let Err(Denied { reason }) = decision {
+            self.audit_denial(
+                AuditEvent::new(now, caller.id.as_str(), Action::TaskOpenDenied)
+                    .agent(req.agent.as_str())
+                    .reason(&reason)
+                    .detail(json!({"workflow": req.workflow, "scopes": req.scopes, "objective": req.objective})),
+            )
+            .await;
+            return Err(BrokerError::PermissionDenied(reason));
+        }
+        let task = Task {
+            id: TaskId::new(),
+            agent: req.agent.to_string(),
+            workflow: req.workflow,
+            objective: req.objective,
+            scopes: req.scopes,
+            state: TaskState::Active,
+            opened_by: caller.id.to_string(),
+            created_at: now,
+            expires_at: now + req.duration,
+            ended_at: None,
+            end_reason: None,
+            tokens_minted: 0,
+        };
+        let audit = AuditEvent::new(now, caller.id.as_str(), Action::TaskOpened)
+            .task(task.id)
+            .agent(&task.agent)
+            .detail(json!({
+                "workflow": task.workflow,
+                "objective": task.objective,
+                "scopes": task.scopes,
+                "duration_seconds": req.duration.as_secs(),
+            }));
+        self.store.insert_task(&task, &audit).await?;
+        Ok(task)
+    }
+
+    pub async fn complete_task(&self, caller: &Caller, id: TaskId) -> Result<(Task, Event), BrokerError> {
+        let task = self.get_task(id).await?;
+        if task.opened_by != caller.id.as_str() {
+            return Err(BrokerError::PermissionDenied(format!(
+                "task {id} was opened by {}; only that orchestrator may complete it",
+                task.opened_by
+            )));
+        }
+        self.end_task(id, TaskState::Completed, Trigger::TaskCompleted, caller.id.as_str(), "task completed".into())
+            .await
+            .and_then(|r| match r {
+                EndOutcome::Ended { task, revoked } => Ok((task, revoked.event)),
+                EndOutcome::NotActive(state) => Err(BrokerError::FailedPrecondition(format!(
+                    "task {id} is {state}, not active"
+                ))),
+                EndOutcome::NotFound => Err(BrokerError::NotFound(format!("task {id} not found"))),
+            })
+    }
+
+    /// Ends an active task and revokes its tokens, publishing the revocation.
+    async fn end_task(
+        &self,
+        id: TaskId,
+        to: TaskState,
+        trigger: Trigger,
+        actor: &str,
+        reason: String,
+    ) -> Result<EndOutcome, BrokerError> {
+        let now = self.clock.now();
+        let action = match to {
+            TaskState::Completed => Action::TaskCompleted,
+            TaskState::Expired => Action::TaskExpired,
+            TaskState::Deviated => Action::TaskDeviated,
+            _ => Action::TaskRevoked,
+        };
+        let revocation = Revocation {
+            target: Target::Task(id),
+            reason: reason.clone(),
+            actor: actor.to_string(),
+            trigger,
+            at: now,
+        };
+        let audit = [
+            AuditEvent::new(now, actor, action).task(id).reason(&reason),
+            AuditEvent::new(now, actor, Action::Revocation)
+                .task(id)
+                .reason(&reason)
+                .detail(json!({"target": "task", "trigger": trigger.as_str()})),
+        ];
+        let outcome = self.store.end_task(id, to, &revocation, &audit).await?;
+        if let EndOutcome::Ended { revoked, .. } = &outcome {
+            self.hub.committed(revoked.event.seq);
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get_task(&self, id: TaskId) -> Result<Task, BrokerError> {
+        self.store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("task {id} not found")))
+    }
+
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, BrokerError> {
+        Ok(self.store.list_tasks(filter).await?)
+    }
+
+    /// Ends every task past its deadline; returns how many it ended.
+    pub async fn sweep_expired(&self) -> Result<usize, BrokerError> {
+        let mut ended = 0;
+        loop {
+            let overdue = self.store.overdue_tasks(self.clock.now(), 100).await?;
+            let batch = overdue.len();
+            for id in overdue {
+                let r = self
+                    .end_task(id, TaskState::Expired, Trigger::TaskExpired, SYSTEM_ACTOR, "task passed its deadline".into())
+                    .await?;
+                if matches!(r, EndOutcome::Ended { .. }) {
+                    ended += 1;
+                }
+            }
+            if batch < 100 {
+                return Ok(ended);
+            }
+        }
+    }
+
+    // ---- tokens ------------------------------------------------------------------
+
+    pub async fn mint(&self, caller: &Caller, req: MintRequest) -> Result<Minted, BrokerError> {
+        let now = self.clock.now();
+        let task = self.get_task(req.task).await?;
+        let deny = |reason: &str| {
+            AuditEvent::new(now, caller.id.as_str(), Action::MintDenied)
+                .task(task.id)
+                .agent(caller.id.as_str())
+                .reason(reason)
+                .detail(json!({"scope": req.scope, "requested_ttl_seconds": req.ttl.as_secs()}))
+        };
+        if task.agent != caller.id.as_str() {
+            let reason = format!("task {} belongs to another agent", task.id);
+            self.audit_denial(deny(&reason)).await;
+            return Err(BrokerError::PermissionDenied(reason));
+        }
+        if let Some(err) = self.not_mintable(&task, now) {
+            self.audit_denial(deny(&err.to_string())).await;
+            return Err(err);
+        }
+        if task.covering_scope(&req.scope).is_none() {
+            let reason = format!(
+                "deviation: scope {} is not covered by the scopes declared for task {}",
+                req.scope, task.id
+            );
+            return Err(self.deviate(caller, &task, reason, deny).await.into_permission_denied());
+        }
+        let limits = match self.policy.decide_mint(&MintInput {
+            agent: &caller.id,
+            task: &task,
+            scope: &req.scope,
+            requested_ttl: req.ttl,
+        }) {
+            Ok(l) => l,
+            Err(Denied { reason }) => {
+                self.audit_denial(deny(&reason)).await;
+                return Err(BrokerError::PermissionDenied(reason));
+            }
+        };
+        if task.tokens_minted >= limits.max_tokens {
+            return Err(self.over_budget(caller, &task, limits.max_tokens, deny).await);
+        }
+        let Some(ttl) = grant_ttl(req.ttl, limits.max_token_ttl, task.remaining(now)) else {
+            let reason = format!("task {} has less than a second left", task.id);
+            self.audit_denial(deny(&reason)).await;
+            return Err(BrokerError::FailedPrecondition(reason));
+        };
+        let expires_at = now + ttl;
+        if expires_at.unix_timestamp() > self.keys.registered_until.load(Ordering::SeqCst) {
+            // The key might drop out of the JWKS before the token expires: refuse.
+            return Err(StoreError::Unavailable("the signing key's registration has lapsed".into()).into());
+        }
+        let jti = Uuid::new_v4();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: caller.id.to_string(),
+            aud: req.scope.audience.clone(),
+            exp: expires_at.unix_timestamp(),
+            iat: now.unix_timestamp(),
+            nbf: now.unix_timestamp(),
+            jti: jti.to_string(),
+            scope: req.scope.claim(),
+            task: task.id.to_string(),
+            wf: task.workflow.clone(),
+            cnf: Confirmation { x5t_s256: caller.thumbprint.clone() },
+            act: None,
+            client_id: caller.id.to_string(),
+        };
+        let token = self
+            .keys
+            .signing
+            .sign(&claims)
+            .map_err(|e| BrokerError::Internal(format!("encoding claims: {e}")))?;
+        let record = TokenRecord {
+            jti,
+            task: task.id,
+            agent: caller.id.to_string(),
+            workflow: task.workflow.clone(),
+            scope: req.scope.clone(),
+            kid: self.keys.signing.kid().to_string(),
+            cert_thumbprint: caller.thumbprint.clone(),
+            issued_at: now,
+            expires_at,
+            revoked_at: None,
+        };
+        let audit = AuditEvent::new(now, caller.id.as_str(), Action::TokenMinted)
+            .task(task.id)
+            .agent(caller.id.as_str())
+            .jti(jti)
+            .detail(json!({
+                "scope": req.scope,
+                "requested_ttl_seconds": req.ttl.as_secs(),
+                "ttl_seconds": ttl.as_secs(),
+                "kid": record.kid,
+            }));
+        if !self.store.insert_token(&record, limits.max_tokens, &audit).await? {
+            // The task changed between our read and the write: find out how.
+            let task = self.get_task(req.task).await?;
+            if task.state == TaskState::Active && task.tokens_minted >= limits.max_tokens && task.expires_at > now {
+                return Err(self.over_budget(caller, &task, limits.max_tokens, deny).await);
+            }
+            let err = self
+                .not_mintable(&task, now)
+                .unwrap_or_else(|| BrokerError::FailedPrecondition(format!("task {} changed while minting; retry", task.id)));
+            self.audit_denial(deny(&err.to_string())).await;
+            return Err(err);
+        }
+        Ok(Minted { token, jti, expires_at, ttl })
+    }
+
+    fn not_mintable(&self, task: &Task, now: OffsetDateTime) -> Option<BrokerError> {
+        if task.state != TaskState::Active {
+            return Some(BrokerError::FailedPrecondition(format!(
+                "task {} is {}, not active",
+                task.id, task.state
+            )));
+        }
+        if task.expires_at <= now {
+            return Some(BrokerError::FailedPrecondition(format!(
+                "task {} passed its deadline",
+                task.id
+            )));
+        }
+        None
+    }
+
+    async fn over_budget(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        budget: u32,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> BrokerError {
+        let reason = format!(
+            "deviation: task {} exceeded its budget of {budget} tokens",
+            task.id
+        );
+        match self.deviate(caller, task, reason, deny).await {
+            Deviation::Done(reason) => BrokerError::ResourceExhausted(reason),
+            Deviation::Failed(e) => e,
+        }
+    }
+
+    /// The default response to a deviation: deny, mark the task `deviated` and
+    /// revoke all its tokens, in one transaction, with the reason.
+    async fn deviate(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        reason: String,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> Deviation {
+        let now = self.clock.now();
+        let revocation = Revocation {
+            target: Target::Task(task.id),
+            reason: reason.clone(),
+            actor: caller.id.to_string(),
+            trigger: Trigger::Deviation,
+            at: now,
+        };
+        let audit = [
+            deny(&reason),
+            AuditEvent::new(now, caller.id.as_str(), Action::TaskDeviated)
+                .task(task.id)
+                .agent(&task.agent)
+                .reason(&reason),
+            AuditEvent::new(now, caller.id.as_str(), Action::Revocation)
+                .task(task.id)
+                .reason(&reason)
+                .detail(json!({"target": "task", "trigger": Trigger::Deviation.as_str()})),
+        ];
+        match self.store.end_task(task.id, TaskState::Deviated, &revocation, &audit).await {
+            Ok(EndOutcome::Ended { revoked, .. }) => {
+                self.hub.committed(revoked.event.seq);
+                warn!(caller = %caller.id, task = %task.id, %reason, "task deviated; its tokens are revoked");
+                Deviation::Done(format!("{reason}; the task is now deviated and its tokens are revoked"))
+            }
+            Ok(EndOutcome::NotActive(state)) => Deviation::Failed(BrokerError::FailedPrecondition(format!(
+                "task {} is {state}, not active",
+                task.id
+            ))),
+            Ok(EndOutcome::NotFound) => Deviation::Failed(BrokerError::NotFound(format!("task {} not found", task.id))),
+            Err(e) => Deviation::Failed(e.into()),
+        }
+    }
+
+    pub async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, BrokerError> {
+        Ok(self.store.list_tokens(filter).await?)
+    }
+
+    // ---- revocation --------------------------------------------------------------
+
+    pub async fn revoke(&self, caller: &Caller, target: Target, reason: String) -> Result<Revoked, BrokerError> {
+        let now = self.clock.now();
+        let revocation = Revocation {
+            target: target.clone(),
+            reason: reason.clone(),
+            actor: caller.id.to_string(),
+            trigger: Trigger::Admin,
+            at: now,
+        };
+        let mut audit = AuditEvent::new(now, caller.id.as_str(), Action::Revocation)
+            .reason(&reason)
+            .detail(json!({"target": target.kind(), "value": target.value(), "trigger": "admin"}));
+        match &target {
+            Target::Task(t) => audit = audit.task(*t),
+            Target::Agent(a) => audit = audit.agent(a.as_str()),
+            Target::Token(j) => audit = audit.jti(*j),
+            Target::All => {}
+        }
+        let revoked = self
+            .store
+            .revoke(&revocation, &audit)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("{target} not found")))?;
+        self.hub.committed(revoked.event.seq);
+        warn!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "revoked");
+        Ok(revoked)
+    }
+
+    // ---- verification ------------------------------------------------------------
+
+    /// RFC 7662: `Some(claims)` when the token is active, `None` for anything else.
+    /// A store that cannot answer is an error, never "active".
+    pub async fn introspect(&self, token: &str) -> Result<Option<Claims>, BrokerError> {
+        let now = self.clock.now().unix_timestamp();
+        let claims = match self.verify_signature(token, now).await? {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::debug!(%why, "introspection: inactive token");
+                return Ok(None);
+            }
+        };
+        if claims.iss != self.issuer {
+            return Ok(None);
+        }
+        let Ok(jti) = Uuid::parse_str(&claims.jti) else {
+            return Ok(None);
+        };
+        match self.store.token_status(jti).await? {
+            Some(s) if !s.revoked && s.task_state == TaskState::Active => Ok(Some(claims)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn verify_signature(&self, token: &str, now: i64) -> Result<Result<Claims, TokenError>, BrokerError> {
+        let kid = match KeySet::kid_of(token) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        };
+        let known = self.keys.published.read().unwrap_or_else(|p| p.into_inner()).contains(&kid);
+        if !known {
+            // Another replica may have registered a key since we last looked.
+            self.refresh_keys().await?;
+        }
+        let set = Arc::clone(&self.keys.published.read().unwrap_or_else(|p| p.into_inner()));
+        Ok(set.verify(token, now, 0))
+    }
+
+    pub async fn jwks(&self) -> Result<Jwks, BrokerError> {
+        let live = self.store.live_keys(self.clock.now()).await?;
+        Ok(Jwks::from_records(&live))
+    }
+}
+
+enum Deviation {
+    Done(String),
+    Failed(BrokerError),
+}
+
+impl Deviation {
+    fn into_permission_denied(self) -> BrokerError {
+        match self {
+            Deviation::Done(reason) => BrokerError::PermissionDenied(reason),
+            Deviation::Failed(e) => e,
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Settings: a TOML file, then `MAYFLY_*` environment overrides, then `validate()`
+//! with messages that name the key and what is wrong.
+use crate::domain::Scope;
+use crate::identity::{IdPattern, Role, RoleMap};
+use crate::policy::Workflow;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A value that must never be printed (a database URL may carry a password).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {why}")]
+    Read { path: String, why: String },
+    #[error("config file {path}: {why}")]
+    Parse { path: String, why: String },
+    #[error("environment variable {var}: {why}")]
+    Env { var: &'static str, why: String },
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), why: why.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    pub trust_domains: Vec<TrustDomainConfig>,
+    pub roles: RolesConfig,
+    #[serde(default)]
+    pub tasks: TasksConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub workflows: Vec<WorkflowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC (mTLS) listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address: JWKS, health, readiness.
+    pub http_addr: SocketAddr,
+    /// The broker's own certificate chain (PEM) and private key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The `iss` claim of every token.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// How long to wait for open streams to drain on shutdown.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_issuer() -> String {
+    "mayfly".into()
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Option<Secret>,
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_ref().map(|_| "***"))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: default_pool(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_pool() -> u32 {
+    16
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainConfig {
+    pub name: String,
+    /// PEM file with the trust domain's CA certificates.
+    pub bundle: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesConfig {
+    #[serde(default)]
+    pub agent: Vec<IdPattern>,
+    #[serde(default)]
+    pub orchestrator: Vec<IdPattern>,
+    #[serde(default)]
+    pub admin: Vec<IdPattern>,
+    #[serde(default)]
+    pub verifier: Vec<IdPattern>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// How often the sweeper looks for tasks past their deadline.
+    #[serde(default = "default_sweep", with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig { sweep_interval: default_sweep() }
+    }
+}
+
+fn default_sweep() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// How often the broker renews the registration of its signing key; a key stays
+    /// published for two heartbeats plus the longest token TTL after its last renewal.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig { heartbeat: default_heartbeat() }
+    }
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    pub audience: String,
+    pub resource: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    pub name: String,
+    /// Agents that may run this workflow.
+    pub agents: Vec<IdPattern>,
+    /// The envelope: every scope a task declares must be covered by one of these.
+    pub scopes: Vec<ScopeConfig>,
+    #[serde(with = "humantime_serde")]
+    pub max_task_duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+    pub max_tokens: u32,
+}
+
+/// Environment overrides applied after the file.
+pub const ENV_DATABASE_URL: &str = "MAYFLY_DATABASE_URL";
+pub const ENV_GRPC_ADDR: &str = "MAYFLY_GRPC_ADDR";
+pub const ENV_HTTP_ADDR: &str = "MAYFLY_HTTP_ADDR";
+
+impl Config {
+    /// Reads the file, applies the environment, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        // Relative paths in the file are relative to the file.
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: source.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.server.cert);
+        fix(&mut self.server.key);
+        for td in &mut self.trust_domains {
+            fix(&mut td.bundle);
+        }
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(url) = get(ENV_DATABASE_URL) {
+            self.database.url = Some(Secret::new(url));
+        }
+        let addr = |var: &'static str, v: String| {
+            v.parse::<SocketAddr>().map_err(|e| ConfigError::Env {
+                var,
+                why: format!("{v:?} is not a socket address (host:port): {e}"),
+            })
+        };
+        if let Some(v) = get(ENV_GRPC_ADDR) {
+            self.server.grpc_addr = addr(ENV_GRPC_ADDR, v)?;
+        }
+        if let Some(v) = get(ENV_HTTP_ADDR) {
+            self.server.http_addr = addr(ENV_HTTP_ADDR, v)?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.database.url {
+            None => {
+                return Err(invalid(
+                    "database.url",
+                    format!("is not set (set it in the file or with {ENV_DATABASE_URL})"),
+                ));
+            }
+            Some(u) if !u.expose().starts_with("postgres://") && !u.expose().starts_with("postgresql://") => {
+                return Err(invalid("database.url", "must be a postgres:// URL"));
+            }
+            _ => {}
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.server.grpc_addr == self.server.http_addr && self.server.grpc_addr.port() != 0 {
+            return Err(invalid("server.http_addr", "must differ from server.grpc_addr"));
+        }
+        if self.server.issuer.trim().is_empty() {
+            return Err(invalid("server.issuer", "must not be empty"));
+        }
+        if self.trust_domains.is_empty() {
+            return Err(invalid("trust_domains", "at least one trust domain is required"));
+        }
+        let mut seen = HashSet::new();
+        for (i, td) in self.trust_domains.iter().enumerate() {
+            let probe = format!("spiffe://{}/x", td.name);
+            if let Err(e) = crate::identity::SpiffeId::parse(&probe) {
+                return Err(invalid(format!("trust_domains[{i}].name"), e.to_string()));
+            }
+            if !seen.insert(td.name.as_str()) {
+                return Err(invalid(format!("trust_domains[{i}].name"), format!("{:?} is listed twice", td.name)));
+            }
+        }
+        if self.tasks.sweep_interval.is_zero() {
+            return Err(invalid("tasks.sweep_interval", "must be greater than zero"));
+        }
+        if self.keys.heartbeat.is_zero() {
+            return Err(invalid("keys.heartbeat", "must be greater than zero"));
+        }
+        self.workflows()?;
+        Ok(())
+    }
+
+    pub fn role_map(&self) -> RoleMap {
+        let r = &self.roles;
+        let mut entries = vec![];
+        for (role, list) in [
+            (Role::Agent, &r.agent),
+            (Role::Orchestrator, &r.orchestrator),
+            (Role::Admin, &r.admin),
+            (Role::Verifier, &r.verifier),
+        ] {
+            entries.extend(list.iter().cloned().map(|p| (role, p)));
+        }
+        RoleMap::new(entries)
+    }
+
+    /// The workflows as policy types; every error names its key.
+    pub fn workflows(&self) -> Result<Vec<Workflow>, ConfigError> {
+        let mut out: Vec<Workflow> = vec![];
+        for (i, w) in self.workflows.iter().enumerate() {
+            let key = |f: &str| format!("workflows[{i}].{f}");
+            if w.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if out.iter().any(|o| o.name == w.name) {
+                return Err(invalid(key("name"), format!("{:?} is defined twice", w.name)));
+            }
+            if w.agents.is_empty() {
+                return Err(invalid(key("agents"), "must list at least one SPIFFE ID pattern"));
+            }
+            if w.scopes.is_empty() {
+                return Err(invalid(key("scopes"), "must list at least one scope"));
+            }
+            let mut scopes = vec![];
+            for (j, s) in w.scopes.iter().enumerate() {
+                let scope = Scope::declared(&s.audience, &s.resource, &s.action)
+                    .map_err(|e| invalid(format!("workflows[{i}].scopes[{j}]"), e.to_string()))?;
+                scopes.push(scope);
+            }
+            if w.max_task_duration < Duration::from_secs(1) {
+                return Err(invalid(key("max_task_duration"), "must be at least 1s"));
+            }
+            if w.max_token_ttl < Duration::from_secs(1) {
+                return Err(invalid(key("max_token_ttl"), "must be at least 1s"));
+            }
+            if w.max_token_ttl > Duration::from_secs(24 * 3600) {
+                return Err(invalid(key("max_token_ttl"), "must be at most 24h"));
+            }
+            if w.max_tokens == 0 {
+                return Err(invalid(key("max_tokens"), "must be at least 1"));
+            }
+            out.push(Workflow {
+                name: w.name.clone(),
+                agents: w.agents.clone(),
+                scopes,
+                max_task_duration: w.max_task_duration,
+                max_token_ttl: w.max_token_ttl,
+                max_tokens: w.max_tokens,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+grpc_addr = "127.0.0.1:8443"
+http_addr = "127.0.0.1:8080"
+cert = "broker.crt"
+key = "broker.key"
+
+[database]
+url = "postgres://postgres@127.0.0.1/mayfly"
+
+[[trust_domains]]
+name = "example.org"
+bundle = "ca.pem"
+
+[roles]
+agent = ["spiffe://example.org/agent/*"]
+
+[[workflows]]
+name = "support"
+agents = ["spiffe://example.org/agent/*"]
+scopes = [{ audience = "crm-api", resource = "customers/eu/**", action = "read" }]
+max_task_duration = "1h"
+max_token_ttl = "5m"
+max_tokens = 10
+"#;
+
+    fn err_of(text: &str) -> String {
+        match Config::parse(text, "t.toml").and_then(|c| c.validate().map(|_| c)) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_good_file_loads() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        c.validate().unwrap();
+        let w = c.workflows().unwrap();
+        assert_eq!(w[0].max_token_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err_of(&GOOD.replace("max_tokens = 10", "max_tokens = 0"));
+        assert_eq!(e, "workflows[0].max_tokens: must be at least 1");
+        let e = err_of(&GOOD.replace("customers/eu/**", "customers//x"));
+        assert!(e.starts_with("workflows[0].scopes[0]: resource has an empty path segment"), "{e}");
+        let e = err_of(&GOOD.replace("grpc_addr = \"127.0.0.1:8443\"", "grpc_addr = \"nope\""));
+        assert!(e.contains("grpc_addr"), "{e}");
+        let e = err_of(&GOOD.replace("[database]", "[database]\nbogus = 1"));
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = err_of(&GOOD.replace("\"spiffe://example.org/agent/*\"]\n\n[[", "\"http://x\"]\n\n[["));
+        assert!(e.contains("invalid SPIFFE ID pattern"), "{e}");
+        let e = err_of(&GOOD.replace("url = \"postgres://postgres@127.0.0.1/mayfly\"", ""));
+        assert!(e.starts_with("database.url: is not set"), "{e}");
+        let e = err_of(&GOOD.replace("max_token_ttl = \"5m\"", "max_token_ttl = \"5 parsecs\""));
+        assert!(e.contains("max_token_ttl"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_bad_values_are_named() {
+        let mut c = Config::parse(GOOD, "t.toml").unwrap();
+        c.apply_env(|k| match k {
+            ENV_GRPC_ADDR => Some("0.0.0.0:9443".into()),
+            ENV_DATABASE_URL => Some("postgres://other/db".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.server.grpc_addr.port(), 9443);
+        assert_eq!(c.database.url.as_ref().unwrap().expose(), "postgres://other/db");
+        let e = c
+            .apply_env(|k| (k == ENV_HTTP_ADDR).then(|| "localhost".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("environment variable MAYFLY_HTTP_ADDR"), "{e}");
+    }
+
+    #[test]
+    fn the_database_url_is_never_printed() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert!(!format!("{c:?}").contains("postgres://"));
+    }
+}

@@ -1,0 +1,233 @@
+//! A scope is (audience, resource pattern, action); coverage decides whether a
+//! requested scope lies inside a declared one.
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest accepted audience, action and resource, in bytes.
+const MAX_AUDIENCE: usize = 128;
+const MAX_ACTION: usize = 64;
+const MAX_RESOURCE: usize = 512;
+
+/// Why a scope was refused; the message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("{field} is empty")]
+    Empty { field: &'static str },
+    #[error("{field} is longer than {max} bytes")]
+    TooLong { field: &'static str, max: usize },
+    #[error("{field} contains a character that is not allowed: {ch:?}")]
+    BadChar { field: &'static str, ch: char },
+    #[error("resource has an empty path segment: {0:?}")]
+    EmptySegment(String),
+    #[error("resource segment {0:?} mixes '*' with other characters; a wildcard is a whole segment")]
+    PartialWildcard(String),
+    #[error("resource may use '**' only as its last segment")]
+    InnerDoubleStar,
+    #[error("action must name one action, not '*'")]
+    WildcardAction,
+}
+
+/// One permission. `resource` is a `/`-separated pattern: a `*` segment matches one
+/// segment, a trailing `**` matches one or more. `action` may be `*` only in declared
+/// scopes (workflows and tasks), never in a mint request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Scope {
+    pub audience: String,
+    pub resource: String,
+    pub action: String,
+}
+
+fn check_chars(field: &'static str, s: &str, max: usize, extra: &str) -> Result<(), ScopeError> {
+    if s.is_empty() {
+        return Err(ScopeError::Empty { field });
+    }
+    if s.len() > max {
+        return Err(ScopeError::TooLong { field, max });
+    }
+    for ch in s.chars() {
+        if !(ch.is_ascii_alphanumeric() || "-_.".contains(ch) || extra.contains(ch)) {
+            return Err(ScopeError::BadChar { field, ch });
+        }
+    }
+    Ok(())
+}
+
+impl Scope {
+    /// Parses a declared scope (workflow envelope or task declaration): wildcards allowed.
+    pub fn declared(
+        audience: impl Into<String>,
+        resource: impl Into<String>,
+        action: impl Into<String>,
+    ) -> Result<Self, ScopeError> {
+        let scope = Scope {
+            audience: audience.into(),
+            resource: resource.into(),
+            action: action.into(),
+        };
+        check_chars("audience", &scope.audience, MAX_AUDIENCE, ":")?;
+        check_chars("resource", &scope.resource, MAX_RESOURCE, "/*:@+=,")?;
+        if scope.action != "*" {
+            check_chars("action", &scope.action, MAX_ACTION, "")?;
+        }
+        let segments: Vec<&str> = scope.resource.split('/').collect();
+        for (i, seg) in segments.iter().enumerate() {
+            if seg.is_empty() {
+                return Err(ScopeError::EmptySegment(scope.resource.clone()));
+            }
+            if seg.contains('*') && *seg != "*" && *seg != "**" {
+                return Err(ScopeError::PartialWildcard(seg.to_string()));
+            }
+            if *seg == "**" && i + 1 != segments.len() {
+                return Err(ScopeError::InnerDoubleStar);
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Parses the scope of a mint request: like [`Scope::declared`] but with one action.
+    pub fn requested(
+        audience: impl Into<String>,
+        resource: impl Into<String>,
+        action: impl Into<String>,
+    ) -> Result<Self, ScopeError> {
+        let scope = Self::declared(audience, resource, action)?;
+        if scope.action == "*" {
+            return Err(ScopeError::WildcardAction);
+        }
+        Ok(scope)
+    }
+
+    /// True when every (resource, action) that `other` permits is permitted by `self`.
+    pub fn covers(&self, other: &Scope) -> bool {
+        self.audience == other.audience
+            && (self.action == "*" || self.action == other.action)
+            && pattern_covers(&self.resource, &other.resource)
+    }
+
+    /// The `scope` claim of a token: `<action>:<resource>` (the audience is `aud`).
+    pub fn claim(&self) -> String {
+        format!("{}:{}", self.action, self.resource)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}#{}", self.audience, self.resource, self.action)
+    }
+}
+
+/// Segment-wise coverage of resource patterns.
+fn pattern_covers(outer: &str, inner: &str) -> bool {
+    let outer: Vec<&str> = outer.split('/').collect();
+    let inner: Vec<&str> = inner.split('/').collect();
+    for (i, o) in outer.iter().enumerate() {
+        if *o == "**" {
+            // Covers whatever remains, as long as at least one segment remains.
+            return inner.len() > i;
+        }
+        let Some(n) = inner.get(i) else {
+            return false;
+        };
+        let ok = match *o {
+            "*" => *n != "**",
+            lit => *n == lit,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    inner.len() == outer.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(r: &str) -> Scope {
+        Scope::declared("crm-api", r, "read").unwrap()
+    }
+
+    #[test]
+    fn a_literal_pattern_covers_only_itself() {
+        assert!(d("customers/eu/1").covers(&d("customers/eu/1")));
+        assert!(!d("customers/eu/1").covers(&d("customers/eu/2")));
+        assert!(!d("customers/eu").covers(&d("customers/eu/1")));
+    }
+
+    #[test]
+    fn a_star_segment_covers_exactly_one_segment() {
+        assert!(d("customers/eu/*").covers(&d("customers/eu/42")));
+        assert!(d("customers/eu/*").covers(&d("customers/eu/*")));
+        assert!(d("customers/*/42").covers(&d("customers/us/42")));
+        assert!(!d("customers/eu/*").covers(&d("customers/eu/42/orders")));
+        assert!(!d("customers/eu/*").covers(&d("customers/eu")));
+        assert!(!d("customers/eu/*").covers(&d("customers/eu/**")));
+        assert!(!d("customers/eu/*").covers(&d("customers/us/42")));
+    }
+
+    #[test]
+    fn a_trailing_double_star_covers_any_depth_below() {
+        assert!(d("customers/**").covers(&d("customers/eu/42/orders")));
+        assert!(d("customers/**").covers(&d("customers/eu")));
+        assert!(d("customers/**").covers(&d("customers/*/x")));
+        assert!(d("customers/**").covers(&d("customers/eu/**")));
+        assert!(!d("customers/**").covers(&d("customers")));
+        assert!(!d("customers/eu/**").covers(&d("customers/**")));
+        assert!(!d("customers/eu/42").covers(&d("customers/eu/**")));
+    }
+
+    #[test]
+    fn audience_and_action_must_match() {
+        let other_aud = Scope::declared("billing", "customers/eu/1", "read").unwrap();
+        assert!(!d("customers/**").covers(&other_aud));
+        let write = Scope::declared("crm-api", "customers/eu/1", "write").unwrap();
+        assert!(!d("customers/**").covers(&write));
+        let any = Scope::declared("crm-api", "customers/**", "*").unwrap();
+        assert!(any.covers(&write));
+    }
+
+    #[test]
+    fn malformed_scopes_are_refused_naming_the_field() {
+        assert_eq!(
+            Scope::declared("", "a", "read").unwrap_err().to_string(),
+            "audience is empty"
+        );
+        assert!(matches!(
+            Scope::declared("crm", "a//b", "read"),
+            Err(ScopeError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            Scope::declared("crm", "/a", "read"),
+            Err(ScopeError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            Scope::declared("crm", "cust*/1", "read"),
+            Err(ScopeError::PartialWildcard(_))
+        ));
+        assert_eq!(
+            Scope::declared("crm", "**/x", "read"),
+            Err(ScopeError::InnerDoubleStar)
+        );
+        assert_eq!(
+            Scope::requested("crm", "a", "*"),
+            Err(ScopeError::WildcardAction)
+        );
+        assert!(matches!(
+            Scope::declared("crm", "a b", "read"),
+            Err(ScopeError::BadChar { field: "resource", ch: ' ' })
+        ));
+        assert!(matches!(
+            Scope::declared("crm", "a", "re ad"),
+            Err(ScopeError::BadChar { field: "action", .. })
+        ));
+        assert!(matches!(
+            Scope::declared("crm", "a".repeat(600), "read"),
+            Err(ScopeError::TooLong { field: "resource", .. })
+        ));
+    }
+
+    #[test]
+    fn the_scope_claim_is_action_then_resource() {
+        assert_eq!(d("customers/eu/*").claim(), "read:customers/eu/*");
+    }
+}

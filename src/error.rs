@@ -1,0 +1,53 @@
+//! The one place where errors become gRPC statuses. The client gets the reason,
+//! never internals; the cause is logged once, here.
+use crate::broker::BrokerError;
+use crate::identity::{Role, VerifyError};
+use crate::store::StoreError;
+use tonic::Status;
+use tracing::error;
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Status {
+        match e {
+            BrokerError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            BrokerError::PermissionDenied(m) => Status::permission_denied(m),
+            BrokerError::NotFound(m) => Status::not_found(m),
+            BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
+            BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            BrokerError::Store(StoreError::Unavailable(cause)) => {
+                error!(error = %cause, "store unavailable");
+                Status::unavailable("the broker's store is unavailable; nothing was issued or changed")
+            }
+            BrokerError::Store(cause) => {
+                error!(error = %cause, "store failure");
+                Status::internal("internal store error")
+            }
+            BrokerError::Internal(cause) => {
+                error!(error = %cause, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        BrokerError::Store(e).into()
+    }
+}
+
+pub fn unauthenticated(e: &VerifyError) -> Status {
+    Status::unauthenticated(format!("invalid X.509-SVID: {e}"))
+}
+
+pub fn wrong_role(caller: &str, roles: &[Role]) -> Status {
+    let names: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    Status::permission_denied(format!(
+        "{caller} does not hold the {} role this call requires",
+        names.join(" or ")
+    ))
+}
+
+pub fn invalid(field: &'static str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}

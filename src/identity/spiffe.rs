@@ -1,0 +1,259 @@
+//! SPIFFE IDs (`spiffe://<trust-domain>/<path>`) parsed as the SPIFFE ID spec says,
+//! and the ID patterns that assign roles.
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+const SCHEME: &str = "spiffe://";
+const MAX_LEN: usize = 2048;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SpiffeIdError {
+    #[error("SPIFFE ID must start with \"spiffe://\"")]
+    Scheme,
+    #[error("SPIFFE ID is longer than {MAX_LEN} bytes")]
+    TooLong,
+    #[error("SPIFFE ID has an empty trust domain")]
+    EmptyTrustDomain,
+    #[error("trust domain contains {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed")]
+    TrustDomainChar(char),
+    #[error("a workload SPIFFE ID needs a path after the trust domain")]
+    NoPath,
+    #[error("SPIFFE ID path has an empty segment or a trailing '/'")]
+    EmptySegment,
+    #[error("SPIFFE ID path may not contain '.' or '..' segments")]
+    DotSegment,
+    #[error("SPIFFE ID path contains {0:?}; only letters, digits, '.', '-' and '_' are allowed")]
+    PathChar(char),
+}
+
+/// A workload SPIFFE ID: a trust domain and a non-empty path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
+pub struct SpiffeId {
+    id: String,
+    td_end: usize,
+}
+
+impl SpiffeId {
+    pub fn parse(s: &str) -> Result<Self, SpiffeIdError> {
+        if s.len() > MAX_LEN {
+            return Err(SpiffeIdError::TooLong);
+        }
+        let rest = s.strip_prefix(SCHEME).ok_or(SpiffeIdError::Scheme)?;
+        let (td, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if td.is_empty() {
+            return Err(SpiffeIdError::EmptyTrustDomain);
+        }
+        if let Some(ch) = td
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(*c)))
+        {
+            return Err(SpiffeIdError::TrustDomainChar(ch));
+        }
+        if path.is_empty() {
+            return Err(SpiffeIdError::NoPath);
+        }
+        for seg in path[1..].split('/') {
+            if seg.is_empty() {
+                return Err(SpiffeIdError::EmptySegment);
+            }
+            if seg == "." || seg == ".." {
+                return Err(SpiffeIdError::DotSegment);
+            }
+            if let Some(ch) = seg
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || ".-_".contains(*c)))
+            {
+                return Err(SpiffeIdError::PathChar(ch));
+            }
+        }
+        Ok(SpiffeId {
+            id: s.to_string(),
+            td_end: SCHEME.len() + td.len(),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.id[SCHEME.len()..self.td_end]
+    }
+
+    /// The path, starting with '/'.
+    pub fn path(&self) -> &str {
+        &self.id[self.td_end..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+}
+
+impl From<SpiffeId> for String {
+    fn from(id: SpiffeId) -> String {
+        id.id
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpiffeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SpiffeId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A pattern over SPIFFE IDs: `spiffe://<td>/<path pattern>` where a `*` segment
+/// matches one path segment and a trailing `**` matches one or more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPattern {
+    trust_domain: String,
+    segments: Vec<String>,
+    raw: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid SPIFFE ID pattern {pattern:?}: {why}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub why: String,
+}
+
+impl IdPattern {
+    pub fn parse(s: &str) -> Result<Self, PatternError> {
+        let err = |why: &str| PatternError {
+            pattern: s.to_string(),
+            why: why.to_string(),
+        };
+        // Validate by substituting a literal for each wildcard segment.
+        let probe: String = s
+            .split('/')
+            .map(|seg| if seg == "*" || seg == "**" { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let id = SpiffeId::parse(&probe).map_err(|e| err(&e.to_string()))?;
+        let segments: Vec<String> = s[SCHEME.len() + id.trust_domain().len() + 1..]
+            .split('/')
+            .map(str::to_string)
+            .collect();
+        if let Some(i) = segments.iter().position(|seg| seg == "**")
+            && i + 1 != segments.len()
+        {
+            return Err(err("'**' may only be the last segment"));
+        }
+        Ok(IdPattern {
+            trust_domain: id.trust_domain().to_string(),
+            segments,
+            raw: s.to_string(),
+        })
+    }
+
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        if id.trust_domain() != self.trust_domain {
+            return false;
+        }
+        let path: Vec<&str> = id.path()[1..].split('/').collect();
+        for (i, p) in self.segments.iter().enumerate() {
+            if p == "**" {
+                return path.len() > i;
+            }
+            match path.get(i) {
+                Some(seg) if p == "*" || p == seg => {}
+                _ => return false,
+            }
+        }
+        path.len() == self.segments.len()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl<'de> Deserialize<'de> for IdPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IdPattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_id_splits_into_trust_domain_and_path() {
+        let id = SpiffeId::parse("spiffe://example.org/agent/support-1").unwrap();
+        assert_eq!(id.trust_domain(), "example.org");
+        assert_eq!(id.path(), "/agent/support-1");
+        assert_eq!(id.to_string(), "spiffe://example.org/agent/support-1");
+    }
+
+    #[test]
+    fn malformed_ids_are_refused_with_the_reason() {
+        use SpiffeIdError::*;
+        let cases = [
+            ("https://example.org/a", Scheme),
+            ("SPIFFE://example.org/a", Scheme),
+            ("spiffe:///a", EmptyTrustDomain),
+            ("spiffe://Example.org/a", TrustDomainChar('E')),
+            ("spiffe://example.org:443/a", TrustDomainChar(':')),
+            ("spiffe://user@example.org/a", TrustDomainChar('@')),
+            ("spiffe://example.org", NoPath),
+            ("spiffe://example.org/", EmptySegment),
+            ("spiffe://example.org/a//b", EmptySegment),
+            ("spiffe://example.org/a/", EmptySegment),
+            ("spiffe://example.org/a/../b", DotSegment),
+            ("spiffe://example.org/./b", DotSegment),
+            ("spiffe://example.org/a?x=1", PathChar('?')),
+            ("spiffe://example.org/a#frag", PathChar('#')),
+            ("spiffe://example.org/a%20b", PathChar('%')),
+        ];
+        for (input, want) in cases {
+            assert_eq!(SpiffeId::parse(input), Err(want), "{input}");
+        }
+        assert_eq!(
+            SpiffeId::parse(&format!("spiffe://example.org/{}", "a".repeat(2100))),
+            Err(TooLong)
+        );
+    }
+
+    #[test]
+    fn patterns_match_by_trust_domain_and_path_segments() {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let exact = IdPattern::parse("spiffe://example.org/orch").unwrap();
+        assert!(exact.matches(&id("spiffe://example.org/orch")));
+        assert!(!exact.matches(&id("spiffe://example.org/orch/x")));
+        assert!(!exact.matches(&id("spiffe://other.org/orch")));
+
+        let one = IdPattern::parse("spiffe://example.org/agent/*").unwrap();
+        assert!(one.matches(&id("spiffe://example.org/agent/a1")));
+        assert!(!one.matches(&id("spiffe://example.org/agent/a1/b")));
+        assert!(!one.matches(&id("spiffe://example.org/agentx/a1")));
+
+        let deep = IdPattern::parse("spiffe://example.org/agent/**").unwrap();
+        assert!(deep.matches(&id("spiffe://example.org/agent/a1/b")));
+        assert!(!deep.matches(&id("spiffe://example.org/agent")));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(IdPattern::parse("spiffe://example.org/**/x").is_err());
+        assert!(IdPattern::parse("example.org/*").is_err());
+        assert!(IdPattern::parse("spiffe://example.org/a*").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! The `mayfly` binary: parse the command line, set up logging, call the library.
+#![forbid(unsafe_code)]
+use anyhow::Context;
+use clap::Parser;
+use mayfly::cli::{Cli, Command, LogFormat};
+use mayfly::clock::SystemClock;
+use mayfly::config::Config;
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
+            app.run(shutdown_signal()).await
+        }
+        Command::DevCerts { dir, trust_domain } => {
+            mayfly::identity::SpiffeId::parse(&format!("spiffe://{trust_domain}/x"))
+                .with_context(|| format!("--trust-domain {trust_domain:?}"))?;
+            for path in mayfly::identity::devcerts::write_dev_certs(&dir, &trust_domain)? {
+                println!("wrote {path}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

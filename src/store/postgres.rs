@@ -1,0 +1,563 @@
+//! The PostgreSQL store. Every state change and its audit event commit together;
+//! anything that takes the revocation counter takes it first, so transactions
+//! always lock in the same order (counter, then tasks, then tokens).
+use super::*;
+use crate::audit::Action;
+use crate::revocation::{Target, Trigger};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        E::Database(db) => match db.code().as_deref() {
+            // Connection exceptions, admin shutdown, cannot connect now.
+            Some(c) if c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03" => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Other(e.to_string()),
+        },
+        E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) | E::TypeNotFound { .. } => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl PgStore {
+    /// Connects (failing after `timeout` when the database is unreachable) and
+    /// applies the migrations.
+    pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn task_from_row(r: &PgRow) -> Result<Task, StoreError> {
+    let state: String = r.try_get("state").map_err(map_err)?;
+    let Json(scopes): Json<Vec<Scope>> = r.try_get("scopes").map_err(map_err)?;
+    let minted: i32 = r.try_get("tokens_minted").map_err(map_err)?;
+    Ok(Task {
+        id: TaskId(r.try_get("id").map_err(map_err)?),
+        agent: r.try_get("agent").map_err(map_err)?,
+        workflow: r.try_get("workflow").map_err(map_err)?,
+        objective: r.try_get("objective").map_err(map_err)?,
+        scopes,
+        state: TaskState::parse(&state).ok_or_else(|| corrupt(format!("task state {state:?}")))?,
+        opened_by: r.try_get("opened_by").map_err(map_err)?,
+        created_at: r.try_get("created_at").map_err(map_err)?,
+        expires_at: r.try_get("expires_at").map_err(map_err)?,
+        ended_at: r.try_get("ended_at").map_err(map_err)?,
+        end_reason: r.try_get("end_reason").map_err(map_err)?,
+        tokens_minted: u32::try_from(minted).map_err(corrupt)?,
+    })
+}
+
+fn token_from_row(r: &PgRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        jti: r.try_get("jti").map_err(map_err)?,
+        task: TaskId(r.try_get("task_id").map_err(map_err)?),
+        agent: r.try_get("agent").map_err(map_err)?,
+        workflow: r.try_get("workflow").map_err(map_err)?,
+        scope: Scope {
+            audience: r.try_get("audience").map_err(map_err)?,
+            resource: r.try_get("resource").map_err(map_err)?,
+            action: r.try_get("action").map_err(map_err)?,
+        },
+        kid: r.try_get("kid").map_err(map_err)?,
+        cert_thumbprint: r.try_get("cert_thumbprint").map_err(map_err)?,
+        issued_at: r.try_get("issued_at").map_err(map_err)?,
+        expires_at: r.try_get("expires_at").map_err(map_err)?,
+        revoked_at: r.try_get("revoked_at").map_err(map_err)?,
+    })
+}
+
+fn event_from_row(r: &PgRow) -> Result<Event, StoreError> {
+    let seq: i64 = r.try_get("seq").map_err(map_err)?;
+    let kind: String = r.try_get("target_kind").map_err(map_err)?;
+    let value: String = r.try_get("target").map_err(map_err)?;
+    let trigger: String = r.try_get("trigger").map_err(map_err)?;
+    Ok(Event {
+        seq: u64::try_from(seq).map_err(corrupt)?,
+        revocation: Revocation {
+            target: Target::from_parts(&kind, &value)
+                .ok_or_else(|| corrupt(format!("revocation {seq} target {kind}:{value:?}")))?,
+            reason: r.try_get("reason").map_err(map_err)?,
+            actor: r.try_get("actor").map_err(map_err)?,
+            trigger: Trigger::parse(&trigger)
+                .ok_or_else(|| corrupt(format!("revocation {seq} trigger {trigger:?}")))?,
+            at: r.try_get("at").map_err(map_err)?,
+        },
+    })
+}
+
+fn audit_from_row(r: &PgRow) -> Result<AuditEvent, StoreError> {
+    let action: String = r.try_get("action").map_err(map_err)?;
+    let action = [
+        Action::TaskOpened,
+        Action::TaskOpenDenied,
+        Action::TaskCompleted,
+        Action::TaskExpired,
+        Action::TaskDeviated,
+        Action::TaskRevoked,
+        Action::TokenMinted,
+        Action::MintDenied,
+        Action::Revocation,
+    ]
+    .into_iter()
+    .find(|a| a.as_str() == action)
+    .ok_or_else(|| corrupt(format!("audit action {action:?}")))?;
+    let task: Option<uuid::Uuid> = r.try_get("task_id").map_err(map_err)?;
+    let Json(detail): Json<serde_json::Value> = r.try_get("detail").map_err(map_err)?;
+    Ok(AuditEvent {
+        at: r.try_get("at").map_err(map_err)?,
+        actor: r.try_get("actor").map_err(map_err)?,
+        action,
+        task: task.map(TaskId),
+        agent: r.try_get("agent").map_err(map_err)?,
+        jti: r.try_get("jti").map_err(map_err)?,
+        reason: r.try_get("reason").map_err(map_err)?,
+        detail,
+    })
+}
+
+async fn insert_audit(conn: &mut PgConnection, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(e.action.as_str())
+        .bind(e.action.outcome())
+        .bind(e.task.map(|t| t.0))
+        .bind(&e.agent)
+        .bind(e.jti)
+        .bind(&e.reason)
+        .bind(Json(&e.detail))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Takes the next sequence number (and with it the counter's row lock).
+async fn next_seq(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("UPDATE revocation_counter SET last_seq = last_seq + 1 RETURNING last_seq")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+async fn insert_revocation(conn: &mut PgConnection, seq: i64, r: &Revocation) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO revocations (seq, target_kind, target, reason, actor, trigger, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(seq)
+    .bind(r.target.kind())
+    .bind(r.target.value())
+    .bind(&r.reason)
+    .bind(&r.actor)
+    .bind(r.trigger.as_str())
+    .bind(r.at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks every unrevoked token the target covers as revoked by `seq`.
+async fn revoke_tokens(
+    conn: &mut PgConnection,
+    target: &Target,
+    seq: i64,
+    at: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    const SET: &str = "UPDATE tokens SET revoked_at = $1, revocation_seq = $2 WHERE revoked_at IS NULL";
+    let q = match target {
+        Target::Token(j) => sqlx::query(AssertSqlSafe(format!("{SET} AND jti = $3"))).bind(at).bind(seq).bind(*j),
+        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND task_id = $3"))).bind(at).bind(seq).bind(t.0),
+        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3"))).bind(at).bind(seq).bind(a.as_str()),
+        Target::All => sqlx::query(SET).bind(at).bind(seq),
+    };
+    Ok(q.execute(&mut *conn).await?.rows_affected())
+}
+
+/// Moves the active tasks a target covers to `revoked`.
+async fn stop_tasks(
+    conn: &mut PgConnection,
+    target: &Target,
+    reason: &str,
+    at: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    const SET: &str = "UPDATE tasks SET state = 'revoked', ended_at = $1, end_reason = $2 WHERE state = 'active'";
+    let q = match target {
+        Target::Token(_) => return Ok(0),
+        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND id = $3"))).bind(at).bind(reason).bind(t.0),
+        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3"))).bind(at).bind(reason).bind(a.as_str()),
+        Target::All => sqlx::query(SET).bind(at).bind(reason),
+    };
+    Ok(q.execute(&mut *conn).await?.rows_affected())
+}
+
+const TASK_COLUMNS: &str = "id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, ended_at, end_reason, tokens_minted";
+const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at";
+
+fn limit(n: u32) -> i64 {
+    i64::from(n.clamp(1, 1000))
+}
+
+#[async_trait]
+impl TaskStore for PgStore {
+    async fn insert_task(&self, task: &Task, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO tasks (id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, tokens_minted)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
+        )
+        .bind(task.id.0)
+        .bind(&task.agent)
+        .bind(&task.workflow)
+        .bind(&task.objective)
+        .bind(Json(&task.scopes))
+        .bind(task.state.as_str())
+        .bind(&task.opened_by)
+        .bind(task.created_at)
+        .bind(task.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_audit(&mut tx, &[audit]).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE ($1::text IS NULL OR agent = $1) AND ($2::text IS NULL OR state = $2)
+             ORDER BY created_at DESC, id LIMIT $3"
+        )))
+        .bind(&f.agent)
+        .bind(f.state.map(TaskState::as_str))
+        .bind(limit(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn end_task(
+        &self,
+        id: TaskId,
+        to: TaskState,
+        revocation: &Revocation,
+        audit: &[AuditEvent],
+    ) -> Result<EndOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let seq = next_seq(&mut tx).await.map_err(map_err)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE tasks SET state = $2, ended_at = $3, end_reason = $4
+             WHERE id = $1 AND state = 'active' RETURNING {TASK_COLUMNS}"
+        )))
+        .bind(id.0)
+        .bind(to.as_str())
+        .bind(revocation.at)
+        .bind(&revocation.reason)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            // Nothing changes; rolling back returns the sequence number.
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(match self.get_task(id).await? {
+                Some(t) => EndOutcome::NotActive(t.state),
+                None => EndOutcome::NotFound,
+            });
+        };
+        let task = task_from_row(&row)?;
+        insert_revocation(&mut tx, seq, revocation).await.map_err(map_err)?;
+        let tokens = revoke_tokens(&mut tx, &revocation.target, seq, revocation.at)
+            .await
+            .map_err(map_err)?;
+        let events: Vec<&AuditEvent> = audit.iter().collect();
+        insert_audit(&mut tx, &events).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(EndOutcome::Ended {
+            task,
+            revoked: Revoked {
+                event: Event { seq: seq as u64, revocation: revocation.clone() },
+                tokens_revoked: tokens,
+                tasks_stopped: 1,
+            },
+        })
+    }
+
+    async fn overdue_tasks(&self, now: OffsetDateTime, n: u32) -> Result<Vec<TaskId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE state = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(ids.into_iter().map(TaskId).collect())
+    }
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn insert_token(
+        &self,
+        t: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        // One statement, so one round trip and one implicit transaction: the budget
+        // counter, the token row and the audit event commit together or not at all.
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH t AS (
+                UPDATE tasks SET tokens_minted = tokens_minted + 1
+                WHERE id = $1 AND state = 'active' AND agent = $2 AND tokens_minted < $3 AND expires_at > $4
+                RETURNING id
+             ), tok AS (
+                INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at)
+                SELECT $5, t.id, $2, $6, $7, $8, $9, $10, $11, $4, $12 FROM t
+                RETURNING jti
+             ), aud AS (
+                INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
+                SELECT $4, $13, $14, $15, $1, $2, tok.jti, $16, $17 FROM tok
+             )
+             SELECT count(*) FROM tok",
+        )
+        .bind(t.task.0)
+        .bind(&t.agent)
+        .bind(i32::try_from(budget).unwrap_or(i32::MAX))
+        .bind(t.issued_at)
+        .bind(t.jti)
+        .bind(&t.workflow)
+        .bind(&t.scope.audience)
+        .bind(&t.scope.resource)
+        .bind(&t.scope.action)
+        .bind(&t.kid)
+        .bind(&t.cert_thumbprint)
+        .bind(t.expires_at)
+        .bind(&audit.actor)
+        .bind(audit.action.as_str())
+        .bind(audit.action.outcome())
+        .bind(&audit.reason)
+        .bind(Json(&audit.detail))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(inserted == 1)
+    }
+
+    async fn token_status(&self, jti: uuid::Uuid) -> Result<Option<TokenStatus>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.revoked_at IS NOT NULL AS revoked, k.state
+             FROM tokens t JOIN tasks k ON k.id = t.task_id WHERE t.jti = $1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state").map_err(map_err)?;
+        Ok(Some(TokenStatus {
+            revoked: row.try_get("revoked").map_err(map_err)?,
+            task_state: TaskState::parse(&state).ok_or_else(|| corrupt(format!("task state {state:?}")))?,
+        }))
+    }
+
+    async fn list_tokens(&self, f: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens
+             WHERE ($1::uuid IS NULL OR task_id = $1) AND ($2::text IS NULL OR agent = $2)
+               AND ($3::timestamptz IS NULL OR (revoked_at IS NULL AND expires_at > $3))
+             ORDER BY issued_at DESC, jti LIMIT $4"
+        )))
+        .bind(f.task.map(|t| t.0))
+        .bind(&f.agent)
+        .bind(f.active_at)
+        .bind(limit(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl RevocationStore for PgStore {
+    async fn revoke(&self, r: &Revocation, audit: &AuditEvent) -> Result<Option<Revoked>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let seq = next_seq(&mut tx).await.map_err(map_err)?;
+        let exists = match &r.target {
+            Target::Token(j) => sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1)")
+                .bind(*j)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?,
+            Target::Task(t) => sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)")
+                .bind(t.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?,
+            Target::Agent(_) | Target::All => true,
+        };
+        if !exists {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(None);
+        }
+        let tasks = stop_tasks(&mut tx, &r.target, &r.reason, r.at).await.map_err(map_err)?;
+        insert_revocation(&mut tx, seq, r).await.map_err(map_err)?;
+        let tokens = revoke_tokens(&mut tx, &r.target, seq, r.at).await.map_err(map_err)?;
+        let mut audit = audit.clone();
+        if let serde_json::Value::Object(m) = &mut audit.detail {
+            m.insert("sequence".into(), seq.into());
+            m.insert("tokens_revoked".into(), tokens.into());
+            m.insert("tasks_stopped".into(), tasks.into());
+        }
+        insert_audit(&mut tx, &[&audit]).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(Revoked {
+            event: Event { seq: seq as u64, revocation: r.clone() },
+            tokens_revoked: tokens,
+            tasks_stopped: tasks,
+        }))
+    }
+
+    async fn revocations_after(&self, after: u64, n: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, target_kind, target, reason, actor, trigger, at FROM revocations
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
+        let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM revocation_counter")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        u64::try_from(seq).map_err(corrupt)
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgStore {
+    async fn register_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, public_key, created_at, not_after) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (kid) DO UPDATE SET not_after = GREATEST(signing_keys.not_after, EXCLUDED.not_after)
+             WHERE signing_keys.public_key = EXCLUDED.public_key",
+        )
+        .bind(&k.kid)
+        .bind(&k.public_key)
+        .bind(k.created_at)
+        .bind(k.not_after)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn live_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, public_key, created_at, not_after FROM signing_keys WHERE not_after > $1 ORDER BY created_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    kid: r.try_get("kid").map_err(map_err)?,
+                    public_key: r.try_get("public_key").map_err(map_err)?,
+                    created_at: r.try_get("created_at").map_err(map_err)?,
+                    not_after: r.try_get("not_after").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn append_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?;
+        insert_audit(&mut conn, &[e]).await.map_err(map_err)
+    }
+
+    async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
+             WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+//! Tokens: the RFC 9068 claims, Ed25519 signing with a cached key pair, JWKS, and
+//! signature verification against published keys.
+mod keys;
+mod verify;
+
+pub use keys::{Jwk, Jwks, KeyRecord, SigningKey};
+pub use verify::{KeySet, TokenError};
+
+use serde::{Deserialize, Serialize};
+
+/// RFC 8705 confirmation: the SHA-256 thumbprint of the certificate the token is
+/// bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// The claims of a Mayfly access token (RFC 9068 shape plus Mayfly's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    /// The agent's SPIFFE ID.
+    pub sub: String,
+    /// The tool the token is for.
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    /// `<action>:<resource pattern>`.
+    pub scope: String,
+    /// The task id.
+    pub task: String,
+    /// The workflow name.
+    pub wf: String,
+    pub cnf: Confirmation,
+    /// RFC 8693 delegation chain, when the token was delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
+    /// OAuth client identifier (RFC 9068 requires it): the agent's SPIFFE ID.
+    pub client_id: String,
+}
