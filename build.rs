@@ -23,10 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Messages that carry a bearer token get no derived Debug, so a token can
         // never reach a log line through `{:?}`.
-        .skip_debug([
-            "mayfly.v1.IntrospectRequest",
-            "mayfly.v1.MintTokenResponse",
-        ])
+        .skip_debug(["mayfly.v1.IntrospectRequest", "mayfly.v1.MintTokenResponse"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -65,9 +65,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         .url
         .as_ref()
         .context("database.url is not set")?;
-    let store = PgStore::connect(url.expose(), config.database.max_connections, config.database.connect_timeout)
-        .await
-        .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
+    let store = PgStore::connect(
+        url.expose(),
+        config.database.max_connections,
+        config.database.connect_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
     let store: Arc<dyn Store> = Arc::new(store);
     let policy = Arc::new(WorkflowPolicy::new(config.workflows()?));
     let broker = Broker::new(
@@ -81,10 +85,20 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     .map_err(|e| anyhow::anyhow!("starting the broker: {e}"))?;
     let grpc = TcpListener::bind(config.server.grpc_addr)
         .await
-        .with_context(|| format!("cannot listen on server.grpc_addr {}", config.server.grpc_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on server.grpc_addr {}",
+                config.server.grpc_addr
+            )
+        })?;
     let http = TcpListener::bind(config.server.http_addr)
         .await
-        .with_context(|| format!("cannot listen on server.http_addr {}", config.server.http_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on server.http_addr {}",
+                config.server.http_addr
+            )
+        })?;
     Ok(App {
         broker: Arc::new(broker),
         store,
@@ -110,12 +124,21 @@ fn server_tls(config: &Config, bundles: &TrustBundles) -> anyhow::Result<TlsAcce
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("server.cert: cannot read {}", cert_path.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("server.cert: {} is not a PEM certificate chain", cert_path.display()))?;
+        .with_context(|| {
+            format!(
+                "server.cert: {} is not a PEM certificate chain",
+                cert_path.display()
+            )
+        })?;
     if chain.is_empty() {
         anyhow::bail!("server.cert: {} holds no certificate", cert_path.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&config.server.key)
-        .with_context(|| format!("server.key: cannot read a PEM private key from {}", config.server.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&config.server.key).with_context(|| {
+        format!(
+            "server.key: cannot read a PEM private key from {}",
+            config.server.key.display()
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -142,7 +165,10 @@ impl App {
 
     /// Serves until `shutdown` resolves, then stops accepting, ends watch streams
     /// and waits (up to `server.shutdown_grace`) for in-flight calls to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let roles = Arc::new(self.config.role_map());
         let grace = self.config.server.shutdown_grace;
@@ -151,7 +177,9 @@ impl App {
         health.set_serving::<TaskServiceServer<TaskApi>>().await;
         health.set_serving::<TokenServiceServer<TokenApi>>().await;
         health.set_serving::<AdminServiceServer<AdminApi>>().await;
-        health.set_serving::<VerifierServiceServer<VerifierApi>>().await;
+        health
+            .set_serving::<VerifierServiceServer<VerifierApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -162,8 +190,14 @@ impl App {
         let router = tonic::transport::Server::builder()
             .add_service(health_svc)
             .add_service(reflection)
-            .add_service(TaskServiceServer::new(TaskApi { broker: b.clone(), roles: roles.clone() }))
-            .add_service(TokenServiceServer::new(TokenApi { broker: b.clone(), roles: roles.clone() }))
+            .add_service(TaskServiceServer::new(TaskApi {
+                broker: b.clone(),
+                roles: roles.clone(),
+            }))
+            .add_service(TokenServiceServer::new(TokenApi {
+                broker: b.clone(),
+                roles: roles.clone(),
+            }))
             .add_service(AdminServiceServer::new(AdminApi {
                 broker: b.clone(),
                 roles: roles.clone(),
@@ -177,7 +211,13 @@ impl App {
             }));
 
         let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
-        let accept = tokio::spawn(accept_loop(self.grpc, self.tls, self.bundles, conn_tx, cancel.clone()));
+        let accept = tokio::spawn(accept_loop(
+            self.grpc,
+            self.tls,
+            self.bundles,
+            conn_tx,
+            cancel.clone(),
+        ));
         let grpc = tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(conn_rx),
             cancel.clone().cancelled_owned(),
@@ -187,9 +227,14 @@ impl App {
             .route("/.well-known/jwks.json", get(jwks))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .with_state(HttpState { broker: b.clone(), store: self.store.clone() });
+            .with_state(HttpState {
+                broker: b.clone(),
+                store: self.store.clone(),
+            });
         let http = tokio::spawn(
-            axum::serve(self.http, http_router).with_graceful_shutdown(cancel.clone().cancelled_owned()).into_future(),
+            axum::serve(self.http, http_router)
+                .with_graceful_shutdown(cancel.clone().cancelled_owned())
+                .into_future(),
         );
 
         let sweeper = tokio::spawn(every(self.config.tasks.sweep_interval, cancel.clone(), {
@@ -237,7 +282,9 @@ impl App {
                 h.context("HTTP server task")?.context("HTTP server")?;
                 info!("shut down cleanly");
             }
-            Err(_) => warn!(grace = ?grace, "open calls did not finish within the shutdown grace period"),
+            Err(_) => {
+                warn!(grace = ?grace, "open calls did not finish within the shutdown grace period")
+            }
         }
         Ok(())
     }
@@ -291,7 +338,9 @@ async fn accept_loop(
                     let conn = TlsConn::new(stream, &bundles);
                     match &conn.info().identity {
                         Ok(c) => debug!(%peer, caller = %c.id, "mTLS connection"),
-                        Err(why) => warn!(%peer, %why, "connection without a valid X.509-SVID; its calls will be refused"),
+                        Err(why) => {
+                            warn!(%peer, %why, "connection without a valid X.509-SVID; its calls will be refused")
+                        }
                     }
                     let _ = out.send(Ok(conn)).await;
                 }
@@ -325,7 +374,15 @@ async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
 async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(error)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {error}")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the store did not answer within 2s").into_response(),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store did not answer within 2s",
+        )
+            .into_response(),
     }
 }

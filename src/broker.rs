@@ -2,7 +2,7 @@
 //! expired tasks. Callers arrive authenticated and role-checked; requests arrive
 //! parsed into domain types.
 use crate::audit::{Action, AuditEvent};
-use crate::clock::Clock;
+use crate::clock::{Clock, to_micros};
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
 use crate::identity::{Caller, SpiffeId};
 use crate::policy::{Denied, MintInput, Policy, StartInput};
@@ -110,6 +110,11 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The time, at the precision the store keeps.
+    fn now(&self) -> OffsetDateTime {
+        to_micros(self.clock.now())
+    }
+
     pub fn hub(&self) -> &Hub {
         &self.hub
     }
@@ -126,7 +131,7 @@ impl Broker {
     /// heartbeats plus the longest token TTL, so every token it signed outlives
     /// neither the key's presence in the JWKS.
     pub async fn renew_key(&self) -> Result<(), BrokerError> {
-        let now = self.clock.now();
+        let now = self.now();
         let not_after = now + self.key_heartbeat * 2 + self.policy.longest_token_ttl();
         self.store
             .register_key(&KeyRecord {
@@ -143,9 +148,13 @@ impl Broker {
     }
 
     async fn refresh_keys(&self) -> Result<(), BrokerError> {
-        let live = self.store.live_keys(self.clock.now()).await?;
+        let live = self.store.live_keys(self.now()).await?;
         let set = Arc::new(KeySet::from_records(&live));
-        *self.keys.published.write().unwrap_or_else(|p| p.into_inner()) = set;
+        *self
+            .keys
+            .published
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = set;
         Ok(())
     }
 
@@ -158,7 +167,7 @@ impl Broker {
     // ---- tasks -------------------------------------------------------------------
 
     pub async fn start_task(&self, caller: &Caller, req: StartTask) -> Result<Task, BrokerError> {
-        let now = self.clock.now();
+        let now = self.now();
         let decision = self.policy.decide_start(&StartInput {
             orchestrator: &caller.id,
             agent: &req.agent,
@@ -203,7 +212,11 @@ impl Broker {
         Ok(task)
     }
 
-    pub async fn complete_task(&self, caller: &Caller, id: TaskId) -> Result<(Task, Event), BrokerError> {
+    pub async fn complete_task(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+    ) -> Result<(Task, Event), BrokerError> {
         let task = self.get_task(id).await?;
         if task.opened_by != caller.id.as_str() {
             return Err(BrokerError::PermissionDenied(format!(
@@ -211,15 +224,21 @@ impl Broker {
                 task.opened_by
             )));
         }
-        self.end_task(id, TaskState::Completed, Trigger::TaskCompleted, caller.id.as_str(), "task completed".into())
-            .await
-            .and_then(|r| match r {
-                EndOutcome::Ended { task, revoked } => Ok((task, revoked.event)),
-                EndOutcome::NotActive(state) => Err(BrokerError::FailedPrecondition(format!(
-                    "task {id} is {state}, not active"
-                ))),
-                EndOutcome::NotFound => Err(BrokerError::NotFound(format!("task {id} not found"))),
-            })
+        self.end_task(
+            id,
+            TaskState::Completed,
+            Trigger::TaskCompleted,
+            caller.id.as_str(),
+            "task completed".into(),
+        )
+        .await
+        .and_then(|r| match r {
+            EndOutcome::Ended { task, revoked } => Ok((*task, revoked.event)),
+            EndOutcome::NotActive(state) => Err(BrokerError::FailedPrecondition(format!(
+                "task {id} is {state}, not active"
+            ))),
+            EndOutcome::NotFound => Err(BrokerError::NotFound(format!("task {id} not found"))),
+        })
     }
 
     /// Ends an active task and revokes its tokens, publishing the revocation.
@@ -231,7 +250,7 @@ impl Broker {
         actor: &str,
         reason: String,
     ) -> Result<EndOutcome, BrokerError> {
-        let now = self.clock.now();
+        let now = self.now();
         let action = match to {
             TaskState::Completed => Action::TaskCompleted,
             TaskState::Expired => Action::TaskExpired,
@@ -274,11 +293,17 @@ impl Broker {
     pub async fn sweep_expired(&self) -> Result<usize, BrokerError> {
         let mut ended = 0;
         loop {
-            let overdue = self.store.overdue_tasks(self.clock.now(), 100).await?;
+            let overdue = self.store.overdue_tasks(self.now(), 100).await?;
             let batch = overdue.len();
             for id in overdue {
                 let r = self
-                    .end_task(id, TaskState::Expired, Trigger::TaskExpired, SYSTEM_ACTOR, "task passed its deadline".into())
+                    .end_task(
+                        id,
+                        TaskState::Expired,
+                        Trigger::TaskExpired,
+                        SYSTEM_ACTOR,
+                        "task passed its deadline".into(),
+                    )
                     .await?;
                 if matches!(r, EndOutcome::Ended { .. }) {
                     ended += 1;
@@ -293,7 +318,7 @@ impl Broker {
     // ---- tokens ------------------------------------------------------------------
 
     pub async fn mint(&self, caller: &Caller, req: MintRequest) -> Result<Minted, BrokerError> {
-        let now = self.clock.now();
+        let now = self.now();
         let task = self.get_task(req.task).await?;
         let deny = |reason: &str| {
             AuditEvent::new(now, caller.id.as_str(), Action::MintDenied)
@@ -316,7 +341,10 @@ impl Broker {
                 "deviation: scope {} is not covered by the scopes declared for task {}",
                 req.scope, task.id
             );
-            return Err(self.deviate(caller, &task, reason, deny).await.into_permission_denied());
+            return Err(self
+                .deviate(caller, &task, reason, deny)
+                .await
+                .into_permission_denied());
         }
         let limits = match self.policy.decide_mint(&MintInput {
             agent: &caller.id,
@@ -331,7 +359,9 @@ impl Broker {
             }
         };
         if task.tokens_minted >= limits.max_tokens {
-            return Err(self.over_budget(caller, &task, limits.max_tokens, deny).await);
+            return Err(self
+                .over_budget(caller, &task, limits.max_tokens, deny)
+                .await);
         }
         let Some(ttl) = grant_ttl(req.ttl, limits.max_token_ttl, task.remaining(now)) else {
             let reason = format!("task {} has less than a second left", task.id);
@@ -341,7 +371,10 @@ impl Broker {
         let expires_at = now + ttl;
         if expires_at.unix_timestamp() > self.keys.registered_until.load(Ordering::SeqCst) {
             // The key might drop out of the JWKS before the token expires: refuse.
-            return Err(StoreError::Unavailable("the signing key's registration has lapsed".into()).into());
+            return Err(StoreError::Unavailable(
+                "the signing key's registration has lapsed".into(),
+            )
+            .into());
         }
         let jti = Uuid::new_v4();
         let claims = Claims {
@@ -355,7 +388,9 @@ impl Broker {
             scope: req.scope.claim(),
             task: task.id.to_string(),
             wf: task.workflow.clone(),
-            cnf: Confirmation { x5t_s256: caller.thumbprint.clone() },
+            cnf: Confirmation {
+                x5t_s256: caller.thumbprint.clone(),
+            },
             act: None,
             client_id: caller.id.to_string(),
         };
@@ -386,19 +421,36 @@ impl Broker {
                 "ttl_seconds": ttl.as_secs(),
                 "kid": record.kid,
             }));
-        if !self.store.insert_token(&record, limits.max_tokens, &audit).await? {
+        if !self
+            .store
+            .insert_token(&record, limits.max_tokens, &audit)
+            .await?
+        {
             // The task changed between our read and the write: find out how.
             let task = self.get_task(req.task).await?;
-            if task.state == TaskState::Active && task.tokens_minted >= limits.max_tokens && task.expires_at > now {
-                return Err(self.over_budget(caller, &task, limits.max_tokens, deny).await);
+            if task.state == TaskState::Active
+                && task.tokens_minted >= limits.max_tokens
+                && task.expires_at > now
+            {
+                return Err(self
+                    .over_budget(caller, &task, limits.max_tokens, deny)
+                    .await);
             }
-            let err = self
-                .not_mintable(&task, now)
-                .unwrap_or_else(|| BrokerError::FailedPrecondition(format!("task {} changed while minting; retry", task.id)));
+            let err = self.not_mintable(&task, now).unwrap_or_else(|| {
+                BrokerError::FailedPrecondition(format!(
+                    "task {} changed while minting; retry",
+                    task.id
+                ))
+            });
             self.audit_denial(deny(&err.to_string())).await;
             return Err(err);
         }
-        Ok(Minted { token, jti, expires_at, ttl })
+        Ok(Minted {
+            token,
+            jti,
+            expires_at,
+            ttl,
+        })
     }
 
     fn not_mintable(&self, task: &Task, now: OffsetDateTime) -> Option<BrokerError> {
@@ -443,7 +495,7 @@ impl Broker {
         reason: String,
         deny: impl Fn(&str) -> AuditEvent,
     ) -> Deviation {
-        let now = self.clock.now();
+        let now = self.now();
         let revocation = Revocation {
             target: Target::Task(task.id),
             reason: reason.clone(),
@@ -462,17 +514,24 @@ impl Broker {
                 .reason(&reason)
                 .detail(json!({"target": "task", "trigger": Trigger::Deviation.as_str()})),
         ];
-        match self.store.end_task(task.id, TaskState::Deviated, &revocation, &audit).await {
+        match self
+            .store
+            .end_task(task.id, TaskState::Deviated, &revocation, &audit)
+            .await
+        {
             Ok(EndOutcome::Ended { revoked, .. }) => {
                 self.hub.committed(revoked.event.seq);
                 warn!(caller = %caller.id, task = %task.id, %reason, "task deviated; its tokens are revoked");
-                Deviation::Done(format!("{reason}; the task is now deviated and its tokens are revoked"))
+                Deviation::Done(format!(
+                    "{reason}; the task is now deviated and its tokens are revoked"
+                ))
             }
-            Ok(EndOutcome::NotActive(state)) => Deviation::Failed(BrokerError::FailedPrecondition(format!(
-                "task {} is {state}, not active",
-                task.id
-            ))),
-            Ok(EndOutcome::NotFound) => Deviation::Failed(BrokerError::NotFound(format!("task {} not found", task.id))),
+            Ok(EndOutcome::NotActive(state)) => Deviation::Failed(BrokerError::FailedPrecondition(
+                format!("task {} is {state}, not active", task.id),
+            )),
+            Ok(EndOutcome::NotFound) => {
+                Deviation::Failed(BrokerError::NotFound(format!("task {} not found", task.id)))
+            }
             Err(e) => Deviation::Failed(e.into()),
         }
     }
@@ -483,8 +542,13 @@ impl Broker {
 
     // ---- revocation --------------------------------------------------------------
 
-    pub async fn revoke(&self, caller: &Caller, target: Target, reason: String) -> Result<Revoked, BrokerError> {
-        let now = self.clock.now();
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        target: Target,
+        reason: String,
+    ) -> Result<Revoked, BrokerError> {
+        let now = self.now();
         let revocation = Revocation {
             target: target.clone(),
             reason: reason.clone(),
@@ -516,7 +580,7 @@ impl Broker {
     /// RFC 7662: `Some(claims)` when the token is active, `None` for anything else.
     /// A store that cannot answer is an error, never "active".
     pub async fn introspect(&self, token: &str) -> Result<Option<Claims>, BrokerError> {
-        let now = self.clock.now().unix_timestamp();
+        let now = self.now().unix_timestamp();
         let claims = match self.verify_signature(token, now).await? {
             Ok(c) => c,
             Err(why) => {
@@ -536,22 +600,37 @@ impl Broker {
         }
     }
 
-    async fn verify_signature(&self, token: &str, now: i64) -> Result<Result<Claims, TokenError>, BrokerError> {
+    async fn verify_signature(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Result<Claims, TokenError>, BrokerError> {
         let kid = match KeySet::kid_of(token) {
             Ok(k) => k,
             Err(e) => return Ok(Err(e)),
         };
-        let known = self.keys.published.read().unwrap_or_else(|p| p.into_inner()).contains(&kid);
+        let known = self
+            .keys
+            .published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&kid);
         if !known {
             // Another replica may have registered a key since we last looked.
             self.refresh_keys().await?;
         }
-        let set = Arc::clone(&self.keys.published.read().unwrap_or_else(|p| p.into_inner()));
+        let set = Arc::clone(
+            &self
+                .keys
+                .published
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         Ok(set.verify(token, now, 0))
     }
 
     pub async fn jwks(&self) -> Result<Jwks, BrokerError> {
-        let live = self.store.live_keys(self.clock.now()).await?;
+        let live = self.store.live_keys(self.now()).await?;
         Ok(Jwks::from_records(&live))
     }
 }

@@ -1,6 +1,9 @@
-//! The command line: `serve`, `dev-certs`.
-use clap::{Parser, Subcommand};
+//! The command line: `serve`, `dev-certs`, and client commands for orchestrators
+//! (`task`), agents (`token`), security teams (`revoke`, `tokens`) and verifiers
+//! (`watch`, `jwks`, `token introspect`).
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Mayfly: just-in-time, task-scoped, certificate-bound credentials for AI agents.
 #[derive(Debug, Parser)]
@@ -9,6 +12,9 @@ pub struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, global = true, env = "MAYFLY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Connection settings of the client commands.
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,4 +43,120 @@ pub enum Command {
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// How a client command reaches the broker: its URL and the caller's SVID.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Broker gRPC URL.
+    #[arg(long, global = true, env = "MAYFLY_BROKER", default_value = "https://127.0.0.1:8443")]
+    pub broker: String,
+    /// The caller's X.509-SVID certificate (PEM).
+    #[arg(long, global = true, env = "MAYFLY_CERT", default_value = "examples/dev-certs/agent.crt")]
+    pub cert: PathBuf,
+    /// The caller's private key (PEM).
+    #[arg(long, global = true, env = "MAYFLY_KEY", default_value = "examples/dev-certs/agent.key")]
+    pub key: PathBuf,
+    /// CA bundle that signs the broker's certificate (PEM).
+    #[arg(long, global = true, env = "MAYFLY_CA", default_value = "examples/dev-certs/ca.pem")]
+    pub ca: PathBuf,
+    /// Name to verify in the broker's certificate (default: the URL's host).
+    #[arg(long, global = true, env = "MAYFLY_SERVER_NAME")]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Orchestrators: open, complete and read tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Agents: mint tokens. Verifiers: introspect them.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Security team: list tokens.
+    Tokens {
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only tokens neither revoked nor expired.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Security team: revoke a token, a task, an agent or everything.
+    Revoke {
+        #[command(subcommand)]
+        target: RevokeTarget,
+        /// Why (required, audited).
+        #[arg(long, global = true, default_value = "")]
+        reason: String,
+    },
+    /// Verifiers: stream revocation events after a sequence number (JSON lines).
+    Watch {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Print the broker's JWKS.
+    Jwks,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Open a task for an agent.
+    Start {
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        workflow: String,
+        #[arg(long)]
+        objective: String,
+        /// A declared scope as "<audience> <resource> <action>"; repeat for more.
+        #[arg(long, required = true)]
+        scope: Vec<String>,
+        /// How long the task may run, e.g. 30m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Complete a task: every token of it is revoked.
+    Complete { task: String },
+    Get { task: String },
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        /// active | completed | expired | deviated | revoked
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token for one scope of one of your tasks.
+    Mint {
+        #[arg(long)]
+        task: String,
+        /// "<audience> <resource> <action>"
+        #[arg(long)]
+        scope: String,
+        /// Requested lifetime, e.g. 5m; the broker may grant less.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        ttl: Duration,
+    },
+    /// Ask the broker whether a token is active (`-` reads it from stdin).
+    Introspect { token: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RevokeTarget {
+    Token { jti: String },
+    Task { task: String },
+    Agent { agent: String },
+    All,
 }

@@ -6,6 +6,13 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
 }
 
+/// `t` at the microsecond precision PostgreSQL stores, so what the broker answers
+/// equals what it persisted.
+pub fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let micros = t.microsecond();
+    t.replace_microsecond(micros).unwrap_or(t)
+}
+
 /// Wall-clock time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
@@ -30,7 +37,9 @@ impl Default for ManualClock {
 
 impl ManualClock {
     pub fn new() -> Self {
-        ManualClock { now: Arc::new(Mutex::new(OffsetDateTime::now_utc())) }
+        ManualClock {
+            now: Arc::new(Mutex::new(OffsetDateTime::now_utc())),
+        }
     }
 
     pub fn advance(&self, by: std::time::Duration) {

@@ -43,7 +43,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), why: why.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,7 +158,9 @@ pub struct TasksConfig {
 
 impl Default for TasksConfig {
     fn default() -> Self {
-        TasksConfig { sweep_interval: default_sweep() }
+        TasksConfig {
+            sweep_interval: default_sweep(),
+        }
     }
 }
 
@@ -174,7 +179,9 @@ pub struct KeysConfig {
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        KeysConfig { heartbeat: default_heartbeat() }
+        KeysConfig {
+            heartbeat: default_heartbeat(),
+        }
     }
 }
 
@@ -274,7 +281,10 @@ impl Config {
                     format!("is not set (set it in the file or with {ENV_DATABASE_URL})"),
                 ));
             }
-            Some(u) if !u.expose().starts_with("postgres://") && !u.expose().starts_with("postgresql://") => {
+            Some(u)
+                if !u.expose().starts_with("postgres://")
+                    && !u.expose().starts_with("postgresql://") =>
+            {
                 return Err(invalid("database.url", "must be a postgres:// URL"));
             }
             _ => {}
@@ -283,13 +293,19 @@ impl Config {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
         if self.server.grpc_addr == self.server.http_addr && self.server.grpc_addr.port() != 0 {
-            return Err(invalid("server.http_addr", "must differ from server.grpc_addr"));
+            return Err(invalid(
+                "server.http_addr",
+                "must differ from server.grpc_addr",
+            ));
         }
         if self.server.issuer.trim().is_empty() {
             return Err(invalid("server.issuer", "must not be empty"));
         }
         if self.trust_domains.is_empty() {
-            return Err(invalid("trust_domains", "at least one trust domain is required"));
+            return Err(invalid(
+                "trust_domains",
+                "at least one trust domain is required",
+            ));
         }
         let mut seen = HashSet::new();
         for (i, td) in self.trust_domains.iter().enumerate() {
@@ -298,7 +314,10 @@ impl Config {
                 return Err(invalid(format!("trust_domains[{i}].name"), e.to_string()));
             }
             if !seen.insert(td.name.as_str()) {
-                return Err(invalid(format!("trust_domains[{i}].name"), format!("{:?} is listed twice", td.name)));
+                return Err(invalid(
+                    format!("trust_domains[{i}].name"),
+                    format!("{:?} is listed twice", td.name),
+                ));
             }
         }
         if self.tasks.sweep_interval.is_zero() {
@@ -334,10 +353,16 @@ impl Config {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if out.iter().any(|o| o.name == w.name) {
-                return Err(invalid(key("name"), format!("{:?} is defined twice", w.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is defined twice", w.name),
+                ));
             }
             if w.agents.is_empty() {
-                return Err(invalid(key("agents"), "must list at least one SPIFFE ID pattern"));
+                return Err(invalid(
+                    key("agents"),
+                    "must list at least one SPIFFE ID pattern",
+                ));
             }
             if w.scopes.is_empty() {
                 return Err(invalid(key("scopes"), "must list at least one scope"));
@@ -423,12 +448,18 @@ max_tokens = 10
         let e = err_of(&GOOD.replace("max_tokens = 10", "max_tokens = 0"));
         assert_eq!(e, "workflows[0].max_tokens: must be at least 1");
         let e = err_of(&GOOD.replace("customers/eu/**", "customers//x"));
-        assert!(e.starts_with("workflows[0].scopes[0]: resource has an empty path segment"), "{e}");
+        assert!(
+            e.starts_with("workflows[0].scopes[0]: resource has an empty path segment"),
+            "{e}"
+        );
         let e = err_of(&GOOD.replace("grpc_addr = \"127.0.0.1:8443\"", "grpc_addr = \"nope\""));
         assert!(e.contains("grpc_addr"), "{e}");
         let e = err_of(&GOOD.replace("[database]", "[database]\nbogus = 1"));
         assert!(e.contains("unknown field `bogus`"), "{e}");
-        let e = err_of(&GOOD.replace("\"spiffe://example.org/agent/*\"]\n\n[[", "\"http://x\"]\n\n[["));
+        let e = err_of(&GOOD.replace(
+            "\"spiffe://example.org/agent/*\"]\n\n[[",
+            "\"http://x\"]\n\n[[",
+        ));
         assert!(e.contains("invalid SPIFFE ID pattern"), "{e}");
         let e = err_of(&GOOD.replace("url = \"postgres://postgres@127.0.0.1/mayfly\"", ""));
         assert!(e.starts_with("database.url: is not set"), "{e}");
@@ -446,11 +477,18 @@ max_tokens = 10
         })
         .unwrap();
         assert_eq!(c.server.grpc_addr.port(), 9443);
-        assert_eq!(c.database.url.as_ref().unwrap().expose(), "postgres://other/db");
+        assert_eq!(
+            c.database.url.as_ref().unwrap().expose(),
+            "postgres://other/db"
+        );
         let e = c
             .apply_env(|k| (k == ENV_HTTP_ADDR).then(|| "localhost".to_string()))
             .unwrap_err();
-        assert!(e.to_string().starts_with("environment variable MAYFLY_HTTP_ADDR"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("environment variable MAYFLY_HTTP_ADDR"),
+            "{e}"
+        );
     }
 
     #[test]

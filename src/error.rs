@@ -16,7 +16,9 @@ impl From<BrokerError> for Status {
             BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             BrokerError::Store(StoreError::Unavailable(cause)) => {
                 error!(error = %cause, "store unavailable");
-                Status::unavailable("the broker's store is unavailable; nothing was issued or changed")
+                Status::unavailable(
+                    "the broker's store is unavailable; nothing was issued or changed",
+                )
             }
             BrokerError::Store(cause) => {
                 error!(error = %cause, "store failure");

@@ -7,17 +7,18 @@
 //! - [`config`]: settings from a TOML file and the environment.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod broker;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod identity;
 pub mod policy;
-pub mod token;
-pub mod audit;
 pub mod revocation;
 pub mod store;
-pub mod broker;
-pub mod clock;
-pub mod api;
-pub mod error;
-pub mod app;
-pub mod cli;
+pub mod token;
+pub mod client;

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    mayfly::app::install_crypto();
     init_tracing(cli.log_format);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -23,7 +24,9 @@ async fn main() -> std::process::ExitCode {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -45,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Client(call) => mayfly::client::run(&cli.client, &call).await,
     }
 }
 

@@ -23,7 +23,9 @@ pub struct Denied {
 }
 
 fn deny(reason: impl Into<String>) -> Denied {
-    Denied { reason: reason.into() }
+    Denied {
+        reason: reason.into(),
+    }
 }
 
 pub struct StartInput<'a> {
@@ -92,10 +94,7 @@ impl Policy for WorkflowPolicy {
         }
         for s in input.scopes {
             if !wf.scopes.iter().any(|w| w.covers(s)) {
-                return Err(deny(format!(
-                    "scope {s} is outside workflow {:?}",
-                    wf.name
-                )));
+                return Err(deny(format!("scope {s} is outside workflow {:?}", wf.name)));
             }
         }
         Ok(())
@@ -115,7 +114,10 @@ impl Policy for WorkflowPolicy {
                 input.scope, wf.name
             )));
         }
-        Ok(MintLimits { max_token_ttl: wf.max_token_ttl, max_tokens: wf.max_tokens })
+        Ok(MintLimits {
+            max_token_ttl: wf.max_token_ttl,
+            max_tokens: wf.max_tokens,
+        })
     }
 
     fn longest_token_ttl(&self) -> Duration {
@@ -157,18 +159,48 @@ mod tests {
 
     #[test]
     fn a_task_inside_the_envelope_is_permitted() {
-        assert_eq!(start("spiffe://example.org/agent/a", "support", "customers/eu/1", 60), Ok(()));
+        assert_eq!(
+            start(
+                "spiffe://example.org/agent/a",
+                "support",
+                "customers/eu/1",
+                60
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn each_envelope_breach_is_denied_with_its_reason() {
         let a = "spiffe://example.org/agent/a";
-        assert!(start(a, "nope", "customers/eu/1", 60).unwrap_err().reason.contains("not defined"));
-        assert!(start("spiffe://example.org/other/a", "support", "customers/eu/1", 60)
+        assert!(
+            start(a, "nope", "customers/eu/1", 60)
+                .unwrap_err()
+                .reason
+                .contains("not defined")
+        );
+        assert!(
+            start(
+                "spiffe://example.org/other/a",
+                "support",
+                "customers/eu/1",
+                60
+            )
             .unwrap_err()
             .reason
-            .contains("may not run workflow"));
-        assert!(start(a, "support", "customers/us/1", 60).unwrap_err().reason.contains("outside workflow"));
-        assert!(start(a, "support", "customers/eu/1", 7200).unwrap_err().reason.contains("exceeds"));
+            .contains("may not run workflow")
+        );
+        assert!(
+            start(a, "support", "customers/us/1", 60)
+                .unwrap_err()
+                .reason
+                .contains("outside workflow")
+        );
+        assert!(
+            start(a, "support", "customers/eu/1", 7200)
+                .unwrap_err()
+                .reason
+                .contains("exceeds")
+        );
     }
 }

@@ -19,7 +19,10 @@ pub struct AdminApi {
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     #[instrument(skip_all, fields(caller))]
-    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+    async fn revoke(
+        &self,
+        req: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
         let caller = authorize(&req, &self.roles, &[Role::Admin])?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.get_ref();
@@ -33,12 +36,19 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn list_tokens(&self, req: Request<ListTokensRequest>) -> Result<Response<ListTokensResponse>, Status> {
+    async fn list_tokens(
+        &self,
+        req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
         authorize(&req, &self.roles, &[Role::Admin])?;
         let r = req.get_ref();
         let now = self.clock.now();
         let filter = TokenFilter {
-            task: if r.task_id.is_empty() { None } else { Some(convert::task_id("task_id", &r.task_id)?) },
+            task: if r.task_id.is_empty() {
+                None
+            } else {
+                Some(convert::task_id("task_id", &r.task_id)?)
+            },
             agent: if r.agent.is_empty() {
                 None
             } else {

@@ -29,7 +29,8 @@ pub fn task_id(field: &'static str, s: &str) -> Result<TaskId, Status> {
     if s.is_empty() {
         return Err(invalid(field, "is required"));
     }
-    s.parse().map_err(|_| invalid(field, format!("{s:?} is not a task id (a UUID)")))
+    s.parse()
+        .map_err(|_| invalid(field, format!("{s:?} is not a task id (a UUID)")))
 }
 
 pub fn required_text(field: &'static str, s: &str, max: usize) -> Result<String, Status> {
@@ -108,10 +109,16 @@ pub fn task_state_filter(v: i32) -> Result<Option<TaskState>, Status> {
 pub fn target(t: Option<&pb::RevocationTarget>) -> Result<Target, Status> {
     use pb::revocation_target::Target as T;
     match t.and_then(|t| t.target.as_ref()) {
-        None => Err(invalid("target", "is required: one of token, task, agent, all")),
-        Some(T::Token(j)) => uuid::Uuid::parse_str(j)
-            .map(Target::Token)
-            .map_err(|_| invalid("target.token", format!("{j:?} is not a token id (a UUID jti)"))),
+        None => Err(invalid(
+            "target",
+            "is required: one of token, task, agent, all",
+        )),
+        Some(T::Token(j)) => uuid::Uuid::parse_str(j).map(Target::Token).map_err(|_| {
+            invalid(
+                "target.token",
+                format!("{j:?} is not a token id (a UUID jti)"),
+            )
+        }),
         Some(T::Task(t)) => task_id("target.task", t).map(Target::Task),
         Some(T::Agent(a)) => spiffe_id("target.agent", a).map(Target::Agent),
         Some(T::All(true)) => Ok(Target::All),
@@ -188,7 +195,9 @@ pub fn event(e: &Event) -> pb::RevocationEvent {
     };
     pb::RevocationEvent {
         sequence: e.seq,
-        target: Some(pb::RevocationTarget { target: Some(target) }),
+        target: Some(pb::RevocationTarget {
+            target: Some(target),
+        }),
         reason: r.reason.clone(),
         actor: r.actor.clone(),
         trigger: r.trigger.as_str().to_string(),

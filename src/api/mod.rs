@@ -19,6 +19,26 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mayfly_descriptor");
 }
 
+// Messages that carry a bearer token print it redacted.
+impl std::fmt::Debug for pb::MintTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintTokenResponse")
+            .field("token", &"<redacted>")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for pb::IntrospectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectRequest")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 use crate::error;
 use crate::identity::{Caller, ConnInfo, Role, RoleMap};
 use tonic::{Request, Status};

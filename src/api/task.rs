@@ -19,7 +19,10 @@ const READERS: &[Role] = &[Role::Orchestrator, Role::Admin];
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     #[instrument(skip_all, fields(caller))]
-    async fn start_task(&self, req: Request<StartTaskRequest>) -> Result<Response<StartTaskResponse>, Status> {
+    async fn start_task(
+        &self,
+        req: Request<StartTaskRequest>,
+    ) -> Result<Response<StartTaskResponse>, Status> {
         let caller = authorize(&req, &self.roles, &[Role::Orchestrator])?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.get_ref();
@@ -28,18 +31,29 @@ impl TaskService for TaskApi {
             workflow: convert::workflow_name(&r.workflow)?,
             objective: convert::required_text("objective", &r.objective, convert::MAX_OBJECTIVE)?,
             scopes: convert::declared_scopes(&r.scopes)?,
-            duration: convert::seconds("duration_seconds", r.duration_seconds, convert::MAX_TASK_SECONDS)?,
+            duration: convert::seconds(
+                "duration_seconds",
+                r.duration_seconds,
+                convert::MAX_TASK_SECONDS,
+            )?,
         };
         let task = self.broker.start_task(&caller, input).await?;
         tracing::info!(task = %task.id, agent = %task.agent, workflow = %task.workflow, "task opened");
-        Ok(Response::new(StartTaskResponse { task: Some(convert::task(&task)) }))
+        Ok(Response::new(StartTaskResponse {
+            task: Some(convert::task(&task)),
+        }))
     }
 
     #[instrument(skip_all, fields(caller, task))]
-    async fn complete_task(&self, req: Request<CompleteTaskRequest>) -> Result<Response<CompleteTaskResponse>, Status> {
+    async fn complete_task(
+        &self,
+        req: Request<CompleteTaskRequest>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
         let caller = authorize(&req, &self.roles, &[Role::Orchestrator])?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
-        tracing::Span::current().record("caller", caller.id.as_str()).record("task", id.to_string());
+        tracing::Span::current()
+            .record("caller", caller.id.as_str())
+            .record("task", id.to_string());
         let (task, event) = self.broker.complete_task(&caller, id).await?;
         tracing::info!(seq = event.seq, "task completed; its tokens are revoked");
         Ok(Response::new(CompleteTaskResponse {
@@ -48,14 +62,22 @@ impl TaskService for TaskApi {
         }))
     }
 
-    async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
+    async fn get_task(
+        &self,
+        req: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, Status> {
         authorize(&req, &self.roles, READERS)?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let task = self.broker.get_task(id).await?;
-        Ok(Response::new(GetTaskResponse { task: Some(convert::task(&task)) }))
+        Ok(Response::new(GetTaskResponse {
+            task: Some(convert::task(&task)),
+        }))
     }
 
-    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
         authorize(&req, &self.roles, READERS)?;
         let r = req.get_ref();
         let filter = TaskFilter {
@@ -68,6 +90,8 @@ impl TaskService for TaskApi {
             limit: convert::limit(r.limit)?,
         };
         let tasks = self.broker.list_tasks(&filter).await?;
-        Ok(Response::new(ListTasksResponse { tasks: tasks.iter().map(convert::task).collect() }))
+        Ok(Response::new(ListTasksResponse {
+            tasks: tasks.iter().map(convert::task).collect(),
+        }))
     }
 }

@@ -16,12 +16,16 @@ pub struct TokenApi {
 #[tonic::async_trait]
 impl TokenService for TokenApi {
     #[instrument(skip_all, fields(caller, task, jti))]
-    async fn mint_token(&self, req: Request<MintTokenRequest>) -> Result<Response<MintTokenResponse>, Status> {
+    async fn mint_token(
+        &self,
+        req: Request<MintTokenRequest>,
+    ) -> Result<Response<MintTokenResponse>, Status> {
         let caller = authorize(&req, &self.roles, &[Role::Agent])?;
         let r = req.get_ref();
         let task = convert::task_id("task_id", &r.task_id)?;
         let span = tracing::Span::current();
-        span.record("caller", caller.id.as_str()).record("task", task.to_string());
+        span.record("caller", caller.id.as_str())
+            .record("task", task.to_string());
         let input = MintRequest {
             task,
             scope: convert::requested_scope(r.scope.as_ref())?,

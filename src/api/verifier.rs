@@ -27,16 +27,23 @@ const BATCH: u32 = 500;
 
 #[tonic::async_trait]
 impl VerifierService for VerifierApi {
-    async fn introspect(&self, req: Request<IntrospectRequest>) -> Result<Response<IntrospectResponse>, Status> {
+    async fn introspect(
+        &self,
+        req: Request<IntrospectRequest>,
+    ) -> Result<Response<IntrospectResponse>, Status> {
         authorize(&req, &self.roles, VERIFIERS)?;
         let token = &req.get_ref().token;
         if token.is_empty() {
             return Err(crate::error::invalid("token", "is required"));
         }
         let Some(c) = self.broker.introspect(token).await? else {
-            return Ok(Response::new(IntrospectResponse { active: false, ..Default::default() }));
+            return Ok(Response::new(IntrospectResponse {
+                active: false,
+                ..Default::default()
+            }));
         };
-        let claims_json = serde_json::to_string(&c).map_err(|_| Status::internal("encoding claims"))?;
+        let claims_json =
+            serde_json::to_string(&c).map_err(|_| Status::internal("encoding claims"))?;
         Ok(Response::new(IntrospectResponse {
             active: true,
             claims_json,
@@ -52,14 +59,19 @@ impl VerifierService for VerifierApi {
         }))
     }
 
-    async fn get_jwks(&self, req: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+    async fn get_jwks(
+        &self,
+        req: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
         authorize(&req, &self.roles, ANYONE)?;
         let jwks = self.broker.jwks().await?;
-        let jwks_json = serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
+        let jwks_json =
+            serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
         Ok(Response::new(GetJwksResponse { jwks_json }))
     }
 
-    type WatchRevocationsStream = Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
+    type WatchRevocationsStream =
+        Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
 
     async fn watch_revocations(
         &self,

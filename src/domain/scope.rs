@@ -19,7 +19,9 @@ pub enum ScopeError {
     BadChar { field: &'static str, ch: char },
     #[error("resource has an empty path segment: {0:?}")]
     EmptySegment(String),
-    #[error("resource segment {0:?} mixes '*' with other characters; a wildcard is a whole segment")]
+    #[error(
+        "resource segment {0:?} mixes '*' with other characters; a wildcard is a whole segment"
+    )]
     PartialWildcard(String),
     #[error("resource may use '**' only as its last segment")]
     InnerDoubleStar,
@@ -214,15 +216,24 @@ mod tests {
         );
         assert!(matches!(
             Scope::declared("crm", "a b", "read"),
-            Err(ScopeError::BadChar { field: "resource", ch: ' ' })
+            Err(ScopeError::BadChar {
+                field: "resource",
+                ch: ' '
+            })
         ));
         assert!(matches!(
             Scope::declared("crm", "a", "re ad"),
-            Err(ScopeError::BadChar { field: "action", .. })
+            Err(ScopeError::BadChar {
+                field: "action",
+                ..
+            })
         ));
         assert!(matches!(
             Scope::declared("crm", "a".repeat(600), "read"),
-            Err(ScopeError::TooLong { field: "resource", .. })
+            Err(ScopeError::TooLong {
+                field: "resource",
+                ..
+            })
         ));
     }
 

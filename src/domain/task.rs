@@ -133,11 +133,12 @@ impl Task {
 
 /// A token's lifetime: the least of what was asked, the workflow's maximum and the
 /// task's remaining time, in whole seconds. `None` when less than a second is left.
-pub fn grant_ttl(requested: Duration, workflow_max: Duration, remaining: Duration) -> Option<Duration> {
-    let secs = requested
-        .min(workflow_max)
-        .min(remaining)
-        .as_secs();
+pub fn grant_ttl(
+    requested: Duration,
+    workflow_max: Duration,
+    remaining: Duration,
+) -> Option<Duration> {
+    let secs = requested.min(workflow_max).min(remaining).as_secs();
     (secs >= 1).then(|| Duration::from_secs(secs))
 }
 
@@ -171,7 +172,10 @@ mod tests {
         assert_eq!(grant_ttl(s(300), s(600), s(3600)), Some(s(300)));
         assert_eq!(grant_ttl(s(900), s(600), s(3600)), Some(s(600)));
         assert_eq!(grant_ttl(s(900), s(600), s(120)), Some(s(120)));
-        assert_eq!(grant_ttl(s(900), s(600), Duration::from_millis(1500)), Some(s(1)));
+        assert_eq!(
+            grant_ttl(s(900), s(600), Duration::from_millis(1500)),
+            Some(s(1))
+        );
         assert_eq!(grant_ttl(s(900), s(600), Duration::from_millis(999)), None);
         assert_eq!(grant_ttl(s(900), s(600), Duration::ZERO), None);
     }
@@ -194,6 +198,9 @@ mod tests {
             tokens_minted: 0,
         };
         assert_eq!(task.remaining(now), Duration::from_secs(10));
-        assert_eq!(task.remaining(now + time::Duration::seconds(11)), Duration::ZERO);
+        assert_eq!(
+            task.remaining(now + time::Duration::seconds(11)),
+            Duration::ZERO
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! A local CA and X.509-SVIDs for trying Mayfly without SPIRE (`mayfly dev-certs`)
 //! and for tests. Never for production: the CA key is written next to the certs.
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::path::Path;
 use time::{Duration, OffsetDateTime};
@@ -54,18 +54,18 @@ pub struct Issued {
 impl DevCa {
     pub fn new(trust_domain: &str) -> Result<Self, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("Mayfly dev CA for {trust_domain}"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Mayfly dev CA for {trust_domain}"),
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{trust_domain}").try_into()?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + Duration::days(365);
@@ -159,7 +159,7 @@ pub fn write_dev_certs(dir: &Path, trust_domain: &str) -> anyhow::Result<Vec<Str
     for (name, path) in DEV_IDENTITIES {
         let id = format!("spiffe://{trust_domain}{path}");
         let issued = if *name == "broker" {
-            ca.server(&id, &["localhost"])?
+            ca.server(&id, &["localhost", "127.0.0.1", "::1"])?
         } else {
             ca.svid(&id)?
         };

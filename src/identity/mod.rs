@@ -48,7 +48,9 @@ impl RoleMap {
     }
 
     pub fn has(&self, id: &SpiffeId, role: Role) -> bool {
-        self.entries.iter().any(|(r, p)| *r == role && p.matches(id))
+        self.entries
+            .iter()
+            .any(|(r, p)| *r == role && p.matches(id))
     }
 }
 
@@ -81,10 +83,16 @@ impl TlsConn {
         let identity = match session.peer_certificates() {
             Some(chain) if !chain.is_empty() => bundles
                 .verify(chain, rustls::pki_types::UnixTime::now())
-                .map(|svid| Caller { id: svid.id, thumbprint: svid.thumbprint }),
+                .map(|svid| Caller {
+                    id: svid.id,
+                    thumbprint: svid.thumbprint,
+                }),
             _ => Err(VerifyError::NoCertificate),
         };
-        TlsConn { inner, info: ConnInfo { remote, identity } }
+        TlsConn {
+            inner,
+            info: ConnInfo { remote, identity },
+        }
     }
 
     pub fn info(&self) -> &ConnInfo {

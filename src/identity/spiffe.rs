@@ -15,7 +15,9 @@ pub enum SpiffeIdError {
     TooLong,
     #[error("SPIFFE ID has an empty trust domain")]
     EmptyTrustDomain,
-    #[error("trust domain contains {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed")]
+    #[error(
+        "trust domain contains {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed"
+    )]
     TrustDomainChar(char),
     #[error("a workload SPIFFE ID needs a path after the trust domain")]
     NoPath,

@@ -37,7 +37,10 @@ pub enum VerifyError {
     #[error("the leaf certificate's keyUsage allows keyCertSign or cRLSign; an SVID leaf must not")]
     SigningKeyUsage,
     #[error("the certificate is not valid now (validity {not_before} to {not_after})")]
-    OutsideValidity { not_before: String, not_after: String },
+    OutsideValidity {
+        not_before: String,
+        not_after: String,
+    },
     #[error("trust domain {0:?} is not configured")]
     UnknownTrustDomain(String),
     #[error("the certificate does not chain to the bundle of trust domain {domain:?}: {why}")]
@@ -79,11 +82,16 @@ impl TrustBundles {
         let mut certs = Vec::new();
         for (name, path) in domains {
             let p = path.display().to_string();
-            let read: Result<Vec<CertificateDer<'static>>, _> =
-                CertificateDer::pem_file_iter(path)
-                    .map_err(|e| BundleError::Read { path: p.clone(), why: e.to_string() })?
-                    .collect();
-            let list = read.map_err(|e| BundleError::Read { path: p.clone(), why: e.to_string() })?;
+            let read: Result<Vec<CertificateDer<'static>>, _> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| BundleError::Read {
+                    path: p.clone(),
+                    why: e.to_string(),
+                })?
+                .collect();
+            let list = read.map_err(|e| BundleError::Read {
+                path: p.clone(),
+                why: e.to_string(),
+            })?;
             if list.is_empty() {
                 return Err(BundleError::Empty { path: p });
             }
@@ -116,7 +124,10 @@ impl TrustBundles {
             }
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| BundleError::Invalid { path: source.clone(), why: e.to_string() })?;
+                .map_err(|e| BundleError::Invalid {
+                    path: source.clone(),
+                    why: e.to_string(),
+                })?;
             map.insert(name, v);
         }
         // The handshake accepts a connection without a certificate so that the RPC
@@ -125,8 +136,14 @@ impl TrustBundles {
         let handshake = WebPkiClientVerifier::builder_with_provider(Arc::new(union), provider)
             .allow_unauthenticated()
             .build()
-            .map_err(|e| BundleError::Invalid { path: "(all bundles)".into(), why: e.to_string() })?;
-        Ok(TrustBundles { domains: map, handshake })
+            .map_err(|e| BundleError::Invalid {
+                path: "(all bundles)".into(),
+                why: e.to_string(),
+            })?;
+        Ok(TrustBundles {
+            domains: map,
+            handshake,
+        })
     }
 
     /// The verifier used during the TLS handshake: chains to any configured bundle.
@@ -145,8 +162,14 @@ impl TrustBundles {
             .ok_or_else(|| VerifyError::UnknownTrustDomain(domain.to_string()))?;
         verifier
             .verify_client_cert(leaf, intermediates, now)
-            .map_err(|e| VerifyError::Chain { domain: domain.to_string(), why: e.to_string() })?;
-        Ok(Svid { thumbprint: thumbprint(leaf), id })
+            .map_err(|e| VerifyError::Chain {
+                domain: domain.to_string(),
+                why: e.to_string(),
+            })?;
+        Ok(Svid {
+            thumbprint: thumbprint(leaf),
+            id,
+        })
     }
 }
 
@@ -243,7 +266,10 @@ mod tests {
         let b = bundles(&[&ca]);
         let issued = ca.svid("spiffe://example.org/agent/a").unwrap();
         let svid = b
-            .verify(&[CertificateDer::from(issued.cert_der.clone())], UnixTime::now())
+            .verify(
+                &[CertificateDer::from(issued.cert_der.clone())],
+                UnixTime::now(),
+            )
             .unwrap();
         assert_eq!(svid.id.as_str(), "spiffe://example.org/agent/a");
         assert_eq!(svid.thumbprint, thumbprint(&issued.cert_der));
@@ -267,7 +293,10 @@ mod tests {
 
         let mut s = base.clone();
         s.uris = vec!["https://example.org/agent".into()];
-        assert!(matches!(verify(&b, &ca, &s), Err(VerifyError::NotSpiffe(_))));
+        assert!(matches!(
+            verify(&b, &ca, &s),
+            Err(VerifyError::NotSpiffe(_))
+        ));
 
         let mut s = base.clone();
         s.uris = vec!["spiffe://example.org/a/../b".into()];

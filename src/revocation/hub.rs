@@ -11,7 +11,9 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(latest: u64) -> Self {
-        Hub { latest: watch::Sender::new(latest) }
+        Hub {
+            latest: watch::Sender::new(latest),
+        }
     }
 
     /// Called after a revocation commits.

@@ -78,9 +78,14 @@ impl Trigger {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Trigger::Admin, Trigger::TaskCompleted, Trigger::TaskExpired, Trigger::Deviation]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Trigger::Admin,
+            Trigger::TaskCompleted,
+            Trigger::TaskExpired,
+            Trigger::Deviation,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 

@@ -73,7 +73,7 @@ pub struct Revoked {
 /// Ending an active task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EndOutcome {
-    Ended { task: Task, revoked: Revoked },
+    Ended { task: Box<Task>, revoked: Revoked },
     NotActive(TaskState),
     NotFound,
 }
@@ -94,7 +94,11 @@ pub trait TaskStore {
         audit: &[AuditEvent],
     ) -> Result<EndOutcome, StoreError>;
     /// Active tasks whose deadline is at or before `now`.
-    async fn overdue_tasks(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<TaskId>, StoreError>;
+    async fn overdue_tasks(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<TaskId>, StoreError>;
 }
 
 #[async_trait]

@@ -20,9 +20,12 @@ pub struct PgStore {
 fn map_err(e: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match &e {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => StoreError::Unavailable(e.to_string()),
         E::Database(db) => match db.code().as_deref() {
             // Connection exceptions, admin shutdown, cannot connect now.
             Some(c) if c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03" => {
@@ -44,7 +47,11 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 impl PgStore {
     /// Connects (failing after `timeout` when the database is unreachable) and
     /// applies the migrations.
-    pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
         let pool = PgPoolOptions::new()
@@ -185,7 +192,11 @@ async fn next_seq(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
-async fn insert_revocation(conn: &mut PgConnection, seq: i64, r: &Revocation) -> Result<(), sqlx::Error> {
+async fn insert_revocation(
+    conn: &mut PgConnection,
+    seq: i64,
+    r: &Revocation,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO revocations (seq, target_kind, target, reason, actor, trigger, at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -209,11 +220,21 @@ async fn revoke_tokens(
     seq: i64,
     at: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
-    const SET: &str = "UPDATE tokens SET revoked_at = $1, revocation_seq = $2 WHERE revoked_at IS NULL";
+    const SET: &str =
+        "UPDATE tokens SET revoked_at = $1, revocation_seq = $2 WHERE revoked_at IS NULL";
     let q = match target {
-        Target::Token(j) => sqlx::query(AssertSqlSafe(format!("{SET} AND jti = $3"))).bind(at).bind(seq).bind(*j),
-        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND task_id = $3"))).bind(at).bind(seq).bind(t.0),
-        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3"))).bind(at).bind(seq).bind(a.as_str()),
+        Target::Token(j) => sqlx::query(AssertSqlSafe(format!("{SET} AND jti = $3")))
+            .bind(at)
+            .bind(seq)
+            .bind(*j),
+        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND task_id = $3")))
+            .bind(at)
+            .bind(seq)
+            .bind(t.0),
+        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3")))
+            .bind(at)
+            .bind(seq)
+            .bind(a.as_str()),
         Target::All => sqlx::query(SET).bind(at).bind(seq),
     };
     Ok(q.execute(&mut *conn).await?.rows_affected())
@@ -226,11 +247,18 @@ async fn stop_tasks(
     reason: &str,
     at: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
-    const SET: &str = "UPDATE tasks SET state = 'revoked', ended_at = $1, end_reason = $2 WHERE state = 'active'";
+    const SET: &str =
+        "UPDATE tasks SET state = 'revoked', ended_at = $1, end_reason = $2 WHERE state = 'active'";
     let q = match target {
         Target::Token(_) => return Ok(0),
-        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND id = $3"))).bind(at).bind(reason).bind(t.0),
-        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3"))).bind(at).bind(reason).bind(a.as_str()),
+        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND id = $3")))
+            .bind(at)
+            .bind(reason)
+            .bind(t.0),
+        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3")))
+            .bind(at)
+            .bind(reason)
+            .bind(a.as_str()),
         Target::All => sqlx::query(SET).bind(at).bind(reason),
     };
     Ok(q.execute(&mut *conn).await?.rows_affected())
@@ -268,11 +296,13 @@ impl TaskStore for PgStore {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -319,8 +349,10 @@ impl TaskStore for PgStore {
                 None => EndOutcome::NotFound,
             });
         };
-        let task = task_from_row(&row)?;
-        insert_revocation(&mut tx, seq, revocation).await.map_err(map_err)?;
+        let task = Box::new(task_from_row(&row)?);
+        insert_revocation(&mut tx, seq, revocation)
+            .await
+            .map_err(map_err)?;
         let tokens = revoke_tokens(&mut tx, &revocation.target, seq, revocation.at)
             .await
             .map_err(map_err)?;
@@ -330,7 +362,10 @@ impl TaskStore for PgStore {
         Ok(EndOutcome::Ended {
             task,
             revoked: Revoked {
-                event: Event { seq: seq as u64, revocation: revocation.clone() },
+                event: Event {
+                    seq: seq as u64,
+                    revocation: revocation.clone(),
+                },
                 tokens_revoked: tokens,
                 tasks_stopped: 1,
             },
@@ -411,7 +446,8 @@ impl TokenStore for PgStore {
         let state: String = row.try_get("state").map_err(map_err)?;
         Ok(Some(TokenStatus {
             revoked: row.try_get("revoked").map_err(map_err)?,
-            task_state: TaskState::parse(&state).ok_or_else(|| corrupt(format!("task state {state:?}")))?,
+            task_state: TaskState::parse(&state)
+                .ok_or_else(|| corrupt(format!("task state {state:?}")))?,
         }))
     }
 
@@ -435,29 +471,41 @@ impl TokenStore for PgStore {
 
 #[async_trait]
 impl RevocationStore for PgStore {
-    async fn revoke(&self, r: &Revocation, audit: &AuditEvent) -> Result<Option<Revoked>, StoreError> {
+    async fn revoke(
+        &self,
+        r: &Revocation,
+        audit: &AuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let seq = next_seq(&mut tx).await.map_err(map_err)?;
         let exists = match &r.target {
-            Target::Token(j) => sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1)")
-                .bind(*j)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?,
-            Target::Task(t) => sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)")
-                .bind(t.0)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?,
+            Target::Token(j) => {
+                sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1)")
+                    .bind(*j)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+            }
+            Target::Task(t) => {
+                sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)")
+                    .bind(t.0)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+            }
             Target::Agent(_) | Target::All => true,
         };
         if !exists {
             tx.rollback().await.map_err(map_err)?;
             return Ok(None);
         }
-        let tasks = stop_tasks(&mut tx, &r.target, &r.reason, r.at).await.map_err(map_err)?;
+        let tasks = stop_tasks(&mut tx, &r.target, &r.reason, r.at)
+            .await
+            .map_err(map_err)?;
         insert_revocation(&mut tx, seq, r).await.map_err(map_err)?;
-        let tokens = revoke_tokens(&mut tx, &r.target, seq, r.at).await.map_err(map_err)?;
+        let tokens = revoke_tokens(&mut tx, &r.target, seq, r.at)
+            .await
+            .map_err(map_err)?;
         let mut audit = audit.clone();
         if let serde_json::Value::Object(m) = &mut audit.detail {
             m.insert("sequence".into(), seq.into());
@@ -467,7 +515,10 @@ impl RevocationStore for PgStore {
         insert_audit(&mut tx, &[&audit]).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(Revoked {
-            event: Event { seq: seq as u64, revocation: r.clone() },
+            event: Event {
+                seq: seq as u64,
+                revocation: r.clone(),
+            },
             tokens_revoked: tokens,
             tasks_stopped: tasks,
         }))
@@ -557,7 +608,10 @@ impl AuditStore for PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 }

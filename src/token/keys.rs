@@ -26,7 +26,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -34,11 +36,16 @@ impl SigningKey {
     pub fn generate() -> Result<Self, ring::error::Unspecified> {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| ring::error::Unspecified)?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| ring::error::Unspecified)?;
         let kid = Jwk::from_public(pair.public_key().as_ref(), String::new()).thumbprint();
         let header = serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid});
         let header_b64 = B64.encode(header.to_string());
-        Ok(SigningKey { kid, pair, header_b64 })
+        Ok(SigningKey {
+            kid,
+            pair,
+            header_b64,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -89,8 +96,14 @@ impl Jwk {
 
     /// RFC 7638 thumbprint, used as the key id.
     pub fn thumbprint(&self) -> String {
-        let canonical = format!(r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#, self.crv, self.kty, self.x);
-        B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
+            self.crv, self.kty, self.x
+        );
+        B64.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical.as_bytes(),
+        ))
     }
 }
 

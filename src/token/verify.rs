@@ -95,7 +95,9 @@ mod tests {
             scope: "read:customers/eu/*".into(),
             task: "t".into(),
             wf: "support".into(),
-            cnf: Confirmation { x5t_s256: "abc".into() },
+            cnf: Confirmation {
+                x5t_s256: "abc".into(),
+            },
             act: None,
             client_id: "spiffe://example.org/agent/a".into(),
         }
@@ -127,18 +129,26 @@ mod tests {
         let other = SigningKey::generate().unwrap();
         let set = KeySet::from_records(&[record(&k)]);
         let t = other.sign(&claims(1000)).unwrap();
-        assert!(matches!(set.verify(&t, 1000, 0), Err(TokenError::UnknownKey(_))));
+        assert!(matches!(
+            set.verify(&t, 1000, 0),
+            Err(TokenError::UnknownKey(_))
+        ));
         let good = k.sign(&claims(1000)).unwrap();
         let mut parts: Vec<&str> = good.split('.').collect();
         let forged_payload = {
             use base64::Engine;
             let mut c = claims(1000);
             c.aud = "billing".into();
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(serde_json::to_vec(&c).unwrap())
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap())
         };
         parts[1] = &forged_payload;
-        assert_eq!(set.verify(&parts.join("."), 1000, 0), Err(TokenError::Signature));
-        assert!(matches!(set.verify("not-a-jwt", 1000, 0), Err(TokenError::Malformed(_))));
+        assert_eq!(
+            set.verify(&parts.join("."), 1000, 0),
+            Err(TokenError::Signature)
+        );
+        assert!(matches!(
+            set.verify("not-a-jwt", 1000, 0),
+            Err(TokenError::Malformed(_))
+        ));
     }
 }

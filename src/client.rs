@@ -1,0 +1,247 @@
+//! The client side of the CLI: an mTLS channel from a certificate, a key and a CA
+//! bundle, and one function per client command. Output is JSON on stdout.
+use crate::api::pb;
+use crate::api::pb::admin_service_client::AdminServiceClient;
+use crate::api::pb::task_service_client::TaskServiceClient;
+use crate::api::pb::token_service_client::TokenServiceClient;
+use crate::api::pb::verifier_service_client::VerifierServiceClient;
+use crate::cli::{ClientArgs, ClientCommand, RevokeTarget, TaskCommand, TokenCommand};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// Connects to the broker over mutual TLS with the caller's SVID.
+pub async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("{what}: cannot read {}", p.display()))
+    };
+    let cert = read("--cert", &args.cert)?;
+    let key = read("--key", &args.key)?;
+    let ca = read("--ca", &args.ca)?;
+    let uri: tonic::transport::Uri = args
+        .broker
+        .parse()
+        .with_context(|| format!("--broker {:?} is not a URL", args.broker))?;
+    let host = match (&args.server_name, uri.host()) {
+        (Some(name), _) => name.clone(),
+        (None, Some(h)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        (None, None) => bail!("--broker {:?} has no host", args.broker),
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(host);
+    Channel::builder(uri)
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the broker at {}", args.broker))
+}
+
+/// A gRPC refusal as a message a person can act on.
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+/// "audience resource action", as the CLI takes scopes.
+pub fn parse_scope(s: &str) -> anyhow::Result<pb::Scope> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    match parts.as_slice() {
+        [a, r, x] => Ok(pb::Scope { audience: a.to_string(), resource: r.to_string(), action: x.to_string() }),
+        _ => bail!("scope {s:?} must be three words: \"<audience> <resource> <action>\""),
+    }
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => time::OffsetDateTime::from_unix_timestamp(t.seconds)
+            .ok()
+            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+            .map(Value::String)
+            .unwrap_or(Value::Null),
+        None => Value::Null,
+    }
+}
+
+fn scope_json(s: &Option<pb::Scope>) -> Value {
+    s.as_ref()
+        .map(|s| json!({"audience": s.audience, "resource": s.resource, "action": s.action}))
+        .unwrap_or(Value::Null)
+}
+
+fn task_json(t: &pb::Task) -> Value {
+    let state = pb::TaskState::try_from(t.state)
+        .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase())
+        .unwrap_or_else(|_| t.state.to_string());
+    json!({
+        "id": t.id, "agent": t.agent, "workflow": t.workflow, "objective": t.objective,
+        "scopes": t.scopes.iter().map(|s| scope_json(&Some(s.clone()))).collect::<Vec<_>>(),
+        "state": state, "opened_by": t.opened_by, "created_at": ts(&t.created_at),
+        "expires_at": ts(&t.expires_at), "ended_at": ts(&t.ended_at),
+        "end_reason": t.end_reason, "tokens_minted": t.tokens_minted,
+    })
+}
+
+fn event_json(e: &pb::RevocationEvent) -> Value {
+    use pb::revocation_target::Target as T;
+    let target = match e.target.as_ref().and_then(|t| t.target.as_ref()) {
+        Some(T::Token(j)) => json!({"token": j}),
+        Some(T::Task(t)) => json!({"task": t}),
+        Some(T::Agent(a)) => json!({"agent": a}),
+        Some(T::All(_)) => json!("all"),
+        None => Value::Null,
+    };
+    json!({"sequence": e.sequence, "target": target, "reason": e.reason, "actor": e.actor,
+           "trigger": e.trigger, "at": ts(&e.at)})
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
+    let ch = connect(args).await?;
+    match cmd {
+        ClientCommand::Task(TaskCommand::Start { agent, workflow, objective, scope, duration }) => {
+            let scopes = scope.iter().map(|s| parse_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
+            let r = TaskServiceClient::new(ch)
+                .start_task(pb::StartTaskRequest {
+                    agent: agent.clone(),
+                    workflow: workflow.clone(),
+                    objective: objective.clone(),
+                    scopes,
+                    duration_seconds: duration.as_secs(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null));
+        }
+        ClientCommand::Task(TaskCommand::Complete { task }) => {
+            let r = TaskServiceClient::new(ch)
+                .complete_task(pb::CompleteTaskRequest { task_id: task.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&json!({"task": r.task.as_ref().map(task_json), "revocation_sequence": r.revocation_sequence}));
+        }
+        ClientCommand::Task(TaskCommand::Get { task }) => {
+            let r = TaskServiceClient::new(ch)
+                .get_task(pb::GetTaskRequest { task_id: task.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null));
+        }
+        ClientCommand::Task(TaskCommand::List { agent, state, limit }) => {
+            let state = match state.as_deref() {
+                None => 0,
+                Some(s) => pb::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_uppercase()))
+                    .with_context(|| format!("--state {s:?}: one of active, completed, expired, deviated, revoked"))?
+                    as i32,
+            };
+            let r = TaskServiceClient::new(ch)
+                .list_tasks(pb::ListTasksRequest { agent: agent.clone().unwrap_or_default(), state, limit: *limit })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&Value::Array(r.tasks.iter().map(task_json).collect()));
+        }
+        ClientCommand::Token(TokenCommand::Mint { task, scope, ttl }) => {
+            let r = TokenServiceClient::new(ch)
+                .mint_token(pb::MintTokenRequest {
+                    task_id: task.clone(),
+                    scope: Some(parse_scope(scope)?),
+                    ttl_seconds: ttl.as_secs(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&json!({"token": r.token, "jti": r.jti, "expires_at": ts(&r.expires_at), "ttl_seconds": r.ttl_seconds}));
+        }
+        ClientCommand::Token(TokenCommand::Introspect { token }) => {
+            let token = if token == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the token from stdin")?;
+                s.trim().to_string()
+            } else {
+                token.clone()
+            };
+            let r = VerifierServiceClient::new(ch)
+                .introspect(pb::IntrospectRequest { token })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let claims: Value = if r.active {
+                serde_json::from_str(&r.claims_json).unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            print(&json!({"active": r.active, "claims": claims}));
+        }
+        ClientCommand::Tokens { task, agent, active, limit } => {
+            let r = AdminServiceClient::new(ch)
+                .list_tokens(pb::ListTokensRequest {
+                    task_id: task.clone().unwrap_or_default(),
+                    agent: agent.clone().unwrap_or_default(),
+                    active_only: *active,
+                    limit: *limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let rows: Vec<Value> = r
+                .tokens
+                .iter()
+                .map(|t| {
+                    json!({"jti": t.jti, "task": t.task_id, "agent": t.agent, "workflow": t.workflow,
+                           "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
+                           "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at), "active": t.active})
+                })
+                .collect();
+            print(&Value::Array(rows));
+        }
+        ClientCommand::Revoke { target, reason } => {
+            use pb::revocation_target::Target as T;
+            let target = match target {
+                RevokeTarget::Token { jti } => T::Token(jti.clone()),
+                RevokeTarget::Task { task } => T::Task(task.clone()),
+                RevokeTarget::Agent { agent } => T::Agent(agent.clone()),
+                RevokeTarget::All => T::All(true),
+            };
+            let r = AdminServiceClient::new(ch)
+                .revoke(pb::RevokeRequest {
+                    target: Some(pb::RevocationTarget { target: Some(target) }),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&json!({"event": r.event.as_ref().map(event_json), "tokens_revoked": r.tokens_revoked,
+                          "tasks_stopped": r.tasks_stopped}));
+        }
+        ClientCommand::Watch { after } => {
+            let mut stream = VerifierServiceClient::new(ch)
+                .watch_revocations(pb::WatchRevocationsRequest { after_sequence: *after })
+                .await
+                .map_err(status)?
+                .into_inner();
+            while let Some(ev) = stream.message().await.map_err(status)? {
+                println!("{}", event_json(&ev));
+            }
+        }
+        ClientCommand::Jwks => {
+            let r = VerifierServiceClient::new(ch)
+                .get_jwks(pb::GetJwksRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let v: Value = serde_json::from_str(&r.jwks_json).context("the broker sent invalid JWKS JSON")?;
+            print(&v);
+        }
+    }
+    Ok(())
+}

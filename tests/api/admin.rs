@@ -1,0 +1,263 @@
+use crate::helpers::*;
+use mayfly::api::pb;
+use mayfly::api::pb::revocation_target::Target;
+use tonic::Code;
+
+async fn mint(app: &TestApp, agent: &str, task: &str, res: &str) -> pb::MintTokenResponse {
+    let (mut c, _) = app.tokens(agent).await;
+    c.mint_token(mint_request(task, res, 120))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn task_state(app: &TestApp, id: &str) -> i32 {
+    app.tasks(ADMIN)
+        .await
+        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
+        .state
+}
+
+#[tokio::test]
+async fn revoking_a_token_kills_only_that_token() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let a = mint(&app, AGENT, &task.id, "customers/eu/1").await;
+    let b = mint(&app, AGENT, &task.id, "customers/eu/2").await;
+    let r = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Token(a.jti.clone()),
+            "leaked in a log",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.tokens_revoked, 1);
+    assert_eq!(r.tasks_stopped, 0);
+    let ev = r.event.unwrap();
+    assert_eq!(ev.actor, ADMIN);
+    assert_eq!(ev.trigger, "admin");
+    assert_eq!(ev.reason, "leaked in a log");
+    assert!(!introspect_active(&app, &a.token).await);
+    assert!(introspect_active(&app, &b.token).await);
+    assert_eq!(
+        task_state(&app, &task.id).await,
+        pb::TaskState::Active as i32
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_task_stops_it_and_kills_its_tokens() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let other = app.open_task(AGENT, 600).await;
+    let a = mint(&app, AGENT, &task.id, "customers/eu/1").await;
+    let b = mint(&app, AGENT, &other.id, "customers/eu/1").await;
+    let r = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Task(task.id.clone()),
+            "objective changed",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.tokens_revoked, r.tasks_stopped), (1, 1));
+    assert!(!introspect_active(&app, &a.token).await);
+    assert!(introspect_active(&app, &b.token).await);
+    assert_eq!(
+        task_state(&app, &task.id).await,
+        pb::TaskState::Revoked as i32
+    );
+}
+
+#[tokio::test]
+async fn revoking_an_agent_stops_its_active_tasks_and_kills_its_tokens() {
+    let app = spawn_app().await;
+    let t1 = app.open_task(AGENT, 600).await;
+    let t2 = app.open_task(AGENT, 600).await;
+    let t3 = app.open_task(AGENT2, 600).await;
+    let a = mint(&app, AGENT, &t1.id, "customers/eu/1").await;
+    let b = mint(&app, AGENT, &t2.id, "customers/eu/1").await;
+    let c = mint(&app, AGENT2, &t3.id, "customers/eu/1").await;
+    let r = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Agent(AGENT.into()),
+            "compromised host",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.tokens_revoked, r.tasks_stopped), (2, 2));
+    assert!(!introspect_active(&app, &a.token).await);
+    assert!(!introspect_active(&app, &b.token).await);
+    assert!(introspect_active(&app, &c.token).await);
+    assert_eq!(
+        task_state(&app, &t1.id).await,
+        pb::TaskState::Revoked as i32
+    );
+    assert_eq!(task_state(&app, &t3.id).await, pb::TaskState::Active as i32);
+    // Its tasks are final: it cannot mint again in them.
+    let (mut agent, _) = app.tokens(AGENT).await;
+    let err = agent
+        .mint_token(mint_request(&t1.id, "customers/eu/1", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn revoking_all_kills_every_token() {
+    let app = spawn_app().await;
+    let t1 = app.open_task(AGENT, 600).await;
+    let t2 = app.open_task(AGENT2, 600).await;
+    let a = mint(&app, AGENT, &t1.id, "customers/eu/1").await;
+    let b = mint(&app, AGENT2, &t2.id, "customers/eu/1").await;
+    let r = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(Target::All(true), "incident 42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.tokens_revoked, r.tasks_stopped), (2, 2));
+    assert!(!introspect_active(&app, &a.token).await);
+    assert!(!introspect_active(&app, &b.token).await);
+}
+
+#[tokio::test]
+async fn bad_revocations_are_refused_with_the_reason() {
+    let app = spawn_app().await;
+    let mut admin = app.admin(ADMIN).await;
+    let err = admin
+        .revoke(revoke_request(Target::All(true), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("reason: is required"));
+    let err = admin
+        .revoke(revoke_request(Target::All(false), "x"))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("target.all: must be true"));
+    let err = admin
+        .revoke(pb::RevokeRequest {
+            target: None,
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("target: is required"));
+    let err = admin
+        .revoke(revoke_request(Target::Token("abc".into()), "x"))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("target.token:"));
+    let err = admin
+        .revoke(revoke_request(Target::Agent("bob".into()), "x"))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("target.agent:"));
+    let err = admin
+        .revoke(revoke_request(
+            Target::Token(uuid::Uuid::new_v4().to_string()),
+            "x",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = admin
+        .revoke(revoke_request(
+            Target::Task(uuid::Uuid::new_v4().to_string()),
+            "x",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // None of these refusals consumed a sequence number.
+    let r = admin
+        .revoke(revoke_request(Target::All(true), "first real one"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.event.unwrap().sequence, 1);
+}
+
+#[tokio::test]
+async fn tokens_are_listed_by_task_agent_and_activity() {
+    let app = spawn_app().await;
+    let t1 = app.open_task(AGENT, 600).await;
+    let t2 = app.open_task(AGENT2, 600).await;
+    let a = mint(&app, AGENT, &t1.id, "customers/eu/1").await;
+    let b = mint(&app, AGENT, &t1.id, "customers/eu/2").await;
+    let c = mint(&app, AGENT2, &t2.id, "customers/eu/3").await;
+    let mut admin = app.admin(ADMIN).await;
+    admin
+        .revoke(revoke_request(Target::Token(b.jti.clone()), "test"))
+        .await
+        .unwrap();
+    let list = |task: &str, agent: &str, active_only: bool| pb::ListTokensRequest {
+        task_id: task.into(),
+        agent: agent.into(),
+        active_only,
+        limit: 0,
+    };
+    let jtis = |r: pb::ListTokensResponse| {
+        let mut v: Vec<String> = r.tokens.into_iter().map(|t| t.jti).collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        jtis(
+            admin
+                .list_tokens(list(&t1.id, "", false))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        sorted(vec![a.jti.clone(), b.jti.clone()])
+    );
+    assert_eq!(
+        jtis(
+            admin
+                .list_tokens(list("", AGENT2, false))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        vec![c.jti.clone()]
+    );
+    assert_eq!(
+        jtis(
+            admin
+                .list_tokens(list("", AGENT, true))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        vec![a.jti.clone()]
+    );
+    let all = admin
+        .list_tokens(list("", "", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.tokens.len(), 3);
+    let revoked = all.tokens.iter().find(|t| t.jti == b.jti).unwrap();
+    assert!(!revoked.active && revoked.revoked_at.is_some());
+    assert_eq!(revoked.scope.as_ref().unwrap().resource, "customers/eu/2");
+}

@@ -1,0 +1,378 @@
+//! spawn_app: the real broker on ephemeral ports, real mTLS with rcgen-made SVIDs,
+//! a fresh PostgreSQL database per test.
+use mayfly::api::pb;
+use mayfly::api::pb::admin_service_client::AdminServiceClient;
+use mayfly::api::pb::task_service_client::TaskServiceClient;
+use mayfly::api::pb::token_service_client::TokenServiceClient;
+use mayfly::api::pb::verifier_service_client::VerifierServiceClient;
+use mayfly::clock::ManualClock;
+use mayfly::config::Config;
+use mayfly::identity::devcerts::{DevCa, Issued, SvidSpec};
+use mayfly::store::PgStore;
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+pub const TD: &str = "example.org";
+pub const AGENT: &str = "spiffe://example.org/agent/a1";
+pub const AGENT2: &str = "spiffe://example.org/agent/a2";
+pub const ORCH: &str = "spiffe://example.org/orchestrator/o1";
+pub const ORCH2: &str = "spiffe://example.org/orchestrator/o2";
+pub const ADMIN: &str = "spiffe://example.org/admin/s1";
+pub const VERIFIER: &str = "spiffe://example.org/verifier/v1";
+
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("mayfly_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL (DATABASE_URL)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = match admin.rfind('/') {
+        Some(i) if admin[..i].contains("://") && i > admin.find("://").unwrap() + 2 => {
+            admin[..i].to_string()
+        }
+        _ => admin.clone(),
+    };
+    format!("{base}/{name}")
+}
+
+/// The PKI of a test: a CA for example.org, files on disk for the broker.
+pub struct Pki {
+    pub ca: DevCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let ca = DevCa::new(TD).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        let server = ca
+            .server("spiffe://example.org/mayfly/broker", &["localhost"])
+            .unwrap();
+        std::fs::write(dir.path().join("broker.crt"), &server.cert_pem).unwrap();
+        std::fs::write(dir.path().join("broker.key"), &server.key_pem).unwrap();
+        Pki { ca, dir }
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+}
+
+pub struct Options {
+    pub db_url: Option<String>,
+    pub extra_trust_domains: Vec<(String, PathBuf)>,
+    pub max_tokens: u32,
+    pub sweep: &'static str,
+    pub connect_timeout: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            db_url: None,
+            extra_trust_domains: vec![],
+            max_tokens: 5,
+            sweep: "50ms",
+            connect_timeout: "2s",
+        }
+    }
+}
+
+pub fn config_text(pki: &Pki, db_url: &str, o: &Options) -> String {
+    let mut extra = String::new();
+    for (name, path) in &o.extra_trust_domains {
+        extra.push_str(&format!(
+            "\n[[trust_domains]]\nname = \"{name}\"\nbundle = \"{}\"\n",
+            path.display()
+        ));
+    }
+    format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+cert = "{cert}"
+key = "{key}"
+issuer = "https://mayfly.test"
+shutdown_grace = "5s"
+
+[database]
+url = "{db_url}"
+max_connections = 8
+connect_timeout = "{ct}"
+
+[[trust_domains]]
+name = "example.org"
+bundle = "{ca}"
+{extra}
+[roles]
+agent = ["spiffe://example.org/agent/*"]
+orchestrator = ["spiffe://example.org/orchestrator/*"]
+admin = ["spiffe://example.org/admin/*"]
+verifier = ["spiffe://example.org/verifier/*"]
+
+[tasks]
+sweep_interval = "{sweep}"
+
+[keys]
+heartbeat = "60s"
+
+[[workflows]]
+name = "support"
+agents = ["spiffe://example.org/agent/*"]
+scopes = [
+  {{ audience = "crm-api", resource = "customers/eu/**", action = "read" }},
+  {{ audience = "crm-api", resource = "customers/eu/**", action = "write" }},
+  {{ audience = "tickets", resource = "tickets/*", action = "comment" }},
+]
+max_task_duration = "1h"
+max_token_ttl = "5m"
+max_tokens = {max}
+
+[[workflows]]
+name = "coding"
+agents = ["spiffe://example.org/agent/a2"]
+scopes = [{{ audience = "github", resource = "repos/**", action = "*" }}]
+max_task_duration = "2h"
+max_token_ttl = "10m"
+max_tokens = 100
+"#,
+        cert = pki.path("broker.crt").display(),
+        key = pki.path("broker.key").display(),
+        ca = pki.path("ca.pem").display(),
+        ct = o.connect_timeout,
+        sweep = o.sweep,
+        max = o.max_tokens,
+    )
+}
+
+pub struct TestApp {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub clock: ManualClock,
+    pub pki: Arc<Pki>,
+    pub db_url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Arc::new(Pki::new()), Options::default()).await
+}
+
+pub async fn spawn_with(pki: Arc<Pki>, o: Options) -> TestApp {
+    let db_url = match &o.db_url {
+        Some(u) => u.clone(),
+        None => fresh_database().await,
+    };
+    let cfg = Config::parse(&config_text(&pki, &db_url, &o), "test").unwrap();
+    cfg.validate().unwrap();
+    let clock = ManualClock::new();
+    let app = mayfly::app::build(cfg, Arc::new(clock.clone()))
+        .await
+        .expect("build app");
+    let grpc = app.grpc_addr().unwrap();
+    let http = app.http_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        grpc,
+        http,
+        clock,
+        pki,
+        db_url,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// Stops the app and waits until it has shut down.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+
+    pub fn issue(&self, spec: &SvidSpec) -> Issued {
+        self.pki.ca.issue(spec).unwrap()
+    }
+
+    pub async fn channel_with(
+        &self,
+        identity: Option<&Issued>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.pki.ca.cert_pem()))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        Channel::from_shared(format!("https://{}", self.grpc))
+            .unwrap()
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+    }
+
+    /// A channel authenticated as a fresh, well-formed SVID for `spiffe_id`.
+    pub async fn channel(&self, spiffe_id: &str) -> (Channel, Issued) {
+        let id = self.pki.ca.svid(spiffe_id).unwrap();
+        let ch = self.channel_with(Some(&id)).await.expect("connect");
+        (ch, id)
+    }
+
+    pub async fn tasks(&self, id: &str) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(self.channel(id).await.0)
+    }
+    pub async fn tokens(&self, id: &str) -> (TokenServiceClient<Channel>, Issued) {
+        let (ch, issued) = self.channel(id).await;
+        (TokenServiceClient::new(ch), issued)
+    }
+    pub async fn admin(&self, id: &str) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel(id).await.0)
+    }
+    pub async fn verifier(&self, id: &str) -> VerifierServiceClient<Channel> {
+        VerifierServiceClient::new(self.channel(id).await.0)
+    }
+
+    /// A store handle on the app's database, for checking what was persisted.
+    pub async fn store(&self) -> PgStore {
+        PgStore::connect(&self.db_url, 2, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    /// Opens a support task for AGENT with the default scopes.
+    pub async fn open_task(&self, agent: &str, duration: u64) -> pb::Task {
+        self.tasks(ORCH)
+            .await
+            .start_task(start_request(agent, duration))
+            .await
+            .expect("start task")
+            .into_inner()
+            .task
+            .unwrap()
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn scope(aud: &str, res: &str, action: &str) -> pb::Scope {
+    pb::Scope {
+        audience: aud.into(),
+        resource: res.into(),
+        action: action.into(),
+    }
+}
+
+pub fn start_request(agent: &str, duration: u64) -> pb::StartTaskRequest {
+    pb::StartTaskRequest {
+        agent: agent.into(),
+        workflow: "support".into(),
+        objective: "answer ticket 4711 about an EU customer's invoice".into(),
+        scopes: vec![
+            scope("crm-api", "customers/eu/*", "read"),
+            scope("tickets", "tickets/4711", "comment"),
+        ],
+        duration_seconds: duration,
+    }
+}
+
+pub fn mint_request(task: &str, res: &str, ttl: u64) -> pb::MintTokenRequest {
+    pb::MintTokenRequest {
+        task_id: task.into(),
+        scope: Some(scope("crm-api", res, "read")),
+        ttl_seconds: ttl,
+    }
+}
+
+pub fn revoke_request(target: pb::revocation_target::Target, reason: &str) -> pb::RevokeRequest {
+    pb::RevokeRequest {
+        target: Some(pb::RevocationTarget {
+            target: Some(target),
+        }),
+        reason: reason.into(),
+    }
+}
+
+/// Minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Reads the next `n` events from a watch stream (failing after 10 s).
+pub async fn next_events(
+    stream: &mut tonic::Streaming<pb::RevocationEvent>,
+    n: usize,
+) -> Vec<pb::RevocationEvent> {
+    let mut out = vec![];
+    while out.len() < n {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a revocation event within 10 s")
+            .expect("stream ok")
+            .expect("stream open");
+        out.push(ev);
+    }
+    out
+}
+
+pub async fn introspect_active(app: &TestApp, token: &str) -> bool {
+    app.verifier(VERIFIER)
+        .await
+        .introspect(pb::IntrospectRequest {
+            token: token.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real broker over real mTLS against a real PostgreSQL.
+mod helpers;
+
+mod admin;
+mod identity;
+mod operations;
+mod tasks;
+mod tokens;
+mod verifier;

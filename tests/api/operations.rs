@@ -1,0 +1,442 @@
+use crate::helpers::*;
+use mayfly::api::pb;
+use mayfly::api::pb::task_service_client::TaskServiceClient;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Code;
+
+#[tokio::test]
+async fn two_brokers_on_one_database_verify_each_others_tokens() {
+    let pki = Arc::new(Pki::new());
+    let a = spawn_with(pki.clone(), Options::default()).await;
+    let b = spawn_with(
+        pki.clone(),
+        Options {
+            db_url: Some(a.db_url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let task = a.open_task(AGENT, 600).await;
+    let (mut on_a, _) = a.tokens(AGENT).await;
+    let (mut on_b, _) = b.tokens(AGENT).await;
+    let from_a = on_a
+        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    let from_b = on_b
+        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        introspect_active(&b, &from_a.token).await,
+        "B verifies A's token"
+    );
+    assert!(
+        introspect_active(&a, &from_b.token).await,
+        "A verifies B's token"
+    );
+    let (_, jwks) = b.http_get("/.well-known/jwks.json").await;
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "each broker's JWKS serves both keys"
+    );
+    // A revocation through A is seen by B.
+    a.tasks(ORCH)
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(!introspect_active(&b, &from_b.token).await);
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+async fn proxy_to_postgres() -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let upstream = {
+        let url = admin_url();
+        let after = url
+            .split_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or("127.0.0.1:5432/");
+        after.split('/').next().unwrap().to_string()
+    };
+    let s = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = tokio::select! {
+                _ = s.cancelled() => return,
+                r = listener.accept() => r.unwrap(),
+            };
+            let upstream = upstream.clone();
+            let s = s.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = s.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                }
+            });
+        }
+    });
+    Proxy { addr, stop }
+}
+
+#[tokio::test]
+async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
+    let direct = fresh_database().await;
+    let proxy = proxy_to_postgres().await;
+    let name = direct.rsplit('/').next().unwrap();
+    let user = admin_url()
+        .split_once("://")
+        .and_then(|(_, r)| r.split_once('@'))
+        .map(|(u, _)| u.to_string())
+        .unwrap_or("postgres".into());
+    let via_proxy = format!("postgres://{user}@{}/{name}", proxy.addr);
+    let app = spawn_with(
+        Arc::new(Pki::new()),
+        Options {
+            db_url: Some(via_proxy),
+            connect_timeout: "1s",
+            ..Default::default()
+        },
+    )
+    .await;
+    let task = app.open_task(AGENT, 600).await;
+    let (mut agent, _) = app.tokens(AGENT).await;
+    agent
+        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .await
+        .unwrap();
+    assert_eq!(app.http_get("/readyz").await.0, 200);
+
+    proxy.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = agent
+        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("store is unavailable"),
+        "{}",
+        err.message()
+    );
+    let (status, body) = app.http_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        app.http_get("/healthz").await.0,
+        200,
+        "liveness does not depend on the store"
+    );
+
+    // Exactly the one token minted before the outage exists.
+    let store = mayfly::store::PgStore::connect(&direct, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tokens")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn http_health_and_grpc_health_and_reflection_answer() {
+    let app = spawn_app().await;
+    assert_eq!(app.http_get("/healthz").await, (200, "ok".to_string()));
+    assert_eq!(app.http_get("/readyz").await.0, 200);
+    let (ch, _) = app.channel(VERIFIER).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "mayfly.v1.TokenService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("{msg:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for svc in [
+        "mayfly.v1.TaskService",
+        "mayfly.v1.TokenService",
+        "mayfly.v1.AdminService",
+        "mayfly.v1.VerifierService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&svc.to_string()), "{svc} in {names:?}");
+    }
+}
+
+fn mayfly_bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+}
+
+#[tokio::test]
+async fn serve_refuses_a_bad_config_naming_the_key() {
+    let pki = Pki::new();
+    let good = config_text(
+        &pki,
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        &Options::default(),
+    );
+    let cases = [
+        (
+            good.replace("max_tokens = 5", "max_tokens = 0"),
+            "workflows[0].max_tokens: must be at least 1",
+        ),
+        (
+            good.replace("sweep_interval = \"50ms\"", "sweep_interval = \"soon\""),
+            "sweep_interval",
+        ),
+        (
+            good.replace("[roles]", "[roles]\nsuperuser = []"),
+            "unknown field `superuser`",
+        ),
+    ];
+    for (text, want) in cases {
+        let path = pki.path("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = mayfly_bin()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("MAYFLY_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+    let out = mayfly_bin()
+        .args(["serve", "--config"])
+        .arg(pki.path("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[tokio::test]
+async fn serve_reports_an_unreachable_database_clearly() {
+    let pki = Pki::new();
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(
+        &pki,
+        &format!("postgres://postgres:hunter2@127.0.0.1:{port}/mayfly"),
+        &Options {
+            connect_timeout: "1s",
+            ..Default::default()
+        },
+    );
+    let path = pki.path("mayfly.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = mayfly_bin()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("MAYFLY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot use the database at postgres://***@127.0.0.1:{port}/mayfly"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password is never printed");
+}
+
+#[tokio::test]
+async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = mayfly_bin().arg("dev-certs").arg(&certs).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "ca.pem",
+        "broker.crt",
+        "broker.key",
+        "agent.crt",
+        "orchestrator.crt",
+        "admin.crt",
+        "verifier.crt",
+    ] {
+        assert!(certs.join(f).exists(), "{f}");
+    }
+    let db = fresh_database().await;
+    let grpc_port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http_port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mayfly.toml"))
+            .unwrap();
+    let cfg = dir.path().join("mayfly.toml");
+    std::fs::write(&cfg, example.replace("dev-certs/", "certs/")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("MAYFLY_DATABASE_URL", &db)
+        .env("MAYFLY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+        .env("MAYFLY_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait for readiness.
+    let http: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if TcpStream::connect(http).await.is_ok() && http_get(http, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "mayfly serve became ready");
+
+    // The example's identities work end to end with the generated SVIDs.
+    let client = |name: &str| {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(certs.join("ca.pem")).unwrap(),
+            ))
+            .identity(tonic::transport::Identity::from_pem(
+                std::fs::read(certs.join(format!("{name}.crt"))).unwrap(),
+                std::fs::read(certs.join(format!("{name}.key"))).unwrap(),
+            ))
+            .domain_name("localhost");
+        tonic::transport::Channel::from_shared(format!("https://127.0.0.1:{grpc_port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let orch = client("orchestrator").connect().await.unwrap();
+    let task = TaskServiceClient::new(orch)
+        .start_task(pb::StartTaskRequest {
+            agent: "spiffe://example.org/agent/support-bot".into(),
+            workflow: "support-triage".into(),
+            objective: "triage".into(),
+            scopes: vec![scope("crm-api", "customers/eu/*", "read")],
+            duration_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let verifier = client("verifier").connect().await.unwrap();
+    let mut watch = pb::verifier_service_client::VerifierServiceClient::new(verifier)
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!task.id.is_empty());
+
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The open stream ends cleanly, and the process exits 0.
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("stream ends on shutdown");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    assert!(exit.success(), "{logs}");
+    assert!(logs.contains("shut down cleanly"), "{logs}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams_and_returns_cleanly() {
+    let app = spawn_app().await;
+    let mut watch = app
+        .verifier(VERIFIER)
+        .await
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let stopping = tokio::spawn(app.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("stream ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("app stops")
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,354 @@
+use crate::helpers::*;
+use mayfly::api::pb;
+use mayfly::audit::Action;
+use mayfly::store::AuditStore;
+use tonic::Code;
+
+#[tokio::test]
+async fn an_orchestrator_opens_reads_lists_and_completes_a_task() {
+    let app = spawn_app().await;
+    let mut tasks = app.tasks(ORCH).await;
+    let task = app.open_task(AGENT, 600).await;
+    assert_eq!(task.agent, AGENT);
+    assert_eq!(task.opened_by, ORCH);
+    assert_eq!(task.state, pb::TaskState::Active as i32);
+    assert_eq!(task.scopes.len(), 2);
+    let span = task.expires_at.unwrap().seconds - task.created_at.unwrap().seconds;
+    assert_eq!(span, 600);
+
+    let got = tasks
+        .get_task(pb::GetTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.task.unwrap(), task);
+
+    let other = app.open_task(AGENT2, 600).await;
+    let mine = tasks
+        .list_tasks(pb::ListTasksRequest {
+            agent: AGENT.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(
+        mine.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        vec![task.id.clone()]
+    );
+
+    let done = tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.task.as_ref().unwrap().state,
+        pb::TaskState::Completed as i32
+    );
+    assert!(done.revocation_sequence >= 1);
+
+    let active = tasks
+        .list_tasks(pb::ListTasksRequest {
+            state: pb::TaskState::Active as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(
+        active.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        vec![other.id.clone()]
+    );
+
+    // Terminal states are final.
+    let err = tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("is completed"), "{}", err.message());
+
+    let audit = app
+        .store()
+        .await
+        .audit_for_task(mayfly::domain::TaskId(task.id.parse().unwrap()))
+        .await
+        .unwrap();
+    let actions: Vec<Action> = audit.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        vec![
+            Action::TaskOpened,
+            Action::TaskCompleted,
+            Action::Revocation
+        ]
+    );
+    assert_eq!(
+        audit[0].detail["objective"],
+        "answer ticket 4711 about an EU customer's invoice"
+    );
+}
+
+#[tokio::test]
+async fn completing_a_task_revokes_every_token_with_one_event() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let (mut agent, _) = app.tokens(AGENT).await;
+    let t1 = agent
+        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    let t2 = agent
+        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(introspect_active(&app, &t1.token).await);
+
+    let mut watch = app
+        .verifier(VERIFIER)
+        .await
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    app.tasks(ORCH)
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap();
+    let ev = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(ev.trigger, "task_completed");
+    assert_eq!(ev.actor, ORCH);
+    assert_eq!(
+        ev.target.unwrap().target.unwrap(),
+        pb::revocation_target::Target::Task(task.id.clone())
+    );
+    assert!(!introspect_active(&app, &t1.token).await);
+    assert!(!introspect_active(&app, &t2.token).await);
+    // And nothing more can be minted.
+    let err = agent
+        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn only_the_orchestrator_that_opened_a_task_may_complete_it() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let err = app
+        .tasks(ORCH2)
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_task_outside_its_workflow_is_denied_with_the_reason() {
+    let app = spawn_app().await;
+    let mut tasks = app.tasks(ORCH).await;
+    let mut req = start_request(AGENT, 600);
+    req.scopes.push(scope("crm-api", "customers/us/*", "read"));
+    let err = tasks.start_task(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("outside workflow \"support\""),
+        "{}",
+        err.message()
+    );
+
+    let err = tasks
+        .start_task(start_request(AGENT, 7200))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("exceeds"), "{}", err.message());
+
+    let mut req = start_request(AGENT, 600);
+    req.workflow = "coding".into();
+    req.scopes = vec![scope("github", "repos/acme/x", "push")];
+    let err = tasks.start_task(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("may not run workflow"),
+        "{}",
+        err.message()
+    );
+
+    let mut req = start_request(AGENT, 600);
+    req.workflow = "payroll".into();
+    let err = tasks.start_task(req).await.unwrap_err();
+    assert!(err.message().contains("not defined"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn malformed_start_requests_name_the_field() {
+    let app = spawn_app().await;
+    let mut tasks = app.tasks(ORCH).await;
+    let cases: Vec<(pb::StartTaskRequest, &str)> = vec![
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.agent = "agent-1".into();
+                r
+            },
+            "agent:",
+        ),
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.agent = String::new();
+                r
+            },
+            "agent: is required",
+        ),
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.objective = " ".into();
+                r
+            },
+            "objective: is required",
+        ),
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.workflow = String::new();
+                r
+            },
+            "workflow: is required",
+        ),
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.scopes.clear();
+                r
+            },
+            "scopes: at least one",
+        ),
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.scopes[1].resource = "tickets//1".into();
+                r
+            },
+            "scopes[1]: resource has an empty path segment",
+        ),
+        (
+            {
+                let mut r = start_request(AGENT, 600);
+                r.scopes[0].audience = String::new();
+                r
+            },
+            "scopes[0]: audience is empty",
+        ),
+        (
+            start_request(AGENT, 0),
+            "duration_seconds: must be at least 1",
+        ),
+    ];
+    for (req, want) in cases {
+        let err = tasks.start_task(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{want}");
+        assert!(
+            err.message().starts_with(want),
+            "want {want:?}, got {:?}",
+            err.message()
+        );
+    }
+    let err = tasks
+        .get_task(pb::GetTaskRequest {
+            task_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("task_id:"));
+    let err = tasks
+        .get_task(pb::GetTaskRequest {
+            task_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = tasks
+        .list_tasks(pb::ListTasksRequest {
+            state: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("state:"));
+}
+
+#[tokio::test]
+async fn the_sweeper_expires_overdue_tasks_and_revokes_their_tokens() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 60).await;
+    let (mut agent, _) = app.tokens(AGENT).await;
+    let t = agent
+        .mint_token(mint_request(&task.id, "customers/eu/1", 300))
+        .await
+        .unwrap()
+        .into_inner();
+    // TTL is capped by the task's remaining time.
+    assert_eq!(t.ttl_seconds, 60);
+    let mut watch = app
+        .verifier(VERIFIER)
+        .await
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    app.clock.advance(std::time::Duration::from_secs(61));
+    let ev = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(ev.trigger, "task_expired");
+    assert_eq!(ev.actor, "mayfly");
+    let got = app
+        .tasks(ORCH)
+        .await
+        .get_task(pb::GetTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(got.state, pb::TaskState::Expired as i32);
+    assert!(!introspect_active(&app, &t.token).await);
+    let rows = app
+        .admin(ADMIN)
+        .await
+        .list_tokens(pb::ListTokensRequest {
+            task_id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].revoked_at.is_some(),
+        "the expired task's token row is revoked"
+    );
+}
