@@ -170,7 +170,10 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
-        let roles = Arc::new(self.config.role_map());
+        let auth = crate::api::Auth {
+            roles: Arc::new(self.config.role_map()),
+            clock: self.clock.clone(),
+        };
         let grace = self.config.server.shutdown_grace;
 
         let (health, health_svc) = tonic_health::server::health_reporter();
@@ -192,20 +195,19 @@ impl App {
             .add_service(reflection)
             .add_service(TaskServiceServer::new(TaskApi {
                 broker: b.clone(),
-                roles: roles.clone(),
+                auth: auth.clone(),
             }))
             .add_service(TokenServiceServer::new(TokenApi {
                 broker: b.clone(),
-                roles: roles.clone(),
+                auth: auth.clone(),
             }))
             .add_service(AdminServiceServer::new(AdminApi {
                 broker: b.clone(),
-                roles: roles.clone(),
-                clock: self.clock.clone(),
+                auth: auth.clone(),
             }))
             .add_service(VerifierServiceServer::new(VerifierApi {
                 broker: b.clone(),
-                roles,
+                auth,
                 shutdown: cancel.clone(),
                 poll: WATCH_POLL,
             }));

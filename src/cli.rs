@@ -51,16 +51,36 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Broker gRPC URL.
-    #[arg(long, global = true, env = "MAYFLY_BROKER", default_value = "https://127.0.0.1:8443")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAYFLY_BROKER",
+        default_value = "https://127.0.0.1:8443"
+    )]
     pub broker: String,
     /// The caller's X.509-SVID certificate (PEM).
-    #[arg(long, global = true, env = "MAYFLY_CERT", default_value = "examples/dev-certs/agent.crt")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAYFLY_CERT",
+        default_value = "examples/dev-certs/agent.crt"
+    )]
     pub cert: PathBuf,
     /// The caller's private key (PEM).
-    #[arg(long, global = true, env = "MAYFLY_KEY", default_value = "examples/dev-certs/agent.key")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAYFLY_KEY",
+        default_value = "examples/dev-certs/agent.key"
+    )]
     pub key: PathBuf,
     /// CA bundle that signs the broker's certificate (PEM).
-    #[arg(long, global = true, env = "MAYFLY_CA", default_value = "examples/dev-certs/ca.pem")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAYFLY_CA",
+        default_value = "examples/dev-certs/ca.pem"
+    )]
     pub ca: PathBuf,
     /// Name to verify in the broker's certificate (default: the URL's host).
     #[arg(long, global = true, env = "MAYFLY_SERVER_NAME")]
@@ -123,8 +143,12 @@ pub enum TaskCommand {
         duration: Duration,
     },
     /// Complete a task: every token of it is revoked.
-    Complete { task: String },
-    Get { task: String },
+    Complete {
+        task: String,
+    },
+    Get {
+        task: String,
+    },
     List {
         #[arg(long)]
         agent: Option<String>,

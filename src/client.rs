@@ -50,7 +50,11 @@ fn status(e: tonic::Status) -> anyhow::Error {
 pub fn parse_scope(s: &str) -> anyhow::Result<pb::Scope> {
     let parts: Vec<&str> = s.split_whitespace().collect();
     match parts.as_slice() {
-        [a, r, x] => Ok(pb::Scope { audience: a.to_string(), resource: r.to_string(), action: x.to_string() }),
+        [a, r, x] => Ok(pb::Scope {
+            audience: a.to_string(),
+            resource: r.to_string(),
+            action: x.to_string(),
+        }),
         _ => bail!("scope {s:?} must be three words: \"<audience> <resource> <action>\""),
     }
 }
@@ -59,7 +63,10 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     match t {
         Some(t) => time::OffsetDateTime::from_unix_timestamp(t.seconds)
             .ok()
-            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .map(Value::String)
             .unwrap_or(Value::Null),
         None => Value::Null,
@@ -74,7 +81,11 @@ fn scope_json(s: &Option<pb::Scope>) -> Value {
 
 fn task_json(t: &pb::Task) -> Value {
     let state = pb::TaskState::try_from(t.state)
-        .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TASK_STATE_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| t.state.to_string());
     json!({
         "id": t.id, "agent": t.agent, "workflow": t.workflow, "objective": t.objective,
@@ -99,14 +110,26 @@ fn event_json(e: &pb::RevocationEvent) -> Value {
 }
 
 fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
 }
 
 pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
     let ch = connect(args).await?;
     match cmd {
-        ClientCommand::Task(TaskCommand::Start { agent, workflow, objective, scope, duration }) => {
-            let scopes = scope.iter().map(|s| parse_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        ClientCommand::Task(TaskCommand::Start {
+            agent,
+            workflow,
+            objective,
+            scope,
+            duration,
+        }) => {
+            let scopes = scope
+                .iter()
+                .map(|s| parse_scope(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let r = TaskServiceClient::new(ch)
                 .start_task(pb::StartTaskRequest {
                     agent: agent.clone(),
@@ -122,29 +145,46 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Task(TaskCommand::Complete { task }) => {
             let r = TaskServiceClient::new(ch)
-                .complete_task(pb::CompleteTaskRequest { task_id: task.clone() })
+                .complete_task(pb::CompleteTaskRequest {
+                    task_id: task.clone(),
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&json!({"task": r.task.as_ref().map(task_json), "revocation_sequence": r.revocation_sequence}));
+            print(
+                &json!({"task": r.task.as_ref().map(task_json), "revocation_sequence": r.revocation_sequence}),
+            );
         }
         ClientCommand::Task(TaskCommand::Get { task }) => {
             let r = TaskServiceClient::new(ch)
-                .get_task(pb::GetTaskRequest { task_id: task.clone() })
+                .get_task(pb::GetTaskRequest {
+                    task_id: task.clone(),
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
             print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null));
         }
-        ClientCommand::Task(TaskCommand::List { agent, state, limit }) => {
+        ClientCommand::Task(TaskCommand::List {
+            agent,
+            state,
+            limit,
+        }) => {
             let state = match state.as_deref() {
                 None => 0,
                 Some(s) => pb::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_uppercase()))
-                    .with_context(|| format!("--state {s:?}: one of active, completed, expired, deviated, revoked"))?
-                    as i32,
+                    .with_context(|| {
+                        format!(
+                            "--state {s:?}: one of active, completed, expired, deviated, revoked"
+                        )
+                    })? as i32,
             };
             let r = TaskServiceClient::new(ch)
-                .list_tasks(pb::ListTasksRequest { agent: agent.clone().unwrap_or_default(), state, limit: *limit })
+                .list_tasks(pb::ListTasksRequest {
+                    agent: agent.clone().unwrap_or_default(),
+                    state,
+                    limit: *limit,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -160,12 +200,15 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&json!({"token": r.token, "jti": r.jti, "expires_at": ts(&r.expires_at), "ttl_seconds": r.ttl_seconds}));
+            print(
+                &json!({"token": r.token, "jti": r.jti, "expires_at": ts(&r.expires_at), "ttl_seconds": r.ttl_seconds}),
+            );
         }
         ClientCommand::Token(TokenCommand::Introspect { token }) => {
             let token = if token == "-" {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the token from stdin")?;
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("reading the token from stdin")?;
                 s.trim().to_string()
             } else {
                 token.clone()
@@ -182,7 +225,12 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
             };
             print(&json!({"active": r.active, "claims": claims}));
         }
-        ClientCommand::Tokens { task, agent, active, limit } => {
+        ClientCommand::Tokens {
+            task,
+            agent,
+            active,
+            limit,
+        } => {
             let r = AdminServiceClient::new(ch)
                 .list_tokens(pb::ListTokensRequest {
                     task_id: task.clone().unwrap_or_default(),
@@ -214,18 +262,24 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
             };
             let r = AdminServiceClient::new(ch)
                 .revoke(pb::RevokeRequest {
-                    target: Some(pb::RevocationTarget { target: Some(target) }),
+                    target: Some(pb::RevocationTarget {
+                        target: Some(target),
+                    }),
                     reason: reason.clone(),
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&json!({"event": r.event.as_ref().map(event_json), "tokens_revoked": r.tokens_revoked,
-                          "tasks_stopped": r.tasks_stopped}));
+            print(
+                &json!({"event": r.event.as_ref().map(event_json), "tokens_revoked": r.tokens_revoked,
+                          "tasks_stopped": r.tasks_stopped}),
+            );
         }
         ClientCommand::Watch { after } => {
             let mut stream = VerifierServiceClient::new(ch)
-                .watch_revocations(pb::WatchRevocationsRequest { after_sequence: *after })
+                .watch_revocations(pb::WatchRevocationsRequest {
+                    after_sequence: *after,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -239,7 +293,8 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            let v: Value = serde_json::from_str(&r.jwks_json).context("the broker sent invalid JWKS JSON")?;
+            let v: Value =
+                serde_json::from_str(&r.jwks_json).context("the broker sent invalid JWKS JSON")?;
             print(&v);
         }
     }

@@ -1,10 +1,9 @@
 //! AdminService: the security team revokes and inspects tokens.
 use super::pb::admin_service_server::AdminService;
 use super::pb::*;
-use super::{authorize, convert};
+use super::{Auth, convert};
 use crate::broker::Broker;
-use crate::clock::Clock;
-use crate::identity::{Role, RoleMap};
+use crate::identity::Role;
 use crate::store::TokenFilter;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -12,8 +11,7 @@ use tracing::instrument;
 
 pub struct AdminApi {
     pub broker: Arc<Broker>,
-    pub roles: Arc<RoleMap>,
-    pub clock: Arc<dyn Clock>,
+    pub auth: Auth,
 }
 
 #[tonic::async_trait]
@@ -23,7 +21,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        let caller = authorize(&req, &self.roles, &[Role::Admin])?;
+        let caller = self.auth.caller(&req, &[Role::Admin])?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.get_ref();
         let target = convert::target(r.target.as_ref())?;
@@ -40,9 +38,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        authorize(&req, &self.roles, &[Role::Admin])?;
+        self.auth.caller(&req, &[Role::Admin])?;
         let r = req.get_ref();
-        let now = self.clock.now();
+        let now = self.auth.clock.now();
         let filter = TokenFilter {
             task: if r.task_id.is_empty() {
                 None

@@ -39,20 +39,39 @@ impl std::fmt::Debug for pb::IntrospectRequest {
     }
 }
 
+use crate::clock::Clock;
 use crate::error;
 use crate::identity::{Caller, ConnInfo, Role, RoleMap};
+use std::sync::Arc;
 use tonic::{Request, Status};
 
-/// The authenticated caller of a request, if it holds one of `allowed` roles.
-pub fn authorize<T>(req: &Request<T>, roles: &RoleMap, allowed: &[Role]) -> Result<Caller, Status> {
-    let info = req
-        .extensions()
-        .get::<ConnInfo>()
-        .ok_or_else(|| Status::unauthenticated("no mutual-TLS connection information"))?;
-    let caller = info.identity.as_ref().map_err(error::unauthenticated)?;
-    if allowed.iter().any(|r| roles.has(&caller.id, *r)) {
-        Ok(caller.clone())
-    } else {
-        Err(error::wrong_role(caller.id.as_str(), allowed))
+/// Checks callers: a verified SVID that has not expired since the handshake, and
+/// one of the roles a call requires.
+#[derive(Clone)]
+pub struct Auth {
+    pub roles: Arc<RoleMap>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Auth {
+    /// The authenticated caller of a request, if it holds one of `allowed` roles.
+    pub fn caller<T>(&self, req: &Request<T>, allowed: &[Role]) -> Result<Caller, Status> {
+        let info = req
+            .extensions()
+            .get::<ConnInfo>()
+            .ok_or_else(|| Status::unauthenticated("no mutual-TLS connection information"))?;
+        let caller = info.identity.as_ref().map_err(error::unauthenticated)?;
+        // The SVID was verified at the handshake; a long-lived connection must not
+        // outlive it.
+        if self.clock.now().unix_timestamp() >= caller.valid_until {
+            return Err(Status::unauthenticated(
+                "the client's X.509-SVID has expired since this connection was made; reconnect with a fresh SVID",
+            ));
+        }
+        if allowed.iter().any(|r| self.roles.has(&caller.id, *r)) {
+            Ok(caller.clone())
+        } else {
+            Err(error::wrong_role(caller.id.as_str(), allowed))
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! TaskService: orchestrators open, complete and read tasks.
 use super::pb::task_service_server::TaskService;
 use super::pb::*;
-use super::{authorize, convert};
+use super::{Auth, convert};
 use crate::broker::{Broker, StartTask};
-use crate::identity::{Role, RoleMap};
+use crate::identity::Role;
 use crate::store::TaskFilter;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -11,7 +11,7 @@ use tracing::instrument;
 
 pub struct TaskApi {
     pub broker: Arc<Broker>,
-    pub roles: Arc<RoleMap>,
+    pub auth: Auth,
 }
 
 const READERS: &[Role] = &[Role::Orchestrator, Role::Admin];
@@ -23,7 +23,7 @@ impl TaskService for TaskApi {
         &self,
         req: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        let caller = authorize(&req, &self.roles, &[Role::Orchestrator])?;
+        let caller = self.auth.caller(&req, &[Role::Orchestrator])?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.get_ref();
         let input = StartTask {
@@ -49,7 +49,7 @@ impl TaskService for TaskApi {
         &self,
         req: Request<CompleteTaskRequest>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
-        let caller = authorize(&req, &self.roles, &[Role::Orchestrator])?;
+        let caller = self.auth.caller(&req, &[Role::Orchestrator])?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         tracing::Span::current()
             .record("caller", caller.id.as_str())
@@ -66,7 +66,7 @@ impl TaskService for TaskApi {
         &self,
         req: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        authorize(&req, &self.roles, READERS)?;
+        self.auth.caller(&req, READERS)?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let task = self.broker.get_task(id).await?;
         Ok(Response::new(GetTaskResponse {
@@ -78,7 +78,7 @@ impl TaskService for TaskApi {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        authorize(&req, &self.roles, READERS)?;
+        self.auth.caller(&req, READERS)?;
         let r = req.get_ref();
         let filter = TaskFilter {
             agent: if r.agent.is_empty() {

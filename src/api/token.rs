@@ -1,16 +1,16 @@
 //! TokenService: agents mint tokens for their own active tasks.
 use super::pb::token_service_server::TokenService;
 use super::pb::*;
-use super::{authorize, convert};
+use super::{Auth, convert};
 use crate::broker::{Broker, MintRequest};
-use crate::identity::{Role, RoleMap};
+use crate::identity::Role;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 pub struct TokenApi {
     pub broker: Arc<Broker>,
-    pub roles: Arc<RoleMap>,
+    pub auth: Auth,
 }
 
 #[tonic::async_trait]
@@ -20,7 +20,7 @@ impl TokenService for TokenApi {
         &self,
         req: Request<MintTokenRequest>,
     ) -> Result<Response<MintTokenResponse>, Status> {
-        let caller = authorize(&req, &self.roles, &[Role::Agent])?;
+        let caller = self.auth.caller(&req, &[Role::Agent])?;
         let r = req.get_ref();
         let task = convert::task_id("task_id", &r.task_id)?;
         let span = tracing::Span::current();

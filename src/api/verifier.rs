@@ -2,9 +2,9 @@
 //! revocation stream.
 use super::pb::verifier_service_server::VerifierService;
 use super::pb::*;
-use super::{authorize, convert};
+use super::{Auth, convert};
 use crate::broker::Broker;
-use crate::identity::{Role, RoleMap};
+use crate::identity::Role;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 pub struct VerifierApi {
     pub broker: Arc<Broker>,
-    pub roles: Arc<RoleMap>,
+    pub auth: Auth,
     pub shutdown: CancellationToken,
     /// How often a watch stream re-reads the store even without a local wake-up,
     /// so revocations committed by other replicas arrive too.
@@ -31,7 +31,7 @@ impl VerifierService for VerifierApi {
         &self,
         req: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
-        authorize(&req, &self.roles, VERIFIERS)?;
+        self.auth.caller(&req, VERIFIERS)?;
         let token = &req.get_ref().token;
         if token.is_empty() {
             return Err(crate::error::invalid("token", "is required"));
@@ -63,7 +63,7 @@ impl VerifierService for VerifierApi {
         &self,
         req: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
-        authorize(&req, &self.roles, ANYONE)?;
+        self.auth.caller(&req, ANYONE)?;
         let jwks = self.broker.jwks().await?;
         let jwks_json =
             serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
@@ -77,7 +77,7 @@ impl VerifierService for VerifierApi {
         &self,
         req: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let caller = authorize(&req, &self.roles, VERIFIERS)?;
+        let caller = self.auth.caller(&req, VERIFIERS)?;
         let mut cursor = req.get_ref().after_sequence;
         let broker = self.broker.clone();
         let shutdown = self.shutdown.clone();

@@ -60,6 +60,9 @@ impl RoleMap {
 pub struct Caller {
     pub id: SpiffeId,
     pub thumbprint: String,
+    /// The certificate's notAfter (Unix seconds): a connection outliving its SVID
+    /// is refused from then on.
+    pub valid_until: i64,
 }
 
 /// What the transport learned about a connection, attached to every request on it.
@@ -86,6 +89,7 @@ impl TlsConn {
                 .map(|svid| Caller {
                     id: svid.id,
                     thumbprint: svid.thumbprint,
+                    valid_until: svid.not_after,
                 }),
             _ => Err(VerifyError::NoCertificate),
         };

@@ -53,6 +53,8 @@ pub struct Svid {
     pub id: SpiffeId,
     /// base64url (no padding) SHA-256 of the leaf certificate DER: RFC 8705 `x5t#S256`.
     pub thumbprint: String,
+    /// The leaf's notAfter, in Unix seconds.
+    pub not_after: i64,
 }
 
 /// The configured trust domains and their CA bundles.
@@ -154,7 +156,7 @@ impl TrustBundles {
     /// Full X.509-SVID verification of a presented chain (leaf first).
     pub fn verify(&self, chain: &[CertificateDer<'_>], now: UnixTime) -> Result<Svid, VerifyError> {
         let (leaf, intermediates) = chain.split_first().ok_or(VerifyError::NoCertificate)?;
-        let id = check_leaf(leaf, now)?;
+        let (id, not_after) = check_leaf(leaf, now)?;
         let domain = id.trust_domain();
         let verifier = self
             .domains
@@ -169,6 +171,7 @@ impl TrustBundles {
         Ok(Svid {
             thumbprint: thumbprint(leaf),
             id,
+            not_after,
         })
     }
 }
@@ -180,7 +183,7 @@ pub fn thumbprint(cert: &[u8]) -> String {
 }
 
 /// The leaf-only rules: one SPIFFE URI SAN, not a CA, key usage, validity.
-fn check_leaf(der: &[u8], now: UnixTime) -> Result<SpiffeId, VerifyError> {
+fn check_leaf(der: &[u8], now: UnixTime) -> Result<(SpiffeId, i64), VerifyError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     let uris: Vec<&str> = match cert.subject_alternative_name() {
@@ -231,7 +234,7 @@ fn check_leaf(der: &[u8], now: UnixTime) -> Result<SpiffeId, VerifyError> {
             not_after: validity.not_after.to_string(),
         });
     }
-    Ok(id)
+    Ok((id, validity.not_after.timestamp()))
 }
 
 #[cfg(test)]

@@ -234,3 +234,27 @@ async fn a_role_that_may_not_make_the_call_is_permission_denied() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn a_connection_that_outlives_its_svid_is_refused() {
+    let app = spawn_app().await;
+    let mut tasks = app.tasks(ORCH).await;
+    tasks
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap();
+    // The SVID is valid for a day; move the broker's clock past that.
+    app.clock
+        .advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    let err = tasks
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message()
+            .contains("expired since this connection was made"),
+        "{}",
+        err.message()
+    );
+}

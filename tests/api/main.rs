@@ -2,6 +2,7 @@
 mod helpers;
 
 mod admin;
+mod cli;
 mod identity;
 mod operations;
 mod tasks;
