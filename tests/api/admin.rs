@@ -4,23 +4,11 @@ use mayfly::api::pb::revocation_target::Target;
 use tonic::Code;
 
 async fn mint(app: &TestApp, agent: &str, task: &str, res: &str) -> pb::MintTokenResponse {
-    let (mut c, _) = app.tokens(agent).await;
-    c.mint_token(mint_request(task, res, 120))
-        .await
-        .unwrap()
-        .into_inner()
+    app.mint(agent, task, res, 120).await
 }
 
 async fn task_state(app: &TestApp, id: &str) -> i32 {
-    app.tasks(ADMIN)
-        .await
-        .get_task(pb::GetTaskRequest { task_id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap()
-        .state
+    app.get_task(id).await.state
 }
 
 #[tokio::test]

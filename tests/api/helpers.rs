@@ -277,6 +277,61 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Reads a task as the orchestrator.
+    pub async fn get_task(&self, id: &str) -> pb::Task {
+        self.tasks(ORCH)
+            .await
+            .get_task(pb::GetTaskRequest { task_id: id.into() })
+            .await
+            .expect("get task")
+            .into_inner()
+            .task
+            .unwrap()
+    }
+
+    /// Mints as `agent` on a fresh connection.
+    pub async fn mint(
+        &self,
+        agent: &str,
+        task: &str,
+        resource: &str,
+        ttl: u64,
+    ) -> pb::MintTokenResponse {
+        self.tokens(agent)
+            .await
+            .0
+            .mint_token(mint_request(task, resource, ttl))
+            .await
+            .expect("mint")
+            .into_inner()
+    }
+
+    /// Opens a revocation watch as the verifier.
+    pub async fn watch(&self, after: u64) -> tonic::Streaming<pb::RevocationEvent> {
+        self.verifier(VERIFIER)
+            .await
+            .watch_revocations(pb::WatchRevocationsRequest {
+                after_sequence: after,
+            })
+            .await
+            .expect("watch")
+            .into_inner()
+    }
+
+    /// The tokens of a task, as the admin sees them.
+    pub async fn task_tokens(&self, task: &str) -> Vec<pb::TokenInfo> {
+        self.admin(ADMIN)
+            .await
+            .list_tokens(pb::ListTokensRequest {
+                task_id: task.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list tokens")
+            .into_inner()
+            .tokens
+    }
+
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http, path).await
     }

@@ -422,13 +422,7 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
 #[tokio::test]
 async fn shutdown_ends_open_watch_streams_and_returns_cleanly() {
     let app = spawn_app().await;
-    let mut watch = app
-        .verifier(VERIFIER)
-        .await
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = app.watch(0).await;
     let stopping = tokio::spawn(app.stop());
     let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await

@@ -115,13 +115,7 @@ async fn completing_a_task_revokes_every_token_with_one_event() {
         .into_inner();
     assert!(introspect_active(&app, &t1.token).await);
 
-    let mut watch = app
-        .verifier(VERIFIER)
-        .await
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = app.watch(0).await;
     app.tasks(ORCH)
         .await
         .complete_task(pb::CompleteTaskRequest {
@@ -311,41 +305,15 @@ async fn the_sweeper_expires_overdue_tasks_and_revokes_their_tokens() {
         .into_inner();
     // TTL is capped by the task's remaining time.
     assert_eq!(t.ttl_seconds, 60);
-    let mut watch = app
-        .verifier(VERIFIER)
-        .await
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = app.watch(0).await;
     app.clock.advance(std::time::Duration::from_secs(61));
     let ev = next_events(&mut watch, 1).await.remove(0);
     assert_eq!(ev.trigger, "task_expired");
     assert_eq!(ev.actor, "mayfly");
-    let got = app
-        .tasks(ORCH)
-        .await
-        .get_task(pb::GetTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let got = app.get_task(&task.id).await;
     assert_eq!(got.state, pb::TaskState::Expired as i32);
     assert!(!introspect_active(&app, &t.token).await);
-    let rows = app
-        .admin(ADMIN)
-        .await
-        .list_tokens(pb::ListTokensRequest {
-            task_id: task.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let rows = app.task_tokens(&task.id).await;
     assert_eq!(rows.len(), 1);
     assert!(
         rows[0].revoked_at.is_some(),

@@ -208,13 +208,7 @@ async fn a_scope_outside_the_task_is_a_deviation_that_revokes_the_whole_task() {
         .await
         .unwrap()
         .into_inner();
-    let mut watch = app
-        .verifier(VERIFIER)
-        .await
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = app.watch(0).await;
 
     // customers/eu/** is inside the workflow but wider than the task's customers/eu/*.
     let err = agent
@@ -237,17 +231,7 @@ async fn a_scope_outside_the_task_is_a_deviation_that_revokes_the_whole_task() {
     );
     assert!(ev.reason.contains("customers/eu/1/orders"), "{}", ev.reason);
     assert!(!introspect_active(&app, &good.token).await);
-    let got = app
-        .tasks(ORCH)
-        .await
-        .get_task(pb::GetTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let got = app.get_task(&task.id).await;
     assert_eq!(got.state, pb::TaskState::Deviated as i32);
     assert!(got.end_reason.contains("not covered"));
 
@@ -313,17 +297,7 @@ async fn exceeding_the_token_budget_is_resource_exhausted_and_a_deviation() {
     for t in &tokens {
         assert!(!introspect_active(&app, &t.token).await);
     }
-    let got = app
-        .tasks(ORCH)
-        .await
-        .get_task(pb::GetTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let got = app.get_task(&task.id).await;
     assert_eq!(got.state, pb::TaskState::Deviated as i32);
     assert_eq!(got.tokens_minted, 3);
 }
@@ -356,16 +330,6 @@ async fn concurrent_mints_never_exceed_the_budget() {
         }
     }
     assert!(ok <= 5, "{ok} tokens minted against a budget of 5");
-    let rows = app
-        .admin(ADMIN)
-        .await
-        .list_tokens(pb::ListTokensRequest {
-            task_id: task.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let rows = app.task_tokens(&task.id).await;
     assert_eq!(rows.len(), ok);
 }
