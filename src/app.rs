@@ -30,6 +30,9 @@ use tracing::{debug, error, info, warn};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; past this, accepting waits (back-pressure
+/// instead of unbounded tasks under a connection flood).
+const MAX_HANDSHAKES: usize = 512;
 /// How often watch streams re-read the store without a local wake-up.
 const WATCH_POLL: Duration = Duration::from_secs(1);
 
@@ -318,7 +321,15 @@ async fn accept_loop(
     out: tokio::sync::mpsc::Sender<Result<TlsConn, std::io::Error>>,
     cancel: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
@@ -335,7 +346,9 @@ async fn accept_loop(
         let bundles = bundles.clone();
         let out = out.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
+            drop(slot);
+            match handshake {
                 Ok(Ok(stream)) => {
                     let conn = TlsConn::new(stream, &bundles);
                     match &conn.info().identity {

@@ -29,8 +29,14 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database() -> String {
+/// A database of one test, dropped (with its connections) when the test ends.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+/// Creates an empty database.
+pub async fn fresh_database() -> TestDb {
     let admin = admin_url();
     let name = format!("mayfly_test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
@@ -40,13 +46,35 @@ pub async fn fresh_database() -> String {
         .execute(&mut conn)
         .await
         .expect("create test database");
-    let base = match admin.rfind('/') {
-        Some(i) if admin[..i].contains("://") && i > admin.find("://").unwrap() + 2 => {
-            admin[..i].to_string()
-        }
-        _ => admin.clone(),
-    };
-    format!("{base}/{name}")
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    TestDb {
+        url: format!("{base}/{name}"),
+        name,
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// The PKI of a test: a CA for example.org, files on disk for the broker.
@@ -167,6 +195,7 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub pki: Arc<Pki>,
     pub db_url: String,
+    _db: Option<TestDb>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -176,9 +205,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(pki: Arc<Pki>, o: Options) -> TestApp {
-    let db_url = match &o.db_url {
-        Some(u) => u.clone(),
-        None => fresh_database().await,
+    let (db_url, db) = match &o.db_url {
+        Some(u) => (u.clone(), None),
+        None => {
+            let db = fresh_database().await;
+            (db.url.clone(), Some(db))
+        }
     };
     let cfg = Config::parse(&config_text(&pki, &db_url, &o), "test").unwrap();
     cfg.validate().unwrap();
@@ -198,6 +230,7 @@ pub async fn spawn_with(pki: Arc<Pki>, o: Options) -> TestApp {
         clock,
         pki,
         db_url,
+        _db: db,
         shutdown: Some(tx),
         handle: Some(handle),
     }

@@ -104,7 +104,7 @@ async fn proxy_to_postgres() -> Proxy {
 async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
     let direct = fresh_database().await;
     let proxy = proxy_to_postgres().await;
-    let name = direct.rsplit('/').next().unwrap();
+    let name = direct.url.rsplit('/').next().unwrap();
     let user = admin_url()
         .split_once("://")
         .and_then(|(_, r)| r.split_once('@'))
@@ -149,7 +149,7 @@ async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
     );
 
     // Exactly the one token minted before the outage exists.
-    let store = mayfly::store::PgStore::connect(&direct, 1, Duration::from_secs(5))
+    let store = mayfly::store::PgStore::connect(&direct.url, 1, Duration::from_secs(5))
         .await
         .unwrap();
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tokens")
@@ -335,7 +335,7 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
         .args(["serve", "--config"])
         .arg(&cfg)
-        .env("MAYFLY_DATABASE_URL", &db)
+        .env("MAYFLY_DATABASE_URL", &db.url)
         .env("MAYFLY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("MAYFLY_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .stderr(Stdio::piped())

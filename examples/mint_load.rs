@@ -1,0 +1,242 @@
+//! Load generator: the real broker in-process (mTLS, PostgreSQL), N agents minting
+//! concurrently over keep-alive HTTP/2 connections; plus the raw cost of signing
+//! and verifying one token. Prints rates and latency percentiles.
+//!
+//! cargo run --release --example mint_load -- [concurrency] [seconds]
+//! (ONE_TASK=1: every worker mints in the same task)
+//! DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) must allow
+//! CREATE DATABASE; a fresh database is created and dropped.
+use mayfly::api::pb;
+use mayfly::api::pb::task_service_client::TaskServiceClient;
+use mayfly::api::pb::token_service_client::TokenServiceClient;
+use mayfly::clock::SystemClock;
+use mayfly::config::Config;
+use mayfly::identity::devcerts::DevCa;
+use mayfly::token::{Claims, Confirmation, KeyRecord, KeySet, SigningKey};
+use sqlx::Connection;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn crypto() -> anyhow::Result<()> {
+    let key = SigningKey::generate().map_err(|_| anyhow::anyhow!("keygen"))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = Claims {
+        iss: "mayfly".into(),
+        sub: "spiffe://example.org/agent/a".into(),
+        aud: "crm-api".into(),
+        exp: now + 300,
+        iat: now,
+        nbf: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: "read:customers/eu/42".into(),
+        task: uuid::Uuid::new_v4().to_string(),
+        wf: "support".into(),
+        cnf: Confirmation {
+            x5t_s256: "x".repeat(43),
+        },
+        act: None,
+        client_id: "spiffe://example.org/agent/a".into(),
+    };
+    let n = 50_000;
+    let t = Instant::now();
+    let mut token = String::new();
+    for _ in 0..n {
+        token = key.sign(&claims)?;
+    }
+    let sign = t.elapsed();
+    let set = KeySet::from_records(&[KeyRecord {
+        kid: key.kid().into(),
+        public_key: key.public_key().to_vec(),
+        created_at: time::OffsetDateTime::now_utc(),
+        not_after: time::OffsetDateTime::now_utc(),
+    }]);
+    let t = Instant::now();
+    for _ in 0..n {
+        set.verify(&token, now, 0)?;
+    }
+    let verify = t.elapsed();
+    println!(
+        "sign:   {:>8.0} tokens/s ({:.1} us/token, one core)",
+        n as f64 / sign.as_secs_f64(),
+        sign.as_secs_f64() * 1e6 / n as f64
+    );
+    println!(
+        "verify: {:>8.0} tokens/s ({:.1} us/token, one core)",
+        n as f64 / verify.as_secs_f64(),
+        verify.as_secs_f64() * 1e6 / n as f64
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let concurrency: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(16);
+    let seconds: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    mayfly::app::install_crypto();
+    crypto()?;
+
+    let admin = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("mayfly_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    let db_url = format!(
+        "{}/{name}",
+        admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin)
+    );
+
+    let dir = tempfile::tempdir()?;
+    let ca = DevCa::new("example.org")?;
+    let server = ca.server("spiffe://example.org/mayfly/broker", &["localhost"])?;
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
+    std::fs::write(dir.path().join("broker.crt"), &server.cert_pem)?;
+    std::fs::write(dir.path().join("broker.key"), &server.key_pem)?;
+    let cfg = format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+cert = "{d}/broker.crt"
+key = "{d}/broker.key"
+[database]
+url = "{db_url}"
+max_connections = 32
+[[trust_domains]]
+name = "example.org"
+bundle = "{d}/ca.pem"
+[roles]
+agent = ["spiffe://example.org/agent/*"]
+orchestrator = ["spiffe://example.org/orchestrator/*"]
+[[workflows]]
+name = "bench"
+agents = ["spiffe://example.org/agent/*"]
+scopes = [{{ audience = "crm-api", resource = "customers/**", action = "read" }}]
+max_task_duration = "1h"
+max_token_ttl = "5m"
+max_tokens = 100000000
+"#,
+        d = dir.path().display()
+    );
+    let cfg = Config::parse(&cfg, "bench")?;
+    cfg.validate()?;
+    let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
+    let addr = app.grpc_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(app.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let channel = |id: &str| -> anyhow::Result<_> {
+        let svid = ca.svid(id)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+            .identity(Identity::from_pem(svid.cert_pem, svid.key_pem))
+            .domain_name("localhost");
+        Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
+    };
+    let orch = channel("spiffe://example.org/orchestrator/o")?
+        .connect()
+        .await?;
+    let agent_id = "spiffe://example.org/agent/a";
+    // One task per worker: each task's budget counter is a row that its mints
+    // update in turn, so one task's mints are serialised by design.
+    let task_count = if std::env::var("ONE_TASK").is_ok() {
+        1
+    } else {
+        concurrency
+    };
+    let mut tasks = vec![];
+    for _ in 0..task_count {
+        let task = TaskServiceClient::new(orch.clone())
+            .start_task(pb::StartTaskRequest {
+                agent: agent_id.into(),
+                workflow: "bench".into(),
+                objective: "load".into(),
+                scopes: vec![pb::Scope {
+                    audience: "crm-api".into(),
+                    resource: "customers/**".into(),
+                    action: "read".into(),
+                }],
+                duration_seconds: 3600,
+            })
+            .await?
+            .into_inner()
+            .task
+            .ok_or_else(|| anyhow::anyhow!("no task"))?;
+        tasks.push(task.id);
+    }
+
+    // A few connections shared by the workers, as an agent fleet would hold them.
+    let mut clients = vec![];
+    for _ in 0..concurrency.clamp(1, 4) {
+        clients.push(TokenServiceClient::new(channel(agent_id)?.connect().await?));
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut workers = vec![];
+    for w in 0..concurrency {
+        let mut c = clients[w % clients.len()].clone();
+        let task_id = tasks[w % tasks.len()].clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let req = pb::MintTokenRequest {
+                    task_id: task_id.clone(),
+                    scope: Some(pb::Scope {
+                        audience: "crm-api".into(),
+                        resource: format!("customers/eu/{w}-{i}"),
+                        action: "read".into(),
+                    }),
+                    ttl_seconds: 300,
+                };
+                let t = Instant::now();
+                match c.mint_token(req).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = vec![];
+    let mut errors = 0;
+    for w in workers {
+        let (lat, e) = w.await?;
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    println!(
+        "mint:   {:>8.0} tokens/s over {:.1}s, concurrency {concurrency}, {} tasks, {} ok, {errors} errors; latency p50 {:.2} ms, p99 {:.2} ms",
+        all.len() as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        tasks.len(),
+        all.len(),
+        percentile(&all, 0.50).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+    );
+    let _ = stop_tx.send(());
+    let _ = server_task.await;
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
