@@ -241,27 +241,40 @@ async fn revoke_tokens(
 }
 
 /// Moves the active tasks a target covers to `revoked`.
-async fn stop_tasks(
-    conn: &mut PgConnection,
-    target: &Target,
-    reason: &str,
-    at: OffsetDateTime,
-) -> Result<u64, sqlx::Error> {
-    const SET: &str =
-        "UPDATE tasks SET state = 'revoked', ended_at = $1, end_reason = $2 WHERE state = 'active'";
-    let q = match target {
+async fn stop_tasks(conn: &mut PgConnection, r: &Revocation, seq: i64) -> Result<u64, sqlx::Error> {
+    // Each stopped task gets its own audit event, so "who ended this task and why"
+    // is answered per task.
+    let filter = match &r.target {
         Target::Token(_) => return Ok(0),
-        Target::Task(t) => sqlx::query(AssertSqlSafe(format!("{SET} AND id = $3")))
-            .bind(at)
-            .bind(reason)
-            .bind(t.0),
-        Target::Agent(a) => sqlx::query(AssertSqlSafe(format!("{SET} AND agent = $3")))
-            .bind(at)
-            .bind(reason)
-            .bind(a.as_str()),
-        Target::All => sqlx::query(SET).bind(at).bind(reason),
+        Target::Task(_) => "AND id = $5::uuid",
+        Target::Agent(_) => "AND agent = $5",
+        Target::All => "AND $5::text IS NULL",
     };
-    Ok(q.execute(&mut *conn).await?.rows_affected())
+    let sql = format!(
+        "WITH stopped AS (
+            UPDATE tasks SET state = 'revoked', ended_at = $1, end_reason = $2
+            WHERE state = 'active' {filter}
+            RETURNING id, agent
+         )
+         INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, reason, detail)
+         SELECT $1, $3, '{action}', '{outcome}', id, agent, $2, jsonb_build_object('sequence', $4::bigint)
+         FROM stopped",
+        action = Action::TaskRevoked.as_str(),
+        outcome = Action::TaskRevoked.outcome(),
+    );
+    let value = match &r.target {
+        Target::All => None,
+        t => Some(t.value()),
+    };
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(r.at)
+        .bind(&r.reason)
+        .bind(&r.actor)
+        .bind(seq)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 const TASK_COLUMNS: &str = "id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, ended_at, end_reason, tokens_minted";
@@ -499,9 +512,7 @@ impl RevocationStore for PgStore {
             tx.rollback().await.map_err(map_err)?;
             return Ok(None);
         }
-        let tasks = stop_tasks(&mut tx, &r.target, &r.reason, r.at)
-            .await
-            .map_err(map_err)?;
+        let tasks = stop_tasks(&mut tx, r, seq).await.map_err(map_err)?;
         insert_revocation(&mut tx, seq, r).await.map_err(map_err)?;
         let tokens = revoke_tokens(&mut tx, &r.target, seq, r.at)
             .await

@@ -249,3 +249,35 @@ async fn tokens_are_listed_by_task_agent_and_activity() {
     assert!(!revoked.active && revoked.revoked_at.is_some());
     assert_eq!(revoked.scope.as_ref().unwrap().resource, "customers/eu/2");
 }
+
+#[tokio::test]
+async fn every_task_an_admin_revocation_stops_is_audited_with_the_reason() {
+    use mayfly::audit::Action;
+    use mayfly::domain::TaskId;
+    use mayfly::store::AuditStore;
+    let app = spawn_app().await;
+    let t1 = app.open_task(AGENT, 600).await;
+    let t2 = app.open_task(AGENT, 600).await;
+    app.admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Agent(AGENT.into()),
+            "compromised host",
+        ))
+        .await
+        .unwrap();
+    let store = app.store().await;
+    for t in [&t1, &t2] {
+        let audit = store
+            .audit_for_task(TaskId(t.id.parse().unwrap()))
+            .await
+            .unwrap();
+        let stopped = audit
+            .iter()
+            .find(|e| e.action == Action::TaskRevoked)
+            .expect("task_revoked audited");
+        assert_eq!(stopped.actor, ADMIN);
+        assert_eq!(stopped.reason.as_deref(), Some("compromised host"));
+        assert_eq!(stopped.detail["sequence"], 1);
+    }
+}
