@@ -42,11 +42,13 @@ CREATE INDEX tokens_unrevoked_idx ON tokens (expires_at) WHERE revoked_at IS NUL
 -- One row holding the last revocation sequence number. Taking its row lock inside
 -- the revoking transaction serialises revokers, so sequence numbers are gap-free
 -- (a rollback returns the number) and increase in commit order.
+-- last_at keeps revocation times non-decreasing in sequence order.
 CREATE TABLE revocation_counter (
     id       boolean PRIMARY KEY DEFAULT true CHECK (id),
-    last_seq bigint NOT NULL
+    last_seq bigint NOT NULL,
+    last_at  timestamptz NOT NULL
 );
-INSERT INTO revocation_counter (id, last_seq) VALUES (true, 0);
+INSERT INTO revocation_counter (id, last_seq, last_at) VALUES (true, 0, '-infinity');
 
 CREATE TABLE revocations (
     seq         bigint PRIMARY KEY,

@@ -194,6 +194,9 @@ impl App {
 
         let b = &self.broker;
         let router = tonic::transport::Server::builder()
+            // Find and drop dead peers, so their connections and streams do not linger.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(TaskServiceServer::new(TaskApi {
@@ -262,6 +265,10 @@ impl App {
                 async move {
                     if let Err(error) = b.renew_key().await {
                         warn!(%error, "could not renew the signing key registration; will retry");
+                    }
+                    // Also forget keys that other replicas stopped publishing.
+                    if let Err(error) = b.refresh_keys().await {
+                        warn!(%error, "could not refresh the published keys; will retry");
                     }
                 }
             }

@@ -67,7 +67,13 @@ struct Keys {
     /// Unix seconds until which the registration of `signing` is known to last.
     registered_until: AtomicI64,
     published: RwLock<Arc<KeySet>>,
+    /// When `published` was last read from the store. Unknown kids refresh it at
+    /// most once per `KEY_REFRESH_MIN` (one refresh at a time; a request waits for
+    /// a refresh newer than itself), so random kids cannot flood the store.
+    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+const KEY_REFRESH_MIN: Duration = Duration::from_millis(250);
 
 pub struct Broker {
     store: Arc<dyn Store>,
@@ -97,6 +103,7 @@ impl Broker {
                 created_at: clock.now(),
                 registered_until: AtomicI64::new(i64::MIN),
                 published: RwLock::new(Arc::new(KeySet::default())),
+                refreshed: tokio::sync::Mutex::new(None),
             },
             store,
             policy,
@@ -147,7 +154,31 @@ impl Broker {
         Ok(())
     }
 
-    async fn refresh_keys(&self) -> Result<(), BrokerError> {
+    /// Re-reads the published keys (every replica's) from the store.
+    pub async fn refresh_keys(&self) -> Result<(), BrokerError> {
+        let mut last = self.keys.refreshed.lock().await;
+        let started = std::time::Instant::now();
+        self.load_keys().await?;
+        *last = Some(started);
+        Ok(())
+    }
+
+    /// Refreshes the keys for a request that met an unknown kid at `asked`.
+    async fn refresh_keys_for(&self, asked: std::time::Instant) -> Result<(), BrokerError> {
+        let mut last = self.keys.refreshed.lock().await;
+        if let Some(t) = *last {
+            if t >= asked {
+                return Ok(()); // someone refreshed after this request arrived
+            }
+            tokio::time::sleep(KEY_REFRESH_MIN.saturating_sub(t.elapsed())).await;
+        }
+        let asked_fresh = std::time::Instant::now();
+        self.load_keys().await?;
+        *last = Some(asked_fresh);
+        Ok(())
+    }
+
+    async fn load_keys(&self) -> Result<(), BrokerError> {
         let live = self.store.live_keys(self.now()).await?;
         let set = Arc::new(KeySet::from_records(&live));
         *self
@@ -363,8 +394,19 @@ impl Broker {
                 .over_budget(caller, &task, limits.max_tokens, deny)
                 .await);
         }
-        let Some(ttl) = grant_ttl(req.ttl, limits.max_token_ttl, task.remaining(now)) else {
-            let reason = format!("task {} has less than a second left", task.id);
+        // A token bound to a certificate never outlives the certificate.
+        let cert_left = Duration::from_secs(
+            u64::try_from(caller.valid_until - now.unix_timestamp()).unwrap_or(0),
+        );
+        let Some(ttl) = grant_ttl(
+            req.ttl,
+            limits.max_token_ttl,
+            task.remaining(now).min(cert_left),
+        ) else {
+            let reason = format!(
+                "task {} or the caller's certificate has less than a second left",
+                task.id
+            );
             self.audit_denial(deny(&reason)).await;
             return Err(BrokerError::FailedPrecondition(reason));
         };
@@ -617,7 +659,7 @@ impl Broker {
             .contains(&kid);
         if !known {
             // Another replica may have registered a key since we last looked.
-            self.refresh_keys().await?;
+            self.refresh_keys_for(std::time::Instant::now()).await?;
         }
         let set = Arc::clone(
             &self

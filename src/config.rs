@@ -320,6 +320,25 @@ impl Config {
                 ));
             }
         }
+        // An agent must never hold the admin or orchestrator role: refuse patterns
+        // that could give one identity both.
+        for (other, list) in [
+            ("admin", &self.roles.admin),
+            ("orchestrator", &self.roles.orchestrator),
+        ] {
+            for a in &self.roles.agent {
+                if let Some(o) = list.iter().find(|o| a.overlaps(o)) {
+                    return Err(invalid(
+                        format!("roles.{other}"),
+                        format!(
+                            "{} can match the same SPIFFE ID as agent pattern {}; an agent must never hold the {other} role",
+                            o.as_str(),
+                            a.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
         if self.tasks.sweep_interval.is_zero() {
             return Err(invalid("tasks.sweep_interval", "must be greater than zero"));
         }
@@ -463,6 +482,14 @@ max_tokens = 10
         assert!(e.contains("invalid SPIFFE ID pattern"), "{e}");
         let e = err_of(&GOOD.replace("url = \"postgres://postgres@127.0.0.1/mayfly\"", ""));
         assert!(e.starts_with("database.url: is not set"), "{e}");
+        let e = err_of(&GOOD.replace(
+            "agent = [\"spiffe://example.org/agent/*\"]\n",
+            "agent = [\"spiffe://example.org/agent/*\"]\nadmin = [\"spiffe://example.org/**\"]\n",
+        ));
+        assert!(
+            e.starts_with("roles.admin: spiffe://example.org/** can match"),
+            "{e}"
+        );
         let e = err_of(&GOOD.replace("max_token_ttl = \"5m\"", "max_token_ttl = \"5 parsecs\""));
         assert!(e.contains("max_token_ttl"), "{e}");
     }

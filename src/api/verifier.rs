@@ -82,6 +82,10 @@ impl VerifierService for VerifierApi {
         let broker = self.broker.clone();
         let shutdown = self.shutdown.clone();
         let poll = self.poll;
+        // The stream may not outlive the caller's SVID: it ends, UNAUTHENTICATED,
+        // when the certificate does, and the verifier reconnects with a fresh one.
+        let clock = self.auth.clock.clone();
+        let valid_until = caller.valid_until;
         // Subscribe before the first read, so nothing committed in between is missed.
         let mut wake = broker.hub().subscribe();
         tracing::info!(caller = %caller.id, after = cursor, "revocation watch opened");
@@ -100,10 +104,16 @@ impl VerifierService for VerifierApi {
                         break;
                     }
                 }
+                let left = valid_until - clock.now().unix_timestamp();
+                if left <= 0 {
+                    Err(Status::unauthenticated(
+                        "the client's X.509-SVID expired; reconnect with a fresh SVID and the last sequence seen",
+                    ))?;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     changed = wake.changed() => if changed.is_err() { break },
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = tokio::time::sleep(poll.min(Duration::from_secs(left as u64))) => {}
                 }
             }
         };

@@ -141,27 +141,62 @@ impl IdPattern {
             pattern: s.to_string(),
             why: why.to_string(),
         };
-        // Validate by substituting a literal for each wildcard segment.
-        let probe: String = s
-            .split('/')
-            .map(|seg| if seg == "*" || seg == "**" { "x" } else { seg })
-            .collect::<Vec<_>>()
-            .join("/");
-        let id = SpiffeId::parse(&probe).map_err(|e| err(&e.to_string()))?;
-        let segments: Vec<String> = s[SCHEME.len() + id.trust_domain().len() + 1..]
-            .split('/')
-            .map(str::to_string)
-            .collect();
+        let rest = s
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| err("must start with \"spiffe://\""))?;
+        let (td, path) = rest
+            .split_once('/')
+            .ok_or_else(|| err("needs a path after the trust domain"))?;
+        if td.contains('*') {
+            return Err(err("the trust domain cannot be a wildcard"));
+        }
+        let segments: Vec<String> = path.split('/').map(str::to_string).collect();
         if let Some(i) = segments.iter().position(|seg| seg == "**")
             && i + 1 != segments.len()
         {
             return Err(err("'**' may only be the last segment"));
         }
+        // Validate by substituting a literal for each wildcard segment.
+        let probe: Vec<&str> = segments
+            .iter()
+            .map(|seg| {
+                if seg == "*" || seg == "**" {
+                    "x"
+                } else {
+                    seg.as_str()
+                }
+            })
+            .collect();
+        SpiffeId::parse(&format!("{SCHEME}{td}/{}", probe.join("/")))
+            .map_err(|e| err(&e.to_string()))?;
         Ok(IdPattern {
-            trust_domain: id.trust_domain().to_string(),
+            trust_domain: td.to_string(),
             segments,
             raw: s.to_string(),
         })
+    }
+
+    /// True when some SPIFFE ID matches both patterns.
+    pub fn overlaps(&self, other: &IdPattern) -> bool {
+        if self.trust_domain != other.trust_domain {
+            return false;
+        }
+        let (a, b) = (&self.segments, &other.segments);
+        for i in 0.. {
+            match (a.get(i).map(String::as_str), b.get(i).map(String::as_str)) {
+                // Either side takes the rest; the other has at least one segment
+                // here or already matched one (a `**` needs one or more).
+                (Some("**"), Some(_)) | (Some(_), Some("**")) => return true,
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(x), Some(y)) => {
+                    if x != "*" && y != "*" && x != y {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
     }
 
     pub fn matches(&self, id: &SpiffeId) -> bool {
@@ -257,5 +292,21 @@ mod tests {
         assert!(IdPattern::parse("spiffe://example.org/**/x").is_err());
         assert!(IdPattern::parse("example.org/*").is_err());
         assert!(IdPattern::parse("spiffe://example.org/a*").is_err());
+        assert!(IdPattern::parse("spiffe://*/admin").is_err());
+        assert!(IdPattern::parse("spiffe://**/admin").is_err());
+        assert!(IdPattern::parse("spiffe://example.org").is_err());
+    }
+
+    #[test]
+    fn overlapping_patterns_are_detected() {
+        let p = |s: &str| IdPattern::parse(s).unwrap();
+        assert!(p("spiffe://e.org/agent/*").overlaps(&p("spiffe://e.org/agent/a")));
+        assert!(p("spiffe://e.org/agent/**").overlaps(&p("spiffe://e.org/*/x/y")));
+        assert!(p("spiffe://e.org/**").overlaps(&p("spiffe://e.org/admin/s1")));
+        assert!(p("spiffe://e.org/*/s1").overlaps(&p("spiffe://e.org/admin/*")));
+        assert!(!p("spiffe://e.org/agent/*").overlaps(&p("spiffe://e.org/admin/*")));
+        assert!(!p("spiffe://e.org/agent/*").overlaps(&p("spiffe://e.org/agent/a/b")));
+        assert!(!p("spiffe://e.org/agent/**").overlaps(&p("spiffe://e.org/agent")));
+        assert!(!p("spiffe://e.org/agent/*").overlaps(&p("spiffe://o.org/agent/*")));
     }
 }

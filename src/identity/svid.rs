@@ -53,7 +53,7 @@ pub struct Svid {
     pub id: SpiffeId,
     /// base64url (no padding) SHA-256 of the leaf certificate DER: RFC 8705 `x5t#S256`.
     pub thumbprint: String,
-    /// The leaf's notAfter, in Unix seconds.
+    /// The earliest notAfter of the leaf and its intermediates, in Unix seconds.
     pub not_after: i64,
 }
 
@@ -168,6 +168,13 @@ impl TrustBundles {
                 domain: domain.to_string(),
                 why: e.to_string(),
             })?;
+        // The identity lasts as long as the shortest-lived certificate of its chain.
+        let mut not_after = not_after;
+        for c in intermediates {
+            let (_, cert) = X509Certificate::from_der(c)
+                .map_err(|e| VerifyError::Malformed(format!("intermediate certificate: {e}")))?;
+            not_after = not_after.min(cert.validity().not_after.timestamp());
+        }
         Ok(Svid {
             thumbprint: thumbprint(leaf),
             id,

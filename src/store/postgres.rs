@@ -185,11 +185,21 @@ async fn insert_audit(conn: &mut PgConnection, events: &[&AuditEvent]) -> Result
     Ok(())
 }
 
-/// Takes the next sequence number (and with it the counter's row lock).
-async fn next_seq(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("UPDATE revocation_counter SET last_seq = last_seq + 1 RETURNING last_seq")
-        .fetch_one(&mut *conn)
-        .await
+/// Takes the next sequence number (and with it the counter's row lock), and the
+/// revocation's time: never earlier than the previous revocation's, so times follow
+/// the sequence even when revokers' clocks or lock waits differ.
+async fn next_seq(
+    conn: &mut PgConnection,
+    r: &Revocation,
+) -> Result<(i64, Revocation), sqlx::Error> {
+    let (seq, at): (i64, OffsetDateTime) = sqlx::query_as(
+        "UPDATE revocation_counter SET last_seq = last_seq + 1, last_at = GREATEST(last_at, $1)
+         RETURNING last_seq, last_at",
+    )
+    .bind(r.at)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((seq, Revocation { at, ..r.clone() }))
 }
 
 async fn insert_revocation(
@@ -342,7 +352,8 @@ impl TaskStore for PgStore {
         audit: &[AuditEvent],
     ) -> Result<EndOutcome, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let seq = next_seq(&mut tx).await.map_err(map_err)?;
+        let (seq, revocation) = next_seq(&mut tx, revocation).await.map_err(map_err)?;
+        let revocation = &revocation;
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE tasks SET state = $2, ended_at = $3, end_reason = $4
              WHERE id = $1 AND state = 'active' RETURNING {TASK_COLUMNS}"
@@ -490,7 +501,8 @@ impl RevocationStore for PgStore {
         audit: &AuditEvent,
     ) -> Result<Option<Revoked>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let seq = next_seq(&mut tx).await.map_err(map_err)?;
+        let (seq, r) = next_seq(&mut tx, r).await.map_err(map_err)?;
+        let r = &r;
         let exists = match &r.target {
             Target::Token(j) => {
                 sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1)")

@@ -21,20 +21,34 @@ pub enum TokenError {
     NotYetValid,
 }
 
-/// Public keys by kid, ready to verify.
+/// Public keys by kid, ready to verify, each with the end of its publication.
 #[derive(Default, Clone)]
 pub struct KeySet {
-    keys: HashMap<String, DecodingKey>,
+    keys: HashMap<String, (DecodingKey, i64)>,
 }
 
+/// Length of a raw Ed25519 public key.
+const ED25519_PUBLIC_KEY_LEN: usize = 32;
+
 impl KeySet {
+    /// Keys that are not well-formed Ed25519 public keys are left out (and logged):
+    /// a corrupt row must not make every verification fail or panic.
     pub fn from_records(records: &[KeyRecord]) -> Self {
-        KeySet {
-            keys: records
-                .iter()
-                .map(|r| (r.kid.clone(), DecodingKey::from_ed_der(&r.public_key)))
-                .collect(),
+        let mut keys = HashMap::new();
+        for r in records {
+            if r.public_key.len() != ED25519_PUBLIC_KEY_LEN {
+                tracing::error!(kid = %r.kid, len = r.public_key.len(), "stored signing key is not a 32-byte Ed25519 key; ignored");
+                continue;
+            }
+            keys.insert(
+                r.kid.clone(),
+                (
+                    DecodingKey::from_ed_der(&r.public_key),
+                    r.not_after.unix_timestamp(),
+                ),
+            );
         }
+        KeySet { keys }
     }
 
     pub fn contains(&self, kid: &str) -> bool {
@@ -45,7 +59,11 @@ impl KeySet {
     pub fn kid_of(token: &str) -> Result<String, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
-        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some("at+jwt") {
+        // RFC 9068: typ is "at+jwt", or "application/at+jwt", compared case-insensitively.
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if header.alg != Algorithm::EdDSA || !typ_ok {
             return Err(TokenError::Header);
         }
         header.kid.ok_or(TokenError::Header)
@@ -55,7 +73,11 @@ impl KeySet {
     /// `leeway` seconds of tolerance either side).
     pub fn verify(&self, token: &str, now: i64, leeway: i64) -> Result<Claims, TokenError> {
         let kid = Self::kid_of(token)?;
-        let key = self.keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
+        let key = match self.keys.get(&kid) {
+            // A key past its publication is no longer trusted.
+            Some((key, not_after)) if now < *not_after => key,
+            _ => return Err(TokenError::UnknownKey(kid)),
+        };
         let mut v = Validation::new(Algorithm::EdDSA);
         // Time and audience are checked below against the injected clock.
         v.validate_exp = false;
@@ -150,5 +172,56 @@ mod tests {
             set.verify("not-a-jwt", 1000, 0),
             Err(TokenError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_corrupt_stored_key_is_ignored_and_a_retired_key_is_refused() {
+        let k = SigningKey::generate().unwrap();
+        let mut short = record(&k);
+        short.public_key.truncate(16);
+        let set = KeySet::from_records(&[short]);
+        let t = k.sign(&claims(1000)).unwrap();
+        assert!(matches!(
+            set.verify(&t, 1000, 0),
+            Err(TokenError::UnknownKey(_))
+        ));
+
+        let mut retired = record(&k);
+        retired.not_after = OffsetDateTime::from_unix_timestamp(1030).unwrap();
+        let set = KeySet::from_records(&[retired]);
+        assert!(set.verify(&t, 1000, 0).is_ok());
+        assert!(matches!(
+            set.verify(&t, 1030, 0),
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn only_access_token_headers_are_accepted() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let with = |h: serde_json::Value| format!("{}.e30.sig", b64.encode(h.to_string()));
+        assert_eq!(
+            KeySet::kid_of(&with(
+                serde_json::json!({"alg":"EdDSA","typ":"application/AT+JWT","kid":"k"})
+            )),
+            Ok("k".into())
+        );
+        assert_eq!(
+            KeySet::kid_of(&with(
+                serde_json::json!({"alg":"EdDSA","typ":"JWT","kid":"k"})
+            )),
+            Err(TokenError::Header)
+        );
+        assert_eq!(
+            KeySet::kid_of(&with(serde_json::json!({"alg":"EdDSA","typ":"at+jwt"}))),
+            Err(TokenError::Header)
+        );
+        assert_eq!(
+            KeySet::kid_of(&with(
+                serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":"k"})
+            )),
+            Err(TokenError::Header)
+        );
     }
 }

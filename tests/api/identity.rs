@@ -258,3 +258,37 @@ async fn a_connection_that_outlives_its_svid_is_refused() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn a_revocation_watch_ends_when_the_verifiers_svid_expires() {
+    let app = spawn_app().await;
+    let mut watch = app.watch(0).await;
+    app.clock
+        .advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("the stream ends within the poll interval");
+    let err = end.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("SVID expired"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 3000).await;
+    let mut spec = SvidSpec::workload(AGENT);
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(100);
+    let short = app.issue(&spec);
+    let ch = app.channel_with(Some(&short)).await.unwrap();
+    let minted = pb::token_service_client::TokenServiceClient::new(ch)
+        .mint_token(mint_request(&task.id, "customers/eu/1", 300))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        minted.ttl_seconds <= 100 && minted.ttl_seconds >= 95,
+        "{}",
+        minted.ttl_seconds
+    );
+}
