@@ -9,7 +9,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::identity::{TlsConn, TrustBundles};
-use crate::policy::WorkflowPolicy;
+use crate::policy::CedarPolicy;
 use crate::store::{PgStore, Store};
 use anyhow::Context;
 use axum::Router;
@@ -38,6 +38,7 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 
 pub struct App {
     broker: Arc<Broker>,
+    policy: Arc<CedarPolicy>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: Config,
@@ -76,10 +77,18 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     .await
     .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
     let store: Arc<dyn Store> = Arc::new(store);
-    let policy = Arc::new(WorkflowPolicy::new(config.workflows()?));
+    let policy = Arc::new(
+        CedarPolicy::load(&config.policy.dir, &config.policy.environment).map_err(|e| {
+            anyhow::anyhow!(
+                "policy.dir {} is not a valid policy set:\n{e}",
+                config.policy.dir.display()
+            )
+        })?,
+    );
+    let policy_dyn: Arc<dyn crate::policy::Policy> = policy.clone();
     let broker = Broker::new(
         store.clone(),
-        policy,
+        policy_dyn,
         clock.clone(),
         config.server.issuer.clone(),
         config.keys.heartbeat,
@@ -104,6 +113,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         })?;
     Ok(App {
         broker: Arc::new(broker),
+        policy,
         store,
         clock,
         config,
@@ -238,6 +248,7 @@ impl App {
             .with_state(HttpState {
                 broker: b.clone(),
                 store: self.store.clone(),
+                policy: self.policy.clone(),
             });
         let http = tokio::spawn(
             axum::serve(self.http, http_router)
@@ -274,6 +285,12 @@ impl App {
             }
         }));
 
+        let reloader = tokio::spawn(watch_policies(
+            self.policy.clone(),
+            self.config.policy.reload_interval,
+            cancel.clone(),
+        ));
+
         info!(grpc = %self.config.server.grpc_addr, http = %self.config.server.http_addr, kid = b.kid(), "mayfly serving");
         shutdown.await;
         info!("shutting down: draining open calls and streams");
@@ -285,6 +302,7 @@ impl App {
             let h = http.await;
             let _ = sweeper.await;
             let _ = heartbeat.await;
+            let _ = reloader.await;
             (g, h)
         })
         .await;
@@ -377,6 +395,7 @@ async fn accept_loop(
 struct HttpState {
     broker: Arc<Broker>,
     store: Arc<dyn Store>,
+    policy: Arc<CedarPolicy>,
 }
 
 async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
@@ -394,17 +413,64 @@ async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
 }
 
 async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
+    // A failed policy reload does not make the broker unready (the last good set
+    // keeps serving), but it is reported here for operators.
+    let policy = match s.policy.status().last_error {
+        Some(e) => format!("\npolicy reload failed, still serving the previous set:\n{e}"),
+        None => String::new(),
+    };
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Ok(())) => (StatusCode::OK, format!("ready{policy}")).into_response(),
         Ok(Err(error)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}"),
+            format!("not ready: {error}{policy}"),
         )
             .into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the store did not answer within 2s",
+            format!("not ready: the store did not answer within 2s{policy}"),
         )
             .into_response(),
+    }
+}
+
+/// Reloads the policy directory on SIGHUP and whenever its files change.
+async fn watch_policies(policy: Arc<CedarPolicy>, every: Duration, cancel: CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; policies reload on file change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hangup => policy.reload().map(|_| true),
+            _ = tick.tick() => policy.reload_if_changed(),
+        };
+        match result {
+            Ok(true) => {
+                info!(dir = %policy.dir().display(), policies = policy.status().policies, "policies reloaded")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                error!(dir = %policy.dir().display(), error = %e, "policy reload failed; the previous policy set stays in force")
+            }
+        }
     }
 }

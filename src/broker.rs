@@ -5,7 +5,7 @@ use crate::audit::{Action, AuditEvent};
 use crate::clock::{Clock, to_micros};
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
 use crate::identity::{Caller, SpiffeId};
-use crate::policy::{Denied, MintInput, Policy, StartInput};
+use crate::policy::{Denied, DeviationResponse, MintInput, Policy, StartInput, WorkflowLimits};
 use crate::revocation::{Event, Hub, Revocation, Target, Trigger};
 use crate::store::{EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter, TokenRecord};
 use crate::token::{Claims, Confirmation, Jwks, KeyRecord, KeySet, SigningKey, TokenError};
@@ -203,19 +203,29 @@ impl Broker {
             orchestrator: &caller.id,
             agent: &req.agent,
             workflow: &req.workflow,
+            objective: &req.objective,
             scopes: &req.scopes,
             duration: req.duration,
+            now,
         });
-        if let Err(Denied { reason }) = decision {
-            self.audit_denial(
-                AuditEvent::new(now, caller.id.as_str(), Action::TaskOpenDenied)
-                    .agent(req.agent.as_str())
-                    .reason(&reason)
-                    .detail(json!({"workflow": req.workflow, "scopes": req.scopes, "objective": req.objective})),
-            )
-            .await;
-            return Err(BrokerError::PermissionDenied(reason));
-        }
+        let permit = match decision {
+            Ok(p) => p,
+            Err(Denied { reason, policies }) => {
+                self.audit_denial(
+                    AuditEvent::new(now, caller.id.as_str(), Action::TaskOpenDenied)
+                        .agent(req.agent.as_str())
+                        .reason(&reason)
+                        .detail(json!({
+                            "workflow": req.workflow,
+                            "scopes": req.scopes,
+                            "objective": req.objective,
+                            "policies": policies,
+                        })),
+                )
+                .await;
+                return Err(BrokerError::PermissionDenied(reason));
+            }
+        };
         let task = Task {
             id: TaskId::new(),
             agent: req.agent.to_string(),
@@ -238,6 +248,7 @@ impl Broker {
                 "objective": task.objective,
                 "scopes": task.scopes,
                 "duration_seconds": req.duration.as_secs(),
+                "policies": permit.policies,
             }));
         self.store.insert_task(&task, &audit).await?;
         Ok(task)
@@ -367,32 +378,42 @@ impl Broker {
             self.audit_denial(deny(&err.to_string())).await;
             return Err(err);
         }
+        let Some(limits) = self.policy.workflow(&task.workflow) else {
+            let reason = format!("workflow {:?} is no longer defined", task.workflow);
+            self.audit_denial(deny(&reason)).await;
+            return Err(BrokerError::PermissionDenied(reason));
+        };
         if task.covering_scope(&req.scope).is_none() {
             let reason = format!(
                 "deviation: scope {} is not covered by the scopes declared for task {}",
                 req.scope, task.id
             );
+            if limits.deviation == DeviationResponse::Deny {
+                self.audit_denial(deny(&reason)).await;
+                return Err(BrokerError::PermissionDenied(reason));
+            }
             return Err(self
                 .deviate(caller, &task, reason, deny)
                 .await
                 .into_permission_denied());
         }
-        let limits = match self.policy.decide_mint(&MintInput {
+        let permit = match self.policy.decide_mint(&MintInput {
             agent: &caller.id,
             task: &task,
             scope: &req.scope,
             requested_ttl: req.ttl,
+            now,
         }) {
-            Ok(l) => l,
-            Err(Denied { reason }) => {
-                self.audit_denial(deny(&reason)).await;
+            Ok(p) => p,
+            Err(Denied { reason, policies }) => {
+                let mut event = deny(&reason);
+                event.detail["policies"] = json!(policies);
+                self.audit_denial(event).await;
                 return Err(BrokerError::PermissionDenied(reason));
             }
         };
         if task.tokens_minted >= limits.max_tokens {
-            return Err(self
-                .over_budget(caller, &task, limits.max_tokens, deny)
-                .await);
+            return Err(self.over_budget(caller, &task, &limits, deny).await);
         }
         // A token bound to a certificate never outlives the certificate.
         let cert_left = Duration::from_secs(
@@ -462,6 +483,7 @@ impl Broker {
                 "requested_ttl_seconds": req.ttl.as_secs(),
                 "ttl_seconds": ttl.as_secs(),
                 "kid": record.kid,
+                "policies": permit.policies,
             }));
         if !self
             .store
@@ -474,9 +496,7 @@ impl Broker {
                 && task.tokens_minted >= limits.max_tokens
                 && task.expires_at > now
             {
-                return Err(self
-                    .over_budget(caller, &task, limits.max_tokens, deny)
-                    .await);
+                return Err(self.over_budget(caller, &task, &limits, deny).await);
             }
             let err = self.not_mintable(&task, now).unwrap_or_else(|| {
                 BrokerError::FailedPrecondition(format!(
@@ -515,13 +535,17 @@ impl Broker {
         &self,
         caller: &Caller,
         task: &Task,
-        budget: u32,
+        limits: &WorkflowLimits,
         deny: impl Fn(&str) -> AuditEvent,
     ) -> BrokerError {
         let reason = format!(
-            "deviation: task {} exceeded its budget of {budget} tokens",
-            task.id
+            "deviation: task {} exceeded its budget of {} tokens",
+            task.id, limits.max_tokens
         );
+        if limits.deviation == DeviationResponse::Deny {
+            self.audit_denial(deny(&reason)).await;
+            return BrokerError::ResourceExhausted(reason);
+        }
         match self.deviate(caller, task, reason, deny).await {
             Deviation::Done(reason) => BrokerError::ResourceExhausted(reason),
             Deviation::Failed(e) => e,

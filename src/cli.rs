@@ -43,8 +43,27 @@ pub enum Command {
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
     },
+    /// Policy authors: check a policy directory and its decision cases.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load and strictly validate schema, policies and entities; exit 1 with
+    /// file:line:column errors if anything is wrong.
+    Validate { dir: PathBuf },
+    /// Run decision cases (a TOML file of [[case]] tables) against a policy
+    /// directory; print every mismatch and exit 1 if there is one.
+    Test {
+        dir: PathBuf,
+        cases: PathBuf,
+        /// `context.environment` for the decisions.
+        #[arg(long, default_value = "prod-eu")]
+        environment: String,
+    },
 }
 
 /// How a client command reaches the broker: its URL and the caller's SVID.

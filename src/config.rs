@@ -1,8 +1,6 @@
 //! Settings: a TOML file, then `MAYFLY_*` environment overrides, then `validate()`
 //! with messages that name the key and what is wrong.
-use crate::domain::Scope;
 use crate::identity::{IdPattern, Role, RoleMap};
-use crate::policy::Workflow;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -61,8 +59,7 @@ pub struct Config {
     pub tasks: TasksConfig,
     #[serde(default)]
     pub keys: KeysConfig,
-    #[serde(default)]
-    pub workflows: Vec<WorkflowConfig>,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,25 +188,18 @@ fn default_heartbeat() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ScopeConfig {
-    pub audience: String,
-    pub resource: String,
-    pub action: String,
+pub struct PolicyConfig {
+    /// Directory with `schema.cedarschema`, `*.cedar` policies and `entities.json`.
+    pub dir: PathBuf,
+    /// Passed to every decision as `context.environment`.
+    pub environment: String,
+    /// How often the directory is checked for changes (SIGHUP reloads at once).
+    #[serde(default = "default_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowConfig {
-    pub name: String,
-    /// Agents that may run this workflow.
-    pub agents: Vec<IdPattern>,
-    /// The envelope: every scope a task declares must be covered by one of these.
-    pub scopes: Vec<ScopeConfig>,
-    #[serde(with = "humantime_serde")]
-    pub max_task_duration: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_token_ttl: Duration,
-    pub max_tokens: u32,
+fn default_reload() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Environment overrides applied after the file.
@@ -249,6 +239,7 @@ impl Config {
         };
         fix(&mut self.server.cert);
         fix(&mut self.server.key);
+        fix(&mut self.policy.dir);
         for td in &mut self.trust_domains {
             fix(&mut td.bundle);
         }
@@ -345,7 +336,15 @@ impl Config {
         if self.keys.heartbeat.is_zero() {
             return Err(invalid("keys.heartbeat", "must be greater than zero"));
         }
-        self.workflows()?;
+        if self.policy.environment.trim().is_empty() {
+            return Err(invalid("policy.environment", "must not be empty"));
+        }
+        if self.policy.reload_interval.is_zero() {
+            return Err(invalid(
+                "policy.reload_interval",
+                "must be greater than zero",
+            ));
+        }
         Ok(())
     }
 
@@ -361,59 +360,6 @@ impl Config {
             entries.extend(list.iter().cloned().map(|p| (role, p)));
         }
         RoleMap::new(entries)
-    }
-
-    /// The workflows as policy types; every error names its key.
-    pub fn workflows(&self) -> Result<Vec<Workflow>, ConfigError> {
-        let mut out: Vec<Workflow> = vec![];
-        for (i, w) in self.workflows.iter().enumerate() {
-            let key = |f: &str| format!("workflows[{i}].{f}");
-            if w.name.trim().is_empty() {
-                return Err(invalid(key("name"), "must not be empty"));
-            }
-            if out.iter().any(|o| o.name == w.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("{:?} is defined twice", w.name),
-                ));
-            }
-            if w.agents.is_empty() {
-                return Err(invalid(
-                    key("agents"),
-                    "must list at least one SPIFFE ID pattern",
-                ));
-            }
-            if w.scopes.is_empty() {
-                return Err(invalid(key("scopes"), "must list at least one scope"));
-            }
-            let mut scopes = vec![];
-            for (j, s) in w.scopes.iter().enumerate() {
-                let scope = Scope::declared(&s.audience, &s.resource, &s.action)
-                    .map_err(|e| invalid(format!("workflows[{i}].scopes[{j}]"), e.to_string()))?;
-                scopes.push(scope);
-            }
-            if w.max_task_duration < Duration::from_secs(1) {
-                return Err(invalid(key("max_task_duration"), "must be at least 1s"));
-            }
-            if w.max_token_ttl < Duration::from_secs(1) {
-                return Err(invalid(key("max_token_ttl"), "must be at least 1s"));
-            }
-            if w.max_token_ttl > Duration::from_secs(24 * 3600) {
-                return Err(invalid(key("max_token_ttl"), "must be at most 24h"));
-            }
-            if w.max_tokens == 0 {
-                return Err(invalid(key("max_tokens"), "must be at least 1"));
-            }
-            out.push(Workflow {
-                name: w.name.clone(),
-                agents: w.agents.clone(),
-                scopes,
-                max_task_duration: w.max_task_duration,
-                max_token_ttl: w.max_token_ttl,
-                max_tokens: w.max_tokens,
-            });
-        }
-        Ok(out)
     }
 }
 
@@ -438,13 +384,9 @@ bundle = "ca.pem"
 [roles]
 agent = ["spiffe://example.org/agent/*"]
 
-[[workflows]]
-name = "support"
-agents = ["spiffe://example.org/agent/*"]
-scopes = [{ audience = "crm-api", resource = "customers/eu/**", action = "read" }]
-max_task_duration = "1h"
-max_token_ttl = "5m"
-max_tokens = 10
+[policy]
+dir = "policies"
+environment = "prod-eu"
 "#;
 
     fn err_of(text: &str) -> String {
@@ -458,26 +400,20 @@ max_tokens = 10
     fn a_good_file_loads() {
         let c = Config::parse(GOOD, "t.toml").unwrap();
         c.validate().unwrap();
-        let w = c.workflows().unwrap();
-        assert_eq!(w[0].max_token_ttl, Duration::from_secs(300));
+        assert_eq!(c.policy.reload_interval, Duration::from_secs(2));
     }
 
     #[test]
     fn errors_name_the_key() {
-        let e = err_of(&GOOD.replace("max_tokens = 10", "max_tokens = 0"));
-        assert_eq!(e, "workflows[0].max_tokens: must be at least 1");
-        let e = err_of(&GOOD.replace("customers/eu/**", "customers//x"));
-        assert!(
-            e.starts_with("workflows[0].scopes[0]: resource has an empty path segment"),
-            "{e}"
-        );
+        let e = err_of(&GOOD.replace("environment = \"prod-eu\"", "environment = \"\""));
+        assert_eq!(e, "policy.environment: must not be empty");
         let e = err_of(&GOOD.replace("grpc_addr = \"127.0.0.1:8443\"", "grpc_addr = \"nope\""));
         assert!(e.contains("grpc_addr"), "{e}");
         let e = err_of(&GOOD.replace("[database]", "[database]\nbogus = 1"));
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = err_of(&GOOD.replace(
-            "\"spiffe://example.org/agent/*\"]\n\n[[",
-            "\"http://x\"]\n\n[[",
+            "\"spiffe://example.org/agent/*\"]\n\n[policy]",
+            "\"http://x\"]\n\n[policy]",
         ));
         assert!(e.contains("invalid SPIFFE ID pattern"), "{e}");
         let e = err_of(&GOOD.replace("url = \"postgres://postgres@127.0.0.1/mayfly\"", ""));
@@ -490,8 +426,11 @@ max_tokens = 10
             e.starts_with("roles.admin: spiffe://example.org/** can match"),
             "{e}"
         );
-        let e = err_of(&GOOD.replace("max_token_ttl = \"5m\"", "max_token_ttl = \"5 parsecs\""));
-        assert!(e.contains("max_token_ttl"), "{e}");
+        let e = err_of(&GOOD.replace(
+            "environment = \"prod-eu\"",
+            "environment = \"prod-eu\"\nreload_interval = \"5 parsecs\"",
+        ));
+        assert!(e.contains("reload_interval"), "{e}");
     }
 
     #[test]

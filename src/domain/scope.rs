@@ -106,6 +106,13 @@ impl Scope {
             && pattern_covers(&self.resource, &other.resource)
     }
 
+    /// True when some (resource, action) is permitted by both scopes.
+    pub fn overlaps(&self, other: &Scope) -> bool {
+        self.audience == other.audience
+            && (self.action == "*" || other.action == "*" || self.action == other.action)
+            && patterns_overlap(&self.resource, &other.resource)
+    }
+
     /// The `scope` claim of a token: `<action>:<resource>` (the audience is `aud`).
     pub fn claim(&self) -> String {
         format!("{}:{}", self.action, self.resource)
@@ -139,6 +146,25 @@ fn pattern_covers(outer: &str, inner: &str) -> bool {
         }
     }
     inner.len() == outer.len()
+}
+
+/// Whether some resource matches both patterns.
+fn patterns_overlap(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('/').collect();
+    let b: Vec<&str> = b.split('/').collect();
+    for i in 0.. {
+        match (a.get(i), b.get(i)) {
+            (Some(&"**"), Some(_)) | (Some(_), Some(&"**")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(x), Some(y)) => {
+                if *x != "*" && *y != "*" && x != y {
+                    return false;
+                }
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -235,6 +261,14 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn overlapping_patterns_share_a_resource() {
+        assert!(d("customers/eu/**").overlaps(&d("customers/eu/*/payment-methods")));
+        assert!(d("customers/*/1").overlaps(&d("customers/eu/*")));
+        assert!(!d("customers/eu/*").overlaps(&d("customers/eu/*/payment-methods")));
+        assert!(!d("customers/us/*").overlaps(&d("customers/eu/*")));
     }
 
     #[test]

@@ -133,9 +133,11 @@ impl DevCa {
 /// The identities `mayfly dev-certs` writes, by file stem and SPIFFE ID path.
 pub const DEV_IDENTITIES: &[(&str, &str)] = &[
     ("broker", "/mayfly/broker"),
-    ("agent", "/agent/support-bot"),
-    ("agent2", "/agent/coding-bot"),
+    ("agent", "/agent/support-eu-1"),
+    ("coding-agent", "/agent/coding-1"),
+    ("finance-agent", "/agent/finance-1"),
     ("orchestrator", "/orchestrator/main"),
+    ("finance-orchestrator", "/orchestrator/finance"),
     ("admin", "/admin/secops"),
     ("verifier", "/verifier/crm-api"),
 ];

@@ -121,7 +121,44 @@ impl Default for Options {
     }
 }
 
+/// Copies the files of `from` (one level) into a new directory `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Writes the test policy set (tests/policies with the canonical schema) into
+/// `dir/policies`, with the support workflow's token budget set to `max_tokens`.
+pub fn write_policies(dir: &std::path::Path, max_tokens: u32) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.join("policies");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(
+        root.join("examples/policies/schema.cedarschema"),
+        out.join("schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("tests/policies/test.cedar"),
+        out.join("test.cedar"),
+    )
+    .unwrap();
+    let entities = std::fs::read_to_string(root.join("tests/policies/entities.json")).unwrap();
+    std::fs::write(
+        out.join("entities.json"),
+        entities.replace("MAX_TOKENS", &max_tokens.to_string()),
+    )
+    .unwrap();
+    out
+}
+
 pub fn config_text(pki: &Pki, db_url: &str, o: &Options) -> String {
+    let policies = write_policies(pki.dir.path(), o.max_tokens);
     let mut extra = String::new();
     for (name, path) in &o.extra_trust_domains {
         extra.push_str(&format!(
@@ -160,32 +197,17 @@ sweep_interval = "{sweep}"
 [keys]
 heartbeat = "60s"
 
-[[workflows]]
-name = "support"
-agents = ["spiffe://example.org/agent/*"]
-scopes = [
-  {{ audience = "crm-api", resource = "customers/eu/**", action = "read" }},
-  {{ audience = "crm-api", resource = "customers/eu/**", action = "write" }},
-  {{ audience = "tickets", resource = "tickets/*", action = "comment" }},
-]
-max_task_duration = "1h"
-max_token_ttl = "5m"
-max_tokens = {max}
-
-[[workflows]]
-name = "coding"
-agents = ["spiffe://example.org/agent/a2"]
-scopes = [{{ audience = "github", resource = "repos/**", action = "*" }}]
-max_task_duration = "2h"
-max_token_ttl = "10m"
-max_tokens = 100
+[policy]
+dir = "{policies}"
+environment = "test"
+reload_interval = "100ms"
 "#,
         cert = pki.path("broker.crt").display(),
         key = pki.path("broker.key").display(),
         ca = pki.path("ca.pem").display(),
         ct = o.connect_timeout,
         sweep = o.sweep,
-        max = o.max_tokens,
+        policies = policies.display(),
     )
 }
 

@@ -223,8 +223,8 @@ async fn serve_refuses_a_bad_config_naming_the_key() {
     );
     let cases = [
         (
-            good.replace("max_tokens = 5", "max_tokens = 0"),
-            "workflows[0].max_tokens: must be at least 1",
+            good.replace("reload_interval = \"100ms\"", "reload_interval = \"0s\""),
+            "policy.reload_interval: must be greater than zero",
         ),
         (
             good.replace("sweep_interval = \"50ms\"", "sweep_interval = \"soon\""),
@@ -332,6 +332,10 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
             .unwrap();
     let cfg = dir.path().join("mayfly.toml");
     std::fs::write(&cfg, example.replace("dev-certs/", "certs/")).unwrap();
+    copy_dir(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies")),
+        &dir.path().join("policies"),
+    );
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -373,7 +377,7 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
     let orch = client("orchestrator").connect().await.unwrap();
     let task = TaskServiceClient::new(orch)
         .start_task(pb::StartTaskRequest {
-            agent: "spiffe://example.org/agent/support-bot".into(),
+            agent: "spiffe://example.org/agent/support-eu-1".into(),
             workflow: "support-triage".into(),
             objective: "triage".into(),
             scopes: vec![scope("crm-api", "customers/eu/*", "read")],

@@ -164,7 +164,8 @@ async fn a_task_outside_its_workflow_is_denied_with_the_reason() {
     let err = tasks.start_task(req).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
-        err.message().contains("outside workflow \"support\""),
+        err.message()
+            .contains("no policy permits declaring scope crm-api/customers/us/*#read"),
         "{}",
         err.message()
     );
@@ -182,7 +183,9 @@ async fn a_task_outside_its_workflow_is_denied_with_the_reason() {
     let err = tasks.start_task(req).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
-        err.message().contains("may not run workflow"),
+        err.message().contains(
+            "no policy permits spiffe://example.org/orchestrator/o1 opening workflow \"coding\""
+        ),
         "{}",
         err.message()
     );

@@ -1,0 +1,856 @@
+//! Cedar: the schema, policies and entities of a directory, validated strictly;
+//! decisions that name the policies that made them; reload that swaps the whole
+//! set at once and keeps the old one when the new one is invalid.
+use super::{Denied, DeviationResponse, MintInput, Permit, Policy, StartInput, WorkflowLimits};
+use crate::domain::Scope;
+use crate::identity::SpiffeId;
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    EvalResult, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use time::OffsetDateTime;
+
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+pub const ENTITIES_FILE: &str = "entities.json";
+
+/// Why a policy directory was refused: one line per problem, each
+/// `file:line:column: message` where the position is known.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .0.join("\n"))]
+pub struct LoadError(pub Vec<String>);
+
+fn load_error(file: &str, message: impl std::fmt::Display) -> LoadError {
+    LoadError(vec![format!("{file}: {message}")])
+}
+
+/// `file:line:column: message` for a diagnostic whose labels point into `text`.
+fn located(file: &str, text: &str, d: &dyn miette::Diagnostic, message: String) -> String {
+    let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
+    match offset {
+        Some(off) if off <= text.len() => {
+            let before = &text[..off];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rfind('\n').map(|i| off - i).unwrap_or(off + 1);
+            format!("{file}:{line}:{column}: {message}")
+        }
+        _ => format!("{file}: {message}"),
+    }
+}
+
+/// The files of a policy directory, and a fingerprint to notice changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFiles {
+    pub schema: PathBuf,
+    pub entities: PathBuf,
+    pub policies: Vec<PathBuf>,
+    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+}
+
+impl PolicyFiles {
+    pub fn scan(dir: &Path) -> Result<Self, LoadError> {
+        let d = dir.display().to_string();
+        let read = std::fs::read_dir(dir)
+            .map_err(|e| load_error(&d, format!("cannot read the policy directory: {e}")))?;
+        let mut policies = vec![];
+        for entry in read {
+            let path = entry.map_err(|e| load_error(&d, e))?.path();
+            if path.extension().is_some_and(|e| e == "cedar") {
+                policies.push(path);
+            }
+        }
+        policies.sort();
+        if policies.is_empty() {
+            return Err(load_error(&d, "holds no .cedar policy file"));
+        }
+        let schema = dir.join(SCHEMA_FILE);
+        let entities = dir.join(ENTITIES_FILE);
+        let mut fingerprint = vec![];
+        for p in [&schema, &entities].into_iter().chain(policies.iter()) {
+            let meta = std::fs::metadata(p).map_err(|e| load_error(&p.display().to_string(), e))?;
+            fingerprint.push((p.clone(), meta.modified().ok(), meta.len()));
+        }
+        Ok(PolicyFiles {
+            schema,
+            entities,
+            policies,
+            fingerprint,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DataAttrs {
+    sensitivity: String,
+    destination: String,
+    environment: String,
+}
+
+/// A resource pattern declared in the entities file.
+struct DeclaredResource {
+    scope: Scope,
+    uid: EntityUid,
+    attrs: DataAttrs,
+}
+
+/// One loaded, validated policy set. Immutable: a reload builds a new one.
+struct Loaded {
+    schema: Schema,
+    policies: PolicySet,
+    entities: Entities,
+    reasons: HashMap<String, String>,
+    workflows: HashMap<String, WorkflowLimits>,
+    tools: HashMap<String, DataAttrs>,
+    resources: Vec<DeclaredResource>,
+    files: PolicyFiles,
+}
+
+/// What `/readyz` and the logs say about the policy set.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyStatus {
+    pub policies: usize,
+    pub reloads: u64,
+    pub failed_reloads: u64,
+    /// The error of the last reload attempt, if it failed (the old set stays).
+    pub last_error: Option<String>,
+}
+
+/// Cedar-backed decisions over a policy directory.
+pub struct CedarPolicy {
+    dir: PathBuf,
+    environment: String,
+    current: RwLock<Arc<Loaded>>,
+    status: Mutex<PolicyStatus>,
+}
+
+const SENSITIVITY: [&str; 4] = ["public", "internal", "confidential", "restricted"];
+
+/// Rank of a sensitivity label; unknown labels rank above all known ones.
+fn sensitivity_rank(s: &str) -> usize {
+    SENSITIVITY
+        .iter()
+        .position(|k| *k == s)
+        .unwrap_or(SENSITIVITY.len())
+}
+
+fn type_name(t: &str) -> EntityTypeName {
+    // The names below are constants of the Mayfly schema.
+    EntityTypeName::from_str(t).unwrap_or_else(|_| unreachable!("constant entity type name {t}"))
+}
+
+fn uid(t: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(type_name(t), EntityId::new(id))
+}
+
+fn action(name: &str) -> EntityUid {
+    uid("Mayfly::Action", name)
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_string())
+}
+
+fn long(n: i64) -> RestrictedExpression {
+    RestrictedExpression::new_long(n)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn attr_string(e: &Entity, key: &str) -> Option<String> {
+    match e.attr(key) {
+        Some(Ok(EvalResult::String(s))) => Some(s),
+        _ => None,
+    }
+}
+
+fn attr_long(e: &Entity, key: &str) -> Option<i64> {
+    match e.attr(key) {
+        Some(Ok(EvalResult::Long(n))) => Some(n),
+        _ => None,
+    }
+}
+
+fn attr_strings(e: &Entity, key: &str) -> Option<Vec<String>> {
+    match e.attr(key) {
+        Some(Ok(EvalResult::Set(set))) => set
+            .iter()
+            .map(|v| match v {
+                EvalResult::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn workload(t: &str, id: &SpiffeId) -> Result<Entity, Denied> {
+    Entity::new(
+        uid(t, id.as_str()),
+        HashMap::from([
+            ("spiffe_id".to_string(), string(id.as_str())),
+            ("trust_domain".to_string(), string(id.trust_domain())),
+            ("path".to_string(), string(id.path())),
+        ]),
+        HashSet::new(),
+    )
+    .map_err(|e| Denied::new(format!("policy input: {e}")))
+}
+
+fn load(dir: &Path) -> Result<Loaded, LoadError> {
+    let files = PolicyFiles::scan(dir)?;
+    let read =
+        |p: &Path| std::fs::read_to_string(p).map_err(|e| load_error(&p.display().to_string(), e));
+
+    let schema_file = files.schema.display().to_string();
+    let schema_text = read(&files.schema)?;
+    let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text)
+        .map_err(|e| LoadError(vec![located(&schema_file, &schema_text, &e, e.to_string())]))?;
+
+    let mut policies = PolicySet::new();
+    let mut sources: HashMap<String, (String, String)> = HashMap::new();
+    let mut reasons = HashMap::new();
+    let mut errors = vec![];
+    for path in &files.policies {
+        let file = path.display().to_string();
+        let text = read(path)?;
+        let set = match PolicySet::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                for d in e.iter() {
+                    errors.push(located(&file, &text, d, d.to_string()));
+                }
+                continue;
+            }
+        };
+        for (n, p) in set.policies().enumerate() {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let id = p
+                .annotation("id")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{stem}.{n}"));
+            if let Some((other, _)) = sources.get(&id) {
+                errors.push(format!("{file}: policy id {id:?} is also used in {other}"));
+                continue;
+            }
+            if let Some(r) = p.annotation("reason") {
+                reasons.insert(id.clone(), r.to_string());
+            }
+            if let Err(e) = policies.add(p.new_id(PolicyId::new(&id))) {
+                errors.push(format!("{file}: {e}"));
+            }
+            sources.insert(id, (file.clone(), text.clone()));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadError(errors));
+    }
+    let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+    if !validation.validation_passed() {
+        let errors = validation
+            .validation_errors()
+            .map(|e| {
+                let id = e.policy_id().to_string();
+                match sources.get(&id) {
+                    Some((file, text)) => located(file, text, e, format!("policy {id}: {e}")),
+                    None => format!("policy {id}: {e}"),
+                }
+            })
+            .collect();
+        return Err(LoadError(errors));
+    }
+
+    let entities_file = files.entities.display().to_string();
+    let entities_text = read(&files.entities)?;
+    let entities = Entities::from_json_str(&entities_text, Some(&schema))
+        .map_err(|e| load_error(&entities_file, e))?;
+
+    let mut workflows = HashMap::new();
+    let mut tools = HashMap::new();
+    let mut declared = vec![];
+    let mut errors = vec![];
+    for e in entities.iter() {
+        let id = e.uid().id().unescaped().to_string();
+        let what = format!("{entities_file}: {}", e.uid());
+        match e.uid().type_name().to_string().as_str() {
+            "Mayfly::Workflow" => match workflow_limits(e) {
+                Ok(l) => {
+                    workflows.insert(id, l);
+                }
+                Err(why) => errors.push(format!("{what}: {why}")),
+            },
+            "Mayfly::Tool" => {
+                tools.insert(id, data_attrs(e));
+            }
+            "Mayfly::Resource" => {
+                declared.push((id, e.uid().clone(), data_attrs(e), attr_string(e, "path")))
+            }
+            _ => {}
+        }
+    }
+    let mut resources = vec![];
+    for (id, uid, attrs, path) in declared {
+        let what = format!("{entities_file}: Mayfly::Resource::{id:?}");
+        let Some((tool, pattern)) = id.split_once('/') else {
+            errors.push(format!(
+                "{what}: the id must be \"<tool>/<resource pattern>\""
+            ));
+            continue;
+        };
+        if !tools.contains_key(tool) {
+            errors.push(format!("{what}: tool {tool:?} is not declared"));
+            continue;
+        }
+        if path.as_deref() != Some(pattern) {
+            errors.push(format!("{what}: its path attribute must be {pattern:?}"));
+            continue;
+        }
+        match Scope::declared(tool, pattern, "*") {
+            Ok(scope) => resources.push(DeclaredResource { scope, uid, attrs }),
+            Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadError(errors));
+    }
+    let loaded = Loaded {
+        schema,
+        policies,
+        entities,
+        reasons,
+        workflows,
+        tools,
+        resources,
+        files,
+    };
+    // Prove the schema accepts what Mayfly sends, so no request fails later.
+    loaded.self_check().map_err(|e| {
+        load_error(
+            &schema_file,
+            format!("does not fit the requests Mayfly makes: {e}"),
+        )
+    })?;
+    Ok(loaded)
+}
+
+fn data_attrs(e: &Entity) -> DataAttrs {
+    DataAttrs {
+        sensitivity: attr_string(e, "sensitivity").unwrap_or_default(),
+        destination: attr_string(e, "destination").unwrap_or_default(),
+        environment: attr_string(e, "environment").unwrap_or_default(),
+    }
+}
+
+fn workflow_limits(e: &Entity) -> Result<WorkflowLimits, String> {
+    let get = |k: &str| attr_long(e, k).ok_or_else(|| format!("{k} is missing or not a Long"));
+    let positive = |k: &str, max: i64| -> Result<u64, String> {
+        let v = get(k)?;
+        if v < 1 || v > max {
+            return Err(format!("{k} must be between 1 and {max}, not {v}"));
+        }
+        Ok(v as u64)
+    };
+    let depth = get("max_delegation_depth")?;
+    if !(0..=16).contains(&depth) {
+        return Err(format!(
+            "max_delegation_depth must be between 0 and 16, not {depth}"
+        ));
+    }
+    let deviation = match attr_string(e, "deviation_response").as_deref() {
+        Some("revoke_task") => DeviationResponse::RevokeTask,
+        Some("deny") => DeviationResponse::Deny,
+        other => {
+            return Err(format!(
+                "deviation_response must be \"revoke_task\" or \"deny\", not {other:?}"
+            ));
+        }
+    };
+    Ok(WorkflowLimits {
+        max_task_duration: Duration::from_secs(positive("max_task_seconds", 366 * 24 * 3600)?),
+        max_token_ttl: Duration::from_secs(positive("max_token_ttl_seconds", 24 * 3600)?),
+        max_tokens: positive("max_tokens", i64::from(u32::MAX))? as u32,
+        max_delegation_depth: depth as u32,
+        step_up_actions: attr_strings(e, "step_up_actions")
+            .ok_or("step_up_actions must be a set of strings")?,
+        deviation,
+    })
+}
+
+impl Loaded {
+    /// The requested resource as an entity: a declared one as is, otherwise one
+    /// that takes the attributes of the most specific declared pattern covering it
+    /// (or of its tool), with the sensitivity of the most sensitive declared
+    /// pattern it overlaps: a wildcard request is as sensitive as what it can reach.
+    fn resource(&self, scope: &Scope) -> Result<(EntityUid, Option<Entity>), Denied> {
+        let id = format!("{}/{}", scope.audience, scope.resource);
+        let probe = Scope {
+            action: "*".into(),
+            ..scope.clone()
+        };
+        if let Some(d) = self
+            .resources
+            .iter()
+            .find(|d| d.scope.resource == scope.resource && d.scope.audience == scope.audience)
+        {
+            return Ok((d.uid.clone(), None));
+        }
+        let tool = self.tools.get(&scope.audience).ok_or_else(|| {
+            Denied::new(format!(
+                "audience {:?} is not a tool the policies know",
+                scope.audience
+            ))
+        })?;
+        let mut attrs = self
+            .resources
+            .iter()
+            .filter(|d| d.scope.covers(&probe))
+            .max_by_key(|d| d.scope.resource.len())
+            .map(|d| d.attrs.clone())
+            .unwrap_or_else(|| tool.clone());
+        for d in self.resources.iter().filter(|d| d.scope.overlaps(&probe)) {
+            if sensitivity_rank(&d.attrs.sensitivity) > sensitivity_rank(&attrs.sensitivity) {
+                attrs.sensitivity = d.attrs.sensitivity.clone();
+            }
+        }
+        let tool_uid = uid("Mayfly::Tool", &scope.audience);
+        let entity = Entity::new(
+            uid("Mayfly::Resource", &id),
+            HashMap::from([
+                (
+                    "tool".to_string(),
+                    RestrictedExpression::new_entity_uid(tool_uid.clone()),
+                ),
+                ("path".to_string(), string(&scope.resource)),
+                ("sensitivity".to_string(), string(&attrs.sensitivity)),
+                ("destination".to_string(), string(&attrs.destination)),
+                ("environment".to_string(), string(&attrs.environment)),
+            ]),
+            HashSet::from([tool_uid]),
+        )
+        .map_err(|e| Denied::new(format!("policy input: {e}")))?;
+        Ok((entity.uid(), Some(entity)))
+    }
+
+    fn decide(
+        &self,
+        principal: EntityUid,
+        act: &str,
+        resource: EntityUid,
+        context: Vec<(String, RestrictedExpression)>,
+        extra: Vec<Entity>,
+        what: &str,
+    ) -> Result<Permit, Denied> {
+        let action_uid = action(act);
+        let context =
+            Context::from_pairs(context).map_err(|e| Denied::new(format!("policy input: {e}")))?;
+        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
+            .map_err(|e| Denied::new(format!("policy input does not fit the schema: {e}")))?;
+        let entities = self
+            .entities
+            .clone()
+            .add_entities(extra, Some(&self.schema))
+            .map_err(|e| Denied::new(format!("policy input: {e}")))?;
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
+        // A policy that fails to evaluate is skipped by Cedar; if it was a forbid,
+        // that would open a hole. Refuse instead.
+        if let Some(err) = response.diagnostics().errors().next() {
+            return Err(Denied {
+                reason: format!("{what}: policy evaluation failed: {err}"),
+                policies: match err {
+                    cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                        vec![e.policy_id().to_string()]
+                    }
+                },
+            });
+        }
+        match response.decision() {
+            Decision::Allow => Ok(Permit { policies: ids }),
+            Decision::Deny if ids.is_empty() => {
+                Err(Denied::new(format!("no policy permits {what}")))
+            }
+            Decision::Deny => {
+                let why: Vec<String> = ids
+                    .iter()
+                    .map(|id| match self.reasons.get(id) {
+                        Some(r) => format!("{id} ({r})"),
+                        None => id.clone(),
+                    })
+                    .collect();
+                Err(Denied {
+                    reason: format!("{what} is forbidden by policy {}", why.join(", ")),
+                    policies: ids,
+                })
+            }
+        }
+    }
+
+    fn self_check(&self) -> Result<(), String> {
+        let agent =
+            SpiffeId::parse("spiffe://mayfly.invalid/self-check").map_err(|e| e.to_string())?;
+        let task = crate::domain::Task {
+            id: crate::domain::TaskId::new(),
+            agent: agent.to_string(),
+            workflow: "self-check".into(),
+            objective: "self-check".into(),
+            scopes: vec![],
+            state: crate::domain::TaskState::Active,
+            opened_by: agent.to_string(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+            ended_at: None,
+            end_reason: None,
+            tokens_minted: 0,
+        };
+        let scope = Scope {
+            audience: "self-check".into(),
+            resource: "x".into(),
+            action: "read".into(),
+        };
+        let resource = Entity::new(
+            uid("Mayfly::Resource", "self-check"),
+            HashMap::from([
+                (
+                    "tool".to_string(),
+                    RestrictedExpression::new_entity_uid(uid("Mayfly::Tool", "self-check")),
+                ),
+                ("path".to_string(), string("x")),
+                ("sensitivity".to_string(), string("public")),
+                ("destination".to_string(), string("internal")),
+                ("environment".to_string(), string("self-check")),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let check = |r: Result<Request, _>| {
+            r.map(|_| ())
+                .map_err(|e: cedar_policy::RequestValidationError| e.to_string())
+        };
+        let ctx = |pairs| Context::from_pairs(pairs).map_err(|e| e.to_string());
+        let wf = uid("Mayfly::Workflow", "self-check");
+        check(Request::new(
+            uid("Mayfly::Orchestrator", "x"),
+            action("StartTask"),
+            wf.clone(),
+            ctx(start_context(&agent, 1, 1, "e", OffsetDateTime::UNIX_EPOCH))?,
+            Some(&self.schema),
+        ))?;
+        check(Request::new(
+            uid("Mayfly::Agent", "x"),
+            action("DeclareScope"),
+            resource.uid(),
+            ctx(declare_context(&wf, &agent, &scope, "e"))?,
+            Some(&self.schema),
+        ))?;
+        let input = MintInput {
+            agent: &agent,
+            task: &task,
+            scope: &scope,
+            requested_ttl: Duration::from_secs(1),
+            now: OffsetDateTime::UNIX_EPOCH,
+        };
+        check(Request::new(
+            uid("Mayfly::Agent", "x"),
+            action("Mint"),
+            resource.uid(),
+            ctx(mint_context(&input, &wf, "e"))?,
+            Some(&self.schema),
+        ))?;
+        Ok(())
+    }
+}
+
+fn start_context(
+    agent: &SpiffeId,
+    duration: i64,
+    scopes: i64,
+    env: &str,
+    now: OffsetDateTime,
+) -> Vec<(String, RestrictedExpression)> {
+    vec![
+        (
+            "agent".into(),
+            RestrictedExpression::new_entity_uid(uid("Mayfly::Agent", agent.as_str())),
+        ),
+        ("duration_seconds".into(), long(duration)),
+        ("scope_count".into(), long(scopes)),
+        ("environment".into(), string(env)),
+        ("now".into(), long(now.unix_timestamp())),
+        ("hour_utc".into(), long(i64::from(now.hour()))),
+    ]
+}
+
+fn declare_context(
+    wf: &EntityUid,
+    orchestrator: &SpiffeId,
+    scope: &Scope,
+    env: &str,
+) -> Vec<(String, RestrictedExpression)> {
+    vec![
+        (
+            "workflow".into(),
+            RestrictedExpression::new_entity_uid(wf.clone()),
+        ),
+        (
+            "orchestrator".into(),
+            RestrictedExpression::new_entity_uid(uid(
+                "Mayfly::Orchestrator",
+                orchestrator.as_str(),
+            )),
+        ),
+        ("action".into(), string(&scope.action)),
+        ("environment".into(), string(env)),
+    ]
+}
+
+fn mint_context(
+    i: &MintInput<'_>,
+    wf: &EntityUid,
+    env: &str,
+) -> Vec<(String, RestrictedExpression)> {
+    let age = secs((i.now - i.task.created_at).unsigned_abs());
+    vec![
+        (
+            "task".into(),
+            RestrictedExpression::new_entity_uid(uid("Mayfly::Task", &i.task.id.to_string())),
+        ),
+        (
+            "workflow".into(),
+            RestrictedExpression::new_entity_uid(wf.clone()),
+        ),
+        ("action".into(), string(&i.scope.action)),
+        ("requested_ttl_seconds".into(), long(secs(i.requested_ttl))),
+        ("task_age_seconds".into(), long(age)),
+        (
+            "task_remaining_seconds".into(),
+            long(secs(i.task.remaining(i.now))),
+        ),
+        (
+            "tokens_minted".into(),
+            long(i64::from(i.task.tokens_minted)),
+        ),
+        ("delegation_depth".into(), long(0)),
+        ("environment".into(), string(env)),
+        ("now".into(), long(i.now.unix_timestamp())),
+        ("hour_utc".into(), long(i64::from(i.now.hour()))),
+    ]
+}
+
+impl CedarPolicy {
+    /// Loads and validates a policy directory; refuses an invalid one.
+    pub fn load(dir: &Path, environment: &str) -> Result<Self, LoadError> {
+        let loaded = load(dir)?;
+        let status = PolicyStatus {
+            policies: loaded.policies.policies().count(),
+            ..Default::default()
+        };
+        Ok(CedarPolicy {
+            dir: dir.to_path_buf(),
+            environment: environment.to_string(),
+            current: RwLock::new(Arc::new(loaded)),
+            status: Mutex::new(status),
+        })
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Loads the directory again and swaps the whole set in at once. An invalid
+    /// set leaves the current one in place; the error is kept for `status()`.
+    pub fn reload(&self) -> Result<(), LoadError> {
+        let result = load(&self.dir);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(loaded) => {
+                status.policies = loaded.policies.policies().count();
+                status.reloads += 1;
+                status.last_error = None;
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+                Ok(())
+            }
+            Err(e) => {
+                status.failed_reloads += 1;
+                status.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads when a file was added, removed or changed since the last load
+    /// (or the last failed attempt). `Ok(false)` when nothing changed.
+    pub fn reload_if_changed(&self) -> Result<bool, LoadError> {
+        let now = PolicyFiles::scan(&self.dir);
+        let same = match &now {
+            Ok(files) => files.fingerprint == self.current().files.fingerprint,
+            Err(_) => false,
+        };
+        let failed_same = {
+            let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.last_error.is_some() && now.as_ref().err().map(|e| e.to_string()) == s.last_error
+        };
+        if same || failed_same {
+            return Ok(false);
+        }
+        self.reload().map(|_| true)
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Policy for CedarPolicy {
+    fn workflow(&self, name: &str) -> Option<WorkflowLimits> {
+        self.current().workflows.get(name).cloned()
+    }
+
+    fn decide_start(&self, i: &StartInput<'_>) -> Result<Permit, Denied> {
+        // One snapshot for the whole decision: a reload never splits it.
+        let set = self.current();
+        let wf = set
+            .workflows
+            .get(i.workflow)
+            .ok_or_else(|| Denied::new(format!("workflow {:?} is not defined", i.workflow)))?;
+        if i.duration > wf.max_task_duration {
+            return Err(Denied {
+                reason: format!(
+                    "duration {}s exceeds workflow {:?} maximum of {}s",
+                    i.duration.as_secs(),
+                    i.workflow,
+                    wf.max_task_duration.as_secs()
+                ),
+                policies: vec![format!("workflow:{}", i.workflow)],
+            });
+        }
+        let wf_uid = uid("Mayfly::Workflow", i.workflow);
+        let agent = workload("Mayfly::Agent", i.agent)?;
+        let orch = workload("Mayfly::Orchestrator", i.orchestrator)?;
+        let scopes = i64::try_from(i.scopes.len()).unwrap_or(i64::MAX);
+        let mut permit = set.decide(
+            orch.uid(),
+            "StartTask",
+            wf_uid.clone(),
+            start_context(i.agent, secs(i.duration), scopes, &self.environment, i.now),
+            vec![agent.clone(), orch.clone()],
+            &format!(
+                "{} opening workflow {:?} for {}",
+                i.orchestrator, i.workflow, i.agent
+            ),
+        )?;
+        for (n, scope) in i.scopes.iter().enumerate() {
+            let (resource, entity) = set.resource(scope).map_err(|d| Denied {
+                reason: format!("scopes[{n}]: {}", d.reason),
+                ..d
+            })?;
+            let p = set.decide(
+                agent.uid(),
+                "DeclareScope",
+                resource,
+                declare_context(&wf_uid, i.orchestrator, scope, &self.environment),
+                [agent.clone(), orch.clone()]
+                    .into_iter()
+                    .chain(entity)
+                    .collect(),
+                &format!("declaring scope {scope} in workflow {:?}", i.workflow),
+            )?;
+            permit.policies.extend(p.policies);
+        }
+        permit.policies.sort();
+        permit.policies.dedup();
+        Ok(permit)
+    }
+
+    fn decide_mint(&self, i: &MintInput<'_>) -> Result<Permit, Denied> {
+        let set = self.current();
+        let wf = set.workflows.get(&i.task.workflow).ok_or_else(|| {
+            Denied::new(format!(
+                "workflow {:?} is no longer defined",
+                i.task.workflow
+            ))
+        })?;
+        if wf.step_up_actions.contains(&i.scope.action) {
+            return Err(Denied {
+                reason: format!(
+                    "action {:?} needs step-up approval in workflow {:?}, which this broker cannot grant yet",
+                    i.scope.action, i.task.workflow
+                ),
+                policies: vec![format!("workflow:{}", i.task.workflow)],
+            });
+        }
+        let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
+        let agent = workload("Mayfly::Agent", i.agent)?;
+        let task = Entity::new(
+            uid("Mayfly::Task", &i.task.id.to_string()),
+            HashMap::from([
+                (
+                    "workflow".to_string(),
+                    RestrictedExpression::new_entity_uid(wf_uid.clone()),
+                ),
+                (
+                    "agent".to_string(),
+                    RestrictedExpression::new_entity_uid(agent.uid()),
+                ),
+                ("objective".to_string(), string(&i.task.objective)),
+                (
+                    "age_seconds".to_string(),
+                    long(secs((i.now - i.task.created_at).unsigned_abs())),
+                ),
+                (
+                    "remaining_seconds".to_string(),
+                    long(secs(i.task.remaining(i.now))),
+                ),
+                (
+                    "tokens_minted".to_string(),
+                    long(i64::from(i.task.tokens_minted)),
+                ),
+                ("delegation_depth".to_string(), long(0)),
+            ]),
+            HashSet::from([wf_uid.clone()]),
+        )
+        .map_err(|e| Denied::new(format!("policy input: {e}")))?;
+        let (resource, entity) = set.resource(i.scope)?;
+        set.decide(
+            agent.uid(),
+            "Mint",
+            resource,
+            mint_context(i, &wf_uid, &self.environment),
+            [agent, task].into_iter().chain(entity).collect(),
+            &format!("minting {} in task {}", i.scope, i.task.id),
+        )
+    }
+
+    fn longest_token_ttl(&self) -> Duration {
+        // The longest any set could allow: a reload may raise a workflow's TTL
+        // while the key registration is already out.
+        Duration::from_secs(24 * 3600).min(
+            self.current()
+                .workflows
+                .values()
+                .map(|w| w.max_token_ttl)
+                .max()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1)),
+        )
+    }
+}

@@ -1,0 +1,82 @@
+//! The decision: may this orchestrator open this task, may this agent have this
+//! scope now? Decided by Cedar policies (`cedar`), behind a trait the broker calls.
+pub mod cases;
+mod cedar;
+
+pub use cedar::{CedarPolicy, LoadError, PolicyFiles, PolicyStatus};
+
+use crate::domain::{Scope, Task};
+use crate::identity::SpiffeId;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// A refusal with the reason a caller and the audit trail will see, and the ids of
+/// the policies that decided it (empty when no policy permitted).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{reason}")]
+pub struct Denied {
+    pub reason: String,
+    pub policies: Vec<String>,
+}
+
+impl Denied {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Denied {
+            reason: reason.into(),
+            policies: vec![],
+        }
+    }
+}
+
+/// A permit and the ids of the policies that permitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Permit {
+    pub policies: Vec<String>,
+}
+
+/// What to do when a task deviates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviationResponse {
+    /// Deny, mark the task `deviated` and revoke all its tokens (the default).
+    RevokeTask,
+    /// Deny the request only.
+    Deny,
+}
+
+/// A workflow's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowLimits {
+    pub max_task_duration: Duration,
+    pub max_token_ttl: Duration,
+    pub max_tokens: u32,
+    pub max_delegation_depth: u32,
+    pub step_up_actions: Vec<String>,
+    pub deviation: DeviationResponse,
+}
+
+pub struct StartInput<'a> {
+    pub orchestrator: &'a SpiffeId,
+    pub agent: &'a SpiffeId,
+    pub workflow: &'a str,
+    pub objective: &'a str,
+    pub scopes: &'a [Scope],
+    pub duration: Duration,
+    pub now: OffsetDateTime,
+}
+
+pub struct MintInput<'a> {
+    pub agent: &'a SpiffeId,
+    pub task: &'a Task,
+    pub scope: &'a Scope,
+    pub requested_ttl: Duration,
+    pub now: OffsetDateTime,
+}
+
+pub trait Policy: Send + Sync + 'static {
+    /// The limits of a workflow, `None` if it is not defined.
+    fn workflow(&self, name: &str) -> Option<WorkflowLimits>;
+    fn decide_start(&self, input: &StartInput<'_>) -> Result<Permit, Denied>;
+    fn decide_mint(&self, input: &MintInput<'_>) -> Result<Permit, Denied>;
+    /// The longest TTL any token may get: signing keys stay published that long.
+    fn longest_token_ttl(&self) -> Duration;
+}
