@@ -13,6 +13,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     mayfly::app::install_crypto();
     init_tracing(cli.log_format);
+    if let Command::Policy(cmd) = &cli.command {
+        // Exit codes scripts can trust: 0 valid / all cases pass, 1 a case
+        // mismatched, 2 the policy set or the cases file is invalid.
+        return std::process::ExitCode::from(mayfly::policy::cases::run_command(cmd));
+    }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -48,58 +53,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Policy(cmd) => policy_command(cmd),
+        Command::Policy(_) => unreachable!("handled in main"),
         Command::Client(call) => mayfly::client::run(&cli.client, &call).await,
-    }
-}
-
-fn policy_command(cmd: mayfly::cli::PolicyCommand) -> anyhow::Result<()> {
-    use mayfly::cli::PolicyCommand;
-    use mayfly::policy::{CedarPolicy, cases};
-    match cmd {
-        PolicyCommand::Validate { dir } => {
-            let p = CedarPolicy::load(&dir, "validate").map_err(|e| {
-                anyhow::anyhow!("{} is not a valid policy set:\n{e}", dir.display())
-            })?;
-            println!("{}: {} policies valid", dir.display(), p.status().policies);
-            Ok(())
-        }
-        PolicyCommand::Test {
-            dir,
-            cases: file,
-            environment,
-        } => {
-            let p = CedarPolicy::load(&dir, &environment).map_err(|e| {
-                anyhow::anyhow!("{} is not a valid policy set:\n{e}", dir.display())
-            })?;
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let set: cases::CaseFile = toml::from_str(&text)
-                .with_context(|| format!("{} is not a valid cases file", file.display()))?;
-            let mut failed = 0;
-            for c in &set.cases {
-                match cases::run_case(&p, c) {
-                    Ok(None) => println!("ok    {}", c.name),
-                    Ok(Some(diff)) => {
-                        failed += 1;
-                        println!("FAIL  {}\n      {diff}", c.name);
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        println!("ERROR {}\n      {e}", c.name);
-                    }
-                }
-            }
-            println!(
-                "{} cases, {} passed, {failed} failed",
-                set.cases.len(),
-                set.cases.len() - failed
-            );
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} policy cases failed", set.cases.len());
-            }
-            Ok(())
-        }
     }
 }
 

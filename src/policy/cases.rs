@@ -1,6 +1,7 @@
 //! `mayfly policy test`: decision cases for policy authors. Each case names a
 //! principal, an action, a resource and context, and the decision it expects.
-use super::{CedarPolicy, MintInput, Policy, StartInput};
+use super::{CedarPolicy, MintInput, StartInput};
+use crate::cli::PolicyCommand;
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::identity::SpiffeId;
 use serde::Deserialize;
@@ -58,6 +59,8 @@ pub struct Case {
     /// mint: how long the task has been running.
     #[serde(default, with = "humantime_serde")]
     pub task_age: Option<Duration>,
+    /// `context.environment`; default the one given to `mayfly policy test`.
+    pub environment: Option<String>,
     /// The time of the request (RFC 3339); default now.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub now: Option<OffsetDateTime>,
@@ -67,7 +70,12 @@ pub struct Case {
 }
 
 /// The outcome of one case: `None` when it matched, else what differed.
-pub fn run_case(policy: &CedarPolicy, c: &Case) -> Result<Option<String>, String> {
+pub fn run_case(
+    policy: &CedarPolicy,
+    environment: &str,
+    c: &Case,
+) -> Result<Option<String>, String> {
+    let environment = c.environment.as_deref().unwrap_or(environment);
     let now = c.now.unwrap_or_else(OffsetDateTime::now_utc);
     let principal = SpiffeId::parse(&c.principal).map_err(|e| format!("principal: {e}"))?;
     let scope = |s: &str| -> Result<Scope, String> {
@@ -88,15 +96,18 @@ pub fn run_case(policy: &CedarPolicy, c: &Case) -> Result<Option<String>, String
                 .iter()
                 .map(|s| scope(s))
                 .collect::<Result<Vec<_>, _>>()?;
-            policy.decide_start(&StartInput {
-                orchestrator: &principal,
-                agent: &agent,
-                workflow: &c.workflow,
-                objective: &c.name,
-                scopes: &scopes,
-                duration: c.duration.unwrap_or(Duration::from_secs(600)),
-                now,
-            })
+            policy.start_in(
+                environment,
+                &StartInput {
+                    orchestrator: &principal,
+                    agent: &agent,
+                    workflow: &c.workflow,
+                    objective: &c.name,
+                    scopes: &scopes,
+                    duration: c.duration.unwrap_or(Duration::from_secs(600)),
+                    now,
+                },
+            )
         }
         Kind::Mint => {
             let requested = scope(c.scope.as_deref().ok_or("scope is required for mint")?)?;
@@ -115,13 +126,16 @@ pub fn run_case(policy: &CedarPolicy, c: &Case) -> Result<Option<String>, String
                 end_reason: None,
                 tokens_minted: c.tokens_minted,
             };
-            policy.decide_mint(&MintInput {
-                agent: &principal,
-                task: &task,
-                scope: &requested,
-                requested_ttl: c.ttl.unwrap_or(Duration::from_secs(300)),
-                now,
-            })
+            policy.mint_in(
+                environment,
+                &MintInput {
+                    agent: &principal,
+                    task: &task,
+                    scope: &requested,
+                    requested_ttl: c.ttl.unwrap_or(Duration::from_secs(300)),
+                    now,
+                },
+            )
         }
     };
     Ok(match (c.expect, result) {
@@ -139,4 +153,62 @@ pub fn run_case(policy: &CedarPolicy, c: &Case) -> Result<Option<String>, String
             _ => None,
         },
     })
+}
+
+/// `mayfly policy validate|test`: prints its report and returns the exit code
+/// (0 valid / every case passed, 1 some case mismatched, 2 could not run: an
+/// invalid policy set or cases file).
+pub fn run_command(cmd: &PolicyCommand) -> u8 {
+    match cmd {
+        PolicyCommand::Validate { dir } => match CedarPolicy::load(dir, "validate") {
+            Ok(p) => {
+                println!("{}: {} policies valid", dir.display(), p.status().policies);
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {} is not a valid policy set:\n{e}", dir.display());
+                2
+            }
+        },
+        PolicyCommand::Test {
+            dir,
+            cases,
+            environment,
+        } => {
+            let policy = match CedarPolicy::load(dir, environment) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {} is not a valid policy set:\n{e}", dir.display());
+                    return 2;
+                }
+            };
+            let set: CaseFile = match std::fs::read_to_string(cases)
+                .map_err(|e| e.to_string())
+                .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {} is not a valid cases file: {e}", cases.display());
+                    return 2;
+                }
+            };
+            let mut failed = 0;
+            for c in &set.cases {
+                match run_case(&policy, environment, c) {
+                    Ok(None) => println!("ok    {}", c.name),
+                    Ok(Some(diff)) => {
+                        failed += 1;
+                        println!("FAIL  {}\n      {diff}", c.name);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("ERROR {}\n      {e}", c.name);
+                    }
+                }
+            }
+            let total = set.cases.len();
+            println!("{total} cases, {} passed, {failed} failed", total - failed);
+            u8::from(failed > 0)
+        }
+    }
 }

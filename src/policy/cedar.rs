@@ -5,9 +5,9 @@ use super::{Denied, DeviationResponse, MintInput, Permit, Policy, StartInput, Wo
 use crate::domain::Scope;
 use crate::identity::SpiffeId;
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    EvalResult, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, EvalResult, PolicyId, PolicySet, Request, ResourceConstraint, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,18 @@ pub const ENTITIES_FILE: &str = "entities.json";
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{}", .0.join("\n"))]
 pub struct LoadError(pub Vec<String>);
+
+/// A request Mayfly built that Cedar refused: a deny (fail closed) that says why,
+/// with the whole error chain (the top-level message alone is often generic).
+fn input_error(e: &dyn std::error::Error) -> Denied {
+    let mut reason = format!("policy input does not fit the schema: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Denied::new(reason)
+}
 
 fn load_error(file: &str, message: impl std::fmt::Display) -> LoadError {
     LoadError(vec![format!("{file}: {message}")])
@@ -102,6 +114,10 @@ struct DeclaredResource {
 struct Loaded {
     schema: Schema,
     policies: PolicySet,
+    /// `policies` sliced by the action and the tool (Mint, DeclareScope) or
+    /// workflow (StartTask) they can apply to: a decision evaluates only its
+    /// slice, with the same outcome for a fraction of the work.
+    slices: HashMap<&'static str, HashMap<String, PolicySet>>,
     entities: Entities,
     reasons: HashMap<String, String>,
     workflows: HashMap<String, WorkflowLimits>,
@@ -126,6 +142,17 @@ pub struct CedarPolicy {
     environment: String,
     current: RwLock<Arc<Loaded>>,
     status: Mutex<PolicyStatus>,
+    /// What the directory looked like when the last reload failed, so an
+    /// unchanged broken set is not retried (and logged) on every tick.
+    failed: Mutex<Option<Scan>>,
+}
+
+type Scan = Result<Vec<(PathBuf, Option<SystemTime>, u64)>, String>;
+
+fn scan(dir: &Path) -> Scan {
+    PolicyFiles::scan(dir)
+        .map(|f| f.fingerprint)
+        .map_err(|e| e.to_string())
 }
 
 const SENSITIVITY: [&str; 4] = ["public", "internal", "confidential", "restricted"];
@@ -200,7 +227,7 @@ fn workload(t: &str, id: &SpiffeId) -> Result<Entity, Denied> {
         ]),
         HashSet::new(),
     )
-    .map_err(|e| Denied::new(format!("policy input: {e}")))
+    .map_err(|e| input_error(&e))
 }
 
 fn load(dir: &Path) -> Result<Loaded, LoadError> {
@@ -322,9 +349,18 @@ fn load(dir: &Path) -> Result<Loaded, LoadError> {
     if !errors.is_empty() {
         return Err(LoadError(errors));
     }
+    let keys = |a: &'static str| -> Vec<(&'static str, String)> {
+        match a {
+            "StartTask" => workflows.keys().map(|w| (a, w.clone())).collect(),
+            _ => tools.keys().map(|t| (a, t.clone())).collect(),
+        }
+    };
+    let slices = slice(&policies, ACTIONS.iter().flat_map(|a| keys(a)))
+        .map_err(|e| load_error(&schema_file, e))?;
     let loaded = Loaded {
         schema,
         policies,
+        slices,
         entities,
         reasons,
         workflows,
@@ -340,6 +376,53 @@ fn load(dir: &Path) -> Result<Loaded, LoadError> {
         )
     })?;
     Ok(loaded)
+}
+
+/// The actions Mayfly asks about.
+const ACTIONS: [&'static str; 3] = ["StartTask", "DeclareScope", "Mint"];
+
+/// Whether policy `p` could apply to a request for action `act` whose resource
+/// is tool `key`'s (Mint, DeclareScope) or is workflow `key` (StartTask). Only
+/// ever `false` when it provably cannot: a constraint naming an action group a
+/// schema might add, or an entity of another kind, keeps the policy.
+pub(super) fn could_apply(p: &cedar_policy::Policy, act: &str, key: &str) -> bool {
+    let known = |a: &EntityUid| ACTIONS.iter().any(|k| *a == action(k));
+    let this = action(act);
+    let action_ok = match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => a == this || !known(&a),
+        ActionConstraint::In(list) => list.iter().any(|a| *a == this || !known(a)),
+    };
+    let target = match p.resource_constraint() {
+        ResourceConstraint::In(u) | ResourceConstraint::Eq(u) | ResourceConstraint::IsIn(_, u) => u,
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => return action_ok,
+    };
+    let id = target.id().unescaped();
+    // A requested resource's id is "<tool>/<pattern>"; it is in its tool and in
+    // declared resources of that tool only.
+    let resource_ok = match (act, target.type_name().to_string().as_str()) {
+        ("StartTask", "Mayfly::Workflow") => id == key,
+        ("Mint" | "DeclareScope", "Mayfly::Tool") => id == key,
+        ("Mint" | "DeclareScope", "Mayfly::Resource") => id.split('/').next() == Some(key),
+        _ => true,
+    };
+    action_ok && resource_ok
+}
+
+/// One policy set per (action, tool or workflow).
+fn slice(
+    all: &PolicySet,
+    keys: impl Iterator<Item = (&'static str, String)>,
+) -> Result<HashMap<&'static str, HashMap<String, PolicySet>>, String> {
+    let mut out: HashMap<&'static str, HashMap<String, PolicySet>> = HashMap::new();
+    for (act, key) in keys {
+        let mut set = PolicySet::new();
+        for p in all.policies().filter(|p| could_apply(p, act, &key)) {
+            set.add(p.clone()).map_err(|e| e.to_string())?;
+        }
+        out.entry(act).or_default().insert(key, set);
+    }
+    Ok(out)
 }
 
 fn data_attrs(e: &Entity) -> DataAttrs {
@@ -386,33 +469,38 @@ fn workflow_limits(e: &Entity) -> Result<WorkflowLimits, String> {
 }
 
 impl Loaded {
-    /// The requested resource as an entity: a declared one as is, otherwise one
-    /// that takes the attributes of the most specific declared pattern covering it
-    /// (or of its tool), with the sensitivity of the most sensitive declared
-    /// pattern it overlaps: a wildcard request is as sensitive as what it can reach.
-    fn resource(&self, scope: &Scope) -> Result<(EntityUid, Option<Entity>), Denied> {
+    /// The requested resource as an entity, and the file entities a decision about
+    /// it needs (its tool and the declared patterns covering it). The entity takes
+    /// the attributes of the most specific declared pattern covering it (or of its
+    /// tool), with the sensitivity of the most sensitive declared pattern it
+    /// overlaps: a wildcard request is as sensitive as what it can reach. It is
+    /// `in` its tool and in every declared pattern that covers it, so
+    /// `resource in Mayfly::Resource::"crm-api/customers/eu/*/payment-methods"`
+    /// holds for `customers/eu/42/payment-methods` too. Coverage, not overlap,
+    /// makes a parent: a permit on a pattern never reaches a wider request.
+    fn resource(&self, scope: &Scope) -> Result<(EntityUid, Vec<Entity>), Denied> {
         let id = format!("{}/{}", scope.audience, scope.resource);
         let probe = Scope {
             action: "*".into(),
             ..scope.clone()
         };
-        if let Some(d) = self
-            .resources
-            .iter()
-            .find(|d| d.scope.resource == scope.resource && d.scope.audience == scope.audience)
-        {
-            return Ok((d.uid.clone(), None));
-        }
-        let tool = self.tools.get(&scope.audience).ok_or_else(|| {
-            Denied::new(format!(
+        let tool_uid = uid("Mayfly::Tool", &scope.audience);
+        let (Some(tool), Some(tool_entity)) = (
+            self.tools.get(&scope.audience),
+            self.entities.get(&tool_uid),
+        ) else {
+            return Err(Denied::new(format!(
                 "audience {:?} is not a tool the policies know",
                 scope.audience
-            ))
-        })?;
-        let mut attrs = self
+            )));
+        };
+        let covering: Vec<&DeclaredResource> = self
             .resources
             .iter()
             .filter(|d| d.scope.covers(&probe))
+            .collect();
+        let mut attrs = covering
+            .iter()
             .max_by_key(|d| d.scope.resource.len())
             .map(|d| d.attrs.clone())
             .unwrap_or_else(|| tool.clone());
@@ -421,23 +509,38 @@ impl Loaded {
                 attrs.sensitivity = d.attrs.sensitivity.clone();
             }
         }
-        let tool_uid = uid("Mayfly::Tool", &scope.audience);
+        let own = uid("Mayfly::Resource", &id);
+        let mut needed = vec![tool_entity.clone()];
+        let mut parents = HashSet::from([tool_uid.clone()]);
+        for d in covering.iter().filter(|d| d.uid != own) {
+            parents.insert(d.uid.clone());
+            if let Some(e) = self.entities.get(&d.uid) {
+                needed.push(e.clone());
+            }
+        }
         let entity = Entity::new(
-            uid("Mayfly::Resource", &id),
+            own,
             HashMap::from([
                 (
                     "tool".to_string(),
-                    RestrictedExpression::new_entity_uid(tool_uid.clone()),
+                    RestrictedExpression::new_entity_uid(tool_uid),
                 ),
                 ("path".to_string(), string(&scope.resource)),
                 ("sensitivity".to_string(), string(&attrs.sensitivity)),
                 ("destination".to_string(), string(&attrs.destination)),
                 ("environment".to_string(), string(&attrs.environment)),
             ]),
-            HashSet::from([tool_uid]),
+            parents,
         )
-        .map_err(|e| Denied::new(format!("policy input: {e}")))?;
-        Ok((entity.uid(), Some(entity)))
+        .map_err(|e| input_error(&e))?;
+        let resource = entity.uid();
+        needed.push(entity);
+        Ok((resource, needed))
+    }
+
+    /// The workflow's entity from the file.
+    fn workflow_entity(&self, wf: &EntityUid) -> Vec<Entity> {
+        self.entities.get(wf).cloned().into_iter().collect()
     }
 
     fn decide(
@@ -445,21 +548,28 @@ impl Loaded {
         principal: EntityUid,
         act: &str,
         resource: EntityUid,
+        // The tool (Mint, DeclareScope) or workflow (StartTask) of the request.
+        key: &str,
         context: Vec<(String, RestrictedExpression)>,
         extra: Vec<Entity>,
         what: &str,
     ) -> Result<Permit, Denied> {
         let action_uid = action(act);
-        let context =
-            Context::from_pairs(context).map_err(|e| Denied::new(format!("policy input: {e}")))?;
-        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
-            .map_err(|e| Denied::new(format!("policy input does not fit the schema: {e}")))?;
-        let entities = self
-            .entities
-            .clone()
-            .add_entities(extra, Some(&self.schema))
-            .map_err(|e| Denied::new(format!("policy input: {e}")))?;
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let context = Context::from_pairs(context).map_err(|e| input_error(&e))?;
+        // Unvalidated request and entities: `self_check` proved at load that what
+        // Mayfly builds fits this schema, and validating per request triples the
+        // cost of a decision.
+        let request = Request::new(principal, action_uid, resource, context, None)
+            .map_err(|e| input_error(&e))?;
+        // Only the entities this request can reach: building them is cheap and does
+        // not grow with the size of the entities file.
+        let entities = Entities::from_entities(extra, None).map_err(|e| input_error(&e))?;
+        let policies = self
+            .slices
+            .get(act)
+            .and_then(|m| m.get(key))
+            .unwrap_or(&self.policies);
+        let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let ids: Vec<String> = response
             .diagnostics()
             .reason()
@@ -532,15 +642,30 @@ impl Loaded {
                 ("destination".to_string(), string("internal")),
                 ("environment".to_string(), string("self-check")),
             ]),
-            HashSet::new(),
+            HashSet::from([uid("Mayfly::Tool", "self-check")]),
         )
         .map_err(|e| e.to_string())?;
+        let wf = uid("Mayfly::Workflow", "self-check");
+        let input = MintInput {
+            agent: &agent,
+            task: &task,
+            scope: &scope,
+            requested_ttl: Duration::from_secs(1),
+            now: OffsetDateTime::UNIX_EPOCH,
+        };
+        // The entities Mayfly builds per request must fit the schema too.
+        let built = [
+            workload("Mayfly::Agent", &agent).map_err(|d| d.reason)?,
+            workload("Mayfly::Orchestrator", &agent).map_err(|d| d.reason)?,
+            task_entity(&input, &wf, uid("Mayfly::Agent", agent.as_str())).map_err(|d| d.reason)?,
+            resource.clone(),
+        ];
+        Entities::from_entities(built, Some(&self.schema)).map_err(|e| e.to_string())?;
         let check = |r: Result<Request, _>| {
             r.map(|_| ())
                 .map_err(|e: cedar_policy::RequestValidationError| e.to_string())
         };
         let ctx = |pairs| Context::from_pairs(pairs).map_err(|e| e.to_string());
-        let wf = uid("Mayfly::Workflow", "self-check");
         check(Request::new(
             uid("Mayfly::Orchestrator", "x"),
             action("StartTask"),
@@ -555,13 +680,6 @@ impl Loaded {
             ctx(declare_context(&wf, &agent, &scope, "e"))?,
             Some(&self.schema),
         ))?;
-        let input = MintInput {
-            agent: &agent,
-            task: &task,
-            scope: &scope,
-            requested_ttl: Duration::from_secs(1),
-            now: OffsetDateTime::UNIX_EPOCH,
-        };
         check(Request::new(
             uid("Mayfly::Agent", "x"),
             action("Mint"),
@@ -571,6 +689,38 @@ impl Loaded {
         ))?;
         Ok(())
     }
+}
+
+fn task_entity(i: &MintInput<'_>, wf_uid: &EntityUid, agent: EntityUid) -> Result<Entity, Denied> {
+    Entity::new(
+        uid("Mayfly::Task", &i.task.id.to_string()),
+        HashMap::from([
+            (
+                "workflow".to_string(),
+                RestrictedExpression::new_entity_uid(wf_uid.clone()),
+            ),
+            (
+                "agent".to_string(),
+                RestrictedExpression::new_entity_uid(agent),
+            ),
+            ("objective".to_string(), string(&i.task.objective)),
+            (
+                "age_seconds".to_string(),
+                long(secs((i.now - i.task.created_at).unsigned_abs())),
+            ),
+            (
+                "remaining_seconds".to_string(),
+                long(secs(i.task.remaining(i.now))),
+            ),
+            (
+                "tokens_minted".to_string(),
+                long(i64::from(i.task.tokens_minted)),
+            ),
+            ("delegation_depth".to_string(), long(0)),
+        ]),
+        HashSet::from([wf_uid.clone()]),
+    )
+    .map_err(|e| input_error(&e))
 }
 
 fn start_context(
@@ -662,6 +812,7 @@ impl CedarPolicy {
             environment: environment.to_string(),
             current: RwLock::new(Arc::new(loaded)),
             status: Mutex::new(status),
+            failed: Mutex::new(None),
         })
     }
 
@@ -679,12 +830,14 @@ impl CedarPolicy {
                 status.policies = loaded.policies.policies().count();
                 status.reloads += 1;
                 status.last_error = None;
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
                 Ok(())
             }
             Err(e) => {
                 status.failed_reloads += 1;
                 status.last_error = Some(e.to_string());
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(scan(&self.dir));
                 Err(e)
             }
         }
@@ -693,15 +846,16 @@ impl CedarPolicy {
     /// Reloads when a file was added, removed or changed since the last load
     /// (or the last failed attempt). `Ok(false)` when nothing changed.
     pub fn reload_if_changed(&self) -> Result<bool, LoadError> {
-        let now = PolicyFiles::scan(&self.dir);
-        let same = match &now {
-            Ok(files) => files.fingerprint == self.current().files.fingerprint,
-            Err(_) => false,
-        };
-        let failed_same = {
-            let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            s.last_error.is_some() && now.as_ref().err().map(|e| e.to_string()) == s.last_error
-        };
+        let now = scan(&self.dir);
+        let same = now
+            .as_ref()
+            .is_ok_and(|f| *f == self.current().files.fingerprint);
+        let failed_same = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(&now);
         if same || failed_same {
             return Ok(false);
         }
@@ -726,6 +880,31 @@ impl Policy for CedarPolicy {
     }
 
     fn decide_start(&self, i: &StartInput<'_>) -> Result<Permit, Denied> {
+        self.start_in(&self.environment, i)
+    }
+
+    fn decide_mint(&self, i: &MintInput<'_>) -> Result<Permit, Denied> {
+        self.mint_in(&self.environment, i)
+    }
+
+    fn longest_token_ttl(&self) -> Duration {
+        // The longest any set could allow: a reload may raise a workflow's TTL
+        // while the key registration is already out.
+        Duration::from_secs(24 * 3600).min(
+            self.current()
+                .workflows
+                .values()
+                .map(|w| w.max_token_ttl)
+                .max()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1)),
+        )
+    }
+}
+
+/// Decisions in a given environment (the broker's own, or a policy test case's).
+impl CedarPolicy {
+    pub fn start_in(&self, environment: &str, i: &StartInput<'_>) -> Result<Permit, Denied> {
         // One snapshot for the whole decision: a reload never splits it.
         let set = self.current();
         let wf = set
@@ -751,8 +930,12 @@ impl Policy for CedarPolicy {
             orch.uid(),
             "StartTask",
             wf_uid.clone(),
-            start_context(i.agent, secs(i.duration), scopes, &self.environment, i.now),
-            vec![agent.clone(), orch.clone()],
+            i.workflow,
+            start_context(i.agent, secs(i.duration), scopes, environment, i.now),
+            [agent.clone(), orch.clone()]
+                .into_iter()
+                .chain(set.workflow_entity(&wf_uid))
+                .collect(),
             &format!(
                 "{} opening workflow {:?} for {}",
                 i.orchestrator, i.workflow, i.agent
@@ -767,10 +950,12 @@ impl Policy for CedarPolicy {
                 agent.uid(),
                 "DeclareScope",
                 resource,
-                declare_context(&wf_uid, i.orchestrator, scope, &self.environment),
+                &scope.audience,
+                declare_context(&wf_uid, i.orchestrator, scope, environment),
                 [agent.clone(), orch.clone()]
                     .into_iter()
                     .chain(entity)
+                    .chain(set.workflow_entity(&wf_uid))
                     .collect(),
                 &format!("declaring scope {scope} in workflow {:?}", i.workflow),
             )?;
@@ -781,7 +966,7 @@ impl Policy for CedarPolicy {
         Ok(permit)
     }
 
-    fn decide_mint(&self, i: &MintInput<'_>) -> Result<Permit, Denied> {
+    pub fn mint_in(&self, environment: &str, i: &MintInput<'_>) -> Result<Permit, Denied> {
         let set = self.current();
         let wf = set.workflows.get(&i.task.workflow).ok_or_else(|| {
             Denied::new(format!(
@@ -800,57 +985,20 @@ impl Policy for CedarPolicy {
         }
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
         let agent = workload("Mayfly::Agent", i.agent)?;
-        let task = Entity::new(
-            uid("Mayfly::Task", &i.task.id.to_string()),
-            HashMap::from([
-                (
-                    "workflow".to_string(),
-                    RestrictedExpression::new_entity_uid(wf_uid.clone()),
-                ),
-                (
-                    "agent".to_string(),
-                    RestrictedExpression::new_entity_uid(agent.uid()),
-                ),
-                ("objective".to_string(), string(&i.task.objective)),
-                (
-                    "age_seconds".to_string(),
-                    long(secs((i.now - i.task.created_at).unsigned_abs())),
-                ),
-                (
-                    "remaining_seconds".to_string(),
-                    long(secs(i.task.remaining(i.now))),
-                ),
-                (
-                    "tokens_minted".to_string(),
-                    long(i64::from(i.task.tokens_minted)),
-                ),
-                ("delegation_depth".to_string(), long(0)),
-            ]),
-            HashSet::from([wf_uid.clone()]),
-        )
-        .map_err(|e| Denied::new(format!("policy input: {e}")))?;
+        let task = task_entity(i, &wf_uid, agent.uid())?;
         let (resource, entity) = set.resource(i.scope)?;
         set.decide(
             agent.uid(),
             "Mint",
             resource,
-            mint_context(i, &wf_uid, &self.environment),
-            [agent, task].into_iter().chain(entity).collect(),
+            &i.scope.audience,
+            mint_context(i, &wf_uid, environment),
+            [agent, task]
+                .into_iter()
+                .chain(entity)
+                .chain(set.workflow_entity(&wf_uid))
+                .collect(),
             &format!("minting {} in task {}", i.scope, i.task.id),
-        )
-    }
-
-    fn longest_token_ttl(&self) -> Duration {
-        // The longest any set could allow: a reload may raise a workflow's TTL
-        // while the key registration is already out.
-        Duration::from_secs(24 * 3600).min(
-            self.current()
-                .workflows
-                .values()
-                .map(|w| w.max_token_ttl)
-                .max()
-                .unwrap_or(Duration::ZERO)
-                .max(Duration::from_secs(1)),
         )
     }
 }

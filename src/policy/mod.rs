@@ -2,6 +2,8 @@
 //! scope now? Decided by Cedar policies (`cedar`), behind a trait the broker calls.
 pub mod cases;
 mod cedar;
+#[cfg(test)]
+mod tests;
 
 pub use cedar::{CedarPolicy, LoadError, PolicyFiles, PolicyStatus};
 

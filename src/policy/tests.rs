@@ -1,0 +1,423 @@
+//! Decisions with the example policies (`examples/policies`), loading errors and
+//! reload, without a server.
+use super::cases::{CaseFile, run_case};
+use super::*;
+use crate::domain::{TaskId, TaskState};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies")
+}
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn scope(s: &str) -> Scope {
+    let p: Vec<&str> = s.split(' ').collect();
+    Scope::declared(p[0], p[1], p[2]).unwrap()
+}
+
+/// 10:00 UTC: inside the payments workflow's office hours.
+fn office_hours() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_795_428_000).unwrap()
+}
+
+fn task(agent: &str, workflow: &str) -> Task {
+    let now = office_hours();
+    Task {
+        id: TaskId::new(),
+        agent: agent.into(),
+        workflow: workflow.into(),
+        objective: "test".into(),
+        scopes: vec![],
+        state: TaskState::Active,
+        opened_by: "spiffe://example.org/orchestrator/main".into(),
+        created_at: now - Duration::from_secs(60),
+        expires_at: now + Duration::from_secs(1200),
+        ended_at: None,
+        end_reason: None,
+        tokens_minted: 0,
+    }
+}
+
+fn mint(
+    p: &CedarPolicy,
+    env: &str,
+    agent: &str,
+    wf: &str,
+    s: &str,
+    ttl: u64,
+) -> Result<Permit, Denied> {
+    let t = task(agent, wf);
+    p.mint_in(
+        env,
+        &MintInput {
+            agent: &id(agent),
+            task: &t,
+            scope: &scope(s),
+            requested_ttl: Duration::from_secs(ttl),
+            now: office_hours(),
+        },
+    )
+}
+
+const SUPPORT: &str = "spiffe://example.org/agent/support-eu-1";
+const CODER: &str = "spiffe://example.org/agent/coding-1";
+const FINANCE: &str = "spiffe://example.org/agent/finance-1";
+
+#[test]
+fn every_example_case_passes() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    let text = std::fs::read_to_string(examples().join("cases.toml")).unwrap();
+    let set: CaseFile = toml::from_str(&text).unwrap();
+    assert!(set.cases.len() >= 15);
+    for c in &set.cases {
+        assert_eq!(run_case(&p, "prod-eu", c), Ok(None), "{}", c.name);
+    }
+}
+
+#[test]
+fn a_permit_names_the_policy_that_permitted_it() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    let permit = mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
+    .unwrap();
+    assert_eq!(permit.policies, vec!["support-mint".to_string()]);
+}
+
+#[test]
+fn an_explicit_forbid_wins_over_a_permit_and_names_itself_with_its_reason() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    // coding-repos permits pushes to branches; never-push-to-main forbids main.
+    mint(
+        &p,
+        "prod-eu",
+        CODER,
+        "code-review",
+        "github repos/acme/api/branches/fix-1 push",
+        60,
+    )
+    .unwrap();
+    let d = mint(
+        &p,
+        "prod-eu",
+        CODER,
+        "code-review",
+        "github repos/acme/api/branches/main push",
+        60,
+    )
+    .unwrap_err();
+    assert_eq!(d.policies, vec!["never-push-to-main".to_string()]);
+    assert!(
+        d.reason
+            .contains("forbidden by policy never-push-to-main (no agent pushes to main"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn no_permit_is_a_denial_that_says_so() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    let d = mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/us/1 read",
+        60,
+    )
+    .unwrap_err();
+    assert!(d.policies.is_empty());
+    assert!(
+        d.reason
+            .starts_with("no policy permits minting crm-api/customers/us/1#read"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn the_environment_and_the_data_sensitivity_change_the_outcome() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    // payments-api is restricted: fine in prod-eu, refused anywhere else.
+    mint(
+        &p,
+        "prod-eu",
+        FINANCE,
+        "payments",
+        "payments-api invoices/881 read",
+        60,
+    )
+    .unwrap();
+    let d = mint(
+        &p,
+        "dev-us",
+        FINANCE,
+        "payments",
+        "payments-api invoices/881 read",
+        60,
+    )
+    .unwrap_err();
+    assert_eq!(
+        d.policies,
+        vec!["restricted-data-stays-in-prod-eu".to_string()]
+    );
+    // tickets are internal: the environment does not matter.
+    mint(
+        &p,
+        "dev-us",
+        SUPPORT,
+        "support-triage",
+        "tickets tickets/4711 comment",
+        60,
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_requested_ttl_changes_the_outcome_for_restricted_data() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    mint(
+        &p,
+        "prod-eu",
+        FINANCE,
+        "payments",
+        "payments-api invoices/881 read",
+        120,
+    )
+    .unwrap();
+    let d = mint(
+        &p,
+        "prod-eu",
+        FINANCE,
+        "payments",
+        "payments-api invoices/881 read",
+        121,
+    )
+    .unwrap_err();
+    assert_eq!(d.policies, vec!["restricted-data-short-lived".to_string()]);
+}
+
+#[test]
+fn a_wildcard_request_is_as_sensitive_as_the_most_sensitive_data_it_reaches() {
+    let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
+    // customers/eu/** reaches customers/eu/*/payment-methods (restricted).
+    let d = mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/** read",
+        60,
+    )
+    .unwrap_err();
+    assert!(
+        d.policies
+            .contains(&"no-payment-methods-for-support".to_string()),
+        "{d:?}"
+    );
+    // So is a request for the declared pattern itself.
+    let d = mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/*/payment-methods read",
+        60,
+    )
+    .unwrap_err();
+    assert!(
+        d.policies
+            .contains(&"no-payment-methods-for-support".to_string()),
+        "{d:?}"
+    );
+}
+
+fn policy_dir(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "schema.cedarschema",
+        "entities.json",
+        "support.cedar",
+        "guardrails.cedar",
+    ] {
+        std::fs::copy(examples().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("extra.cedar"), extra).unwrap();
+    dir
+}
+
+#[test]
+fn a_syntax_error_is_refused_with_file_line_and_column() {
+    let dir = policy_dir(
+        "// one\n// two\npermit (principal, action, resource) when { principal ==  };\n",
+    );
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    let file = dir.path().join("extra.cedar").display().to_string();
+    assert!(e.starts_with(&format!("{file}:3:")), "{e}");
+}
+
+#[test]
+fn a_policy_that_does_not_fit_the_schema_is_refused_naming_it_and_its_line() {
+    let dir = policy_dir(
+        "\n@id(\"typo\")\npermit (principal, action == Mayfly::Action::\"Mint\", resource)\nwhen { resource.sensitivty == \"public\" };\n",
+    );
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    let file = dir.path().join("extra.cedar").display().to_string();
+    assert!(e.contains(&format!("{file}:4:")), "{e}");
+    assert!(e.contains("policy typo"), "{e}");
+    assert!(e.contains("sensitivty"), "{e}");
+}
+
+#[test]
+fn bad_workflow_limits_and_duplicate_policy_ids_are_refused() {
+    let dir = policy_dir("@id(\"support-mint\")\npermit (principal, action, resource);\n");
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("policy id \"support-mint\" is also used in"),
+        "{e}"
+    );
+
+    let dir = policy_dir("");
+    let entities = std::fs::read_to_string(dir.path().join("entities.json")).unwrap();
+    std::fs::write(
+        dir.path().join("entities.json"),
+        entities.replacen("\"max_tokens\": 50", "\"max_tokens\": 0", 1),
+    )
+    .unwrap();
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("support-triage") && e.contains("max_tokens must be between 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_invalid_reload_keeps_the_previous_set_and_reports_why() {
+    let dir = policy_dir("");
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
+    .unwrap();
+
+    std::fs::write(
+        dir.path().join("extra.cedar"),
+        "permit (principal, action, resource) when {",
+    )
+    .unwrap();
+    assert!(p.reload_if_changed().is_err());
+    let status = p.status();
+    assert_eq!(status.failed_reloads, 1);
+    assert!(status.last_error.unwrap().contains("extra.cedar:1:"));
+    // The old set still decides.
+    mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
+    .unwrap();
+    // The same broken files are not retried on every tick.
+    assert_eq!(p.reload_if_changed(), Ok(false));
+
+    // A valid new set replaces it whole: here a forbid for all crm reads.
+    std::fs::write(
+        dir.path().join("extra.cedar"),
+        "@id(\"crm-freeze\")\n@reason(\"crm is frozen\")\nforbid (principal, action, resource in Mayfly::Tool::\"crm-api\");\n",
+    )
+    .unwrap();
+    assert_eq!(p.reload_if_changed(), Ok(true));
+    assert!(p.status().last_error.is_none());
+    let d = mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
+    .unwrap_err();
+    assert!(
+        d.reason.contains("crm-freeze (crm is frozen)"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn slicing_never_skips_a_policy_that_could_apply() {
+    // Policies on another tool or workflow, or on another action, are skipped;
+    // anything the slicer cannot rule out is kept.
+    let set = cedar_policy::PolicySet::from_str(
+        r#"
+        @id("github-only") permit (principal, action, resource in Mayfly::Tool::"github");
+        @id("crm-pattern") permit (principal, action, resource in Mayfly::Resource::"crm-api/customers/**");
+        @id("start-only") permit (principal, action == Mayfly::Action::"StartTask", resource);
+        @id("payments-wf") permit (principal, action, resource == Mayfly::Workflow::"payments");
+        @id("group") permit (principal, action in [Mayfly::Action::"SomeGroup"], resource);
+        @id("any") forbid (principal, action, resource);
+        "#,
+    )
+    .unwrap();
+    let kept = |act: &str, key: &str| -> Vec<String> {
+        let mut v: Vec<String> = set
+            .policies()
+            .filter(|p| super::cedar::could_apply(p, act, key))
+            .map(|p| p.annotation("id").unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        kept("Mint", "crm-api"),
+        ["any", "crm-pattern", "group", "payments-wf"]
+    );
+    assert_eq!(
+        kept("Mint", "github"),
+        ["any", "github-only", "group", "payments-wf"]
+    );
+    assert_eq!(
+        kept("StartTask", "payments"),
+        [
+            "any",
+            "crm-pattern",
+            "github-only",
+            "group",
+            "payments-wf",
+            "start-only"
+        ]
+    );
+    assert_eq!(
+        kept("StartTask", "support-triage"),
+        ["any", "crm-pattern", "github-only", "group", "start-only"]
+    );
+}
