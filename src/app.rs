@@ -69,14 +69,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         .url
         .as_ref()
         .context("database.url is not set")?;
-    let store = PgStore::connect(
-        url.expose(),
-        config.database.max_connections,
-        config.database.connect_timeout,
-    )
-    .await
-    .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    // Policies first: a broken policy set is refused before the database is
+    // touched (no migrations run for a broker that cannot start).
     let policy = Arc::new(
         CedarPolicy::load(&config.policy.dir, &config.policy.environment).map_err(|e| {
             anyhow::anyhow!(
@@ -85,6 +79,14 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
             )
         })?,
     );
+    let store = PgStore::connect(
+        url.expose(),
+        config.database.max_connections,
+        config.database.connect_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
+    let store: Arc<dyn Store> = Arc::new(store);
     let policy_dyn: Arc<dyn crate::policy::Policy> = policy.clone();
     let broker = Broker::new(
         store.clone(),
@@ -186,6 +188,7 @@ impl App {
         let auth = crate::api::Auth {
             roles: Arc::new(self.config.role_map()),
             clock: self.clock.clone(),
+            broker: self.broker.clone(),
         };
         let grace = self.config.server.shutdown_grace;
 
@@ -261,10 +264,22 @@ impl App {
             move || {
                 let b = b.clone();
                 async move {
-                    match b.sweep_expired().await {
-                        Ok(0) => {}
-                        Ok(n) => info!(tasks = n, "expired tasks ended and their tokens revoked"),
-                        Err(error) => warn!(%error, "expiry sweep failed; will retry"),
+                    // At most one line per sweep beyond the per-task errors, so an
+                    // outage does not flood the log.
+                    let s = b.sweep_expired().await;
+                    if let Some(error) = &s.stopped {
+                        warn!(%error, ended = s.ended, failed = s.failed, "expiry sweep stopped early; will retry");
+                    } else if s.failed > 0 {
+                        warn!(
+                            ended = s.ended,
+                            failed = s.failed,
+                            "expiry sweep could not end some tasks; will retry"
+                        );
+                    } else if s.ended > 0 {
+                        info!(
+                            tasks = s.ended,
+                            "expired tasks ended and their tokens revoked"
+                        );
                     }
                 }
             }
@@ -294,7 +309,21 @@ impl App {
         info!(grpc = %self.config.server.grpc_addr, http = %self.config.server.http_addr, kid = b.kid(), "mayfly serving");
         shutdown.await;
         info!("shutting down: draining open calls and streams");
+        // Probes and load balancers stop routing here before the listener closes:
+        // every service and the server as a whole ("") report NOT_SERVING.
         health.set_not_serving::<TaskServiceServer<TaskApi>>().await;
+        health
+            .set_not_serving::<TokenServiceServer<TokenApi>>()
+            .await;
+        health
+            .set_not_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        health
+            .set_not_serving::<VerifierServiceServer<VerifierApi>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         cancel.cancel();
         let drained = tokio::time::timeout(grace, async {
             let _ = accept.await;
@@ -415,10 +444,16 @@ async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
 async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
     // A failed policy reload does not make the broker unready (the last good set
     // keeps serving), but it is reported here for operators.
-    let policy = match s.policy.status().last_error {
-        Some(e) => format!("\npolicy reload failed, still serving the previous set:\n{e}"),
-        None => String::new(),
-    };
+    let status = s.policy.status();
+    let mut policy = format!(
+        "\npolicy: {} policies, {} reloads, {} failed reloads",
+        status.policies, status.reloads, status.failed_reloads
+    );
+    if let Some(e) = status.last_error {
+        policy.push_str(&format!(
+            "\npolicy reload failed, still serving the previous set:\n{e}"
+        ));
+    }
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, format!("ready{policy}")).into_response(),
         Ok(Err(error)) => (

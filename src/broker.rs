@@ -4,7 +4,7 @@
 use crate::audit::{Action, AuditEvent};
 use crate::clock::{Clock, to_micros};
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
-use crate::identity::{Caller, SpiffeId};
+use crate::identity::{Caller, Role, SpiffeId};
 use crate::policy::{Denied, DeviationResponse, MintInput, Policy, StartInput, WorkflowLimits};
 use crate::revocation::{Event, Hub, Revocation, Target, Trigger};
 use crate::store::{EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter, TokenRecord};
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tracing::warn;
+use tracing::{error, warn};
 use uuid::Uuid;
 
 /// The actor named when the broker itself acts (the expiry sweeper).
@@ -37,6 +37,20 @@ pub enum BrokerError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Overdue tasks read per page by the expiry sweep.
+const SWEEP_PAGE: u32 = 100;
+
+/// What one expiry sweep did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Tasks moved to `expired`, their tokens revoked.
+    pub ended: usize,
+    /// Tasks that could not be ended (each logged with its id); still active.
+    pub failed: usize,
+    /// Why the sweep stopped before the end (the store is unavailable), if it did.
+    pub stopped: Option<BrokerError>,
 }
 
 pub struct StartTask {
@@ -189,10 +203,37 @@ impl Broker {
         Ok(())
     }
 
+    /// Records a refusal in one write. A failed write is logged and otherwise
+    /// ignored: the caller is refused either way, so the refusal never turns into
+    /// success or into a different error because the trail could not be written.
     async fn audit_denial(&self, event: AuditEvent) {
         if let Err(error) = self.store.append_audit(&event).await {
             warn!(%error, action = event.action.as_str(), "could not record a denial in the audit trail");
         }
+    }
+
+    /// Refuses `caller` the call `method` (its full gRPC name) because it holds
+    /// none of the roles in `required`, and records the refusal: an identity probing
+    /// calls it may not make is exactly what the security team needs to see.
+    pub async fn refuse_role(
+        &self,
+        caller: &Caller,
+        method: &'static str,
+        required: &[Role],
+    ) -> BrokerError {
+        let names: Vec<String> = required.iter().map(|r| r.to_string()).collect();
+        let reason = format!(
+            "{} does not hold the {} role this call requires",
+            caller.id,
+            names.join(" or ")
+        );
+        self.audit_denial(
+            AuditEvent::new(self.now(), caller.id.as_str(), Action::CallDenied)
+                .reason(&reason)
+                .detail(json!({"method": method, "required_roles": names})),
+        )
+        .await;
+        BrokerError::PermissionDenied(reason)
     }
 
     // ---- tasks -------------------------------------------------------------------
@@ -261,10 +302,19 @@ impl Broker {
     ) -> Result<(Task, Event), BrokerError> {
         let task = self.get_task(id).await?;
         if task.opened_by != caller.id.as_str() {
-            return Err(BrokerError::PermissionDenied(format!(
+            let reason = format!(
                 "task {id} was opened by {}; only that orchestrator may complete it",
                 task.opened_by
-            )));
+            );
+            self.audit_denial(
+                AuditEvent::new(self.now(), caller.id.as_str(), Action::TaskCompleteDenied)
+                    .task(id)
+                    .agent(&task.agent)
+                    .reason(&reason)
+                    .detail(json!({"opened_by": task.opened_by})),
+            )
+            .await;
+            return Err(BrokerError::PermissionDenied(reason));
         }
         self.end_task(
             id,
@@ -331,14 +381,25 @@ impl Broker {
         Ok(self.store.list_tasks(filter).await?)
     }
 
-    /// Ends every task past its deadline; returns how many it ended.
-    pub async fn sweep_expired(&self) -> Result<usize, BrokerError> {
-        let mut ended = 0;
+    /// Ends every task past its deadline. One task that cannot be ended (a bad row,
+    /// a constraint) is logged with its id and skipped, so it does not shield the
+    /// others from expiry; an unavailable store stops the sweep at once, since every
+    /// other task would fail the same way. Tasks left active are retried next sweep.
+    pub async fn sweep_expired(&self) -> Sweep {
+        let now = self.now();
+        let mut sweep = Sweep::default();
+        let mut after = None;
         loop {
-            let overdue = self.store.overdue_tasks(self.now(), 100).await?;
-            let batch = overdue.len();
-            for id in overdue {
-                let r = self
+            let page = match self.store.overdue_tasks(now, after, SWEEP_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    sweep.stopped = Some(e.into());
+                    return sweep;
+                }
+            };
+            for &(deadline, id) in &page {
+                after = Some((deadline, id));
+                let ended = self
                     .end_task(
                         id,
                         TaskState::Expired,
@@ -346,13 +407,23 @@ impl Broker {
                         SYSTEM_ACTOR,
                         "task passed its deadline".into(),
                     )
-                    .await?;
-                if matches!(r, EndOutcome::Ended { .. }) {
-                    ended += 1;
+                    .await;
+                match ended {
+                    Ok(EndOutcome::Ended { .. }) => sweep.ended += 1,
+                    // Completed, revoked or deviated since it was listed: nothing to do.
+                    Ok(EndOutcome::NotActive(_) | EndOutcome::NotFound) => {}
+                    Err(e @ BrokerError::Store(StoreError::Unavailable(_))) => {
+                        sweep.stopped = Some(e);
+                        return sweep;
+                    }
+                    Err(error) => {
+                        error!(task = %id, %error, "could not expire a task past its deadline; it stays active until the next sweep");
+                        sweep.failed += 1;
+                    }
                 }
             }
-            if batch < 100 {
-                return Ok(ended);
+            if page.len() < SWEEP_PAGE as usize {
+                return sweep;
             }
         }
     }
@@ -622,20 +693,35 @@ impl Broker {
             trigger: Trigger::Admin,
             at: now,
         };
-        let mut audit = AuditEvent::new(now, caller.id.as_str(), Action::Revocation)
-            .reason(&reason)
-            .detail(json!({"target": target.kind(), "value": target.value(), "trigger": "admin"}));
-        match &target {
-            Target::Task(t) => audit = audit.task(*t),
-            Target::Agent(a) => audit = audit.agent(a.as_str()),
-            Target::Token(j) => audit = audit.jti(*j),
-            Target::All => {}
-        }
-        let revoked = self
-            .store
-            .revoke(&revocation, &audit)
-            .await?
-            .ok_or_else(|| BrokerError::NotFound(format!("{target} not found")))?;
+        // Both the revocation and its refusal are filed under the target, so a
+        // query by task, agent or token finds either.
+        let about = |event: AuditEvent| match &target {
+            Target::Task(t) => event.task(*t),
+            Target::Agent(a) => event.agent(a.as_str()),
+            Target::Token(j) => event.jti(*j),
+            Target::All => event,
+        };
+        let audit = about(
+            AuditEvent::new(now, caller.id.as_str(), Action::Revocation)
+                .reason(&reason)
+                .detail(
+                    json!({"target": target.kind(), "value": target.value(), "trigger": "admin"}),
+                ),
+        );
+        let Some(revoked) = self.store.revoke(&revocation, &audit).await? else {
+            let why = format!("{target} not found");
+            self.audit_denial(about(
+                AuditEvent::new(now, caller.id.as_str(), Action::RevocationDenied)
+                    .reason(&why)
+                    .detail(json!({
+                        "target": target.kind(),
+                        "value": target.value(),
+                        "requested_reason": reason,
+                    })),
+            ))
+            .await;
+            return Err(BrokerError::NotFound(why));
+        };
         self.hub.committed(revoked.event.seq);
         warn!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "revoked");
         Ok(revoked)

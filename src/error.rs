@@ -1,7 +1,7 @@
 //! The one place where errors become gRPC statuses. The client gets the reason,
 //! never internals; the cause is logged once, here.
 use crate::broker::BrokerError;
-use crate::identity::{Role, VerifyError};
+use crate::identity::VerifyError;
 use crate::store::StoreError;
 use tonic::Status;
 use tracing::error;
@@ -40,14 +40,6 @@ impl From<StoreError> for Status {
 
 pub fn unauthenticated(e: &VerifyError) -> Status {
     Status::unauthenticated(format!("invalid X.509-SVID: {e}"))
-}
-
-pub fn wrong_role(caller: &str, roles: &[Role]) -> Status {
-    let names: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-    Status::permission_denied(format!(
-        "{caller} does not hold the {} role this call requires",
-        names.join(" or ")
-    ))
 }
 
 pub fn invalid(field: &'static str, why: impl std::fmt::Display) -> Status {

@@ -21,7 +21,10 @@ impl AdminService for AdminApi {
         &self,
         req: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        let caller = self.auth.caller(&req, &[Role::Admin])?;
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.AdminService/Revoke", &[Role::Admin])
+            .await?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.get_ref();
         let target = convert::target(r.target.as_ref())?;
@@ -38,7 +41,9 @@ impl AdminService for AdminApi {
         &self,
         req: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        self.auth.caller(&req, &[Role::Admin])?;
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/ListTokens", &[Role::Admin])
+            .await?;
         let r = req.get_ref();
         let now = self.auth.clock.now();
         let filter = TokenFilter {

@@ -39,6 +39,7 @@ impl std::fmt::Debug for pb::IntrospectRequest {
     }
 }
 
+use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error;
 use crate::identity::{Caller, ConnInfo, Role, RoleMap};
@@ -51,11 +52,22 @@ use tonic::{Request, Status};
 pub struct Auth {
     pub roles: Arc<RoleMap>,
     pub clock: Arc<dyn Clock>,
+    /// Records role refusals in the audit trail.
+    pub broker: Arc<Broker>,
 }
 
 impl Auth {
-    /// The authenticated caller of a request, if it holds one of `allowed` roles.
-    pub fn caller<T>(&self, req: &Request<T>, allowed: &[Role]) -> Result<Caller, Status> {
+    /// The authenticated caller of a request to `method` (its full gRPC name), if
+    /// it holds one of `allowed` roles. A caller without such a role is refused and
+    /// the refusal audited; a request without a valid SVID has no caller worth
+    /// recording (anyone can present a bad certificate) and was logged at the
+    /// handshake.
+    pub async fn caller<T>(
+        &self,
+        req: &Request<T>,
+        method: &'static str,
+        allowed: &[Role],
+    ) -> Result<Caller, Status> {
         let info = req
             .extensions()
             .get::<ConnInfo>()
@@ -71,7 +83,11 @@ impl Auth {
         if allowed.iter().any(|r| self.roles.has(&caller.id, *r)) {
             Ok(caller.clone())
         } else {
-            Err(error::wrong_role(caller.id.as_str(), allowed))
+            Err(self
+                .broker
+                .refuse_role(caller, method, allowed)
+                .await
+                .into())
         }
     }
 }

@@ -23,7 +23,14 @@ impl TaskService for TaskApi {
         &self,
         req: Request<StartTaskRequest>,
     ) -> Result<Response<StartTaskResponse>, Status> {
-        let caller = self.auth.caller(&req, &[Role::Orchestrator])?;
+        let caller = self
+            .auth
+            .caller(
+                &req,
+                "mayfly.v1.TaskService/StartTask",
+                &[Role::Orchestrator],
+            )
+            .await?;
         tracing::Span::current().record("caller", caller.id.as_str());
         let r = req.get_ref();
         let input = StartTask {
@@ -49,7 +56,14 @@ impl TaskService for TaskApi {
         &self,
         req: Request<CompleteTaskRequest>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
-        let caller = self.auth.caller(&req, &[Role::Orchestrator])?;
+        let caller = self
+            .auth
+            .caller(
+                &req,
+                "mayfly.v1.TaskService/CompleteTask",
+                &[Role::Orchestrator],
+            )
+            .await?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         tracing::Span::current()
             .record("caller", caller.id.as_str())
@@ -66,7 +80,9 @@ impl TaskService for TaskApi {
         &self,
         req: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        self.auth.caller(&req, READERS)?;
+        self.auth
+            .caller(&req, "mayfly.v1.TaskService/GetTask", READERS)
+            .await?;
         let id = convert::task_id("task_id", &req.get_ref().task_id)?;
         let task = self.broker.get_task(id).await?;
         Ok(Response::new(GetTaskResponse {
@@ -78,7 +94,9 @@ impl TaskService for TaskApi {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        self.auth.caller(&req, READERS)?;
+        self.auth
+            .caller(&req, "mayfly.v1.TaskService/ListTasks", READERS)
+            .await?;
         let r = req.get_ref();
         let filter = TaskFilter {
             agent: if r.agent.is_empty() {

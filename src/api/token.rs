@@ -20,7 +20,10 @@ impl TokenService for TokenApi {
         &self,
         req: Request<MintTokenRequest>,
     ) -> Result<Response<MintTokenResponse>, Status> {
-        let caller = self.auth.caller(&req, &[Role::Agent])?;
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.TokenService/MintToken", &[Role::Agent])
+            .await?;
         let r = req.get_ref();
         let task = convert::task_id("task_id", &r.task_id)?;
         let span = tracing::Span::current();

@@ -31,7 +31,9 @@ impl VerifierService for VerifierApi {
         &self,
         req: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
-        self.auth.caller(&req, VERIFIERS)?;
+        self.auth
+            .caller(&req, "mayfly.v1.VerifierService/Introspect", VERIFIERS)
+            .await?;
         let token = &req.get_ref().token;
         if token.is_empty() {
             return Err(crate::error::invalid("token", "is required"));
@@ -63,7 +65,9 @@ impl VerifierService for VerifierApi {
         &self,
         req: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
-        self.auth.caller(&req, ANYONE)?;
+        self.auth
+            .caller(&req, "mayfly.v1.VerifierService/GetJwks", ANYONE)
+            .await?;
         let jwks = self.broker.jwks().await?;
         let jwks_json =
             serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
@@ -77,7 +81,14 @@ impl VerifierService for VerifierApi {
         &self,
         req: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let caller = self.auth.caller(&req, VERIFIERS)?;
+        let caller = self
+            .auth
+            .caller(
+                &req,
+                "mayfly.v1.VerifierService/WatchRevocations",
+                VERIFIERS,
+            )
+            .await?;
         let mut cursor = req.get_ref().after_sequence;
         let broker = self.broker.clone();
         let shutdown = self.shutdown.clone();

@@ -16,9 +16,37 @@ pub enum Action {
     TokenMinted,
     MintDenied,
     Revocation,
+    /// A caller was refused a call its roles do not allow.
+    CallDenied,
+    /// An orchestrator was refused completing a task it did not open.
+    TaskCompleteDenied,
+    /// An administrative revocation was refused (its target does not exist).
+    RevocationDenied,
 }
 
 impl Action {
+    /// Every action, so that stored names parse back without a second list to keep
+    /// in step.
+    pub const ALL: [Action; 12] = [
+        Action::TaskOpened,
+        Action::TaskOpenDenied,
+        Action::TaskCompleted,
+        Action::TaskExpired,
+        Action::TaskDeviated,
+        Action::TaskRevoked,
+        Action::TokenMinted,
+        Action::MintDenied,
+        Action::Revocation,
+        Action::CallDenied,
+        Action::TaskCompleteDenied,
+        Action::RevocationDenied,
+    ];
+
+    /// The action stored as `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::TaskOpened => "task_opened",
@@ -30,12 +58,20 @@ impl Action {
             Action::TokenMinted => "token_minted",
             Action::MintDenied => "mint_denied",
             Action::Revocation => "revocation",
+            Action::CallDenied => "call_denied",
+            Action::TaskCompleteDenied => "task_complete_denied",
+            Action::RevocationDenied => "revocation_denied",
         }
     }
 
     pub fn outcome(self) -> &'static str {
         match self {
-            Action::TaskOpenDenied | Action::MintDenied | Action::TaskDeviated => "deny",
+            Action::TaskOpenDenied
+            | Action::MintDenied
+            | Action::TaskDeviated
+            | Action::CallDenied
+            | Action::TaskCompleteDenied
+            | Action::RevocationDenied => "deny",
             _ => "permit",
         }
     }
@@ -86,5 +122,29 @@ impl AuditEvent {
     pub fn detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_parses_back_from_its_stored_name() {
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(Action::parse("no_such_action"), None);
+    }
+
+    #[test]
+    fn refusals_are_recorded_with_a_deny_outcome() {
+        for a in [
+            Action::CallDenied,
+            Action::TaskCompleteDenied,
+            Action::RevocationDenied,
+        ] {
+            assert_eq!(a.outcome(), "deny", "{a:?}");
+        }
     }
 }

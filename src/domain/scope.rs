@@ -23,6 +23,13 @@ pub enum ScopeError {
         "resource segment {0:?} mixes '*' with other characters; a wildcard is a whole segment"
     )]
     PartialWildcard(String),
+    #[error(
+        "{field} has a {segment:?} path segment; relative segments are not allowed, name the resource directly"
+    )]
+    DotSegment {
+        field: &'static str,
+        segment: &'static str,
+    },
     #[error("resource may use '**' only as its last segment")]
     InnerDoubleStar,
     #[error("action must name one action, not '*'")]
@@ -75,6 +82,15 @@ impl Scope {
         for (i, seg) in segments.iter().enumerate() {
             if seg.is_empty() {
                 return Err(ScopeError::EmptySegment(scope.resource.clone()));
+            }
+            // Coverage compares segments literally, but a resource server that
+            // normalises paths reads `customers/eu/../us/1` as `customers/us/1`:
+            // a pattern with `.` or `..` could reach outside what it appears to cover.
+            if let Some(segment) = [".", ".."].into_iter().find(|d| seg == d) {
+                return Err(ScopeError::DotSegment {
+                    field: "resource",
+                    segment,
+                });
             }
             if seg.contains('*') && *seg != "*" && *seg != "**" {
                 return Err(ScopeError::PartialWildcard(seg.to_string()));
@@ -171,6 +187,8 @@ fn patterns_overlap(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    type Parse = fn(&'static str, &'static str, &'static str) -> Result<Scope, ScopeError>;
+
     fn d(r: &str) -> Scope {
         Scope::declared("crm-api", r, "read").unwrap()
     }
@@ -261,6 +279,52 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn dot_and_dot_dot_segments_are_refused_naming_the_resource() {
+        for r in [
+            "customers/eu/../us/1",
+            "customers/eu/..",
+            "../customers/us/1",
+            "customers/./eu/1",
+            ".",
+            "..",
+            "customers/eu/../**",
+        ] {
+            for parse in [Scope::declared as Parse, Scope::requested] {
+                let err = parse("crm-api", r, "read").unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        ScopeError::DotSegment {
+                            field: "resource",
+                            ..
+                        }
+                    ),
+                    "{r}: {err:?}"
+                );
+                assert!(err.to_string().starts_with("resource has a "), "{err}");
+            }
+        }
+        assert_eq!(
+            Scope::declared("crm-api", "customers/eu/../us/1", "read")
+                .unwrap_err()
+                .to_string(),
+            "resource has a \"..\" path segment; relative segments are not allowed, name the resource directly"
+        );
+    }
+
+    #[test]
+    fn dots_inside_a_segment_are_still_allowed() {
+        for r in [
+            "files/report.pdf",
+            "files/.hidden",
+            "files/...",
+            "v1.2/x..y",
+        ] {
+            assert!(Scope::declared("crm-api", r, "read").is_ok(), "{r}");
+        }
     }
 
     #[test]

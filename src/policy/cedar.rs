@@ -379,7 +379,7 @@ fn load(dir: &Path) -> Result<Loaded, LoadError> {
 }
 
 /// The actions Mayfly asks about.
-const ACTIONS: [&'static str; 3] = ["StartTask", "DeclareScope", "Mint"];
+const ACTIONS: [&str; 3] = ["StartTask", "DeclareScope", "Mint"];
 
 /// Whether policy `p` could apply to a request for action `act` whose resource
 /// is tool `key`'s (Mint, DeclareScope) or is workflow `key` (StartTask). Only
@@ -546,10 +546,10 @@ impl Loaded {
     fn decide(
         &self,
         principal: EntityUid,
-        act: &str,
+        // The action, and the tool (Mint, DeclareScope) or workflow (StartTask)
+        // of the request, which pick the policy slice.
+        (act, key): (&str, &str),
         resource: EntityUid,
-        // The tool (Mint, DeclareScope) or workflow (StartTask) of the request.
-        key: &str,
         context: Vec<(String, RestrictedExpression)>,
         extra: Vec<Entity>,
         what: &str,
@@ -928,9 +928,8 @@ impl CedarPolicy {
         let scopes = i64::try_from(i.scopes.len()).unwrap_or(i64::MAX);
         let mut permit = set.decide(
             orch.uid(),
-            "StartTask",
+            ("StartTask", i.workflow),
             wf_uid.clone(),
-            i.workflow,
             start_context(i.agent, secs(i.duration), scopes, environment, i.now),
             [agent.clone(), orch.clone()]
                 .into_iter()
@@ -948,9 +947,8 @@ impl CedarPolicy {
             })?;
             let p = set.decide(
                 agent.uid(),
-                "DeclareScope",
+                ("DeclareScope", &scope.audience),
                 resource,
-                &scope.audience,
                 declare_context(&wf_uid, i.orchestrator, scope, environment),
                 [agent.clone(), orch.clone()]
                     .into_iter()
@@ -989,9 +987,8 @@ impl CedarPolicy {
         let (resource, entity) = set.resource(i.scope)?;
         set.decide(
             agent.uid(),
-            "Mint",
+            ("Mint", &i.scope.audience),
             resource,
-            &i.scope.audience,
             mint_context(i, &wf_uid, environment),
             [agent, task]
                 .into_iter()

@@ -93,12 +93,15 @@ pub trait TaskStore {
         revocation: &Revocation,
         audit: &[AuditEvent],
     ) -> Result<EndOutcome, StoreError>;
-    /// Active tasks whose deadline is at or before `now`.
+    /// Active tasks whose deadline is at or before `now`, as (deadline, id), in that
+    /// order, starting after `after` (the last pair of the previous page). The cursor
+    /// lets a sweep page past tasks it failed to end instead of reading them again.
     async fn overdue_tasks(
         &self,
         now: OffsetDateTime,
+        after: Option<(OffsetDateTime, TaskId)>,
         limit: u32,
-    ) -> Result<Vec<TaskId>, StoreError>;
+    ) -> Result<Vec<(OffsetDateTime, TaskId)>, StoreError>;
 }
 
 #[async_trait]

@@ -136,20 +136,8 @@ fn event_from_row(r: &PgRow) -> Result<Event, StoreError> {
 
 fn audit_from_row(r: &PgRow) -> Result<AuditEvent, StoreError> {
     let action: String = r.try_get("action").map_err(map_err)?;
-    let action = [
-        Action::TaskOpened,
-        Action::TaskOpenDenied,
-        Action::TaskCompleted,
-        Action::TaskExpired,
-        Action::TaskDeviated,
-        Action::TaskRevoked,
-        Action::TokenMinted,
-        Action::MintDenied,
-        Action::Revocation,
-    ]
-    .into_iter()
-    .find(|a| a.as_str() == action)
-    .ok_or_else(|| corrupt(format!("audit action {action:?}")))?;
+    let action =
+        Action::parse(&action).ok_or_else(|| corrupt(format!("audit action {action:?}")))?;
     let task: Option<uuid::Uuid> = r.try_get("task_id").map_err(map_err)?;
     let Json(detail): Json<serde_json::Value> = r.try_get("detail").map_err(map_err)?;
     Ok(AuditEvent {
@@ -396,16 +384,26 @@ impl TaskStore for PgStore {
         })
     }
 
-    async fn overdue_tasks(&self, now: OffsetDateTime, n: u32) -> Result<Vec<TaskId>, StoreError> {
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE state = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+    async fn overdue_tasks(
+        &self,
+        now: OffsetDateTime,
+        after: Option<(OffsetDateTime, TaskId)>,
+        n: u32,
+    ) -> Result<Vec<(OffsetDateTime, TaskId)>, StoreError> {
+        let rows: Vec<(OffsetDateTime, uuid::Uuid)> = sqlx::query_as(
+            "SELECT expires_at, id FROM tasks
+             WHERE state = 'active' AND expires_at <= $1
+               AND ($2::timestamptz IS NULL OR (expires_at, id) > ($2, $3::uuid))
+             ORDER BY expires_at, id LIMIT $4",
         )
         .bind(now)
+        .bind(after.map(|(at, _)| at))
+        .bind(after.map(|(_, id)| id.0))
         .bind(limit(n))
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(ids.into_iter().map(TaskId).collect())
+        Ok(rows.into_iter().map(|(at, id)| (at, TaskId(id))).collect())
     }
 }
 

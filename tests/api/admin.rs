@@ -281,3 +281,53 @@ async fn every_task_an_admin_revocation_stops_is_audited_with_the_reason() {
         assert_eq!(stopped.detail["sequence"], 1);
     }
 }
+
+#[tokio::test]
+async fn revoking_an_unknown_target_is_refused_and_audited_with_the_reason() {
+    use mayfly::audit::Action;
+    use mayfly::domain::TaskId;
+    use mayfly::store::AuditStore;
+    let app = spawn_app().await;
+    let mut admin = app.admin(ADMIN).await;
+    let jti = uuid::Uuid::new_v4();
+    let task = uuid::Uuid::new_v4();
+    for target in [
+        Target::Token(jti.to_string()),
+        Target::Task(task.to_string()),
+    ] {
+        let err = admin
+            .revoke(revoke_request(target, "suspected leak"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+
+    let denied = app.audit_by(ADMIN).await;
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    for e in &denied {
+        assert_eq!(e.action, "revocation_denied");
+        assert_eq!(e.outcome, "deny");
+        assert_eq!(e.detail["requested_reason"], "suspected leak");
+    }
+    assert_eq!(
+        denied[0].reason.as_deref(),
+        Some(format!("token {jti} not found").as_str())
+    );
+    assert_eq!(denied[0].jti, Some(jti));
+    assert_eq!(denied[0].detail["target"], "token");
+    assert_eq!(
+        denied[1].reason.as_deref(),
+        Some(format!("task {task} not found").as_str())
+    );
+    assert_eq!(denied[1].task_id, Some(task));
+    // Filed under the task it named, so a query by task finds it.
+    let by_task = app
+        .store()
+        .await
+        .audit_for_task(TaskId(task))
+        .await
+        .unwrap();
+    assert_eq!(by_task.len(), 1);
+    assert_eq!(by_task[0].action, Action::RevocationDenied);
+    assert_eq!(by_task[0].actor, ADMIN);
+}

@@ -390,6 +390,46 @@ impl TestApp {
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http, path).await
     }
+
+    /// The audit events `actor` caused, oldest first, as stored.
+    pub async fn audit_by(&self, actor: &str) -> Vec<AuditRow> {
+        audit_by(&self.store().await, actor).await
+    }
+}
+
+/// An audit event as stored, for checking what was recorded.
+#[derive(Debug)]
+pub struct AuditRow {
+    pub action: String,
+    pub outcome: String,
+    pub task_id: Option<uuid::Uuid>,
+    pub jti: Option<uuid::Uuid>,
+    pub reason: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// The audit events `actor` caused, oldest first. (The store reads audit events by
+/// task only; refusals of calls carry no task.)
+pub async fn audit_by(store: &PgStore, actor: &str) -> Vec<AuditRow> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT action, outcome, task_id, jti, reason, detail FROM audit_events
+         WHERE actor = $1 ORDER BY id",
+    )
+    .bind(actor)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| AuditRow {
+        action: r.get("action"),
+        outcome: r.get("outcome"),
+        task_id: r.get("task_id"),
+        jti: r.get("jti"),
+        reason: r.get("reason"),
+        detail: r.get::<sqlx::types::Json<serde_json::Value>, _>("detail").0,
+    })
+    .collect()
 }
 
 impl Drop for TestApp {

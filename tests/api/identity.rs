@@ -236,6 +236,91 @@ async fn a_role_that_may_not_make_the_call_is_permission_denied() {
 }
 
 #[tokio::test]
+async fn every_role_refusal_is_audited_with_the_caller_the_method_and_the_reason() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    // An agent revoking, an orchestrator minting, a verifier listing tasks.
+    let err = app
+        .admin(AGENT)
+        .await
+        .revoke(revoke_request(
+            pb::revocation_target::Target::All(true),
+            "x",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let (mut orch_tokens, _) = app.tokens(ORCH).await;
+    let err = orch_tokens
+        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = app
+        .tasks(VERIFIER)
+        .await
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let cases = [
+        (AGENT, "mayfly.v1.AdminService/Revoke", "admin"),
+        (ORCH, "mayfly.v1.TokenService/MintToken", "agent"),
+        (
+            VERIFIER,
+            "mayfly.v1.TaskService/ListTasks",
+            "orchestrator or admin",
+        ),
+    ];
+    for (caller, method, roles) in cases {
+        let denied: Vec<AuditRow> = app
+            .audit_by(caller)
+            .await
+            .into_iter()
+            .filter(|e| e.action == "call_denied")
+            .collect();
+        assert_eq!(denied.len(), 1, "{caller}: {denied:?}");
+        let e = &denied[0];
+        assert_eq!(e.outcome, "deny");
+        assert_eq!(e.detail["method"], method, "{e:?}");
+        assert_eq!(
+            e.reason.as_deref(),
+            Some(format!("{caller} does not hold the {roles} role this call requires").as_str())
+        );
+    }
+    // Nothing was revoked: the refused Revoke took no sequence number.
+    let r = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            pb::revocation_target::Target::All(true),
+            "first real one",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.event.unwrap().sequence, 1);
+}
+
+#[tokio::test]
+async fn a_call_without_a_valid_svid_is_not_audited() {
+    let app = spawn_app().await;
+    let ch = app.channel_with(None).await.unwrap();
+    let err = TaskServiceClient::new(ch)
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let store = app.store().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "there is no trustworthy caller to record");
+}
+
+#[tokio::test]
 async fn a_connection_that_outlives_its_svid_is_refused() {
     let app = spawn_app().await;
     let mut tasks = app.tasks(ORCH).await;

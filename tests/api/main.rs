@@ -5,6 +5,8 @@ mod admin;
 mod cli;
 mod identity;
 mod operations;
+mod policy;
+mod sweeper;
 mod tasks;
 mod tokens;
 mod verifier;

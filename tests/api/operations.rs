@@ -140,6 +140,17 @@ async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
         "{}",
         err.message()
     );
+    // A refusal stays a refusal when its audit event cannot be written.
+    let err = app
+        .admin(AGENT)
+        .await
+        .revoke(revoke_request(
+            pb::revocation_target::Target::All(true),
+            "x",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let (status, body) = app.http_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -432,6 +443,52 @@ async fn shutdown_ends_open_watch_streams_and_returns_cleanly() {
         .await
         .expect("stream ends");
     assert!(matches!(end, Ok(None)), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("app stops")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_marks_every_service_and_the_server_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = spawn_app().await;
+    let (ch, _) = app.channel(VERIFIER).await;
+    let names = [
+        "",
+        "mayfly.v1.TaskService",
+        "mayfly.v1.TokenService",
+        "mayfly.v1.AdminService",
+        "mayfly.v1.VerifierService",
+    ];
+    let mut watches = vec![];
+    for name in names {
+        let mut w = HealthClient::new(ch.clone())
+            .watch(HealthCheckRequest {
+                service: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = w.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32, "{name:?}");
+        watches.push(w);
+    }
+    let stopping = tokio::spawn(app.stop());
+    for (name, w) in names.iter().zip(watches.iter_mut()) {
+        let next = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .unwrap_or_else(|_| panic!("{name:?} reports a change at shutdown"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32, "{name:?}");
+    }
+    // Health watches are endless: the client ends them, and the broker finishes
+    // draining.
+    drop(watches);
+    drop(ch);
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("app stops")

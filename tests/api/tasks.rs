@@ -156,6 +156,93 @@ async fn only_the_orchestrator_that_opened_a_task_may_complete_it() {
 }
 
 #[tokio::test]
+async fn completing_another_orchestrators_task_is_refused_and_audited_with_the_reason() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let err = app
+        .tasks(ORCH2)
+        .await
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
+
+    let audit = app
+        .store()
+        .await
+        .audit_for_task(mayfly::domain::TaskId(task.id.parse().unwrap()))
+        .await
+        .unwrap();
+    let actions: Vec<Action> = audit.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        vec![Action::TaskOpened, Action::TaskCompleteDenied]
+    );
+    let denied = &audit[1];
+    assert_eq!(denied.actor, ORCH2);
+    assert_eq!(denied.agent.as_deref(), Some(AGENT));
+    assert_eq!(denied.reason.as_deref(), Some(err.message()));
+    assert!(
+        err.message()
+            .contains("only that orchestrator may complete it"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_in_scopes_are_invalid_arguments_naming_the_field() {
+    let app = spawn_app().await;
+    let mut req = start_request(AGENT, 600);
+    req.scopes = vec![scope("crm-api", "customers/eu/../us/*", "read")];
+    let err = app.tasks(ORCH).await.start_task(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("scopes[0]: resource has a \"..\" path segment"),
+        "{}",
+        err.message()
+    );
+
+    // A task declared on customers/eu/** does not cover a path that climbs out of it.
+    let mut req = start_request(AGENT, 600);
+    req.scopes = vec![scope("crm-api", "customers/eu/**", "read")];
+    let task = app
+        .tasks(ORCH)
+        .await
+        .start_task(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let (mut agent, _) = app.tokens(AGENT).await;
+    for res in ["customers/eu/../us/1", "customers/eu/./1"] {
+        let err = agent
+            .mint_token(mint_request(&task.id, res, 60))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{res}");
+        assert!(
+            err.message().starts_with("scope: resource has a "),
+            "{}",
+            err.message()
+        );
+    }
+    // Refused as malformed, not as a deviation: the task is untouched.
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
+}
+
+#[tokio::test]
 async fn a_task_outside_its_workflow_is_denied_with_the_reason() {
     let app = spawn_app().await;
     let mut tasks = app.tasks(ORCH).await;

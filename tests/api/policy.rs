@@ -1,0 +1,470 @@
+//! Cedar decisions through the real server: reasons and policy ids in errors and
+//! the audit trail, context that changes the outcome, reload on file change
+//! (atomic, invalid sets refused), and the policy commands.
+use crate::helpers::*;
+use mayfly::api::pb;
+use serde_json::Value;
+use sqlx::Connection;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+
+/// `(action, reason, detail)` of every audit event, oldest first.
+async fn audit(app: &TestApp) -> Vec<(String, Option<String>, Value)> {
+    let mut conn = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    let rows: Vec<(String, Option<String>, Value)> =
+        sqlx::query_as("SELECT action, reason, detail FROM audit_events ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    rows
+}
+
+fn policies_of(detail: &Value) -> Vec<String> {
+    serde_json::from_value(detail["policies"].clone()).unwrap_or_default()
+}
+
+fn policy_dir(app: &TestApp) -> PathBuf {
+    app.pki.dir.path().join("policies")
+}
+
+fn crm(res: &str, action: &str, ttl: u64, task: &str) -> pb::MintTokenRequest {
+    pb::MintTokenRequest {
+        task_id: task.into(),
+        scope: Some(scope("crm-api", res, action)),
+        ttl_seconds: ttl,
+    }
+}
+
+#[tokio::test]
+async fn a_denial_names_the_deciding_policy_and_its_reason_in_the_error_and_the_audit_trail() {
+    let app = spawn_app().await;
+    let mut req = start_request(AGENT, 600);
+    req.scopes.push(scope("crm-api", "customers/vip/1", "read"));
+    let err = app.tasks(ORCH).await.start_task(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("is forbidden by policy test-no-vip (nobody touches VIP customers)"),
+        "{}",
+        err.message()
+    );
+    let events = audit(&app).await;
+    let (_, reason, detail) = events
+        .iter()
+        .find(|(a, _, _)| a == "task_open_denied")
+        .expect("the denial is audited");
+    assert!(reason.as_deref().unwrap_or("").contains("test-no-vip"));
+    assert_eq!(policies_of(detail), ["test-no-vip"]);
+}
+
+#[tokio::test]
+async fn every_permit_records_the_policies_that_permitted_it() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    app.mint(AGENT, &task.id, "customers/eu/1", 60).await;
+    let events = audit(&app).await;
+    let opened = events.iter().find(|(a, _, _)| a == "task_opened").unwrap();
+    assert_eq!(
+        policies_of(&opened.2),
+        ["test-crm", "test-open-support", "test-tickets"]
+    );
+    let minted = events.iter().find(|(a, _, _)| a == "token_minted").unwrap();
+    assert_eq!(policies_of(&minted.2), ["test-crm"]);
+}
+
+#[tokio::test]
+async fn the_requested_ttl_changes_the_decision_and_a_policy_denial_is_not_a_deviation() {
+    let app = spawn_app().await;
+    let mut req = start_request(AGENT, 600);
+    req.scopes.push(scope("crm-api", "customers/eu/*", "write"));
+    let task = app
+        .tasks(ORCH)
+        .await
+        .start_task(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let (mut tokens, _) = app.tokens(AGENT).await;
+    tokens
+        .mint_token(crm("customers/eu/1", "write", 60, &task.id))
+        .await
+        .expect("a one-minute write token");
+    let err = tokens
+        .mint_token(crm("customers/eu/1", "write", 61, &task.id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains(
+            "forbidden by policy test-short-writes (CRM write tokens live at most one minute)"
+        ),
+        "{}",
+        err.message()
+    );
+    let events = audit(&app).await;
+    let denied = events.iter().find(|(a, _, _)| a == "mint_denied").unwrap();
+    assert_eq!(policies_of(&denied.2), ["test-short-writes"]);
+    // Inside its declared scopes, a policy denial leaves the task active.
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
+}
+
+/// Polls `f` until it returns true, for at most ten seconds.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 10s");
+}
+
+#[tokio::test]
+async fn a_changed_policy_set_applies_without_a_restart_and_an_invalid_one_keeps_the_last_good() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let (mut tokens, _) = app.tokens(AGENT).await;
+    tokens
+        .mint_token(crm("customers/eu/1", "read", 60, &task.id))
+        .await
+        .unwrap();
+
+    let freeze = policy_dir(&app).join("freeze.cedar");
+    std::fs::write(
+        &freeze,
+        "@id(\"crm-freeze\")\n@reason(\"the CRM is frozen for an incident\")\n\
+         forbid (principal, action, resource in Mayfly::Tool::\"crm-api\");\n",
+    )
+    .unwrap();
+    eventually("the freeze policy taking effect", async || {
+        let r = tokens
+            .mint_token(crm("customers/eu/1", "read", 60, &task.id))
+            .await;
+        matches!(r, Err(e) if e.message().contains("crm-freeze (the CRM is frozen"))
+    })
+    .await;
+
+    // A broken edit is refused: the freeze stays in force, /readyz says why.
+    std::fs::write(
+        policy_dir(&app).join("broken.cedar"),
+        "permit (principal, action, resource) when {",
+    )
+    .unwrap();
+    eventually("/readyz reporting the failed reload", async || {
+        let (status, body) = app.http_get("/readyz").await;
+        status == 200 && body.contains("policy reload failed") && body.contains("broken.cedar:1:")
+    })
+    .await;
+    let err = tokens
+        .mint_token(crm("customers/eu/1", "read", 60, &task.id))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("crm-freeze"), "{}", err.message());
+
+    // Fixing the directory lifts both.
+    std::fs::remove_file(policy_dir(&app).join("broken.cedar")).unwrap();
+    std::fs::remove_file(&freeze).unwrap();
+    eventually("the freeze being lifted", async || {
+        tokens
+            .mint_token(crm("customers/eu/1", "read", 60, &task.id))
+            .await
+            .is_ok()
+    })
+    .await;
+    let (_, body) = app.http_get("/readyz").await;
+    assert!(!body.contains("reload failed"), "{body}");
+}
+
+fn reloads(body: &str) -> u64 {
+    body.split(" reloads")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn reloading_while_agents_mint_never_fails_or_half_applies_a_request() {
+    let app = Arc::new(
+        spawn_with(
+            Arc::new(Pki::new()),
+            Options {
+                max_tokens: 100_000,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    let dir = policy_dir(&app);
+    let original = std::fs::read_to_string(dir.join("test.cedar")).unwrap();
+    // Version B renames the CRM permit: every mint is permitted by exactly one of
+    // the two ids, never by neither (a half-swapped set would deny).
+    let renamed = original.replace("@id(\"test-crm\")", "@id(\"test-crm-b\")");
+    assert_ne!(original, renamed);
+    let task = app.open_task(AGENT, 600).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = if n.is_multiple_of(2) {
+                    &renamed
+                } else {
+                    &original
+                };
+                // Write then rename, as deploy tools do, so a reader never sees a
+                // half-written file.
+                std::fs::write(dir.join("test.cedar.tmp"), text).unwrap();
+                std::fs::rename(dir.join("test.cedar.tmp"), dir.join("test.cedar")).unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let mut minters = vec![];
+    for _ in 0..4 {
+        let (app, task) = (app.clone(), task.id.clone());
+        minters.push(tokio::spawn(async move {
+            let (mut tokens, _) = app.tokens(AGENT).await;
+            for i in 0..60 {
+                tokens
+                    .mint_token(crm(&format!("customers/eu/{i}"), "read", 60, &task))
+                    .await
+                    .expect("every mint during reloads succeeds");
+            }
+        }));
+    }
+    for m in minters {
+        m.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let (_, body) = app.http_get("/readyz").await;
+    assert!(
+        reloads(&body) >= 2,
+        "the set was reloaded while minting: {body}"
+    );
+    assert!(!body.contains("reload failed"), "{body}");
+    let events = audit(&app).await;
+    let mut by = std::collections::BTreeMap::<Vec<String>, usize>::new();
+    for (_, _, d) in events.iter().filter(|(a, _, _)| a == "token_minted") {
+        *by.entry(policies_of(d)).or_default() += 1;
+    }
+    assert_eq!(by.values().sum::<usize>(), 240);
+    assert_eq!(by.len(), 2, "both versions decided some mints: {by:?}");
+    for ids in by.keys() {
+        assert!(
+            ids == &["test-crm"] || ids == &["test-crm-b"],
+            "a mint permitted by {ids:?}"
+        );
+    }
+}
+
+fn mayfly() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mayfly"))
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies")
+}
+
+#[tokio::test]
+async fn serve_refuses_an_invalid_policy_set_naming_the_file_and_line() {
+    let pki = Pki::new();
+    let text = config_text(&pki, &admin_url(), &Options::default());
+    let dir = pki.dir.path().join("policies");
+    std::fs::write(
+        dir.join("broken.cedar"),
+        "// fine so far\npermit (principal, action, resource) when { context.nope };\n",
+    )
+    .unwrap();
+    let cfg = pki.path("mayfly.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = mayfly()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("MAYFLY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a valid policy set"), "{err}");
+    assert!(err.contains("broken.cedar:2:"), "{err}");
+}
+
+#[test]
+fn the_policy_commands_exit_codes_tell_pass_mismatch_and_invalid_apart() {
+    let out = mayfly()
+        .args(["policy", "validate"])
+        .arg(examples())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policies valid"));
+
+    let cases = examples().join("cases.toml");
+    let out = mayfly()
+        .args(["policy", "test"])
+        .arg(examples())
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+
+    // A case whose expectation is wrong: exit 1 and the difference printed.
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        r#"
+[[case]]
+name = "support reads EU customers (wrongly expected to be denied)"
+action = "mint"
+principal = "spiffe://example.org/agent/support-eu-1"
+workflow = "support-triage"
+scope = "crm-api customers/eu/42 read"
+ttl = "1m"
+expect = "deny"
+
+[[case]]
+name = "in dev-us, restricted payments data is refused"
+action = "mint"
+principal = "spiffe://example.org/agent/finance-1"
+workflow = "payments"
+scope = "payments-api invoices/881 read"
+ttl = "1m"
+now = "2026-11-23T10:00:00Z"
+environment = "dev-us"
+expect = "deny"
+reason_contains = "restricted-data-stays-in-prod-eu"
+"#,
+    )
+    .unwrap();
+    let out = mayfly()
+        .args(["policy", "test"])
+        .arg(examples())
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  support reads EU customers")
+            && stdout.contains("expected deny, got allow by support-mint"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok    in dev-us"), "{stdout}");
+    assert!(stdout.contains("2 cases, 1 passed, 1 failed"), "{stdout}");
+
+    // An invalid cases file or policy set: exit 2, naming what is wrong.
+    std::fs::write(&wrong, "[[case]]\nname = 1\n").unwrap();
+    let out = mayfly()
+        .args(["policy", "test"])
+        .arg(examples())
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a valid cases file"));
+
+    let bad = tmp.path().join("bad");
+    copy_dir(&examples(), &bad);
+    std::fs::write(
+        bad.join("x.cedar"),
+        "forbid (principal, action, resource) when { 1 };\n",
+    )
+    .unwrap();
+    let out = mayfly()
+        .args(["policy", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("x.cedar:1:"), "{err}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policy_set_of_a_running_broker() {
+    let pki = Pki::new();
+    let db = fresh_database().await;
+    // An hour between file checks: only the signal can cause the reload.
+    let text = config_text(&pki, &db.url, &Options::default())
+        .replace("reload_interval = \"100ms\"", "reload_interval = \"1h\"");
+    let cfg = pki.path("mayfly.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let http = port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("MAYFLY_DATABASE_URL")
+        .env("MAYFLY_GRPC_ADDR", port().to_string())
+        .env("MAYFLY_HTTP_ADDR", http.to_string())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let readyz = async || -> String {
+        match tokio::time::timeout(Duration::from_secs(2), http_get(http, "/readyz")).await {
+            Ok((200, body)) => body,
+            _ => String::new(),
+        }
+    };
+    let mut body = String::new();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(http).await.is_ok() {
+            body = readyz().await;
+            if !body.is_empty() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains(" 0 reloads"), "{body}");
+
+    std::fs::write(
+        pki.dir.path().join("policies/extra.cedar"),
+        "@id(\"extra\")\nforbid (principal, action, resource in Mayfly::Tool::\"github\");\n",
+    )
+    .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup.success());
+    let mut reloaded = false;
+    for _ in 0..200 {
+        body = readyz().await;
+        if body.contains(" 1 reloads") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "{body}");
+    assert!(body.contains("8 policies"), "{body}");
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the broker exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
