@@ -107,6 +107,10 @@ pub struct Options {
     pub max_tokens: u32,
     pub sweep: &'static str,
     pub connect_timeout: &'static str,
+    /// A policy directory to copy instead of tests/policies.
+    pub policies: Option<PathBuf>,
+    /// `policy.environment`.
+    pub environment: &'static str,
 }
 
 impl Default for Options {
@@ -117,6 +121,8 @@ impl Default for Options {
             max_tokens: 5,
             sweep: "50ms",
             connect_timeout: "2s",
+            policies: None,
+            environment: "test",
         }
     }
 }
@@ -158,7 +164,14 @@ pub fn write_policies(dir: &std::path::Path, max_tokens: u32) -> PathBuf {
 }
 
 pub fn config_text(pki: &Pki, db_url: &str, o: &Options) -> String {
-    let policies = write_policies(pki.dir.path(), o.max_tokens);
+    let policies = match &o.policies {
+        Some(dir) => {
+            let out = pki.dir.path().join("policies");
+            copy_dir(dir, &out);
+            out
+        }
+        None => write_policies(pki.dir.path(), o.max_tokens),
+    };
     let mut extra = String::new();
     for (name, path) in &o.extra_trust_domains {
         extra.push_str(&format!(
@@ -199,7 +212,7 @@ heartbeat = "60s"
 
 [policy]
 dir = "{policies}"
-environment = "test"
+environment = "{environment}"
 reload_interval = "100ms"
 "#,
         cert = pki.path("broker.crt").display(),
@@ -208,6 +221,7 @@ reload_interval = "100ms"
         ct = o.connect_timeout,
         sweep = o.sweep,
         policies = policies.display(),
+        environment = o.environment,
     )
 }
 

@@ -440,6 +440,15 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(body.contains(" 0 reloads"), "{body}");
+    let count = |b: &str| -> usize {
+        b.split(" policies,")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = count(&body);
+    assert!(before > 0, "{body}");
 
     std::fs::write(
         pki.dir.path().join("policies/extra.cedar"),
@@ -459,7 +468,7 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(reloaded, "{body}");
-    assert!(body.contains("8 policies"), "{body}");
+    assert_eq!(count(&body), before + 1, "{body}");
     let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(term.success());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
@@ -467,4 +476,214 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
         .expect("the broker exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_workflow_whose_deviation_response_is_deny_refuses_without_ending_the_task() {
+    let app = spawn_app().await;
+    let mut req = start_request(AGENT, 600);
+    req.workflow = "lenient".into();
+    req.scopes = vec![scope("tickets", "tickets/*", "comment")];
+    let task = app
+        .tasks(ORCH)
+        .await
+        .start_task(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let (mut tokens, _) = app.tokens(AGENT).await;
+    let ticket = |res: &str, action: &str| pb::MintTokenRequest {
+        task_id: task.id.clone(),
+        scope: Some(scope("tickets", res, action)),
+        ttl_seconds: 60,
+    };
+    // Outside the declared scopes: denied, and the task lives on.
+    let err = tokens
+        .mint_token(ticket("tickets/1", "close"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("deviation"), "{}", err.message());
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
+    // Over the budget of two: exhausted, and the task still lives on.
+    for n in 1..=2 {
+        tokens
+            .mint_token(ticket(&format!("tickets/{n}"), "comment"))
+            .await
+            .unwrap();
+    }
+    let err = tokens
+        .mint_token(ticket("tickets/3", "comment"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
+    assert_eq!(app.task_tokens(&task.id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_example_workflows_decide_over_the_real_server() {
+    let app = spawn_with(
+        Arc::new(Pki::new()),
+        Options {
+            policies: Some(examples()),
+            environment: "prod-eu",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (orch, fin_orch) = (
+        "spiffe://example.org/orchestrator/main",
+        "spiffe://example.org/orchestrator/finance",
+    );
+    let (support, coder, finance) = (
+        "spiffe://example.org/agent/support-eu-1",
+        "spiffe://example.org/agent/coding-1",
+        "spiffe://example.org/agent/finance-1",
+    );
+    let open = async |by: &str, agent: &str, wf: &str, scopes: Vec<pb::Scope>| {
+        app.tasks(by)
+            .await
+            .start_task(pb::StartTaskRequest {
+                agent: agent.into(),
+                workflow: wf.into(),
+                objective: "example".into(),
+                scopes,
+                duration_seconds: 900,
+            })
+            .await
+    };
+    let mint = async |agent: &str, task: &str, s: pb::Scope| {
+        app.tokens(agent)
+            .await
+            .0
+            .mint_token(pb::MintTokenRequest {
+                task_id: task.into(),
+                scope: Some(s),
+                ttl_seconds: 60,
+            })
+            .await
+    };
+
+    // Support: EU customer records yes, stored payment methods never.
+    let t = open(
+        orch,
+        support,
+        "support-triage",
+        vec![scope("crm-api", "customers/eu/*", "read")],
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .task
+    .unwrap();
+    mint(support, &t.id, scope("crm-api", "customers/eu/42", "read"))
+        .await
+        .unwrap();
+    let err = open(
+        orch,
+        support,
+        "support-triage",
+        vec![scope("crm-api", "customers/us/*", "read")],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.message().contains("no policy permits declaring scope"),
+        "{}",
+        err.message()
+    );
+    let err = open(
+        orch,
+        support,
+        "support-triage",
+        vec![scope("crm-api", "customers/eu/**", "read")],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.message().contains("no-payment-methods-for-support"),
+        "{}",
+        err.message()
+    );
+
+    // Coding: pull requests and feature branches yes; a task may not even declare
+    // a push to main (forbid wins over the branch permit).
+    let t = open(
+        orch,
+        coder,
+        "code-review",
+        vec![
+            scope("github", "repos/acme/api/pulls", "open_pr"),
+            scope("github", "repos/acme/api/branches/fix-1", "push"),
+        ],
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .task
+    .unwrap();
+    mint(
+        coder,
+        &t.id,
+        scope("github", "repos/acme/api/pulls", "open_pr"),
+    )
+    .await
+    .unwrap();
+    let err = open(
+        orch,
+        coder,
+        "code-review",
+        vec![scope("github", "repos/acme/api/branches/main", "push")],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.message().contains("never-push-to-main"),
+        "{}",
+        err.message()
+    );
+
+    // Finance: only the finance orchestrator opens payments; paying needs step-up.
+    let err = open(
+        orch,
+        finance,
+        "payments",
+        vec![scope("payments-api", "invoices/*", "read")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let t = open(
+        fin_orch,
+        finance,
+        "payments",
+        vec![scope("payments-api", "invoices/*/payment", "pay")],
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .task
+    .unwrap();
+    let err = mint(
+        finance,
+        &t.id,
+        scope("payments-api", "invoices/881/payment", "pay"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("step-up"), "{}", err.message());
+    assert_eq!(
+        app.get_task(&t.id).await.state,
+        pb::TaskState::Active as i32
+    );
 }
