@@ -102,6 +102,22 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
     std::fs::write(dir.path().join("broker.crt"), &server.cert_pem)?;
     std::fs::write(dir.path().join("broker.key"), &server.key_pem)?;
+    // The example policies (every mint is a real Cedar decision), with a budget
+    // that a load run cannot exhaust.
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies)?;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    for entry in std::fs::read_dir(&examples)? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, policies.join(name))?;
+        }
+    }
+    let entities = std::fs::read_to_string(policies.join("entities.json"))?;
+    std::fs::write(
+        policies.join("entities.json"),
+        entities.replacen("\"max_tokens\": 50,", "\"max_tokens\": 100000000,", 1),
+    )?;
     let cfg = format!(
         r#"
 [server]
@@ -118,13 +134,9 @@ bundle = "{d}/ca.pem"
 [roles]
 agent = ["spiffe://example.org/agent/*"]
 orchestrator = ["spiffe://example.org/orchestrator/*"]
-[[workflows]]
-name = "bench"
-agents = ["spiffe://example.org/agent/*"]
-scopes = [{{ audience = "crm-api", resource = "customers/**", action = "read" }}]
-max_task_duration = "1h"
-max_token_ttl = "5m"
-max_tokens = 100000000
+[policy]
+dir = "{d}/policies"
+environment = "prod-eu"
 "#,
         d = dir.path().display()
     );
@@ -145,10 +157,10 @@ max_tokens = 100000000
             .domain_name("localhost");
         Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
     };
-    let orch = channel("spiffe://example.org/orchestrator/o")?
+    let orch = channel("spiffe://example.org/orchestrator/main")?
         .connect()
         .await?;
-    let agent_id = "spiffe://example.org/agent/a";
+    let agent_id = "spiffe://example.org/agent/support-eu-1";
     // One task per worker: each task's budget counter is a row that its mints
     // update in turn, so one task's mints are serialised by design.
     let task_count = if std::env::var("ONE_TASK").is_ok() {
@@ -161,14 +173,14 @@ max_tokens = 100000000
         let task = TaskServiceClient::new(orch.clone())
             .start_task(pb::StartTaskRequest {
                 agent: agent_id.into(),
-                workflow: "bench".into(),
+                workflow: "support-triage".into(),
                 objective: "load".into(),
                 scopes: vec![pb::Scope {
                     audience: "crm-api".into(),
-                    resource: "customers/**".into(),
+                    resource: "customers/eu/*".into(),
                     action: "read".into(),
                 }],
-                duration_seconds: 3600,
+                duration_seconds: 3000,
             })
             .await?
             .into_inner()
@@ -205,7 +217,12 @@ max_tokens = 100000000
                 let t = Instant::now();
                 match c.mint_token(req).await {
                     Ok(_) => lat.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("worker {w}: mint failed: {e}");
+                        }
+                        errors += 1;
+                    }
                 }
             }
             (lat, errors)
