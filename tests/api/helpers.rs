@@ -540,3 +540,109 @@ pub async fn introspect_active(app: &TestApp, token: &str) -> bool {
         .into_inner()
         .active
 }
+
+/// `mayfly serve` as a child process on free ports, for what only a real process
+/// shows: its log, signals, its exit.
+pub struct Served {
+    pub child: tokio::process::Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl Served {
+    /// Starts `mayfly serve --config <config>` and waits until `/readyz` answers
+    /// 200; stderr (the log) is piped.
+    pub async fn start(config: &std::path::Path) -> Served {
+        let (grpc, http) = (free_port(), free_port());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("MAYFLY_DATABASE_URL")
+            .env("MAYFLY_GRPC_ADDR", grpc.to_string())
+            .env("MAYFLY_HTTP_ADDR", http.to_string())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let served = Served { child, grpc, http };
+        for _ in 0..200 {
+            if !served.readyz().await.is_empty() {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("mayfly serve did not become ready within 10s");
+    }
+
+    /// The body of `/readyz` when it answers 200, else empty.
+    pub async fn readyz(&self) -> String {
+        if tokio::net::TcpStream::connect(self.http).await.is_err() {
+            return String::new();
+        }
+        match tokio::time::timeout(Duration::from_secs(2), http_get(self.http, "/readyz")).await {
+            Ok((200, body)) => body,
+            _ => String::new(),
+        }
+    }
+
+    /// Sends `signal` (e.g. "HUP", "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal}");
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub async fn stop(mut self) -> (std::process::ExitStatus, String) {
+        use tokio::io::AsyncReadExt;
+        self.signal("TERM");
+        let mut log = String::new();
+        let mut stderr = self.child.stderr.take().unwrap();
+        let read = async {
+            stderr.read_to_string(&mut log).await.unwrap();
+        };
+        let (_, status) = tokio::time::timeout(Duration::from_secs(15), async {
+            tokio::join!(read, self.child.wait())
+        })
+        .await
+        .expect("mayfly serve exits after SIGTERM");
+        (status.unwrap(), log)
+    }
+
+    /// A call as `identity` (none: no client certificate).
+    pub async fn list_tasks_as(
+        &self,
+        ca: &DevCa,
+        identity: Option<&Issued>,
+    ) -> Result<pb::ListTasksResponse, tonic::Status> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        let ch = Channel::from_shared(format!("https://{}", self.grpc))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connect failed: {e}")))?;
+        TaskServiceClient::new(ch)
+            .list_tasks(pb::ListTasksRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    }
+}

@@ -379,3 +379,42 @@ async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
         minted.ttl_seconds
     );
 }
+
+#[tokio::test]
+async fn refused_handshakes_are_logged_with_the_reason() {
+    let pki = Pki::new();
+    let db = fresh_database().await;
+    let cfg = pki.path("mayfly.toml");
+    std::fs::write(&cfg, config_text(&pki, &db.url, &Options::default())).unwrap();
+    let served = Served::start(&cfg).await;
+
+    let mut expired = SvidSpec::workload(ORCH);
+    expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    expired.not_before = expired.not_after - time::Duration::hours(1);
+    let mut ca_leaf = SvidSpec::workload(ORCH);
+    ca_leaf.is_ca = true;
+    ca_leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let rogue = DevCa::new(TD).unwrap().svid(ORCH).unwrap();
+    for id in [
+        pki.ca.issue(&expired).unwrap(),
+        pki.ca.issue(&ca_leaf).unwrap(),
+        rogue,
+    ] {
+        assert!(served.list_tasks_as(&pki.ca, Some(&id)).await.is_err());
+    }
+    // And a well-formed SVID still gets through.
+    let good = pki.ca.svid(ORCH).unwrap();
+    served.list_tasks_as(&pki.ca, Some(&good)).await.unwrap();
+
+    let (_, log) = served.stop().await;
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .collect();
+    assert!(refusals.len() >= 3, "{log}");
+    let all = refusals.join("\n");
+    // The rogue CA has our CA's name, so the chain fails on its signature.
+    for reason in ["certificate expired", "CaUsedAsEndEntity", "BadSignature"] {
+        assert!(all.contains(reason), "no {reason:?} in:\n{all}");
+    }
+}

@@ -406,40 +406,7 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
         .replace("reload_interval = \"100ms\"", "reload_interval = \"1h\"");
     let cfg = pki.path("mayfly.toml");
     std::fs::write(&cfg, text).unwrap();
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let http = port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env_remove("MAYFLY_DATABASE_URL")
-        .env("MAYFLY_GRPC_ADDR", port().to_string())
-        .env("MAYFLY_HTTP_ADDR", http.to_string())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let readyz = async || -> String {
-        match tokio::time::timeout(Duration::from_secs(2), http_get(http, "/readyz")).await {
-            Ok((200, body)) => body,
-            _ => String::new(),
-        }
-    };
-    let mut body = String::new();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(http).await.is_ok() {
-            body = readyz().await;
-            if !body.is_empty() {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(body.contains(" 0 reloads"), "{body}");
+    let served = Served::start(&cfg).await;
     let count = |b: &str| -> usize {
         b.split(" policies,")
             .next()
@@ -447,6 +414,8 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
+    let body = served.readyz().await;
+    assert!(body.contains(" 0 reloads"), "{body}");
     let before = count(&body);
     assert!(before > 0, "{body}");
 
@@ -455,27 +424,20 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
         "@id(\"extra\")\nforbid (principal, action, resource in Mayfly::Tool::\"github\");\n",
     )
     .unwrap();
-    let pid = child.id().unwrap().to_string();
-    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    assert!(hup.success());
-    let mut reloaded = false;
+    served.signal("HUP");
+    let mut body = String::new();
     for _ in 0..200 {
-        body = readyz().await;
+        body = served.readyz().await;
         if body.contains(" 1 reloads") {
-            reloaded = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(reloaded, "{body}");
+    assert!(body.contains(" 1 reloads"), "{body}");
     assert_eq!(count(&body), before + 1, "{body}");
-    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(term.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the broker exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    let (status, log) = served.stop().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("policies reloaded"), "{log}");
 }
 
 #[tokio::test]
