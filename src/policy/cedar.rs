@@ -670,7 +670,13 @@ impl Loaded {
             uid("Mayfly::Orchestrator", "x"),
             action("StartTask"),
             wf.clone(),
-            ctx(start_context(&agent, 1, 1, "e", OffsetDateTime::UNIX_EPOCH))?,
+            ctx(start_context(
+                &agent,
+                1,
+                &[scope.clone()],
+                "e",
+                OffsetDateTime::UNIX_EPOCH,
+            ))?,
             Some(&self.schema),
         ))?;
         check(Request::new(
@@ -704,6 +710,7 @@ fn task_entity(i: &MintInput<'_>, wf_uid: &EntityUid, agent: EntityUid) -> Resul
                 RestrictedExpression::new_entity_uid(agent),
             ),
             ("objective".to_string(), string(&i.task.objective)),
+            ("scopes".to_string(), scope_set(&i.task.scopes)),
             (
                 "age_seconds".to_string(),
                 long(secs((i.now - i.task.created_at).unsigned_abs())),
@@ -723,20 +730,29 @@ fn task_entity(i: &MintInput<'_>, wf_uid: &EntityUid, agent: EntityUid) -> Resul
     .map_err(|e| input_error(&e))
 }
 
+/// Declared scopes as Cedar strings, `<audience>/<resource>#<action>`.
+fn scope_set(scopes: &[Scope]) -> RestrictedExpression {
+    RestrictedExpression::new_set(scopes.iter().map(|s| string(&s.to_string())))
+}
+
 fn start_context(
     agent: &SpiffeId,
     duration: i64,
-    scopes: i64,
+    scopes: &[Scope],
     env: &str,
     now: OffsetDateTime,
 ) -> Vec<(String, RestrictedExpression)> {
     vec![
+        ("scopes".into(), scope_set(scopes)),
         (
             "agent".into(),
             RestrictedExpression::new_entity_uid(uid("Mayfly::Agent", agent.as_str())),
         ),
         ("duration_seconds".into(), long(duration)),
-        ("scope_count".into(), long(scopes)),
+        (
+            "scope_count".into(),
+            long(i64::try_from(scopes.len()).unwrap_or(i64::MAX)),
+        ),
         ("environment".into(), string(env)),
         ("now".into(), long(now.unix_timestamp())),
         ("hour_utc".into(), long(i64::from(now.hour()))),
@@ -925,12 +941,11 @@ impl CedarPolicy {
         let wf_uid = uid("Mayfly::Workflow", i.workflow);
         let agent = workload("Mayfly::Agent", i.agent)?;
         let orch = workload("Mayfly::Orchestrator", i.orchestrator)?;
-        let scopes = i64::try_from(i.scopes.len()).unwrap_or(i64::MAX);
         let mut permit = set.decide(
             orch.uid(),
             ("StartTask", i.workflow),
             wf_uid.clone(),
-            start_context(i.agent, secs(i.duration), scopes, environment, i.now),
+            start_context(i.agent, secs(i.duration), i.scopes, environment, i.now),
             [agent.clone(), orch.clone()]
                 .into_iter()
                 .chain(set.workflow_entity(&wf_uid))

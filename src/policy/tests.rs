@@ -421,3 +421,60 @@ fn slicing_never_skips_a_policy_that_could_apply() {
         ["any", "crm-pattern", "github-only", "group", "start-only"]
     );
 }
+
+#[test]
+fn declared_scopes_are_visible_to_policies_at_start_and_at_mint() {
+    let dir = policy_dir(
+        r#"
+@id("one-scope-with-crm")
+@reason("a task that reads the CRM declares nothing else")
+forbid (principal, action == Mayfly::Action::"StartTask", resource)
+when { context.scopes.contains("crm-api/customers/eu/*#read") && context.scope_count > 1 };
+
+@id("no-tickets-from-crm-tasks")
+forbid (principal, action == Mayfly::Action::"Mint", resource in Mayfly::Tool::"tickets")
+when { context.task.scopes.contains("crm-api/customers/eu/*#read") };
+"#,
+    );
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    let start = |scopes: &[&str]| {
+        let scopes: Vec<Scope> = scopes.iter().map(|s| scope(s)).collect();
+        p.start_in(
+            "prod-eu",
+            &StartInput {
+                orchestrator: &id("spiffe://example.org/orchestrator/main"),
+                agent: &id(SUPPORT),
+                workflow: "support-triage",
+                objective: "test",
+                scopes: &scopes,
+                duration: Duration::from_secs(600),
+                now: office_hours(),
+            },
+        )
+    };
+    start(&["crm-api customers/eu/* read"]).unwrap();
+    let d = start(&["crm-api customers/eu/* read", "tickets tickets/1 comment"]).unwrap_err();
+    assert_eq!(d.policies, vec!["one-scope-with-crm".to_string()]);
+
+    let mut t = task(SUPPORT, "support-triage");
+    let ticket = scope("tickets tickets/1 comment");
+    let mint = |t: &Task| {
+        p.mint_in(
+            "prod-eu",
+            &MintInput {
+                agent: &id(SUPPORT),
+                task: t,
+                scope: &ticket,
+                requested_ttl: Duration::from_secs(60),
+                now: office_hours(),
+            },
+        )
+    };
+    t.scopes = vec![scope("tickets tickets/* comment")];
+    mint(&t).unwrap();
+    t.scopes.push(scope("crm-api customers/eu/* read"));
+    assert_eq!(
+        mint(&t).unwrap_err().policies,
+        vec!["no-tickets-from-crm-tasks".to_string()]
+    );
+}
