@@ -2,10 +2,12 @@
 //! scope now? Decided by Cedar policies (`cedar`), behind a trait the broker calls.
 pub mod cases;
 mod cedar;
+mod load;
 #[cfg(test)]
 mod tests;
 
-pub use cedar::{CedarPolicy, LoadError, PolicyFiles, PolicyStatus};
+pub use cedar::{CedarPolicy, PolicyStatus};
+pub use load::{LoadError, PolicyFiles};
 
 use crate::domain::{Scope, Task};
 use crate::identity::SpiffeId;

@@ -391,7 +391,7 @@ fn slicing_never_skips_a_policy_that_could_apply() {
     let kept = |act: &str, key: &str| -> Vec<String> {
         let mut v: Vec<String> = set
             .policies()
-            .filter(|p| super::cedar::could_apply(p, act, key))
+            .filter(|p| super::load::could_apply(p, act, key))
             .map(|p| p.annotation("id").unwrap_or_default().to_string())
             .collect();
         v.sort();
