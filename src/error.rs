@@ -17,7 +17,9 @@ impl From<BrokerError> for Status {
             BrokerError::Store(StoreError::Unavailable(cause)) => {
                 error!(error = %cause, "store unavailable");
                 Status::unavailable(
-                    "the broker's store is unavailable; nothing was issued or changed",
+                    // Not "nothing changed": a commit whose reply was lost may have
+                    // landed. What holds is that nothing was handed out.
+                    "the broker's store is unavailable; nothing was returned, retry later",
                 )
             }
             BrokerError::Store(cause) => {

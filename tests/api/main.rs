@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod identity;
 mod operations;
+mod persistence;
 mod policy;
 mod sweeper;
 mod tasks;

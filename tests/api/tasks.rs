@@ -103,38 +103,64 @@ async fn completing_a_task_revokes_every_token_with_one_event() {
     let app = spawn_app().await;
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
-    let t1 = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
-    let t2 = agent
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(introspect_active(&app, &t1.token).await);
+    let mut minted = vec![];
+    for i in 1..=3 {
+        let t = agent
+            .mint_token(mint_request(&task.id, &format!("customers/eu/{i}"), 60))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(introspect_active(&app, &t.token).await);
+        minted.push(t);
+    }
+    // A token of another agent's task, to revoke after the completion.
+    let other_task = app.open_task(AGENT2, 600).await;
+    let other = app.mint(AGENT2, &other_task.id, "customers/eu/9", 60).await;
 
     let mut watch = app.watch(0).await;
-    app.tasks(ORCH)
+    let completed = app
+        .tasks(ORCH)
         .await
         .complete_task(pb::CompleteTaskRequest {
             task_id: task.id.clone(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let ev = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(ev.sequence, completed.revocation_sequence);
     assert_eq!(ev.trigger, "task_completed");
     assert_eq!(ev.actor, ORCH);
     assert_eq!(
         ev.target.unwrap().target.unwrap(),
         pb::revocation_target::Target::Task(task.id.clone())
     );
-    assert!(!introspect_active(&app, &t1.token).await);
-    assert!(!introspect_active(&app, &t2.token).await);
+    for t in &minted {
+        assert!(!introspect_active(&app, &t.token).await, "{}", t.jti);
+    }
+
+    // The next revocation is the very next event: the completion made one, not
+    // one per token.
+    app.admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            pb::revocation_target::Target::Token(other.jti.clone()),
+            "leaked in a log",
+        ))
+        .await
+        .unwrap();
+    let next = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(next.sequence, ev.sequence + 1);
+    assert_eq!(next.trigger, "admin");
+    assert_eq!(
+        next.target.unwrap().target.unwrap(),
+        pb::revocation_target::Target::Token(other.jti.clone())
+    );
+    assert!(!introspect_active(&app, &other.token).await);
+
     // And nothing more can be minted.
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
+        .mint_token(mint_request(&task.id, "customers/eu/4", 60))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
