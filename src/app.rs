@@ -33,8 +33,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; past this, accepting waits (back-pressure
 /// instead of unbounded tasks under a connection flood).
 const MAX_HANDSHAKES: usize = 512;
-/// How often watch streams re-read the store without a local wake-up.
-const WATCH_POLL: Duration = Duration::from_secs(1);
 
 pub struct App {
     broker: Arc<Broker>,
@@ -228,7 +226,8 @@ impl App {
                 broker: b.clone(),
                 auth,
                 shutdown: cancel.clone(),
-                poll: WATCH_POLL,
+                poll: self.config.revocation.poll_interval,
+                heartbeat: self.config.revocation.heartbeat,
             }));
 
         let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
@@ -306,6 +305,12 @@ impl App {
             cancel.clone(),
         ));
 
+        let follower = tokio::spawn(crate::revocation::follow_store(
+            self.store.clone(),
+            b.hub().clone(),
+            cancel.clone(),
+        ));
+
         info!(grpc = %self.config.server.grpc_addr, http = %self.config.server.http_addr, kid = b.kid(), "mayfly serving");
         shutdown.await;
         info!("shutting down: draining open calls and streams");
@@ -332,6 +337,7 @@ impl App {
             let _ = sweeper.await;
             let _ = heartbeat.await;
             let _ = reloader.await;
+            let _ = follower.await;
             (g, h)
         })
         .await;

@@ -283,8 +283,11 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            while let Some(ev) = stream.message().await.map_err(status)? {
-                println!("{}", event_json(&ev));
+            // Events as JSON lines; heartbeats only keep the stream honest.
+            while let Some(msg) = stream.message().await.map_err(status)? {
+                if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind {
+                    println!("{}", event_json(&ev));
+                }
             }
         }
         ClientCommand::Jwks => {

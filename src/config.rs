@@ -59,6 +59,8 @@ pub struct Config {
     pub tasks: TasksConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    #[serde(default)]
+    pub revocation: RevocationConfig,
     pub policy: PolicyConfig,
 }
 
@@ -184,6 +186,37 @@ impl Default for KeysConfig {
 
 fn default_heartbeat() -> Duration {
     Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// How long a caught-up watch stream stays quiet before it sends a heartbeat;
+    /// verifiers size their staleness bound from it.
+    #[serde(default = "default_watch_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How often a watch stream re-reads the store without being woken: the safety
+    /// net under LISTEN/NOTIFY, bounding how late a lost notification can make an
+    /// event.
+    #[serde(default = "default_watch_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            heartbeat: default_watch_heartbeat(),
+            poll_interval: default_watch_poll(),
+        }
+    }
+}
+
+fn default_watch_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_watch_poll() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +368,12 @@ impl Config {
         }
         if self.keys.heartbeat.is_zero() {
             return Err(invalid("keys.heartbeat", "must be greater than zero"));
+        }
+        if self.revocation.heartbeat < Duration::from_millis(10) {
+            return Err(invalid("revocation.heartbeat", "must be at least 10ms"));
+        }
+        if self.revocation.poll_interval < Duration::from_millis(10) {
+            return Err(invalid("revocation.poll_interval", "must be at least 10ms"));
         }
         if self.policy.environment.trim().is_empty() {
             return Err(invalid("policy.environment", "must not be empty"));

@@ -184,6 +184,25 @@ pub fn token(t: &TokenRecord, now: OffsetDateTime) -> pb::TokenInfo {
     }
 }
 
+/// A watch stream message carrying an event.
+pub fn watch_event(e: &Event) -> pb::WatchRevocationsResponse {
+    pb::WatchRevocationsResponse {
+        kind: Some(pb::watch_revocations_response::Kind::Event(event(e))),
+    }
+}
+
+/// A watch stream heartbeat: everything up to `sequence` has been sent.
+pub fn heartbeat(sequence: u64, at: OffsetDateTime) -> pb::WatchRevocationsResponse {
+    pb::WatchRevocationsResponse {
+        kind: Some(pb::watch_revocations_response::Kind::Heartbeat(
+            pb::Heartbeat {
+                sequence,
+                at: Some(timestamp(at)),
+            },
+        )),
+    }
+}
+
 pub fn event(e: &Event) -> pb::RevocationEvent {
     use pb::revocation_target::Target as T;
     let r = &e.revocation;

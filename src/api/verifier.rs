@@ -16,9 +16,12 @@ pub struct VerifierApi {
     pub broker: Arc<Broker>,
     pub auth: Auth,
     pub shutdown: CancellationToken,
-    /// How often a watch stream re-reads the store even without a local wake-up,
-    /// so revocations committed by other replicas arrive too.
+    /// How often a watch stream re-reads the store even without a wake-up: a
+    /// safety net under the store's notifications (LISTEN/NOTIFY), which carry
+    /// revocations committed through other replicas.
     pub poll: Duration,
+    /// How long a caught-up stream stays quiet before it sends a heartbeat.
+    pub heartbeat: Duration,
 }
 
 const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
@@ -75,7 +78,7 @@ impl VerifierService for VerifierApi {
     }
 
     type WatchRevocationsStream =
-        Pin<Box<dyn Stream<Item = Result<RevocationEvent, Status>> + Send>>;
+        Pin<Box<dyn Stream<Item = Result<WatchRevocationsResponse, Status>> + Send>>;
 
     async fn watch_revocations(
         &self,
@@ -93,6 +96,7 @@ impl VerifierService for VerifierApi {
         let broker = self.broker.clone();
         let shutdown = self.shutdown.clone();
         let poll = self.poll;
+        let heartbeat = self.heartbeat;
         // The stream may not outlive the caller's SVID: it ends, UNAUTHENTICATED,
         // when the certificate does, and the verifier reconnects with a fresh one.
         let clock = self.auth.clock.clone();
@@ -101,6 +105,9 @@ impl VerifierService for VerifierApi {
         let mut wake = broker.hub().subscribe();
         tracing::info!(caller = %caller.id, after = cursor, "revocation watch opened");
         let stream = async_stream::try_stream! {
+            // Quiet since: a heartbeat goes out once the stream has sent nothing
+            // for `heartbeat`, so the verifier can tell quiet from cut off.
+            let mut quiet_since = tokio::time::Instant::now();
             loop {
                 // Always read from the store by cursor: a watcher that fell behind is
                 // caught up from there, never skipped.
@@ -109,7 +116,8 @@ impl VerifierService for VerifierApi {
                     let full = batch.len() as u32 == BATCH;
                     for ev in batch {
                         cursor = ev.seq;
-                        yield convert::event(&ev);
+                        quiet_since = tokio::time::Instant::now();
+                        yield convert::watch_event(&ev);
                     }
                     if !full {
                         break;
@@ -121,10 +129,16 @@ impl VerifierService for VerifierApi {
                         "the client's X.509-SVID expired; reconnect with a fresh SVID and the last sequence seen",
                     ))?;
                 }
+                let beat_at = quiet_since + heartbeat;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     changed = wake.changed() => if changed.is_err() { break },
                     _ = tokio::time::sleep(poll.min(Duration::from_secs(left as u64))) => {}
+                    _ = tokio::time::sleep_until(beat_at) => {
+                        // Caught up (the reads above found nothing more): say so.
+                        quiet_since = tokio::time::Instant::now();
+                        yield convert::heartbeat(cursor, clock.now());
+                    }
                 }
             }
         };

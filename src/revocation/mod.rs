@@ -1,6 +1,8 @@
 //! Revocation events and their fan-out to watch streams.
+mod feed;
 mod hub;
 
+pub use feed::follow_store;
 pub use hub::Hub;
 
 use crate::domain::TaskId;

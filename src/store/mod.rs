@@ -132,6 +132,17 @@ pub trait RevocationStore {
     /// Events with a sequence number above `after`, in order.
     async fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
     async fn last_revocation_seq(&self) -> Result<u64, StoreError>;
+    /// Starts listening for revocations committed by any broker on this store.
+    async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError>;
+}
+
+/// Notices of committed revocations, from every broker on one store.
+#[async_trait]
+pub trait RevocationFeed: Send {
+    /// The sequence number of the next revocation committed anywhere; `Ok(None)`
+    /// when the feed lost its connection and reconnected, so notices may have been
+    /// missed and the caller must catch up by reading the store.
+    async fn next(&mut self) -> Result<Option<u64>, StoreError>;
 }
 
 #[async_trait]

@@ -208,7 +208,39 @@ async fn insert_revocation(
     .bind(r.at)
     .execute(&mut *conn)
     .await?;
+    // Delivered to every listening broker when (and only if) this transaction
+    // commits, in commit order: other replicas wake their watch streams at once.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(seq.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// The LISTEN/NOTIFY channel of revocation commits.
+const NOTIFY_CHANNEL: &str = "mayfly_revocations";
+
+/// [`RevocationFeed`] over PostgreSQL LISTEN/NOTIFY, on a connection of its own.
+struct PgFeed {
+    listener: sqlx::postgres::PgListener,
+}
+
+#[async_trait]
+impl RevocationFeed for PgFeed {
+    async fn next(&mut self) -> Result<Option<u64>, StoreError> {
+        loop {
+            match self.listener.try_recv().await.map_err(map_err)? {
+                // sqlx re-LISTENs on the new connection by itself.
+                None => return Ok(None),
+                Some(n) => match n.payload().parse::<u64>() {
+                    Ok(seq) => return Ok(Some(seq)),
+                    // Not ours (someone else NOTIFYing on the channel): ignore.
+                    Err(_) => continue,
+                },
+            }
+        }
+    }
 }
 
 /// Marks every unrevoked token the target covers as revoked by `seq`.
@@ -556,6 +588,14 @@ impl RevocationStore for PgStore {
         .await
         .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(map_err)?;
+        listener.listen(NOTIFY_CHANNEL).await.map_err(map_err)?;
+        Ok(Box::new(PgFeed { listener }))
     }
 
     async fn last_revocation_seq(&self) -> Result<u64, StoreError> {

@@ -111,6 +111,9 @@ pub struct Options {
     pub policies: Option<PathBuf>,
     /// `policy.environment`.
     pub environment: &'static str,
+    /// `revocation.heartbeat` and `revocation.poll_interval`.
+    pub watch_heartbeat: &'static str,
+    pub watch_poll: &'static str,
 }
 
 impl Default for Options {
@@ -123,6 +126,8 @@ impl Default for Options {
             connect_timeout: "2s",
             policies: None,
             environment: "test",
+            watch_heartbeat: "5s",
+            watch_poll: "1s",
         }
     }
 }
@@ -210,6 +215,10 @@ sweep_interval = "{sweep}"
 [keys]
 heartbeat = "60s"
 
+[revocation]
+heartbeat = "{watch_heartbeat}"
+poll_interval = "{watch_poll}"
+
 [policy]
 dir = "{policies}"
 environment = "{environment}"
@@ -222,6 +231,8 @@ reload_interval = "100ms"
         sweep = o.sweep,
         policies = policies.display(),
         environment = o.environment,
+        watch_heartbeat = o.watch_heartbeat,
+        watch_poll = o.watch_poll,
     )
 }
 
@@ -376,7 +387,7 @@ impl TestApp {
     }
 
     /// Opens a revocation watch as the verifier.
-    pub async fn watch(&self, after: u64) -> tonic::Streaming<pb::RevocationEvent> {
+    pub async fn watch(&self, after: u64) -> tonic::Streaming<pb::WatchRevocationsResponse> {
         self.verifier(VERIFIER)
             .await
             .watch_revocations(pb::WatchRevocationsRequest {
@@ -512,19 +523,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Reads the next `n` events from a watch stream (failing after 10 s).
+/// Reads the next `n` events from a watch stream, skipping heartbeats (failing
+/// after 10 s).
 pub async fn next_events(
-    stream: &mut tonic::Streaming<pb::RevocationEvent>,
+    stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
     n: usize,
 ) -> Vec<pb::RevocationEvent> {
     let mut out = vec![];
     while out.len() < n {
-        let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
             .expect("a revocation event within 10 s")
             .expect("stream ok")
             .expect("stream open");
-        out.push(ev);
+        if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind {
+            out.push(ev);
+        }
     }
     out
 }

@@ -7,6 +7,7 @@ mod identity;
 mod operations;
 mod persistence;
 mod policy;
+mod replicas;
 mod sweeper;
 mod tasks;
 mod tokens;

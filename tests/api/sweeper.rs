@@ -189,6 +189,9 @@ impl RevocationStore for Outage {
     async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
         self.inner.last_revocation_seq().await
     }
+    async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
+        self.inner.revocation_feed().await
+    }
 }
 
 #[async_trait]
