@@ -483,6 +483,9 @@ impl Broker {
                 return Err(BrokerError::PermissionDenied(reason));
             }
         };
+        // From here on, the limits of the snapshot that decided: a reload since
+        // the scope check above cannot mix two policy sets into one mint.
+        let limits = permit.limits.clone();
         if task.tokens_minted >= limits.max_tokens {
             return Err(self.over_budget(caller, &task, &limits, deny).await);
         }

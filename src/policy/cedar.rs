@@ -69,27 +69,45 @@ impl Loaded {
                 scope.audience
             )));
         };
+        // `resources` is sorted most specific first (deterministically), so the
+        // first covering pattern gives the attributes.
         let covering: Vec<&DeclaredResource> = self
             .resources
             .iter()
             .filter(|d| d.scope.covers(&probe))
             .collect();
         let mut attrs = covering
-            .iter()
-            .max_by_key(|d| d.scope.resource.len())
+            .first()
             .map(|d| d.attrs.clone())
             .unwrap_or_else(|| tool.clone());
+        // The most restrictive sensitivity and destination of anything it reaches.
         for d in self.resources.iter().filter(|d| d.scope.overlaps(&probe)) {
             if sensitivity_rank(&d.attrs.sensitivity) > sensitivity_rank(&attrs.sensitivity) {
                 attrs.sensitivity = d.attrs.sensitivity.clone();
+            }
+            if destination_rank(&d.attrs.destination) > destination_rank(&attrs.destination) {
+                attrs.destination = d.attrs.destination.clone();
             }
         }
         let own = uid("Mayfly::Resource", &id);
         let mut needed = vec![tool_entity.clone()];
         let mut parents = HashSet::from([tool_uid.clone()]);
-        for d in covering.iter().filter(|d| d.uid != own) {
-            parents.insert(d.uid.clone());
-            if let Some(e) = self.entities.get(&d.uid) {
+        // In every covering pattern and in everything those are in (a request for
+        // exactly a declared pattern keeps that pattern's own parents).
+        for d in &covering {
+            if d.uid != own {
+                parents.insert(d.uid.clone());
+            }
+            for a in self.entities.ancestors(&d.uid).into_iter().flatten() {
+                if *a != own {
+                    parents.insert(a.clone());
+                }
+            }
+        }
+        for p in &parents {
+            if *p != tool_uid
+                && let Some(e) = self.entities.get(p)
+            {
                 needed.push(e.clone());
             }
         }
@@ -128,7 +146,7 @@ impl Loaded {
         context: Vec<(String, RestrictedExpression)>,
         extra: Vec<Entity>,
         what: &str,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Vec<String>, Denied> {
         let action_uid = action(act);
         let context = Context::from_pairs(context).map_err(|e| input_error(&e))?;
         // Unvalidated request and entities: `self_check` proved at load that what
@@ -137,8 +155,15 @@ impl Loaded {
         let request = Request::new(principal, action_uid, resource, context, None)
             .map_err(|e| input_error(&e))?;
         // Only the entities this request can reach: building them is cheap and does
-        // not grow with the size of the entities file.
-        let entities = Entities::from_entities(extra, None).map_err(|e| input_error(&e))?;
+        // not grow with the size of the entities file. Action entities only matter
+        // (and are only added) when the schema groups actions.
+        let entities = Entities::from_entities(
+            extra
+                .into_iter()
+                .chain(self.action_entities.iter().cloned()),
+            None,
+        )
+        .map_err(|e| input_error(&e))?;
         let policies = self
             .slices
             .get(act)
@@ -163,7 +188,7 @@ impl Loaded {
             });
         }
         match response.decision() {
-            Decision::Allow => Ok(Permit { policies: ids }),
+            Decision::Allow => Ok(ids),
             Decision::Deny if ids.is_empty() => {
                 Err(Denied::new(format!("no policy permits {what}")))
             }
@@ -516,7 +541,7 @@ impl CedarPolicy {
         let wf_uid = uid("Mayfly::Workflow", i.workflow);
         let agent = workload("Mayfly::Agent", i.agent)?;
         let orch = workload("Mayfly::Orchestrator", i.orchestrator)?;
-        let mut permit = set.decide(
+        let mut policies = set.decide(
             orch.uid(),
             ("StartTask", i.workflow),
             wf_uid.clone(),
@@ -547,11 +572,14 @@ impl CedarPolicy {
                     .collect(),
                 &format!("declaring scope {scope} in workflow {:?}", i.workflow),
             )?;
-            permit.policies.extend(p.policies);
+            policies.extend(p);
         }
-        permit.policies.sort();
-        permit.policies.dedup();
-        Ok(permit)
+        policies.sort();
+        policies.dedup();
+        Ok(Permit {
+            policies,
+            limits: wf.clone(),
+        })
     }
 
     pub fn mint_in(&self, environment: &str, i: &MintInput<'_>) -> Result<Permit, Denied> {
@@ -575,7 +603,7 @@ impl CedarPolicy {
         let agent = workload("Mayfly::Agent", i.agent)?;
         let task = task_entity(i, &wf_uid, agent.uid())?;
         let (resource, entity) = set.resource(i.scope)?;
-        set.decide(
+        let policies = set.decide(
             agent.uid(),
             ("Mint", &i.scope.audience),
             resource,
@@ -586,6 +614,10 @@ impl CedarPolicy {
                 .chain(set.workflow_entity(&wf_uid))
                 .collect(),
             &format!("minting {} in task {}", i.scope, i.task.id),
-        )
+        )?;
+        Ok(Permit {
+            policies,
+            limits: wf.clone(),
+        })
     }
 }

@@ -117,6 +117,8 @@ pub(super) struct DeclaredResource {
 pub(super) struct Loaded {
     pub(super) schema: Schema,
     pub(super) policies: PolicySet,
+    /// The schema's action entities, when it groups actions; else empty.
+    pub(super) action_entities: Vec<Entity>,
     /// `policies` sliced by the action and the tool (Mint, DeclareScope) or
     /// workflow (StartTask) they can apply to: a decision evaluates only its
     /// slice, with the same outcome for a fraction of the work.
@@ -130,6 +132,33 @@ pub(super) struct Loaded {
 }
 
 pub(super) const SENSITIVITY: [&str; 4] = ["public", "internal", "confidential", "restricted"];
+
+/// Rank of a destination: `external` is more exposed than `internal`; unknown
+/// labels rank above both.
+pub(super) fn destination_rank(s: &str) -> usize {
+    match s {
+        "internal" => 0,
+        "external" => 1,
+        _ => 2,
+    }
+}
+
+/// How specific a resource pattern is, for ordering: more literal segments, then
+/// more segments, then no trailing `**`, then the pattern itself (a deterministic
+/// tie-break, reversed so that the order is total).
+fn specificity(pattern: &str) -> (usize, usize, bool, std::cmp::Reverse<String>) {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    let literal = segments
+        .iter()
+        .filter(|s| **s != "*" && **s != "**")
+        .count();
+    (
+        literal,
+        segments.len(),
+        segments.last() != Some(&"**"),
+        std::cmp::Reverse(pattern.to_string()),
+    )
+}
 
 /// Rank of a sensitivity label; unknown labels rank above all known ones.
 pub(super) fn sensitivity_rank(s: &str) -> usize {
@@ -204,7 +233,24 @@ pub(super) fn workload(t: &str, id: &SpiffeId) -> Result<Entity, Denied> {
     .map_err(|e| input_error(&e))
 }
 
+/// Loads `dir`, and loads it again if a file changed while it was being read, so
+/// a deploy that replaces several files is never taken half-way.
 pub(super) fn load(dir: &Path) -> Result<Loaded, LoadError> {
+    for _ in 0..3 {
+        let loaded = load_once(dir)?;
+        match PolicyFiles::scan(dir) {
+            Ok(now) if now.fingerprint == loaded.files.fingerprint => return Ok(loaded),
+            Ok(_) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(load_error(
+        &dir.display().to_string(),
+        "the policy files kept changing while they were read; deploy them atomically (write a new directory, then swap a symlink)",
+    ))
+}
+
+fn load_once(dir: &Path) -> Result<Loaded, LoadError> {
     let files = PolicyFiles::scan(dir)?;
     let read =
         |p: &Path| std::fs::read_to_string(p).map_err(|e| load_error(&p.display().to_string(), e));
@@ -230,15 +276,27 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, LoadError> {
                 continue;
             }
         };
-        for (n, p) in set.policies().enumerate() {
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let id = p
-                .annotation("id")
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{stem}.{n}"));
+        if set.templates().next().is_some() {
+            errors.push(format!(
+                "{file}: policy templates are not supported; write static policies"
+            ));
+            continue;
+        }
+        for p in set.policies() {
+            // Ids go into denials and the audit trail: they must be stable, so
+            // they are the author's, never a position in a file.
+            let Some(id) = p.annotation("id").map(str::to_string) else {
+                let head: String = p
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let head: String = head.chars().take(80).collect();
+                errors.push(format!(
+                    "{file}: every policy needs an @id(\"...\") annotation; this one has none: {head}"
+                ));
+                continue;
+            };
             if let Some((other, _)) = sources.get(&id) {
                 errors.push(format!("{file}: policy id {id:?} is also used in {other}"));
                 continue;
@@ -292,14 +350,13 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, LoadError> {
             "Mayfly::Tool" => {
                 tools.insert(id, data_attrs(e));
             }
-            "Mayfly::Resource" => {
-                declared.push((id, e.uid().clone(), data_attrs(e), attr_string(e, "path")))
-            }
+            "Mayfly::Resource" => declared.push((id, e)),
             _ => {}
         }
     }
     let mut resources = vec![];
-    for (id, uid, attrs, path) in declared {
+    for (id, e) in declared {
+        let (uid, attrs, path) = (e.uid(), data_attrs(e), attr_string(e, "path"));
         let what = format!("{entities_file}: Mayfly::Resource::{id:?}");
         let Some((tool, pattern)) = id.split_once('/') else {
             errors.push(format!(
@@ -315,6 +372,33 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, LoadError> {
             errors.push(format!("{what}: its path attribute must be {pattern:?}"));
             continue;
         }
+        let tool_uid = super::load::uid("Mayfly::Tool", tool);
+        if !matches!(e.attr("tool"), Some(Ok(EvalResult::EntityUid(t))) if t == tool_uid) {
+            errors.push(format!("{what}: its tool attribute must be {tool_uid}"));
+            continue;
+        }
+        // A declared resource sits inside its own tool only: decisions (and the
+        // policy slicing) rely on a request never being `in` another tool.
+        let foreign: Vec<String> = entities
+            .ancestors(&uid)
+            .into_iter()
+            .flatten()
+            .filter(|a| {
+                let same_tool = (a.type_name().to_string() == "Mayfly::Tool"
+                    && a.id().unescaped() == tool)
+                    || (a.type_name().to_string() == "Mayfly::Resource"
+                        && a.id().unescaped().split('/').next() == Some(tool));
+                !same_tool
+            })
+            .map(|a| a.to_string())
+            .collect();
+        if !foreign.is_empty() {
+            errors.push(format!(
+                "{what}: may only be in tool {tool:?} and its declared resources, not in {}",
+                foreign.join(", ")
+            ));
+            continue;
+        }
         match Scope::declared(tool, pattern, "*") {
             Ok(scope) => resources.push(DeclaredResource { scope, uid, attrs }),
             Err(e) => errors.push(format!("{what}: {e}")),
@@ -323,6 +407,21 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, LoadError> {
     if !errors.is_empty() {
         return Err(LoadError(errors));
     }
+    // Most specific first, and always in the same order (the entities file's order
+    // is a hash order): the first covering pattern gives a request its attributes.
+    resources.sort_by_key(|d| std::cmp::Reverse(specificity(&d.scope.resource)));
+    // Action entities are needed per request only when the schema groups actions
+    // (`action in Group`); without groups, `in` on actions is equality.
+    let action_entities = if schema.action_groups().next().is_some() {
+        schema
+            .action_entities()
+            .map_err(|e| load_error(&schema_file, e))?
+            .iter()
+            .cloned()
+            .collect()
+    } else {
+        vec![]
+    };
     let keys = |a: &'static str| -> Vec<(&'static str, String)> {
         match a {
             "StartTask" => workflows.keys().map(|w| (a, w.clone())).collect(),
@@ -335,6 +434,7 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, LoadError> {
         schema,
         policies,
         slices,
+        action_entities,
         entities,
         reasons,
         workflows,

@@ -32,10 +32,13 @@ impl Denied {
     }
 }
 
-/// A permit and the ids of the policies that permitted it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A permit, the ids of the policies that permitted it, and the workflow's limits
+/// from the same policy snapshot (so a reload between the decision and the use of
+/// the limits can never mix two sets).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permit {
     pub policies: Vec<String>,
+    pub limits: WorkflowLimits,
 }
 
 /// What to do when a task deviates.

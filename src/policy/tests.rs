@@ -478,3 +478,153 @@ when { context.task.scopes.contains("crm-api/customers/eu/*#read") };
         vec!["no-tickets-from-crm-tasks".to_string()]
     );
 }
+
+/// Appends entities to the copied entities file.
+fn add_entities(dir: &Path, extra: serde_json::Value) {
+    let path = dir.join("entities.json");
+    let mut all: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    all.extend(extra.as_array().unwrap().iter().cloned());
+    std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
+}
+
+fn declared(pattern: &str, env: &str, parents: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "uid": { "type": "Mayfly::Resource", "id": format!("tickets/{pattern}") },
+        "attrs": {
+            "tool": { "__entity": { "type": "Mayfly::Tool", "id": "tickets" } },
+            "path": pattern,
+            "sensitivity": "internal", "destination": "internal", "environment": env
+        },
+        "parents": parents
+    })
+}
+
+fn tool_parent(tool: &str) -> serde_json::Value {
+    serde_json::json!({ "type": "Mayfly::Tool", "id": tool })
+}
+
+fn ticket(p: &CedarPolicy, res: &str) -> Result<Permit, Denied> {
+    mint(
+        p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        &format!("tickets {res} comment"),
+        60,
+    )
+}
+
+#[test]
+fn a_forbid_on_an_action_group_applies_to_its_member_actions() {
+    let dir = policy_dir(
+        "@id(\"no-data-access-to-tickets\")\nforbid (principal, action in Mayfly::Action::\"DataAccess\", resource in Mayfly::Tool::\"tickets\");\n",
+    );
+    let schema = std::fs::read_to_string(dir.path().join("schema.cedarschema")).unwrap();
+    let schema = schema
+        .replace(
+            "  action DeclareScope appliesTo",
+            "  action DataAccess;\n  action DeclareScope in [DataAccess] appliesTo",
+        )
+        .replace(
+            "  action Mint appliesTo",
+            "  action Mint in [DataAccess] appliesTo",
+        );
+    std::fs::write(dir.path().join("schema.cedarschema"), schema).unwrap();
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    let d = ticket(&p, "tickets/4711").unwrap_err();
+    assert_eq!(d.policies, vec!["no-data-access-to-tickets".to_string()]);
+}
+
+#[test]
+fn a_request_for_exactly_a_declared_pattern_keeps_that_patterns_parents() {
+    let dir = policy_dir(
+        "@id(\"no-notes\")\nforbid (principal, action == Mayfly::Action::\"Mint\", resource in Mayfly::Resource::\"tickets/notes\");\n",
+    );
+    add_entities(
+        dir.path(),
+        serde_json::json!([
+            declared(
+                "notes",
+                "prod-eu",
+                serde_json::json!([tool_parent("tickets")])
+            ),
+            declared(
+                "tickets/*/notes",
+                "prod-eu",
+                serde_json::json!([tool_parent("tickets"), { "type": "Mayfly::Resource", "id": "tickets/notes" }])
+            ),
+        ]),
+    );
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    ticket(&p, "tickets/42").unwrap();
+    for res in ["tickets/42/notes", "tickets/*/notes"] {
+        let d = ticket(&p, res).unwrap_err();
+        assert_eq!(d.policies, vec!["no-notes".to_string()], "{res}");
+    }
+}
+
+#[test]
+fn a_declared_resource_inside_another_tool_is_refused_at_load() {
+    let dir = policy_dir("");
+    add_entities(
+        dir.path(),
+        serde_json::json!([declared(
+            "tickets/*/notes",
+            "prod-eu",
+            serde_json::json!([tool_parent("tickets"), tool_parent("crm-api")])
+        )]),
+    );
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("may only be in tool \"tickets\""), "{e}");
+    assert!(e.contains("crm-api"), "{e}");
+}
+
+#[test]
+fn which_declared_pattern_gives_the_attributes_does_not_depend_on_hash_order() {
+    let dir = policy_dir(
+        "@id(\"not-us\")\nforbid (principal, action == Mayfly::Action::\"Mint\", resource)\nwhen { resource.environment == \"prod-us\" };\n",
+    );
+    // Both cover tickets/eu/42 and are equally specific.
+    add_entities(
+        dir.path(),
+        serde_json::json!([
+            declared(
+                "tickets/eu/*",
+                "prod-eu",
+                serde_json::json!([tool_parent("tickets")])
+            ),
+            declared(
+                "tickets/*/42",
+                "prod-us",
+                serde_json::json!([tool_parent("tickets")])
+            ),
+        ]),
+    );
+    let outcomes: std::collections::HashSet<bool> = (0..20)
+        .map(|_| {
+            let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+            ticket(&p, "tickets/eu/42").is_ok()
+        })
+        .collect();
+    assert_eq!(outcomes.len(), 1, "the same decision on every load");
+}
+
+#[test]
+fn templates_and_policies_without_an_id_are_refused() {
+    let dir = policy_dir("permit (principal == ?principal, action, resource);\n");
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("templates are not supported"), "{e}");
+    let dir = policy_dir("forbid (principal, action, resource) when { context has agent };\n");
+    let e = CedarPolicy::load(dir.path(), "prod-eu")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs an @id"), "{e}");
+}

@@ -286,7 +286,7 @@ async fn serve_refuses_an_invalid_policy_set_naming_the_file_and_line() {
     let dir = pki.dir.path().join("policies");
     std::fs::write(
         dir.join("broken.cedar"),
-        "// fine so far\npermit (principal, action, resource) when { context.nope };\n",
+        "// fine so far\n@id(\"nope\") permit (principal, action, resource) when { context.nope };\n",
     )
     .unwrap();
     let cfg = pki.path("mayfly.toml");
@@ -384,7 +384,7 @@ reason_contains = "restricted-data-stays-in-prod-eu"
     copy_dir(&examples(), &bad);
     std::fs::write(
         bad.join("x.cedar"),
-        "forbid (principal, action, resource) when { 1 };\n",
+        "@id(\"x\") forbid (principal, action, resource) when { 1 };\n",
     )
     .unwrap();
     let out = mayfly()
