@@ -53,7 +53,7 @@ impl Loaded {
     /// `resource in Mayfly::Resource::"crm-api/customers/eu/*/payment-methods"`
     /// holds for `customers/eu/42/payment-methods` too. Coverage, not overlap,
     /// makes a parent: a permit on a pattern never reaches a wider request.
-    fn resource(&self, scope: &Scope) -> Result<(EntityUid, Vec<Entity>), Denied> {
+    fn resource(&self, scope: &Scope) -> Result<(Entity, Vec<Entity>), Denied> {
         let id = format!("{}/{}", scope.audience, scope.resource);
         let probe = Scope {
             action: "*".into(),
@@ -126,9 +126,7 @@ impl Loaded {
             parents,
         )
         .map_err(|e| input_error(&e))?;
-        let resource = entity.uid();
-        needed.push(entity);
-        Ok((resource, needed))
+        Ok((entity, needed))
     }
 
     /// The workflow's entity from the file.
@@ -144,7 +142,9 @@ impl Loaded {
         (act, key): (&str, &str),
         resource: EntityUid,
         context: Vec<(String, RestrictedExpression)>,
-        extra: Vec<Entity>,
+        // The entities built for this request, and those from the entities file
+        // it can reach (needed only when a policy reads their attributes).
+        (built, file): (Vec<Entity>, Vec<Entity>),
         what: &str,
     ) -> Result<Vec<String>, Denied> {
         let action_uid = action(act);
@@ -154,21 +154,23 @@ impl Loaded {
         // cost of a decision.
         let request = Request::new(principal, action_uid, resource, context, None)
             .map_err(|e| input_error(&e))?;
-        // Only the entities this request can reach: building them is cheap and does
-        // not grow with the size of the entities file. Action entities only matter
-        // (and are only added) when the schema groups actions.
+        let slice = self.slices.get(act).and_then(|m| m.get(key));
+        let (policies, with_file) = match slice {
+            Some(s) => (&s.policies, s.reads_file_entities),
+            None => (&self.policies, true),
+        };
+        // Only the entities this request can reach: cheap, and not growing with
+        // the entities file. Action entities only matter (and are only added) when
+        // the schema groups actions.
+        let file = if with_file { file } else { vec![] };
         let entities = Entities::from_entities(
-            extra
+            built
                 .into_iter()
+                .chain(file)
                 .chain(self.action_entities.iter().cloned()),
             None,
         )
         .map_err(|e| input_error(&e))?;
-        let policies = self
-            .slices
-            .get(act)
-            .and_then(|m| m.get(key))
-            .unwrap_or(&self.policies);
         let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let ids: Vec<String> = response
             .diagnostics()
@@ -546,30 +548,27 @@ impl CedarPolicy {
             ("StartTask", i.workflow),
             wf_uid.clone(),
             start_context(i.agent, secs(i.duration), i.scopes, environment, i.now),
-            [agent.clone(), orch.clone()]
-                .into_iter()
-                .chain(set.workflow_entity(&wf_uid))
-                .collect(),
+            (
+                vec![agent.clone(), orch.clone()],
+                set.workflow_entity(&wf_uid),
+            ),
             &format!(
                 "{} opening workflow {:?} for {}",
                 i.orchestrator, i.workflow, i.agent
             ),
         )?;
         for (n, scope) in i.scopes.iter().enumerate() {
-            let (resource, entity) = set.resource(scope).map_err(|d| Denied {
+            let (resource, mut file) = set.resource(scope).map_err(|d| Denied {
                 reason: format!("scopes[{n}]: {}", d.reason),
                 ..d
             })?;
+            file.extend(set.workflow_entity(&wf_uid));
             let p = set.decide(
                 agent.uid(),
                 ("DeclareScope", &scope.audience),
-                resource,
+                resource.uid(),
                 declare_context(&wf_uid, i.orchestrator, scope, environment),
-                [agent.clone(), orch.clone()]
-                    .into_iter()
-                    .chain(entity)
-                    .chain(set.workflow_entity(&wf_uid))
-                    .collect(),
+                (vec![agent.clone(), orch.clone(), resource], file),
                 &format!("declaring scope {scope} in workflow {:?}", i.workflow),
             )?;
             policies.extend(p);
@@ -602,17 +601,14 @@ impl CedarPolicy {
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
         let agent = workload("Mayfly::Agent", i.agent)?;
         let task = task_entity(i, &wf_uid, agent.uid())?;
-        let (resource, entity) = set.resource(i.scope)?;
+        let (resource, mut file) = set.resource(i.scope)?;
+        file.extend(set.workflow_entity(&wf_uid));
         let policies = set.decide(
             agent.uid(),
             ("Mint", &i.scope.audience),
-            resource,
+            resource.uid(),
             mint_context(i, &wf_uid, environment),
-            [agent, task]
-                .into_iter()
-                .chain(entity)
-                .chain(set.workflow_entity(&wf_uid))
-                .collect(),
+            (vec![agent, task, resource], file),
             &format!("minting {} in task {}", i.scope, i.task.id),
         )?;
         Ok(Permit {

@@ -122,7 +122,7 @@ pub(super) struct Loaded {
     /// `policies` sliced by the action and the tool (Mint, DeclareScope) or
     /// workflow (StartTask) they can apply to: a decision evaluates only its
     /// slice, with the same outcome for a fraction of the work.
-    pub(super) slices: HashMap<&'static str, HashMap<String, PolicySet>>,
+    pub(super) slices: HashMap<&'static str, HashMap<String, Slice>>,
     pub(super) entities: Entities,
     pub(super) reasons: HashMap<String, String>,
     pub(super) workflows: HashMap<String, WorkflowLimits>,
@@ -487,16 +487,69 @@ pub(super) fn could_apply(p: &cedar_policy::Policy, act: &str, key: &str) -> boo
 pub(super) fn slice(
     all: &PolicySet,
     keys: impl Iterator<Item = (&'static str, String)>,
-) -> Result<HashMap<&'static str, HashMap<String, PolicySet>>, String> {
-    let mut out: HashMap<&'static str, HashMap<String, PolicySet>> = HashMap::new();
+) -> Result<HashMap<&'static str, HashMap<String, Slice>>, String> {
+    let mut out: HashMap<&'static str, HashMap<String, Slice>> = HashMap::new();
     for (act, key) in keys {
         let mut set = PolicySet::new();
+        let mut reads_file_entities = false;
         for p in all.policies().filter(|p| could_apply(p, act, &key)) {
+            reads_file_entities |= reads_file_entity_attributes(p);
             set.add(p.clone()).map_err(|e| e.to_string())?;
         }
-        out.entry(act).or_default().insert(key, set);
+        out.entry(act).or_default().insert(
+            key,
+            Slice {
+                policies: set,
+                reads_file_entities,
+            },
+        );
     }
     Ok(out)
+}
+
+/// The policies that can apply to one (action, tool or workflow).
+pub(super) struct Slice {
+    pub(super) policies: PolicySet,
+    /// Whether some policy reads attributes of an entity from the entities file
+    /// (`context.workflow.max_tokens`, `resource.tool.sensitivity`, a literal
+    /// entity's attribute). Only then does a decision need those entities: `in`
+    /// needs only the request entities' ancestors, which they carry.
+    pub(super) reads_file_entities: bool,
+}
+
+/// Conservative: `true` unless every attribute access (`.`, `has`, tags) in the
+/// policy is on `principal`, `resource`, `context`, or the entities Mayfly builds
+/// per request (`context.task`, `context.agent`, `context.orchestrator`). Erring
+/// towards `true` only costs time; erring the other way cannot permit anything
+/// either, since reading a missing entity is an evaluation error, and an error
+/// denies.
+pub(super) fn reads_file_entity_attributes(p: &cedar_policy::Policy) -> bool {
+    fn built_per_request(left: &serde_json::Value) -> bool {
+        if let Some(var) = left.get("Var").and_then(|v| v.as_str()) {
+            return matches!(var, "principal" | "resource" | "context");
+        }
+        left.get(".").is_some_and(|dot| {
+            dot.get("left")
+                .and_then(|l| l.get("Var"))
+                .and_then(|v| v.as_str())
+                == Some("context")
+                && matches!(
+                    dot.get("attr").and_then(|a| a.as_str()),
+                    Some("task" | "agent" | "orchestrator")
+                )
+        })
+    }
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(map) => map.iter().any(|(k, inner)| {
+                let access = matches!(k.as_str(), "." | "has" | "getTag" | "hasTag");
+                (access && !inner.get("left").is_some_and(built_per_request)) || walk(inner)
+            }),
+            serde_json::Value::Array(items) => items.iter().any(walk),
+            _ => false,
+        }
+    }
+    p.to_json().map(|j| walk(&j)).unwrap_or(true)
 }
 
 pub(super) fn data_attrs(e: &Entity) -> DataAttrs {

@@ -628,3 +628,51 @@ fn templates_and_policies_without_an_id_are_refused() {
         .to_string();
     assert!(e.contains("needs an @id"), "{e}");
 }
+
+#[test]
+fn policies_can_read_attributes_of_workflows_and_tools_from_the_entities_file() {
+    // Both forbids are false with the real attributes; had the entities been left
+    // out, reading them would be an evaluation error, which denies.
+    let dir = policy_dir(
+        r#"
+@id("huge-budgets") forbid (principal, action == Mayfly::Action::"Mint", resource)
+when { context.workflow.max_tokens > 1000 };
+@id("public-tools") forbid (principal, action == Mayfly::Action::"Mint", resource)
+when { resource.tool.sensitivity == "public" };
+"#,
+    );
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    ticket(&p, "tickets/4711").unwrap();
+    mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
+    .unwrap();
+}
+
+#[test]
+fn only_policies_that_read_file_entities_make_decisions_load_them() {
+    let set = cedar_policy::PolicySet::from_str(
+        r#"
+        @id("plain") permit (principal, action, resource)
+        when { principal.path like "/agent/*" && resource.sensitivity == "x" && context.task.tokens_minted > 1
+               && context.agent.trust_domain == "t" && context.workflow == Mayfly::Workflow::"w" };
+        @id("workflow") permit (principal, action, resource) when { context.workflow.max_tokens > 1 };
+        @id("tool") permit (principal, action, resource) when { resource.tool has sensitivity };
+        @id("literal") permit (principal, action, resource) when { Mayfly::Tool::"t".sensitivity == "x" };
+        "#,
+    )
+    .unwrap();
+    for p in set.policies() {
+        let id = p.annotation("id").unwrap();
+        assert_eq!(
+            super::load::reads_file_entity_attributes(p),
+            id != "plain",
+            "{id}"
+        );
+    }
+}

@@ -114,6 +114,9 @@ pub struct Options {
     /// `revocation.heartbeat` and `revocation.poll_interval`.
     pub watch_heartbeat: &'static str,
     pub watch_poll: &'static str,
+    /// Share another app's clock (replicas must agree on the time: a token
+    /// minted by one must not be "not yet valid" on another).
+    pub clock: Option<ManualClock>,
 }
 
 impl Default for Options {
@@ -128,6 +131,7 @@ impl Default for Options {
             environment: "test",
             watch_heartbeat: "5s",
             watch_poll: "1s",
+            clock: None,
         }
     }
 }
@@ -261,7 +265,7 @@ pub async fn spawn_with(pki: Arc<Pki>, o: Options) -> TestApp {
     };
     let cfg = Config::parse(&config_text(&pki, &db_url, &o), "test").unwrap();
     cfg.validate().unwrap();
-    let clock = ManualClock::new();
+    let clock = o.clock.clone().unwrap_or_default();
     let app = mayfly::app::build(cfg, Arc::new(clock.clone()))
         .await
         .expect("build app");

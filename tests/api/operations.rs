@@ -16,6 +16,7 @@ async fn two_brokers_on_one_database_verify_each_others_tokens() {
         pki.clone(),
         Options {
             db_url: Some(a.db_url.clone()),
+            clock: Some(a.clock.clone()),
             ..Default::default()
         },
     )

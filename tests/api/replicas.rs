@@ -25,7 +25,14 @@ fn replica(db_url: Option<String>) -> Options {
 async fn two_replicas() -> (TestApp, TestApp) {
     let pki = Arc::new(Pki::new());
     let a = spawn_with(pki.clone(), replica(None)).await;
-    let b = spawn_with(pki, replica(Some(a.db_url.clone()))).await;
+    let b = spawn_with(
+        pki,
+        Options {
+            clock: Some(a.clock.clone()),
+            ..replica(Some(a.db_url.clone()))
+        },
+    )
+    .await;
     wait_for_listeners(&a.db_url, 2).await;
     (a, b)
 }
