@@ -17,6 +17,35 @@ use time::OffsetDateTime;
 use tracing::{error, warn};
 use uuid::Uuid;
 
+/// How long after its expiry a token can still be reported as misused.
+const MISUSE_REPORT_WINDOW: i64 = 3600;
+
+/// What a verifier saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MisuseKind {
+    /// Presented by a client certificate other than the one it is bound to.
+    BindingMismatch,
+    /// Used for something its scope does not cover.
+    OutOfScope,
+}
+
+impl MisuseKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "binding_mismatch" => Some(MisuseKind::BindingMismatch),
+            "out_of_scope" => Some(MisuseKind::OutOfScope),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MisuseKind::BindingMismatch => "binding_mismatch",
+            MisuseKind::OutOfScope => "out_of_scope",
+        }
+    }
+}
+
 /// The actor named when the broker itself acts (the expiry sweeper).
 pub const SYSTEM_ACTOR: &str = "mayfly";
 
@@ -621,7 +650,7 @@ impl Broker {
             return BrokerError::ResourceExhausted(reason);
         }
         match self.deviate(caller, task, reason, deny).await {
-            Deviation::Done(reason) => BrokerError::ResourceExhausted(reason),
+            Deviation::Done(reason, _) => BrokerError::ResourceExhausted(reason),
             Deviation::Failed(e) => e,
         }
     }
@@ -662,9 +691,10 @@ impl Broker {
             Ok(EndOutcome::Ended { revoked, .. }) => {
                 self.hub.committed(revoked.event.seq);
                 warn!(caller = %caller.id, task = %task.id, %reason, "task deviated; its tokens are revoked");
-                Deviation::Done(format!(
-                    "{reason}; the task is now deviated and its tokens are revoked"
-                ))
+                Deviation::Done(
+                    format!("{reason}; the task is now deviated and its tokens are revoked"),
+                    revoked.event.seq,
+                )
             }
             Ok(EndOutcome::NotActive(state)) => Deviation::Failed(BrokerError::FailedPrecondition(
                 format!("task {} is {state}, not active", task.id),
@@ -736,7 +766,7 @@ impl Broker {
     /// A store that cannot answer is an error, never "active".
     pub async fn introspect(&self, token: &str) -> Result<Option<Claims>, BrokerError> {
         let now = self.now().unix_timestamp();
-        let claims = match self.verify_signature(token, now).await? {
+        let claims = match self.verify_signature(token, now, 0).await? {
             Ok(c) => c,
             Err(why) => {
                 tracing::debug!(%why, "introspection: inactive token");
@@ -759,6 +789,7 @@ impl Broker {
         &self,
         token: &str,
         now: i64,
+        leeway: i64,
     ) -> Result<Result<Claims, TokenError>, BrokerError> {
         let kid = match KeySet::kid_of(token) {
             Ok(k) => k,
@@ -781,7 +812,81 @@ impl Broker {
                 .read()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        Ok(set.verify(token, now, 0))
+        Ok(set.verify(token, now, leeway))
+    }
+
+    /// A verifier reports a token misused. The token must be one of ours (its
+    /// signature verifies; it may have expired within the last hour); its task is
+    /// then treated as deviated, whatever the workflow's deviation response, since
+    /// a stolen or abused credential is never "deny only": the task is revoked,
+    /// and the report audited with the verifier's identity and evidence. Returns
+    /// the task and the revocation's sequence (`None` when the task had already
+    /// ended; the report is audited all the same).
+    pub async fn report_misuse(
+        &self,
+        caller: &Caller,
+        token: &str,
+        kind: MisuseKind,
+        evidence: &str,
+    ) -> Result<(TaskId, Option<u64>), BrokerError> {
+        let now = self.now();
+        let claims = match self
+            .verify_signature(token, now.unix_timestamp(), MISUSE_REPORT_WINDOW)
+            .await?
+        {
+            Ok(c) if c.iss == self.issuer => c,
+            Ok(_) => {
+                return Err(BrokerError::InvalidArgument {
+                    field: "token",
+                    why: "was not issued by this broker".into(),
+                });
+            }
+            Err(why) => {
+                return Err(BrokerError::InvalidArgument {
+                    field: "token",
+                    why: format!("is not a Mayfly token that can be reported: {why}"),
+                });
+            }
+        };
+        let task_id: TaskId = claims
+            .task
+            .parse()
+            .map_err(|_| BrokerError::InvalidArgument {
+                field: "token",
+                why: "carries no valid task id".into(),
+            })?;
+        let task = self.get_task(task_id).await?;
+        let reason = format!(
+            "misuse reported by {}: {}: {}",
+            caller.id,
+            kind.as_str(),
+            evidence
+        );
+        let report = |r: &str| {
+            AuditEvent::new(now, caller.id.as_str(), Action::MisuseReported)
+                .task(task.id)
+                .agent(&task.agent)
+                .reason(r)
+                .detail(json!({
+                    "kind": kind.as_str(),
+                    "evidence": evidence,
+                    "jti": claims.jti,
+                    "verifier": caller.id.as_str(),
+                }))
+        };
+        if task.state != TaskState::Active {
+            self.audit_denial(report(&reason)).await;
+            return Ok((task.id, None));
+        }
+        match self.deviate(caller, &task, reason.clone(), report).await {
+            Deviation::Done(_, seq) => Ok((task.id, Some(seq))),
+            // Ended by someone else meanwhile: the report still goes on record.
+            Deviation::Failed(BrokerError::FailedPrecondition(_)) => {
+                self.audit_denial(report(&reason)).await;
+                Ok((task.id, None))
+            }
+            Deviation::Failed(e) => Err(e),
+        }
     }
 
     pub async fn jwks(&self) -> Result<Jwks, BrokerError> {
@@ -791,14 +896,16 @@ impl Broker {
 }
 
 enum Deviation {
-    Done(String),
+    /// The task is deviated: the reason for the caller, and the revocation's
+    /// sequence number.
+    Done(String, u64),
     Failed(BrokerError),
 }
 
 impl Deviation {
     fn into_permission_denied(self) -> BrokerError {
         match self {
-            Deviation::Done(reason) => BrokerError::PermissionDenied(reason),
+            Deviation::Done(reason, _) => BrokerError::PermissionDenied(reason),
             Deviation::Failed(e) => e,
         }
     }

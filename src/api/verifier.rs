@@ -3,7 +3,7 @@
 use super::pb::verifier_service_server::VerifierService;
 use super::pb::*;
 use super::{Auth, convert};
-use crate::broker::Broker;
+use crate::broker::{Broker, MisuseKind};
 use crate::identity::Role;
 use futures::Stream;
 use std::pin::Pin;
@@ -27,6 +27,10 @@ pub struct VerifierApi {
 const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
 const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Verifier];
 const BATCH: u32 = 500;
+/// Only resource servers report misuse; the security team revokes directly.
+const REPORTERS: &[Role] = &[Role::Verifier];
+/// Longest evidence text kept in the audit trail.
+const MAX_EVIDENCE: usize = 4096;
 
 #[tonic::async_trait]
 impl VerifierService for VerifierApi {
@@ -75,6 +79,37 @@ impl VerifierService for VerifierApi {
         let jwks_json =
             serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
         Ok(Response::new(GetJwksResponse { jwks_json }))
+    }
+
+    async fn report_misuse(
+        &self,
+        req: Request<ReportMisuseRequest>,
+    ) -> Result<Response<ReportMisuseResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.VerifierService/ReportMisuse", REPORTERS)
+            .await?;
+        let r = req.get_ref();
+        if r.token.is_empty() {
+            return Err(crate::error::invalid("token", "is required"));
+        }
+        let kind = MisuseKind::parse(&r.kind).ok_or_else(|| {
+            crate::error::invalid("kind", "must be \"binding_mismatch\" or \"out_of_scope\"")
+        })?;
+        if r.evidence.len() > MAX_EVIDENCE {
+            return Err(crate::error::invalid(
+                "evidence",
+                format!("is longer than {MAX_EVIDENCE} bytes"),
+            ));
+        }
+        let (task, seq) = self
+            .broker
+            .report_misuse(&caller, &r.token, kind, &r.evidence)
+            .await?;
+        Ok(Response::new(ReportMisuseResponse {
+            task_id: task.to_string(),
+            revocation_sequence: seq.unwrap_or(0),
+        }))
     }
 
     type WatchRevocationsStream =

@@ -22,12 +22,15 @@ pub enum Action {
     TaskCompleteDenied,
     /// An administrative revocation was refused (its target does not exist).
     RevocationDenied,
+    /// A verifier reported a token misused (replayed by another certificate, or
+    /// used outside its scope).
+    MisuseReported,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -40,6 +43,7 @@ impl Action {
         Action::CallDenied,
         Action::TaskCompleteDenied,
         Action::RevocationDenied,
+        Action::MisuseReported,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -61,6 +65,7 @@ impl Action {
             Action::CallDenied => "call_denied",
             Action::TaskCompleteDenied => "task_complete_denied",
             Action::RevocationDenied => "revocation_denied",
+            Action::MisuseReported => "misuse_reported",
         }
     }
 
@@ -71,7 +76,8 @@ impl Action {
             | Action::TaskDeviated
             | Action::CallDenied
             | Action::TaskCompleteDenied
-            | Action::RevocationDenied => "deny",
+            | Action::RevocationDenied
+            | Action::MisuseReported => "deny",
             _ => "permit",
         }
     }

@@ -2,6 +2,7 @@ use crate::helpers::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
+use mayfly::store::AuditStore;
 use std::collections::HashSet;
 use std::time::Duration;
 use tonic::Code;
@@ -174,4 +175,101 @@ async fn the_jwks_is_served_over_grpc_and_http_alike() {
     assert_eq!(a["keys"][0]["kty"], "OKP");
     assert_eq!(a["keys"][0]["crv"], "Ed25519");
     assert_eq!(a["keys"][0]["alg"], "EdDSA");
+}
+
+fn misuse(token: &str, kind: &str, evidence: &str) -> pb::ReportMisuseRequest {
+    pb::ReportMisuseRequest {
+        token: token.into(),
+        kind: kind.into(),
+        evidence: evidence.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_misuse_report_deviates_the_task_and_is_audited_with_the_verifier_and_evidence() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let minted = app.mint(AGENT, &task.id, "customers/eu/1", 60).await;
+    let mut watch = app.watch(0).await;
+    let r = app
+        .verifier(VERIFIER)
+        .await
+        .report_misuse(misuse(
+            &minted.token,
+            "binding_mismatch",
+            "presented by x5t#S256 q1w2e3",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.task_id, task.id);
+    assert!(r.revocation_sequence > 0);
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Deviated as i32
+    );
+    assert!(!introspect_active(&app, &minted.token).await);
+    let ev = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(ev.sequence, r.revocation_sequence);
+    assert_eq!(ev.trigger, "deviation");
+    assert_eq!(ev.actor, VERIFIER);
+
+    let events = app
+        .store()
+        .await
+        .audit_for_task(task.id.parse().unwrap())
+        .await
+        .unwrap();
+    let report = events
+        .iter()
+        .find(|e| e.action == mayfly::audit::Action::MisuseReported)
+        .expect("the report is audited");
+    assert_eq!(report.actor, VERIFIER);
+    assert_eq!(report.detail["evidence"], "presented by x5t#S256 q1w2e3");
+    assert_eq!(report.detail["kind"], "binding_mismatch");
+
+    // A second report on the ended task is recorded, and changes nothing.
+    let again = app
+        .verifier(VERIFIER)
+        .await
+        .report_misuse(misuse(
+            &minted.token,
+            "out_of_scope",
+            "used for customers/us/1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.revocation_sequence, 0);
+}
+
+#[tokio::test]
+async fn bad_misuse_reports_are_refused_naming_what_is_wrong() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let minted = app.mint(AGENT, &task.id, "customers/eu/1", 60).await;
+    let mut v = app.verifier(VERIFIER).await;
+    let err = v
+        .report_misuse(misuse(&minted.token, "suspicious", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("kind:"), "{}", err.message());
+    let err = v
+        .report_misuse(misuse("not.a.jwt", "binding_mismatch", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("token:"), "{}", err.message());
+    // Only verifiers report; an agent cannot get another agent's task revoked.
+    let (ch, _) = app.channel(AGENT2).await;
+    let err = pb::verifier_service_client::VerifierServiceClient::new(ch)
+        .report_misuse(misuse(&minted.token, "binding_mismatch", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
 }
