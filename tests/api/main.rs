@@ -3,6 +3,7 @@ mod helpers;
 
 mod admin;
 mod cli;
+mod faulty;
 mod identity;
 mod operations;
 mod persistence;

@@ -1,0 +1,138 @@
+//! A store wrapper that fails on demand, for tests that drive the broker through
+//! an outage.
+use async_trait::async_trait;
+use mayfly::audit::AuditEvent;
+use mayfly::domain::{Task, TaskId, TaskState};
+use mayfly::revocation::{Event, Revocation};
+use mayfly::store::*;
+use mayfly::token::KeyRecord;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use time::OffsetDateTime;
+
+/// A PostgreSQL store that fails on demand, as an unavailable store does:
+/// token inserts (without writing) while `fail_inserts` is set, task endings
+/// while `down` is set; everything else is delegated.
+pub struct Faulty {
+    inner: PgStore,
+    pub fail_inserts: AtomicBool,
+    /// Every token insert attempted.
+    pub insert_calls: AtomicUsize,
+    pub down: AtomicBool,
+    /// Task endings attempted while `down`.
+    pub end_calls: AtomicUsize,
+}
+
+impl Faulty {
+    pub fn new(inner: PgStore) -> Self {
+        Faulty {
+            inner,
+            fail_inserts: AtomicBool::new(false),
+            insert_calls: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            end_calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for Faulty {
+    async fn insert_task(&self, task: &Task, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.insert_task(task, audit).await
+    }
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.inner.get_task(id).await
+    }
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        self.inner.list_tasks(filter).await
+    }
+    async fn end_task(
+        &self,
+        id: TaskId,
+        to: TaskState,
+        revocation: &Revocation,
+        audit: &[AuditEvent],
+    ) -> Result<EndOutcome, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.end_calls.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        self.inner.end_task(id, to, revocation, audit).await
+    }
+    async fn overdue_tasks(
+        &self,
+        now: OffsetDateTime,
+        after: Option<(OffsetDateTime, TaskId)>,
+        limit: u32,
+    ) -> Result<Vec<(OffsetDateTime, TaskId)>, StoreError> {
+        self.inner.overdue_tasks(now, after, limit).await
+    }
+}
+
+#[async_trait]
+impl TokenStore for Faulty {
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.insert_calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_inserts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection reset".into()));
+        }
+        self.inner.insert_token(token, budget, audit).await
+    }
+    async fn token_status(&self, jti: uuid::Uuid) -> Result<Option<TokenStatus>, StoreError> {
+        self.inner.token_status(jti).await
+    }
+    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.list_tokens(filter).await
+    }
+}
+
+#[async_trait]
+impl RevocationStore for Faulty {
+    async fn revoke(
+        &self,
+        revocation: &Revocation,
+        audit: &AuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
+        self.inner.revoke(revocation, audit).await
+    }
+    async fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.inner.revocations_after(after, limit).await
+    }
+    async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
+        self.inner.last_revocation_seq().await
+    }
+    async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
+        self.inner.revocation_feed().await
+    }
+}
+
+#[async_trait]
+impl KeyStore for Faulty {
+    async fn register_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.inner.register_key(key).await
+    }
+    async fn live_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.live_keys(now).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for Faulty {
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.append_audit(event).await
+    }
+    async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.audit_for_task(task).await
+    }
+}
+
+#[async_trait]
+impl Store for Faulty {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
