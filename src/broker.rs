@@ -732,7 +732,7 @@ impl Broker {
             Target::Task(t) => event.task(*t),
             Target::Agent(a) => event.agent(a.as_str()),
             Target::Token(j) => event.jti(*j),
-            Target::All => event,
+            Target::Workflow(_) | Target::All => event,
         };
         let audit = about(
             AuditEvent::new(now, caller.id.as_str(), Action::Revocation)

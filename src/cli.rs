@@ -198,8 +198,18 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RevokeTarget {
-    Token { jti: String },
-    Task { task: String },
-    Agent { agent: String },
+    Token {
+        jti: String,
+    },
+    Task {
+        task: String,
+    },
+    Agent {
+        agent: String,
+    },
+    /// Every token of every task of a workflow (its active tasks stop).
+    Workflow {
+        workflow: String,
+    },
     All,
 }

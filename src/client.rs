@@ -102,6 +102,7 @@ fn event_json(e: &pb::RevocationEvent) -> Value {
         Some(T::Token(j)) => json!({"token": j}),
         Some(T::Task(t)) => json!({"task": t}),
         Some(T::Agent(a)) => json!({"agent": a}),
+        Some(T::Workflow(w)) => json!({"workflow": w}),
         Some(T::All(_)) => json!("all"),
         None => Value::Null,
     };
@@ -258,6 +259,7 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 RevokeTarget::Token { jti } => T::Token(jti.clone()),
                 RevokeTarget::Task { task } => T::Task(task.clone()),
                 RevokeTarget::Agent { agent } => T::Agent(agent.clone()),
+                RevokeTarget::Workflow { workflow } => T::Workflow(workflow.clone()),
                 RevokeTarget::All => T::All(true),
             };
             let r = AdminServiceClient::new(ch)

@@ -47,9 +47,14 @@ pub fn required_text(field: &'static str, s: &str, max: usize) -> Result<String,
 }
 
 pub fn workflow_name(s: &str) -> Result<String, Status> {
-    let name = required_text("workflow", s, 128)?;
+    workflow_name_in("workflow", s)
+}
+
+/// A workflow name in the request field `field`.
+pub fn workflow_name_in(field: &'static str, s: &str) -> Result<String, Status> {
+    let name = required_text(field, s, 128)?;
     if name.chars().any(char::is_whitespace) {
-        return Err(invalid("workflow", "must not contain whitespace"));
+        return Err(invalid(field, "must not contain whitespace"));
     }
     Ok(name)
 }
@@ -111,7 +116,7 @@ pub fn target(t: Option<&pb::RevocationTarget>) -> Result<Target, Status> {
     match t.and_then(|t| t.target.as_ref()) {
         None => Err(invalid(
             "target",
-            "is required: one of token, task, agent, all",
+            "is required: one of token, task, agent, workflow, all",
         )),
         Some(T::Token(j)) => uuid::Uuid::parse_str(j).map(Target::Token).map_err(|_| {
             invalid(
@@ -121,6 +126,7 @@ pub fn target(t: Option<&pb::RevocationTarget>) -> Result<Target, Status> {
         }),
         Some(T::Task(t)) => task_id("target.task", t).map(Target::Task),
         Some(T::Agent(a)) => spiffe_id("target.agent", a).map(Target::Agent),
+        Some(T::Workflow(w)) => workflow_name_in("target.workflow", w).map(Target::Workflow),
         Some(T::All(true)) => Ok(Target::All),
         Some(T::All(false)) => Err(invalid("target.all", "must be true to revoke everything")),
     }
@@ -210,6 +216,7 @@ pub fn event(e: &Event) -> pb::RevocationEvent {
         Target::Token(j) => T::Token(j.to_string()),
         Target::Task(t) => T::Task(t.to_string()),
         Target::Agent(a) => T::Agent(a.to_string()),
+        Target::Workflow(w) => T::Workflow(w.clone()),
         Target::All => T::All(true),
     };
     pb::RevocationEvent {

@@ -17,6 +17,7 @@ pub enum Target {
     Token(Uuid),
     Task(TaskId),
     Agent(SpiffeId),
+    Workflow(String),
     All,
 }
 
@@ -26,6 +27,7 @@ impl Target {
             Target::Token(_) => "token",
             Target::Task(_) => "task",
             Target::Agent(_) => "agent",
+            Target::Workflow(_) => "workflow",
             Target::All => "all",
         }
     }
@@ -35,6 +37,7 @@ impl Target {
             Target::Token(j) => j.to_string(),
             Target::Task(t) => t.to_string(),
             Target::Agent(a) => a.to_string(),
+            Target::Workflow(w) => w.clone(),
             Target::All => String::new(),
         }
     }
@@ -45,6 +48,7 @@ impl Target {
             "token" => Uuid::parse_str(value).ok().map(Target::Token),
             "task" => value.parse().ok().map(Target::Task),
             "agent" => SpiffeId::parse(value).ok().map(Target::Agent),
+            "workflow" if !value.is_empty() => Some(Target::Workflow(value.to_string())),
             "all" => Some(Target::All),
             _ => None,
         }

@@ -265,6 +265,10 @@ async fn revoke_tokens(
             .bind(at)
             .bind(seq)
             .bind(a.as_str()),
+        Target::Workflow(w) => sqlx::query(AssertSqlSafe(format!("{SET} AND workflow = $3")))
+            .bind(at)
+            .bind(seq)
+            .bind(w.as_str()),
         Target::All => sqlx::query(SET).bind(at).bind(seq),
     };
     Ok(q.execute(&mut *conn).await?.rows_affected())
@@ -278,6 +282,7 @@ async fn stop_tasks(conn: &mut PgConnection, r: &Revocation, seq: i64) -> Result
         Target::Token(_) => return Ok(0),
         Target::Task(_) => "AND id = $5::uuid",
         Target::Agent(_) => "AND agent = $5",
+        Target::Workflow(_) => "AND workflow = $5",
         Target::All => "AND $5::text IS NULL",
     };
     let sql = format!(
@@ -548,7 +553,8 @@ impl RevocationStore for PgStore {
                     .await
                     .map_err(map_err)?
             }
-            Target::Agent(_) | Target::All => true,
+            // An agent or workflow may be revoked before it has any task.
+            Target::Agent(_) | Target::Workflow(_) | Target::All => true,
         };
         if !exists {
             tx.rollback().await.map_err(map_err)?;

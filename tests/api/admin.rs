@@ -331,3 +331,73 @@ async fn revoking_an_unknown_target_is_refused_and_audited_with_the_reason() {
     assert_eq!(by_task[0].action, Action::RevocationDenied);
     assert_eq!(by_task[0].actor, ADMIN);
 }
+
+#[tokio::test]
+async fn revoking_a_workflow_stops_its_tasks_and_kills_their_tokens_and_nothing_else() {
+    let app = spawn_app().await;
+    let support = app.open_task(AGENT, 600).await;
+    let a = mint(&app, AGENT, &support.id, "customers/eu/1").await;
+    let mut req = start_request(AGENT2, 600);
+    req.workflow = "coding".into();
+    req.scopes = vec![scope("github", "repos/acme", "read")];
+    let coding = app
+        .tasks(ORCH)
+        .await
+        .start_task(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let c = app
+        .tokens(AGENT2)
+        .await
+        .0
+        .mint_token(pb::MintTokenRequest {
+            task_id: coding.id.clone(),
+            scope: Some(scope("github", "repos/acme", "read")),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = app.watch(0).await;
+    let r = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Workflow("support".into()),
+            "workflow withdrawn",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.tokens_revoked, r.tasks_stopped), (1, 1));
+    assert!(!introspect_active(&app, &a.token).await);
+    assert!(introspect_active(&app, &c.token).await);
+    assert_eq!(
+        task_state(&app, &support.id).await,
+        pb::TaskState::Revoked as i32
+    );
+    assert_eq!(
+        task_state(&app, &coding.id).await,
+        pb::TaskState::Active as i32
+    );
+    let ev = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(
+        ev.target.unwrap().target.unwrap(),
+        Target::Workflow("support".into())
+    );
+    let err = app
+        .admin(ADMIN)
+        .await
+        .revoke(revoke_request(Target::Workflow("two words".into()), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("target.workflow:"),
+        "{}",
+        err.message()
+    );
+}
