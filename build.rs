@@ -23,7 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Messages that carry a bearer token get no derived Debug, so a token can
         // never reach a log line through `{:?}`.
-        .skip_debug(["mayfly.v1.IntrospectRequest", "mayfly.v1.MintTokenResponse"])
+        .skip_debug([
+            "mayfly.v1.IntrospectRequest",
+            "mayfly.v1.MintTokenResponse",
+            "mayfly.v1.ReportMisuseRequest",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -22,3 +22,5 @@ pub mod policy;
 pub mod revocation;
 pub mod store;
 pub mod token;
+#[cfg(feature = "verifier")]
+pub mod verifier;

@@ -31,6 +31,16 @@ impl std::fmt::Debug for pb::MintTokenResponse {
     }
 }
 
+impl std::fmt::Debug for pb::ReportMisuseRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportMisuseRequest")
+            .field("token", &"<redacted>")
+            .field("kind", &self.kind)
+            .field("evidence", &self.evidence)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for pb::IntrospectRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntrospectRequest")
@@ -88,6 +98,43 @@ impl Auth {
                 .refuse_role(caller, method, allowed)
                 .await
                 .into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pb;
+
+    #[test]
+    fn messages_that_carry_a_token_never_print_it() {
+        let secret = "eyJhbGciOiJFZERTQSJ9.c2VjcmV0.c2ln";
+        let printed = [
+            format!(
+                "{:?}",
+                pb::IntrospectRequest {
+                    token: secret.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                pb::MintTokenResponse {
+                    token: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                pb::ReportMisuseRequest {
+                    token: secret.into(),
+                    kind: "binding_mismatch".into(),
+                    evidence: "x5t".into(),
+                }
+            ),
+        ];
+        for p in printed {
+            assert!(!p.contains("c2VjcmV0"), "{p}");
+            assert!(p.contains("<redacted>"), "{p}");
         }
     }
 }

@@ -13,3 +13,4 @@ mod sweeper;
 mod tasks;
 mod tokens;
 mod verifier;
+mod verifier_lib;

@@ -1,0 +1,396 @@
+//! Following `WatchRevocations` in the background: apply each event once, in
+//! order, remember the cursor and when the broker was last heard, reconnect with
+//! backoff and resume from the cursor.
+use super::revocations::{Revocation, RevocationSet, Revoked};
+use crate::api::pb;
+use crate::api::pb::verifier_service_client::VerifierServiceClient;
+use crate::api::pb::watch_revocations_response::Kind;
+use crate::clock::Clock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// How often the revocation set is pruned, in seconds of the injected clock.
+const PRUNE_EVERY: i64 = 30;
+
+/// What the follower writes and checks read.
+pub(super) struct Shared {
+    pub revocations: RwLock<RevocationSet>,
+    /// The sequence of the last event applied: where a reconnect resumes.
+    cursor: AtomicU64,
+    /// When the broker was last heard from, in milliseconds after `base`, plus one
+    /// (0: never).
+    heard: AtomicU64,
+    base: Instant,
+    /// Becomes true with the first heartbeat: the history has been replayed.
+    synced: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(revocations: RevocationSet) -> Self {
+        Shared {
+            revocations: RwLock::new(revocations),
+            cursor: AtomicU64::new(0),
+            heard: AtomicU64::new(0),
+            base: Instant::now(),
+            synced: watch::Sender::new(false),
+        }
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn millis_since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard_now(&self) {
+        self.heard.store(
+            self.millis_since_base().saturating_add(1),
+            Ordering::Release,
+        );
+    }
+
+    /// Caught up once, and heard from within `staleness`.
+    pub fn is_fresh(&self, staleness: Duration) -> bool {
+        let heard = self.heard.load(Ordering::Acquire);
+        if heard == 0 || !self.is_synced() {
+            return false;
+        }
+        let silent = self.millis_since_base().saturating_sub(heard - 1);
+        u128::from(silent) <= staleness.as_millis()
+    }
+
+    /// Applies one message of the stream. `Err` means the stream cannot be trusted
+    /// any more and must be reopened from the cursor.
+    pub fn handle(&self, msg: pb::WatchRevocationsResponse, now: i64) -> Result<(), String> {
+        match msg.kind {
+            Some(Kind::Event(ev)) => {
+                let cursor = self.cursor();
+                if ev.sequence <= cursor {
+                    // Already applied (a replay after a reconnect): never twice.
+                    self.heard_now();
+                    return Ok(());
+                }
+                if cursor != 0 && ev.sequence != cursor + 1 {
+                    // Old events may have been pruned by the broker; anything else
+                    // is a broker bug, and skipping ahead is all we can do.
+                    tracing::warn!(
+                        after = cursor,
+                        sequence = ev.sequence,
+                        "revocation stream skipped sequence numbers"
+                    );
+                }
+                let r = revocation(&ev, now);
+                let mut set = self.revocations.write().unwrap_or_else(|p| p.into_inner());
+                set.apply(r, now);
+                // The cursor moves only once the event is in the set.
+                self.cursor.store(ev.sequence, Ordering::Release);
+                drop(set);
+                self.heard_now();
+                Ok(())
+            }
+            Some(Kind::Heartbeat(hb)) => {
+                let cursor = self.cursor();
+                if hb.sequence > cursor {
+                    return Err(format!(
+                        "heartbeat at sequence {} but the last event received is {cursor}",
+                        hb.sequence
+                    ));
+                }
+                self.heard_now();
+                self.synced
+                    .send_if_modified(|s| !std::mem::replace(s, true));
+                Ok(())
+            }
+            // A message kind newer than this library: the broker is alive.
+            None => {
+                self.heard_now();
+                Ok(())
+            }
+        }
+    }
+
+    fn prune(&self, now: i64) {
+        self.revocations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .prune(now);
+    }
+}
+
+/// The event as the revocation set keeps it. A target this library does not know
+/// (a newer broker's, or none) is applied as "all": refusing too much until the
+/// entry is pruned is safer than ignoring a revocation.
+fn revocation(ev: &pb::RevocationEvent, now: i64) -> Revocation {
+    use pb::revocation_target::Target;
+    let target = match ev.target.as_ref().and_then(|t| t.target.as_ref()) {
+        Some(Target::Token(jti)) => Revoked::Token(jti.clone()),
+        Some(Target::Task(task)) => Revoked::Task(task.clone()),
+        Some(Target::Agent(agent)) => Revoked::Agent(agent.clone()),
+        Some(Target::Workflow(wf)) => Revoked::Workflow(wf.clone()),
+        Some(Target::All(_)) => Revoked::All,
+        None => {
+            tracing::error!(
+                sequence = ev.sequence,
+                "revocation event without a target this verifier knows; applied as \"all\""
+            );
+            Revoked::All
+        }
+    };
+    // Without a time, "now" covers at least every token issued before it.
+    let at = ev.at.as_ref().map_or(now, |t| t.seconds);
+    Revocation {
+        sequence: ev.sequence,
+        target,
+        at,
+    }
+}
+
+/// Settings of the follower.
+pub(super) struct Follow {
+    pub channel: Channel,
+    pub shared: Arc<Shared>,
+    pub clock: Arc<dyn Clock>,
+    pub staleness: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub stop: CancellationToken,
+}
+
+enum Ended {
+    Stopped,
+    /// The stream broke; `progressed` when it delivered something first.
+    Lost {
+        progressed: bool,
+    },
+}
+
+impl Follow {
+    /// Runs until `stop` is cancelled.
+    pub async fn run(self) {
+        let mut backoff = self.backoff_min;
+        let mut next_prune = 0;
+        loop {
+            match self.stream_once(&mut next_prune).await {
+                Ended::Stopped => return,
+                Ended::Lost { progressed: true } => backoff = self.backoff_min,
+                Ended::Lost { progressed: false } => {}
+            }
+            let wait = jitter(backoff);
+            tracing::debug!(
+                after = self.shared.cursor(),
+                wait_ms = wait.as_millis() as u64,
+                "revocation stream: reconnecting"
+            );
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = backoff.saturating_mul(2).min(self.backoff_max);
+        }
+    }
+
+    async fn stream_once(&self, next_prune: &mut i64) -> Ended {
+        let after = self.shared.cursor();
+        let mut client = VerifierServiceClient::new(self.channel.clone());
+        let request = pb::WatchRevocationsRequest {
+            after_sequence: after,
+        };
+        let opened = tokio::select! {
+            _ = self.stop.cancelled() => return Ended::Stopped,
+            r = tokio::time::timeout(self.staleness, client.watch_revocations(request)) => r,
+        };
+        let mut stream = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), after, "revocation stream refused");
+                return Ended::Lost { progressed: false };
+            }
+            Err(_) => {
+                tracing::warn!(
+                    after,
+                    "revocation stream: no answer within the staleness bound"
+                );
+                return Ended::Lost { progressed: false };
+            }
+        };
+        tracing::info!(after, "revocation stream open");
+        let mut progressed = false;
+        loop {
+            // A stream silent past the staleness bound may be half-open: reopen it.
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => return Ended::Stopped,
+                m = tokio::time::timeout(self.staleness, stream.message()) => m,
+            };
+            let msg = match next {
+                Ok(Ok(Some(msg))) => msg,
+                Ok(Ok(None)) => {
+                    tracing::info!(
+                        after = self.shared.cursor(),
+                        "revocation stream closed by the broker"
+                    );
+                    return Ended::Lost { progressed };
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream broke");
+                    return Ended::Lost { progressed };
+                }
+                Err(_) => {
+                    tracing::warn!("revocation stream silent past the staleness bound");
+                    return Ended::Lost { progressed };
+                }
+            };
+            let now = self.clock.now().unix_timestamp();
+            if let Err(why) = self.shared.handle(msg, now) {
+                tracing::warn!(%why, "revocation stream out of step; reopening from the cursor");
+                return Ended::Lost { progressed };
+            }
+            progressed = true;
+            if now >= *next_prune {
+                self.shared.prune(now);
+                *next_prune = now + PRUNE_EVERY;
+            }
+        }
+    }
+}
+
+/// Between half and all of `d`, so that many verifiers cut off together do not
+/// reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    d / 2 + d / 2 * r / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{Claims, Confirmation};
+    use pb::revocation_target::Target;
+
+    fn event(sequence: u64, target: Target, at: i64) -> pb::WatchRevocationsResponse {
+        pb::WatchRevocationsResponse {
+            kind: Some(Kind::Event(pb::RevocationEvent {
+                sequence,
+                target: Some(pb::RevocationTarget {
+                    target: Some(target),
+                }),
+                at: Some(prost_types::Timestamp {
+                    seconds: at,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn heartbeat(sequence: u64) -> pb::WatchRevocationsResponse {
+        pb::WatchRevocationsResponse {
+            kind: Some(Kind::Heartbeat(pb::Heartbeat { sequence, at: None })),
+        }
+    }
+
+    fn claims(jti: &str, task: &str) -> Claims {
+        Claims {
+            iss: "i".into(),
+            sub: "spiffe://td/agent/a".into(),
+            aud: "crm-api".into(),
+            exp: 1300,
+            iat: 1000,
+            nbf: 1000,
+            jti: jti.into(),
+            scope: "read:x".into(),
+            task: task.into(),
+            wf: "w".into(),
+            cnf: Confirmation {
+                x5t_s256: "x".into(),
+            },
+            act: None,
+            client_id: "a".into(),
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared::new(RevocationSet::new(3600, 5, 2))
+    }
+
+    fn revoked(s: &Shared, c: &Claims) -> Option<u64> {
+        s.revocations.read().unwrap().revoked(c)
+    }
+
+    #[test]
+    fn events_apply_once_in_order_and_move_the_cursor() {
+        let s = shared();
+        s.handle(event(1, Target::Token("j1".into()), 1000), 1000)
+            .unwrap();
+        s.handle(event(2, Target::Task("t2".into()), 1000), 1000)
+            .unwrap();
+        assert_eq!(s.cursor(), 2);
+        // A replay after a reconnect changes nothing.
+        s.handle(event(1, Target::Task("t9".into()), 1000), 1000)
+            .unwrap();
+        assert_eq!(s.cursor(), 2);
+        assert_eq!(revoked(&s, &claims("j1", "t")), Some(1));
+        assert_eq!(revoked(&s, &claims("j", "t2")), Some(2));
+        assert_eq!(revoked(&s, &claims("j", "t9")), None);
+    }
+
+    #[test]
+    fn only_a_heartbeat_makes_the_verifier_fresh_and_one_ahead_of_the_cursor_is_refused() {
+        let s = shared();
+        let bound = Duration::from_secs(10);
+        assert!(!s.is_fresh(bound), "never heard");
+        s.handle(event(1, Target::All(true), 1000), 1000).unwrap();
+        assert!(!s.is_fresh(bound), "replaying, not caught up yet");
+        assert!(s.handle(heartbeat(3), 1000).is_err(), "events 2..3 missing");
+        assert!(!s.is_fresh(bound));
+        s.handle(heartbeat(1), 1000).unwrap();
+        assert!(s.is_synced() && s.is_fresh(bound));
+    }
+
+    #[tokio::test]
+    async fn silence_past_the_staleness_bound_makes_the_verifier_stale() {
+        let s = shared();
+        s.handle(heartbeat(0), 1000).unwrap();
+        let bound = Duration::from_millis(100);
+        assert!(s.is_fresh(bound));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!s.is_fresh(bound));
+        s.handle(heartbeat(0), 1000).unwrap();
+        assert!(s.is_fresh(bound));
+    }
+
+    #[test]
+    fn an_event_without_a_known_target_revokes_everything_issued_before_it() {
+        let s = shared();
+        let mut msg = event(1, Target::All(true), 1100);
+        if let Some(Kind::Event(ev)) = &mut msg.kind {
+            ev.target = None;
+        }
+        s.handle(msg, 1100).unwrap();
+        assert_eq!(revoked(&s, &claims("j", "t")), Some(1));
+    }
+
+    #[test]
+    fn backoff_jitter_stays_between_half_and_all_of_the_delay() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(200));
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200));
+        }
+    }
+}
