@@ -160,7 +160,10 @@ pub fn write_dev_certs(dir: &Path, trust_domain: &str) -> anyhow::Result<Vec<Str
     write("ca.pem".into(), ca.cert_pem(), false)?;
     for (name, path) in DEV_IDENTITIES {
         let id = format!("spiffe://{trust_domain}{path}");
-        let issued = if *name == "broker" {
+        // The broker and the verifier (a resource server, such as the toy CRM in
+        // examples/) also serve TLS: their SVIDs carry DNS names for clients
+        // that check the host name.
+        let issued = if *name == "broker" || *name == "verifier" {
             ca.server(&id, &["localhost", "127.0.0.1", "::1"])?
         } else {
             ca.svid(&id)?
