@@ -3,6 +3,7 @@ mod helpers;
 
 mod admin;
 mod cli;
+mod crm_example;
 mod faulty;
 mod identity;
 mod operations;
