@@ -638,6 +638,22 @@ impl Served {
         (status.unwrap(), log)
     }
 
+    /// An mTLS channel to the process as `identity`.
+    pub async fn channel(&self, ca: &DevCa, identity: &Issued) -> Channel {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://{}", self.grpc))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// A call as `identity` (none: no client certificate).
     pub async fn list_tasks_as(
         &self,

@@ -182,3 +182,79 @@ async fn a_quiet_watch_stream_sends_heartbeats_carrying_its_cursor() {
         );
     }
 }
+
+#[tokio::test]
+async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
+    use mayfly::api::pb::admin_service_client::AdminServiceClient;
+    use mayfly::api::pb::task_service_client::TaskServiceClient;
+    use mayfly::api::pb::token_service_client::TokenServiceClient;
+    use mayfly::api::pb::verifier_service_client::VerifierServiceClient;
+    let pki = Pki::new();
+    let db = fresh_database().await;
+    // Polls and heartbeats an hour apart: only NOTIFY can carry the event.
+    let text = config_text(
+        &pki,
+        &db.url,
+        &Options {
+            watch_poll: "1h",
+            watch_heartbeat: "1h",
+            ..Default::default()
+        },
+    );
+    let cfg = pki.path("mayfly.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let a = Served::start(&cfg).await;
+    let b = Served::start(&cfg).await;
+    wait_for_listeners(&db.url, 2).await;
+    let id = |s: &str| pki.ca.svid(s).unwrap();
+
+    let task = TaskServiceClient::new(a.channel(&pki.ca, &id(ORCH)).await)
+        .start_task(start_request(AGENT, 600))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let token = TokenServiceClient::new(a.channel(&pki.ca, &id(AGENT)).await)
+        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut on_b = VerifierServiceClient::new(b.channel(&pki.ca, &id(VERIFIER)).await);
+    let introspect = pb::IntrospectRequest {
+        token: token.clone(),
+    };
+    assert!(
+        on_b.introspect(introspect.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    );
+    let mut watch = on_b
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    AdminServiceClient::new(a.channel(&pki.ca, &id(ADMIN)).await)
+        .revoke(revoke_request(Target::Task(task.id.clone()), "drill"))
+        .await
+        .unwrap();
+    let ev = next_events(&mut watch, 1).await.remove(0);
+    assert_eq!(ev.sequence, 1);
+    assert_eq!(ev.target.unwrap().target.unwrap(), Target::Task(task.id));
+    assert!(
+        !on_b
+            .introspect(introspect)
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    );
+    drop(watch);
+    for p in [a, b] {
+        let (status, log) = p.stop().await;
+        assert!(status.success(), "{log}");
+    }
+}
