@@ -6,14 +6,13 @@
 //! (ONE_TASK=1: every worker mints in the same task)
 //! DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) must allow
 //! CREATE DATABASE; a fresh database is created and dropped.
+mod common;
+
 use mayfly::api::pb;
-use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::clock::SystemClock;
 use mayfly::config::Config;
-use mayfly::identity::devcerts::DevCa;
 use mayfly::token::{Claims, Confirmation, KeyRecord, KeySet, SigningKey};
-use sqlx::Connection;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -84,40 +83,10 @@ async fn main() -> anyhow::Result<()> {
     mayfly::app::install_crypto();
     crypto()?;
 
-    let admin = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("mayfly_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    let db_url = format!(
-        "{}/{name}",
-        admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin)
-    );
-
+    let db = common::BenchDb::create().await?;
+    let db_url = db.url.clone();
     let dir = tempfile::tempdir()?;
-    let ca = DevCa::new("example.org")?;
-    let server = ca.server("spiffe://example.org/mayfly/broker", &["localhost"])?;
-    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
-    std::fs::write(dir.path().join("broker.crt"), &server.cert_pem)?;
-    std::fs::write(dir.path().join("broker.key"), &server.key_pem)?;
-    // The example policies (every mint is a real Cedar decision), with a budget
-    // that a load run cannot exhaust.
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies)?;
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
-    for entry in std::fs::read_dir(&examples)? {
-        let path = entry?.path();
-        if let Some(name) = path.file_name() {
-            std::fs::copy(&path, policies.join(name))?;
-        }
-    }
-    let entities = std::fs::read_to_string(policies.join("entities.json"))?;
-    std::fs::write(
-        policies.join("entities.json"),
-        entities.replacen("\"max_tokens\": 50,", "\"max_tokens\": 100000000,", 1),
-    )?;
+    let ca = common::broker_files(dir.path())?;
     let cfg = format!(
         r#"
 [server]
@@ -160,7 +129,7 @@ environment = "prod-eu"
     let orch = channel("spiffe://example.org/orchestrator/main")?
         .connect()
         .await?;
-    let agent_id = "spiffe://example.org/agent/support-eu-1";
+    let agent_id = common::AGENT;
     // One task per worker: each task's budget counter is a row that its mints
     // update in turn, so one task's mints are serialised by design.
     let task_count = if std::env::var("ONE_TASK").is_ok() {
@@ -170,23 +139,7 @@ environment = "prod-eu"
     };
     let mut tasks = vec![];
     for _ in 0..task_count {
-        let task = TaskServiceClient::new(orch.clone())
-            .start_task(pb::StartTaskRequest {
-                agent: agent_id.into(),
-                workflow: "support-triage".into(),
-                objective: "load".into(),
-                scopes: vec![pb::Scope {
-                    audience: "crm-api".into(),
-                    resource: "customers/eu/*".into(),
-                    action: "read".into(),
-                }],
-                duration_seconds: 3000,
-            })
-            .await?
-            .into_inner()
-            .task
-            .ok_or_else(|| anyhow::anyhow!("no task"))?;
-        tasks.push(task.id);
+        tasks.push(common::support_task(orch.clone(), "load").await?);
     }
 
     // A few connections shared by the workers, as an agent fleet would hold them.
@@ -249,11 +202,6 @@ environment = "prod-eu"
     );
     let _ = stop_tx.send(());
     let _ = server_task.await;
-    let mut conn = sqlx::PgConnection::connect(&admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
+    db.drop_now().await?;
     Ok(())
 }

@@ -7,15 +7,14 @@
 //! cargo run --release --example revocation_load -- [revocations]
 //! DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) must allow
 //! CREATE DATABASE; a fresh database is created and dropped.
+mod common;
+
 use mayfly::api::pb;
 use mayfly::api::pb::admin_service_client::AdminServiceClient;
-use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::clock::SystemClock;
 use mayfly::config::Config;
-use mayfly::identity::devcerts::DevCa;
 use mayfly::verifier::{RequiredScope, Verdict, Verifier, VerifierConfig};
-use sqlx::Connection;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -72,41 +71,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
     mayfly::app::install_crypto();
 
-    let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("mayfly_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    let db_url = format!(
-        "{}/{name}",
-        admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(&admin_url)
-    );
-
+    let db = common::BenchDb::create().await?;
+    let db_url = db.url.clone();
     let dir = tempfile::tempdir()?;
-    let ca = DevCa::new("example.org")?;
-    let server = ca.server("spiffe://example.org/mayfly/broker", &["localhost"])?;
-    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
-    std::fs::write(dir.path().join("broker.crt"), &server.cert_pem)?;
-    std::fs::write(dir.path().join("broker.key"), &server.key_pem)?;
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies)?;
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
-    for entry in std::fs::read_dir(&examples)? {
-        let path = entry?.path();
-        if let Some(file) = path.file_name() {
-            std::fs::copy(&path, policies.join(file))?;
-        }
-    }
-    let entities = std::fs::read_to_string(policies.join("entities.json"))?;
-    std::fs::write(
-        policies.join("entities.json"),
-        entities.replacen("\"max_tokens\": 50,", "\"max_tokens\": 100000000,", 1),
-    )?;
+    let ca = common::broker_files(dir.path())?;
 
     // Two replicas on one database.
     let mut stops = vec![];
@@ -143,24 +111,10 @@ async fn main() -> anyhow::Result<()> {
     let on_b = Arc::new(verifier(addrs[1])?.await?);
 
     // Tokens to revoke, minted up front.
-    let agent = "spiffe://example.org/agent/support-eu-1";
+    let agent = common::AGENT;
     let agent_svid = ca.svid(agent)?;
-    let task = TaskServiceClient::new(channel(addrs[0], "spiffe://example.org/orchestrator/main")?)
-        .start_task(pb::StartTaskRequest {
-            agent: agent.into(),
-            workflow: "support-triage".into(),
-            objective: "revocation benchmark".into(),
-            scopes: vec![pb::Scope {
-                audience: "crm-api".into(),
-                resource: "customers/eu/*".into(),
-                action: "read".into(),
-            }],
-            duration_seconds: 3000,
-        })
-        .await?
-        .into_inner()
-        .task
-        .ok_or_else(|| anyhow::anyhow!("no task"))?;
+    let orchestrator = || channel(addrs[0], "spiffe://example.org/orchestrator/main");
+    let task_id = common::support_task(orchestrator()?, "revocation benchmark").await?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.cert_pem()))
         .identity(Identity::from_pem(
@@ -178,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let t = minter
             .mint_token(pb::MintTokenRequest {
-                task_id: task.id.clone(),
+                task_id: task_id.clone(),
                 scope: Some(pb::Scope {
                     audience: "crm-api".into(),
                     resource: format!("customers/eu/{i}"),
@@ -249,26 +203,10 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Local checks per second on one core: a valid token, over and over.
-    let task2 =
-        TaskServiceClient::new(channel(addrs[0], "spiffe://example.org/orchestrator/main")?)
-            .start_task(pb::StartTaskRequest {
-                agent: agent.into(),
-                workflow: "support-triage".into(),
-                objective: "check benchmark".into(),
-                scopes: vec![pb::Scope {
-                    audience: "crm-api".into(),
-                    resource: "customers/eu/*".into(),
-                    action: "read".into(),
-                }],
-                duration_seconds: 3000,
-            })
-            .await?
-            .into_inner()
-            .task
-            .ok_or_else(|| anyhow::anyhow!("no task"))?;
+    let task2 = common::support_task(orchestrator()?, "check benchmark").await?;
     let valid = minter
         .mint_token(pb::MintTokenRequest {
-            task_id: task2.id,
+            task_id: task2,
             scope: Some(pb::Scope {
                 audience: "crm-api".into(),
                 resource: "customers/eu/7".into(),
@@ -302,11 +240,6 @@ async fn main() -> anyhow::Result<()> {
     for s in servers {
         let _ = s.await;
     }
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
+    db.drop_now().await?;
     Ok(())
 }

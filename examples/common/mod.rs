@@ -1,0 +1,92 @@
+//! Shared by the load generators: a throwaway database, a dev CA with the broker's
+//! files, and the example policies with a budget a run cannot exhaust.
+use mayfly::api::pb;
+use mayfly::api::pb::task_service_client::TaskServiceClient;
+use mayfly::identity::devcerts::DevCa;
+use sqlx::Connection;
+use tonic::transport::Channel;
+
+/// A database created for one run, dropped by [`BenchDb::drop_now`].
+pub struct BenchDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl BenchDb {
+    /// Creates a fresh database on `DATABASE_URL` (default: the local server).
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("mayfly_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Ok(BenchDb {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        })
+    }
+
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Writes `ca.pem`, `broker.crt`/`.key` and `policies/` into `dir`; returns the CA.
+pub fn broker_files(dir: &std::path::Path) -> anyhow::Result<DevCa> {
+    let ca = DevCa::new("example.org")?;
+    let server = ca.server("spiffe://example.org/mayfly/broker", &["localhost"])?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    std::fs::write(dir.join("broker.crt"), &server.cert_pem)?;
+    std::fs::write(dir.join("broker.key"), &server.key_pem)?;
+    // The example policies (every mint is a real Cedar decision), with a budget
+    // that a load run cannot exhaust.
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies)?;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    for entry in std::fs::read_dir(&examples)? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, policies.join(name))?;
+        }
+    }
+    let entities = std::fs::read_to_string(policies.join("entities.json"))?;
+    std::fs::write(
+        policies.join("entities.json"),
+        entities.replacen("\"max_tokens\": 50,", "\"max_tokens\": 100000000,", 1),
+    )?;
+    Ok(ca)
+}
+
+/// The support agent of the example policies.
+pub const AGENT: &str = "spiffe://example.org/agent/support-eu-1";
+
+/// Opens a support-triage task for [`AGENT`] reading EU customers.
+pub async fn support_task(orchestrator: Channel, objective: &str) -> anyhow::Result<String> {
+    let task = TaskServiceClient::new(orchestrator)
+        .start_task(pb::StartTaskRequest {
+            agent: AGENT.into(),
+            workflow: "support-triage".into(),
+            objective: objective.into(),
+            scopes: vec![pb::Scope {
+                audience: "crm-api".into(),
+                resource: "customers/eu/*".into(),
+                action: "read".into(),
+            }],
+            duration_seconds: 3000,
+        })
+        .await?
+        .into_inner()
+        .task
+        .ok_or_else(|| anyhow::anyhow!("no task"))?;
+    Ok(task.id)
+}
