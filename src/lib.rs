@@ -2,9 +2,16 @@
 //!
 //! - [`identity`]: SPIFFE IDs, X.509-SVID verification, roles, the caller.
 //! - [`domain`]: scopes and coverage, task states, token lifetimes (pure rules).
-//! - [`policy`]: the decision to open a task or mint a token.
+//! - [`policy`]: Cedar decisions to open a task or mint a token, and reload.
 //! - [`token`]: claims, Ed25519 signing, JWKS, verification.
-//! - [`config`]: settings from a TOML file and the environment.
+//! - [`broker`]: the use cases: open, mint, complete, revoke, introspect, report.
+//! - [`revocation`]: events, the fan-out hub, following other replicas (NOTIFY).
+//! - [`audit`]: audit events.
+//! - [`store`]: the `Store` trait and its PostgreSQL implementation.
+//! - [`api`]: the gRPC services and proto conversion; [`error`]: errors to statuses.
+//! - [`app`]: building and running the broker; [`config`]: settings.
+//! - [`cli`], [`client`]: the `mayfly` command line and its client commands.
+//! - `verifier` (feature `verifier`): the library resource servers embed.
 #![forbid(unsafe_code)]
 
 pub mod api;
