@@ -13,13 +13,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     mayfly::app::install_crypto();
     init_tracing(cli.log_format);
-    if let Command::Policy(cmd) = &cli.command {
-        // Exit codes scripts can trust: 0 valid / all cases pass, 1 a case
-        // mismatched, 2 the policy set or the cases file is invalid.
-        return std::process::ExitCode::from(mayfly::policy::cases::run_command(cmd));
-    }
     match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -40,8 +35,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let done = match cli.command {
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
             let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
@@ -55,9 +50,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Policy(_) => unreachable!("handled in main"),
+        // Exit codes scripts can trust: 0 valid / all cases pass, 1 a case
+        // mismatched, 2 the policy set or the cases file is invalid.
+        Command::Policy(cmd) => {
+            return Ok(std::process::ExitCode::from(
+                mayfly::policy::cases::run_command(&cmd),
+            ));
+        }
         Command::Client(call) => mayfly::client::run(&cli.client, &call).await,
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -145,7 +145,8 @@ impl Loaded {
         // The entities built for this request, and those from the entities file
         // it can reach (needed only when a policy reads their attributes).
         (built, file): (Vec<Entity>, Vec<Entity>),
-        what: &str,
+        // What was asked, for a denial's reason: only formatted on a denial.
+        what: impl Fn() -> String,
     ) -> Result<Vec<String>, Denied> {
         let action_uid = action(act);
         let context = Context::from_pairs(context).map_err(|e| input_error(&e))?;
@@ -181,7 +182,7 @@ impl Loaded {
         // that would open a hole. Refuse instead.
         if let Some(err) = response.diagnostics().errors().next() {
             return Err(Denied {
-                reason: format!("{what}: policy evaluation failed: {err}"),
+                reason: format!("{}: policy evaluation failed: {err}", what()),
                 policies: match err {
                     cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
                         vec![e.policy_id().to_string()]
@@ -192,7 +193,7 @@ impl Loaded {
         match response.decision() {
             Decision::Allow => Ok(ids),
             Decision::Deny if ids.is_empty() => {
-                Err(Denied::new(format!("no policy permits {what}")))
+                Err(Denied::new(format!("no policy permits {}", what())))
             }
             Decision::Deny => {
                 let why: Vec<String> = ids
@@ -203,7 +204,7 @@ impl Loaded {
                     })
                     .collect();
                 Err(Denied {
-                    reason: format!("{what} is forbidden by policy {}", why.join(", ")),
+                    reason: format!("{} is forbidden by policy {}", what(), why.join(", ")),
                     policies: ids,
                 })
             }
@@ -552,10 +553,12 @@ impl CedarPolicy {
                 vec![agent.clone(), orch.clone()],
                 set.workflow_entity(&wf_uid),
             ),
-            &format!(
-                "{} opening workflow {:?} for {}",
-                i.orchestrator, i.workflow, i.agent
-            ),
+            || {
+                format!(
+                    "{} opening workflow {:?} for {}",
+                    i.orchestrator, i.workflow, i.agent
+                )
+            },
         )?;
         for (n, scope) in i.scopes.iter().enumerate() {
             let (resource, mut file) = set.resource(scope).map_err(|d| Denied {
@@ -569,7 +572,7 @@ impl CedarPolicy {
                 resource.uid(),
                 declare_context(&wf_uid, i.orchestrator, scope, environment),
                 (vec![agent.clone(), orch.clone(), resource], file),
-                &format!("declaring scope {scope} in workflow {:?}", i.workflow),
+                || format!("declaring scope {scope} in workflow {:?}", i.workflow),
             )?;
             policies.extend(p);
         }
@@ -609,7 +612,7 @@ impl CedarPolicy {
             resource.uid(),
             mint_context(i, &wf_uid, environment),
             (vec![agent, task, resource], file),
-            &format!("minting {} in task {}", i.scope, i.task.id),
+            || format!("minting {} in task {}", i.scope, i.task.id),
         )?;
         Ok(Permit {
             policies,

@@ -340,15 +340,7 @@ async fn revoking_a_workflow_stops_its_tasks_and_kills_their_tokens_and_nothing_
     let mut req = start_request(AGENT2, 600);
     req.workflow = "coding".into();
     req.scopes = vec![scope("github", "repos/acme", "read")];
-    let coding = app
-        .tasks(ORCH)
-        .await
-        .start_task(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let coding = app.open_task_with(req).await;
     let c = app
         .tokens(AGENT2)
         .await

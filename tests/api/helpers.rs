@@ -351,9 +351,14 @@ impl TestApp {
 
     /// Opens a support task for AGENT with the default scopes.
     pub async fn open_task(&self, agent: &str, duration: u64) -> pb::Task {
+        self.open_task_with(start_request(agent, duration)).await
+    }
+
+    /// Opens the task `req` describes, as the orchestrator.
+    pub async fn open_task_with(&self, req: pb::StartTaskRequest) -> pb::Task {
         self.tasks(ORCH)
             .await
-            .start_task(start_request(agent, duration))
+            .start_task(req)
             .await
             .expect("start task")
             .into_inner()

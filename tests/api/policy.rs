@@ -80,15 +80,7 @@ async fn the_requested_ttl_changes_the_decision_and_a_policy_denial_is_not_a_dev
     let app = spawn_app().await;
     let mut req = start_request(AGENT, 600);
     req.scopes.push(scope("crm-api", "customers/eu/*", "write"));
-    let task = app
-        .tasks(ORCH)
-        .await
-        .start_task(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let task = app.open_task_with(req).await;
     let (mut tokens, _) = app.tokens(AGENT).await;
     tokens
         .mint_token(crm("customers/eu/1", "write", 60, &task.id))
@@ -446,15 +438,7 @@ async fn a_workflow_whose_deviation_response_is_deny_refuses_without_ending_the_
     let mut req = start_request(AGENT, 600);
     req.workflow = "lenient".into();
     req.scopes = vec![scope("tickets", "tickets/*", "comment")];
-    let task = app
-        .tasks(ORCH)
-        .await
-        .start_task(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let task = app.open_task_with(req).await;
     let (mut tokens, _) = app.tokens(AGENT).await;
     let ticket = |res: &str, action: &str| pb::MintTokenRequest {
         task_id: task.id.clone(),

@@ -239,15 +239,7 @@ async fn dot_segments_in_scopes_are_invalid_arguments_naming_the_field() {
     // A task declared on customers/eu/** does not cover a path that climbs out of it.
     let mut req = start_request(AGENT, 600);
     req.scopes = vec![scope("crm-api", "customers/eu/**", "read")];
-    let task = app
-        .tasks(ORCH)
-        .await
-        .start_task(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let task = app.open_task_with(req).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     for res in ["customers/eu/../us/1", "customers/eu/./1"] {
         let err = agent
