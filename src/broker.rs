@@ -478,12 +478,14 @@ impl Broker {
             self.audit_denial(deny(&err.to_string())).await;
             return Err(err);
         }
-        let Some(limits) = self.policy.workflow(&task.workflow) else {
-            let reason = format!("workflow {:?} is no longer defined", task.workflow);
-            self.audit_denial(deny(&reason)).await;
-            return Err(BrokerError::PermissionDenied(reason));
-        };
         if task.covering_scope(&req.scope).is_none() {
+            // The workflow's limits are read here only: a covered request takes
+            // them from its decision's snapshot below, so a mint reads them once.
+            let Some(limits) = self.policy.workflow(&task.workflow) else {
+                let reason = format!("workflow {:?} is no longer defined", task.workflow);
+                self.audit_denial(deny(&reason)).await;
+                return Err(BrokerError::PermissionDenied(reason));
+            };
             let reason = format!(
                 "deviation: scope {} is not covered by the scopes declared for task {}",
                 req.scope, task.id
@@ -512,9 +514,9 @@ impl Broker {
                 return Err(BrokerError::PermissionDenied(reason));
             }
         };
-        // From here on, the limits of the snapshot that decided: a reload since
-        // the scope check above cannot mix two policy sets into one mint.
-        let limits = permit.limits.clone();
+        // The limits of the snapshot that decided: a reload cannot mix two policy
+        // sets into one mint.
+        let limits = permit.limits;
         if task.tokens_minted >= limits.max_tokens {
             return Err(self.over_budget(caller, &task, &limits, deny).await);
         }
