@@ -6,7 +6,8 @@ use super::{Denied, MintInput, Permit, Policy, StartInput, WorkflowLimits};
 use crate::domain::Scope;
 use crate::identity::SpiffeId;
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityUid, Request, RestrictedExpression,
+    Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicySet, Request,
+    RestrictedExpression,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ impl Loaded {
     /// `resource in Mayfly::Resource::"crm-api/customers/eu/*/payment-methods"`
     /// holds for `customers/eu/42/payment-methods` too. Coverage, not overlap,
     /// makes a parent: a permit on a pattern never reaches a wider request.
-    fn resource(&self, scope: &Scope) -> Result<(Entity, Vec<Entity>), Denied> {
+    fn resource(&self, scope: &Scope, with_file: bool) -> Result<(Entity, Vec<Entity>), Denied> {
         let id = format!("{}/{}", scope.audience, scope.resource);
         let probe = Scope {
             action: "*".into(),
@@ -90,7 +91,10 @@ impl Loaded {
             }
         }
         let own = uid("Mayfly::Resource", &id);
-        let mut needed = vec![tool_entity.clone()];
+        let mut needed = Vec::new();
+        if with_file {
+            needed.push(tool_entity.clone());
+        }
         let mut parents = HashSet::from([tool_uid.clone()]);
         // In every covering pattern and in everything those are in (a request for
         // exactly a declared pattern keeps that pattern's own parents).
@@ -104,7 +108,7 @@ impl Loaded {
                 }
             }
         }
-        for p in &parents {
+        for p in parents.iter().filter(|_| with_file) {
             if *p != tool_uid
                 && let Some(e) = self.entities.get(p)
             {
@@ -129,9 +133,21 @@ impl Loaded {
         Ok((entity, needed))
     }
 
-    /// The workflow's entity from the file.
-    fn workflow_entity(&self, wf: &EntityUid) -> Vec<Entity> {
-        self.entities.get(wf).cloned().into_iter().collect()
+    /// The workflow's entity from the file, when the slice reads file entities.
+    fn workflow_entity(&self, wf: &EntityUid, needs: Needs) -> Option<Entity> {
+        self.entities
+            .get(wf)
+            .filter(|_| needs.file_entities)
+            .cloned()
+    }
+
+    /// The policies that can apply to the action on the tool (Mint,
+    /// DeclareScope) or workflow (StartTask), and which entities they need.
+    fn slice(&self, (act, key): (&str, &str)) -> (&PolicySet, Needs) {
+        match self.slices.get(act).and_then(|m| m.get(key)) {
+            Some(s) => (&s.policies, s.needs),
+            None => (&self.policies, Needs::ALL),
+        }
     }
 
     fn decide(
@@ -143,7 +159,7 @@ impl Loaded {
         resource: EntityUid,
         context: Vec<(String, RestrictedExpression)>,
         // The entities built for this request, and those from the entities file
-        // it can reach (needed only when a policy reads their attributes).
+        // it can reach that the slice needs (see `Needs`).
         (built, file): (Vec<Entity>, Vec<Entity>),
         // What was asked, for a denial's reason: only formatted on a denial.
         what: impl Fn() -> String,
@@ -155,15 +171,10 @@ impl Loaded {
         // cost of a decision.
         let request = Request::new(principal, action_uid, resource, context, None)
             .map_err(|e| input_error(&e))?;
-        let slice = self.slices.get(act).and_then(|m| m.get(key));
-        let (policies, with_file) = match slice {
-            Some(s) => (&s.policies, s.reads_file_entities),
-            None => (&self.policies, true),
-        };
+        let (policies, _) = self.slice((act, key));
         // Only the entities this request can reach: cheap, and not growing with
         // the entities file. Action entities only matter (and are only added) when
         // the schema groups actions.
-        let file = if with_file { file } else { vec![] };
         let entities = Entities::from_entities(
             built
                 .into_iter()
@@ -544,6 +555,7 @@ impl CedarPolicy {
         let wf_uid = uid("Mayfly::Workflow", i.workflow);
         let agent = workload("Mayfly::Agent", i.agent)?;
         let orch = workload("Mayfly::Orchestrator", i.orchestrator)?;
+        let (_, needs) = set.slice(("StartTask", i.workflow));
         let mut policies = set.decide(
             orch.uid(),
             ("StartTask", i.workflow),
@@ -551,7 +563,7 @@ impl CedarPolicy {
             start_context(i.agent, secs(i.duration), i.scopes, environment, i.now),
             (
                 vec![agent.clone(), orch.clone()],
-                set.workflow_entity(&wf_uid),
+                set.workflow_entity(&wf_uid, needs).into_iter().collect(),
             ),
             || {
                 format!(
@@ -561,11 +573,14 @@ impl CedarPolicy {
             },
         )?;
         for (n, scope) in i.scopes.iter().enumerate() {
-            let (resource, mut file) = set.resource(scope).map_err(|d| Denied {
-                reason: format!("scopes[{n}]: {}", d.reason),
-                ..d
-            })?;
-            file.extend(set.workflow_entity(&wf_uid));
+            let (_, needs) = set.slice(("DeclareScope", &scope.audience));
+            let (resource, mut file) =
+                set.resource(scope, needs.file_entities)
+                    .map_err(|d| Denied {
+                        reason: format!("scopes[{n}]: {}", d.reason),
+                        ..d
+                    })?;
+            file.extend(set.workflow_entity(&wf_uid, needs));
             let p = set.decide(
                 agent.uid(),
                 ("DeclareScope", &scope.audience),
@@ -602,16 +617,24 @@ impl CedarPolicy {
             });
         }
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
+        let (_, needs) = set.slice(("Mint", &i.scope.audience));
         let agent = workload("Mayfly::Agent", i.agent)?;
-        let task = task_entity(i, &wf_uid, agent.uid())?;
-        let (resource, mut file) = set.resource(i.scope)?;
-        file.extend(set.workflow_entity(&wf_uid));
+        // The task entity only when a policy can reach it (`Needs::task`).
+        let task = match needs.task {
+            true => Some(task_entity(i, &wf_uid, agent.uid())?),
+            false => None,
+        };
+        let (resource, mut file) = set.resource(i.scope, needs.file_entities)?;
+        file.extend(set.workflow_entity(&wf_uid, needs));
+        let (principal, requested) = (agent.uid(), resource.uid());
+        let mut built = vec![agent, resource];
+        built.extend(task);
         let policies = set.decide(
-            agent.uid(),
+            principal,
             ("Mint", &i.scope.audience),
-            resource.uid(),
+            requested,
             mint_context(i, &wf_uid, environment),
-            (vec![agent, task, resource], file),
+            (built, file),
             || format!("minting {} in task {}", i.scope, i.task.id),
         )?;
         Ok(Permit {

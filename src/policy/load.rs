@@ -491,16 +491,17 @@ pub(super) fn slice(
     let mut out: HashMap<&'static str, HashMap<String, Slice>> = HashMap::new();
     for (act, key) in keys {
         let mut set = PolicySet::new();
-        let mut reads_file_entities = false;
+        let mut needs = Needs::NONE;
         for p in all.policies().filter(|p| could_apply(p, act, &key)) {
-            reads_file_entities |= reads_file_entity_attributes(p);
+            needs.file_entities |= reads_file_entity_attributes(p);
+            needs.task |= mentions_task(p);
             set.add(p.clone()).map_err(|e| e.to_string())?;
         }
         out.entry(act).or_default().insert(
             key,
             Slice {
                 policies: set,
-                reads_file_entities,
+                needs,
             },
         );
     }
@@ -510,11 +511,58 @@ pub(super) fn slice(
 /// The policies that can apply to one (action, tool or workflow).
 pub(super) struct Slice {
     pub(super) policies: PolicySet,
+    pub(super) needs: Needs,
+}
+
+/// Which entities a decision must carry besides the principal and the resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Needs {
     /// Whether some policy reads attributes of an entity from the entities file
     /// (`context.workflow.max_tokens`, `resource.tool.sensitivity`, a literal
     /// entity's attribute). Only then does a decision need those entities: `in`
     /// needs only the request entities' ancestors, which they carry.
-    pub(super) reads_file_entities: bool,
+    pub(super) file_entities: bool,
+    /// Whether some policy can reach the task entity (`context.task`, a
+    /// `Mayfly::Task` literal or type). Without the entity, `in` on it would be
+    /// false rather than an error, so this errs towards `true`.
+    pub(super) task: bool,
+}
+
+impl Needs {
+    const NONE: Needs = Needs {
+        file_entities: false,
+        task: false,
+    };
+    /// With no slice to go by (an action or key Mayfly did not slice for),
+    /// every entity is carried.
+    pub(super) const ALL: Needs = Needs {
+        file_entities: true,
+        task: true,
+    };
+}
+
+/// Conservative: `true` when the word "task" appears, in any case, anywhere in
+/// the policy's condition or scope (an attribute name, an entity type, a string
+/// literal): annotations aside, which decide nothing. A false `true` only costs
+/// the time to build the task entity.
+pub(super) fn mentions_task(p: &cedar_policy::Policy) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.to_ascii_lowercase().contains("task"),
+            serde_json::Value::Object(map) => map
+                .iter()
+                .any(|(k, inner)| k.to_ascii_lowercase().contains("task") || walk(inner)),
+            serde_json::Value::Array(items) => items.iter().any(walk),
+            _ => false,
+        }
+    }
+    match p.to_json() {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.remove("annotations");
+            walk(&serde_json::Value::Object(map))
+        }
+        _ => true,
+    }
 }
 
 /// Conservative: `true` unless every attribute access (`.`, `has`, tags) in the

@@ -676,3 +676,50 @@ fn only_policies_that_read_file_entities_make_decisions_load_them() {
         );
     }
 }
+
+#[test]
+fn only_policies_that_can_reach_the_task_make_decisions_build_it() {
+    let set = cedar_policy::PolicySet::from_str(
+        r#"
+        @id("plain") @reason("tasks and Task in annotations decide nothing")
+        permit (principal, action, resource)
+        when { principal.path like "/agent/*" && context.tokens_minted < 5 };
+        @id("attr") permit (principal, action, resource) when { context.task.tokens_minted > 1 };
+        @id("has") permit (principal, action, resource) when { context has task };
+        @id("in") forbid (principal, action, resource) when { context.task in Mayfly::Workflow::"w" };
+        @id("is") forbid (principal, action, resource) when { context.workflow is Mayfly::Task };
+        @id("literal") forbid (principal, action, resource) when { Mayfly::Task::"t" in Mayfly::Workflow::"w" };
+        "#,
+    )
+    .unwrap();
+    for p in set.policies() {
+        let id = p.annotation("id").unwrap();
+        assert_eq!(super::load::mentions_task(p), id != "plain", "{id}");
+    }
+}
+
+#[test]
+fn a_forbid_on_the_tasks_workflow_membership_still_applies() {
+    // Without the task entity, `context.task in ...` would be false, not an
+    // error: the forbid below would silently stop applying.
+    let dir = policy_dir(
+        r#"
+@id("no-support-tickets") @reason("membership of the task decides")
+forbid (principal, action == Mayfly::Action::"Mint", resource in Mayfly::Tool::"tickets")
+when { context.task in Mayfly::Workflow::"support-triage" };
+"#,
+    );
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    let d = ticket(&p, "tickets/4711").unwrap_err();
+    assert_eq!(d.policies, vec!["no-support-tickets".to_string()]);
+    // The CRM slice has no policy that reaches the task, and still permits.
+    mint(
+        &p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
+    .unwrap();
+}
