@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The services exist only in the broker (feature `server`); the verifier
+        // library needs the messages and the clients.
+        .server_mod_attribute(".", "#[cfg(feature = \"server\")]")
         // Messages that carry a bearer token get no derived Debug, so a token can
         // never reach a log line through `{:?}`.
         .skip_debug([

@@ -2,31 +2,45 @@
 //!
 //! - [`identity`]: SPIFFE IDs, X.509-SVID verification, roles, the caller.
 //! - [`domain`]: scopes and coverage, task states, token lifetimes (pure rules).
-//! - [`policy`]: Cedar decisions to open a task or mint a token, and reload.
+//! - `policy`: Cedar decisions to open a task or mint a token, and reload.
 //! - [`token`]: claims, Ed25519 signing, JWKS, verification.
-//! - [`broker`]: the use cases: open, mint, complete, revoke, introspect, report.
-//! - [`revocation`]: events, the fan-out hub, following other replicas (NOTIFY).
-//! - [`audit`]: audit events.
-//! - [`store`]: the `Store` trait and its PostgreSQL implementation.
-//! - [`api`]: the gRPC services and proto conversion; [`error`]: errors to statuses.
-//! - [`app`]: building and running the broker; [`config`]: settings.
-//! - [`cli`], [`client`]: the `mayfly` command line and its client commands.
+//! - `broker`: the use cases: open, mint, complete, revoke, introspect, report.
+//! - `revocation`: events, the fan-out hub, following other replicas (NOTIFY).
+//! - `audit`: audit events.
+//! - `store`: the `Store` trait and its PostgreSQL implementation.
+//! - [`api`]: the gRPC services and proto conversion; `error`: errors to statuses.
+//! - `app`: building and running the broker; `config`: settings.
+//! - `cli`, `client`: the `mayfly` command line and its client commands.
 //! - `verifier` (feature `verifier`): the library resource servers embed.
+//!
+//! Feature `server` (default) is the broker; without it (`default-features = false,
+//! features = ["verifier"]`) the crate is the verifier library and what it needs:
+//! `identity`, `domain`, `token`, `clock` and the generated protobuf `api::pb`.
 #![forbid(unsafe_code)]
 
 pub mod api;
+#[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
 pub mod audit;
+#[cfg(feature = "server")]
 pub mod broker;
+#[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod client;
 pub mod clock;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod domain;
+#[cfg(feature = "server")]
 pub mod error;
 pub mod identity;
+#[cfg(feature = "server")]
 pub mod policy;
+#[cfg(feature = "server")]
 pub mod revocation;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod token;
 #[cfg(feature = "verifier")]

@@ -1,5 +1,6 @@
 //! Who is calling: SPIFFE IDs, X.509-SVID verification, roles, and the caller that
 //! travels with every request from the verified peer certificate.
+#[cfg(feature = "server")]
 pub mod devcerts;
 mod spiffe;
 mod svid;
@@ -104,6 +105,7 @@ impl TlsConn {
     }
 }
 
+#[cfg(feature = "server")]
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> ConnInfo {

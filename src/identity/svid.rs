@@ -244,7 +244,7 @@ fn check_leaf(der: &[u8], now: UnixTime) -> Result<(SpiffeId, i64), VerifyError>
     Ok((id, validity.not_after.timestamp()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
     use crate::identity::devcerts::{DevCa, SvidSpec};

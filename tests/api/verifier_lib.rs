@@ -544,3 +544,52 @@ async fn a_verifier_cut_off_turns_stale_and_recovers_when_the_broker_is_back() {
     let verdict = check_until(&v, &token, &cert.cert_der, &r, Verdict::is_valid).await;
     assert!(verdict.is_valid(), "{verdict:?}");
 }
+
+/// A resource server depends on `mayfly` with `default-features = false,
+/// features = ["verifier"]`: none of the broker's dependencies come with it.
+#[test]
+fn the_verifier_feature_alone_pulls_in_none_of_the_brokers_dependencies() {
+    let tree = |features: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "tree",
+                "--locked",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(features)
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let has = |tree: &str, krate: &str| tree.lines().any(|l| l.starts_with(&format!("{krate} v")));
+    let server = [
+        "sqlx",
+        "cedar-policy",
+        "axum",
+        "clap",
+        "rcgen",
+        "tracing-subscriber",
+        "tonic-health",
+    ];
+    let full = tree(&[]);
+    for krate in server {
+        assert!(has(&full, krate), "the broker build should have {krate}");
+    }
+    let lib = tree(&["--no-default-features", "--features", "verifier"]);
+    for krate in server {
+        assert!(!has(&lib, krate), "the verifier library pulls in {krate}");
+    }
+    for krate in ["tonic", "rustls", "ring", "x509-parser"] {
+        assert!(has(&lib, krate), "the verifier library needs {krate}");
+    }
+}
