@@ -552,15 +552,7 @@ fn the_verifier_feature_alone_pulls_in_none_of_the_brokers_dependencies() {
     let tree = |features: &[&str]| {
         let out = std::process::Command::new(env!("CARGO"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "tree",
-                "--locked",
-                "--offline",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
+            .args(["tree", "--locked", "-e", "normal", "--prefix", "none"])
             .args(features)
             .output()
             .expect("cargo tree runs");
