@@ -153,9 +153,8 @@ impl Loaded {
     fn decide(
         &self,
         principal: EntityUid,
-        // The action, and the tool (Mint, DeclareScope) or workflow (StartTask)
-        // of the request, which pick the policy slice.
-        (act, key): (&str, &str),
+        // The action, and the policies that can apply to it (`Loaded::slice`).
+        (act, policies): (&str, &PolicySet),
         resource: EntityUid,
         context: Vec<(String, RestrictedExpression)>,
         // The entities built for this request, and those from the entities file
@@ -171,7 +170,6 @@ impl Loaded {
         // cost of a decision.
         let request = Request::new(principal, action_uid, resource, context, None)
             .map_err(|e| input_error(&e))?;
-        let (policies, _) = self.slice((act, key));
         // Only the entities this request can reach: cheap, and not growing with
         // the entities file. Action entities only matter (and are only added) when
         // the schema groups actions.
@@ -555,10 +553,10 @@ impl CedarPolicy {
         let wf_uid = uid("Mayfly::Workflow", i.workflow);
         let agent = workload("Mayfly::Agent", i.agent)?;
         let orch = workload("Mayfly::Orchestrator", i.orchestrator)?;
-        let (_, needs) = set.slice(("StartTask", i.workflow));
+        let (slice, needs) = set.slice(("StartTask", i.workflow));
         let mut policies = set.decide(
             orch.uid(),
-            ("StartTask", i.workflow),
+            ("StartTask", slice),
             wf_uid.clone(),
             start_context(i.agent, secs(i.duration), i.scopes, environment, i.now),
             (
@@ -573,7 +571,7 @@ impl CedarPolicy {
             },
         )?;
         for (n, scope) in i.scopes.iter().enumerate() {
-            let (_, needs) = set.slice(("DeclareScope", &scope.audience));
+            let (slice, needs) = set.slice(("DeclareScope", &scope.audience));
             let (resource, mut file) =
                 set.resource(scope, needs.file_entities)
                     .map_err(|d| Denied {
@@ -583,7 +581,7 @@ impl CedarPolicy {
             file.extend(set.workflow_entity(&wf_uid, needs));
             let p = set.decide(
                 agent.uid(),
-                ("DeclareScope", &scope.audience),
+                ("DeclareScope", slice),
                 resource.uid(),
                 declare_context(&wf_uid, i.orchestrator, scope, environment),
                 (vec![agent.clone(), orch.clone(), resource], file),
@@ -617,7 +615,7 @@ impl CedarPolicy {
             });
         }
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
-        let (_, needs) = set.slice(("Mint", &i.scope.audience));
+        let (slice, needs) = set.slice(("Mint", &i.scope.audience));
         let agent = workload("Mayfly::Agent", i.agent)?;
         // The task entity only when a policy can reach it (`Needs::task`).
         let task = match needs.task {
@@ -631,7 +629,7 @@ impl CedarPolicy {
         built.extend(task);
         let policies = set.decide(
             principal,
-            ("Mint", &i.scope.audience),
+            ("Mint", slice),
             requested,
             mint_context(i, &wf_uid, environment),
             (built, file),

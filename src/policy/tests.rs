@@ -81,15 +81,7 @@ fn every_example_case_passes() {
 #[test]
 fn a_permit_names_the_policy_that_permitted_it() {
     let p = CedarPolicy::load(&examples(), "prod-eu").unwrap();
-    let permit = mint(
-        &p,
-        "prod-eu",
-        SUPPORT,
-        "support-triage",
-        "crm-api customers/eu/42 read",
-        60,
-    )
-    .unwrap();
+    let permit = crm_read(&p).unwrap();
     assert_eq!(permit.policies, vec!["support-mint".to_string()]);
 }
 
@@ -317,15 +309,7 @@ fn bad_workflow_limits_and_duplicate_policy_ids_are_refused() {
 fn an_invalid_reload_keeps_the_previous_set_and_reports_why() {
     let dir = policy_dir("");
     let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
-    mint(
-        &p,
-        "prod-eu",
-        SUPPORT,
-        "support-triage",
-        "crm-api customers/eu/42 read",
-        60,
-    )
-    .unwrap();
+    crm_read(&p).unwrap();
 
     std::fs::write(
         dir.path().join("extra.cedar"),
@@ -337,15 +321,7 @@ fn an_invalid_reload_keeps_the_previous_set_and_reports_why() {
     assert_eq!(status.failed_reloads, 1);
     assert!(status.last_error.unwrap().contains("extra.cedar:1:"));
     // The old set still decides.
-    mint(
-        &p,
-        "prod-eu",
-        SUPPORT,
-        "support-triage",
-        "crm-api customers/eu/42 read",
-        60,
-    )
-    .unwrap();
+    crm_read(&p).unwrap();
     // The same broken files are not retried on every tick.
     assert_eq!(p.reload_if_changed(), Ok(false));
 
@@ -357,15 +333,7 @@ fn an_invalid_reload_keeps_the_previous_set_and_reports_why() {
     .unwrap();
     assert_eq!(p.reload_if_changed(), Ok(true));
     assert!(p.status().last_error.is_none());
-    let d = mint(
-        &p,
-        "prod-eu",
-        SUPPORT,
-        "support-triage",
-        "crm-api customers/eu/42 read",
-        60,
-    )
-    .unwrap_err();
+    let d = crm_read(&p).unwrap_err();
     assert!(
         d.reason.contains("crm-freeze (crm is frozen)"),
         "{}",
@@ -502,6 +470,18 @@ fn declared(pattern: &str, env: &str, parents: serde_json::Value) -> serde_json:
 
 fn tool_parent(tool: &str) -> serde_json::Value {
     serde_json::json!({ "type": "Mayfly::Tool", "id": tool })
+}
+
+/// The support agent reads one EU customer: permitted by the example policies.
+fn crm_read(p: &CedarPolicy) -> Result<Permit, Denied> {
+    mint(
+        p,
+        "prod-eu",
+        SUPPORT,
+        "support-triage",
+        "crm-api customers/eu/42 read",
+        60,
+    )
 }
 
 fn ticket(p: &CedarPolicy, res: &str) -> Result<Permit, Denied> {
@@ -643,15 +623,7 @@ when { resource.tool.sensitivity == "public" };
     );
     let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
     ticket(&p, "tickets/4711").unwrap();
-    mint(
-        &p,
-        "prod-eu",
-        SUPPORT,
-        "support-triage",
-        "crm-api customers/eu/42 read",
-        60,
-    )
-    .unwrap();
+    crm_read(&p).unwrap();
 }
 
 #[test]
@@ -713,13 +685,5 @@ when { context.task in Mayfly::Workflow::"support-triage" };
     let d = ticket(&p, "tickets/4711").unwrap_err();
     assert_eq!(d.policies, vec!["no-support-tickets".to_string()]);
     // The CRM slice has no policy that reaches the task, and still permits.
-    mint(
-        &p,
-        "prod-eu",
-        SUPPORT,
-        "support-triage",
-        "crm-api customers/eu/42 read",
-        60,
-    )
-    .unwrap();
+    crm_read(&p).unwrap();
 }
