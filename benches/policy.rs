@@ -78,6 +78,7 @@ impl Fixture {
                 task: &self.support_task,
                 scope: &self.read,
                 requested_ttl: Duration::from_secs(120),
+                delegation_depth: 0,
                 now: self.now,
             })
             .is_ok()
@@ -90,6 +91,7 @@ impl Fixture {
                 task: &self.coding_task,
                 scope: &self.push_main,
                 requested_ttl: Duration::from_secs(120),
+                delegation_depth: 0,
                 now: self.now,
             })
             .is_ok()

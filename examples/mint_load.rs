@@ -43,6 +43,8 @@ fn crypto() -> anyhow::Result<()> {
         },
         act: None,
         client_id: "spiffe://example.org/agent/a".into(),
+        depth: 0,
+        ancestors: vec![],
     };
     let n = 50_000;
     let t = Instant::now();

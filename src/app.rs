@@ -94,7 +94,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         config.keys.heartbeat,
     )
     .await
-    .map_err(|e| anyhow::anyhow!("starting the broker: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("starting the broker: {e}"))?
+    .with_approval_ttl(config.tasks.approval_ttl);
     let grpc = TcpListener::bind(config.server.grpc_addr)
         .await
         .with_context(|| {

@@ -153,14 +153,23 @@ pub struct TasksConfig {
     /// How often the sweeper looks for tasks past their deadline.
     #[serde(default = "default_sweep", with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// How long a step-up approval waits for a decision and, once approved, for
+    /// its one token (never past the task's deadline).
+    #[serde(default = "default_approval_ttl", with = "humantime_serde")]
+    pub approval_ttl: Duration,
 }
 
 impl Default for TasksConfig {
     fn default() -> Self {
         TasksConfig {
             sweep_interval: default_sweep(),
+            approval_ttl: default_approval_ttl(),
         }
     }
+}
+
+fn default_approval_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_sweep() -> Duration {
@@ -365,6 +374,11 @@ impl Config {
         }
         if self.tasks.sweep_interval.is_zero() {
             return Err(invalid("tasks.sweep_interval", "must be greater than zero"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+            .contains(&self.tasks.approval_ttl)
+        {
+            return Err(invalid("tasks.approval_ttl", "must be between 1s and 24h"));
         }
         if self.keys.heartbeat.is_zero() {
             return Err(invalid("keys.heartbeat", "must be greater than zero"));

@@ -4,7 +4,7 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::Broker;
 use crate::identity::Role;
-use crate::store::TokenFilter;
+use crate::store::{ApprovalFilter, TokenFilter};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -63,6 +63,72 @@ impl AdminService for AdminApi {
         let tokens = self.broker.list_tokens(&filter).await?;
         Ok(Response::new(ListTokensResponse {
             tokens: tokens.iter().map(|t| convert::token(t, now)).collect(),
+        }))
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<ListApprovalsRequest>,
+    ) -> Result<Response<ListApprovalsResponse>, Status> {
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/ListApprovals", &[Role::Admin])
+            .await?;
+        let r = req.get_ref();
+        let now = self.auth.clock.now();
+        let filter = ApprovalFilter {
+            task: if r.task_id.is_empty() {
+                None
+            } else {
+                Some(convert::task_id("task_id", &r.task_id)?)
+            },
+            pending_at: r.pending_only.then_some(now),
+            limit: convert::limit(r.limit)?,
+        };
+        let approvals = self.broker.list_approvals(&filter).await?;
+        Ok(Response::new(ListApprovalsResponse {
+            approvals: approvals
+                .iter()
+                .map(|a| convert::approval(a, now))
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(caller, approval))]
+    async fn decide_approval(
+        &self,
+        req: Request<DecideApprovalRequest>,
+    ) -> Result<Response<DecideApprovalResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(
+                &req,
+                "mayfly.v1.AdminService/DecideApproval",
+                &[Role::Admin],
+            )
+            .await?;
+        let r = req.get_ref();
+        let id = convert::uuid("approval_id", &r.approval_id)?;
+        tracing::Span::current()
+            .record("caller", caller.id.as_str())
+            .record("approval", id.to_string());
+        let approve = match Decision::try_from(r.decision) {
+            Ok(Decision::Approve) => true,
+            Ok(Decision::Deny) => false,
+            _ => {
+                return Err(crate::error::invalid(
+                    "decision",
+                    "must be DECISION_APPROVE or DECISION_DENY",
+                ));
+            }
+        };
+        let reason = convert::required_text("reason", &r.reason, convert::MAX_REASON)?;
+        let is_agent = self.auth.roles.has(&caller.id, Role::Agent);
+        let approval = self
+            .broker
+            .decide_approval(&caller, is_agent, id, approve, reason)
+            .await?;
+        Ok(Response::new(DecideApprovalResponse {
+            approval: Some(convert::approval(&approval, self.auth.clock.now())),
         }))
     }
 }

@@ -1,11 +1,12 @@
 //! Proto <-> domain. Parsing happens here, at the edge: every refusal is
 //! INVALID_ARGUMENT naming the field.
 use super::pb;
+use crate::broker::Minted;
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::error::invalid;
 use crate::identity::SpiffeId;
 use crate::revocation::{Event, Target};
-use crate::store::TokenRecord;
+use crate::store::{Approval, ApprovalState, TokenRecord};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::Status;
@@ -187,6 +188,52 @@ pub fn token(t: &TokenRecord, now: OffsetDateTime) -> pb::TokenInfo {
         expires_at: Some(timestamp(t.expires_at)),
         revoked_at: t.revoked_at.map(timestamp),
         active: t.revoked_at.is_none() && t.expires_at > now,
+        parent_jti: t.parent.map(|p| p.to_string()).unwrap_or_default(),
+        depth: t.depth,
+    }
+}
+
+/// A UUID-valued request field (a delegation or approval id).
+pub fn uuid(field: &'static str, s: &str) -> Result<uuid::Uuid, Status> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    uuid::Uuid::parse_str(s).map_err(|_| invalid(field, format!("{s:?} is not a UUID")))
+}
+
+pub fn approval(a: &Approval, now: OffsetDateTime) -> pb::Approval {
+    let state = match a.state_at(now) {
+        ApprovalState::Pending => pb::ApprovalState::Pending,
+        ApprovalState::Approved => pb::ApprovalState::Approved,
+        ApprovalState::Denied => pb::ApprovalState::Denied,
+        ApprovalState::Used => pb::ApprovalState::Used,
+        ApprovalState::Expired => pb::ApprovalState::Expired,
+    };
+    pb::Approval {
+        id: a.id.to_string(),
+        task_id: a.task.to_string(),
+        requester: a.requester.clone(),
+        scope: Some(scope(&a.scope)),
+        ttl_seconds: a.ttl.as_secs(),
+        state: state as i32,
+        workflow: a.workflow.clone(),
+        objective: a.objective.clone(),
+        created_at: Some(timestamp(a.created_at)),
+        expires_at: Some(timestamp(a.expires_at)),
+        decided_by: a.decided_by.clone().unwrap_or_default(),
+        decided_at: a.decided_at.map(timestamp),
+        decision_reason: a.decision_reason.clone().unwrap_or_default(),
+        used_jti: a.used_jti.map(|j| j.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn minted(m: &Minted) -> pb::MintTokenResponse {
+    pb::MintTokenResponse {
+        token: m.token.clone(),
+        jti: m.jti.to_string(),
+        expires_at: Some(timestamp(m.expires_at)),
+        ttl_seconds: m.ttl.as_secs(),
+        approval: None,
     }
 }
 

@@ -25,12 +25,29 @@ pub enum Action {
     /// A verifier reported a token misused (replayed by another certificate, or
     /// used outside its scope).
     MisuseReported,
+    /// A token's holder offered a narrower token to a sub-agent.
+    DelegationOffered,
+    /// A delegation was refused (widening, depth, policy, binding).
+    DelegationDenied,
+    /// A sub-agent was refused redeeming a delegation.
+    RedeemDenied,
+    /// A mint of a step-up action is waiting for a security team's decision.
+    ApprovalRequested,
+    /// A security team approved a step-up request.
+    ApprovalGranted,
+    /// A security team denied a step-up request.
+    ApprovalRejected,
+    /// A decision on an approval was refused (self-approval, an agent, already
+    /// decided, expired).
+    ApprovalDecisionDenied,
+    /// A step-up request repeated while its approval was pending or denied.
+    StepUpRefused,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 21] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -44,6 +61,14 @@ impl Action {
         Action::TaskCompleteDenied,
         Action::RevocationDenied,
         Action::MisuseReported,
+        Action::DelegationOffered,
+        Action::DelegationDenied,
+        Action::RedeemDenied,
+        Action::ApprovalRequested,
+        Action::ApprovalGranted,
+        Action::ApprovalRejected,
+        Action::ApprovalDecisionDenied,
+        Action::StepUpRefused,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -66,6 +91,14 @@ impl Action {
             Action::TaskCompleteDenied => "task_complete_denied",
             Action::RevocationDenied => "revocation_denied",
             Action::MisuseReported => "misuse_reported",
+            Action::DelegationOffered => "delegation_offered",
+            Action::DelegationDenied => "delegation_denied",
+            Action::RedeemDenied => "redeem_denied",
+            Action::ApprovalRequested => "approval_requested",
+            Action::ApprovalGranted => "approval_granted",
+            Action::ApprovalRejected => "approval_rejected",
+            Action::ApprovalDecisionDenied => "approval_decision_denied",
+            Action::StepUpRefused => "step_up_refused",
         }
     }
 
@@ -77,7 +110,12 @@ impl Action {
             | Action::CallDenied
             | Action::TaskCompleteDenied
             | Action::RevocationDenied
-            | Action::MisuseReported => "deny",
+            | Action::MisuseReported
+            | Action::DelegationDenied
+            | Action::RedeemDenied
+            | Action::ApprovalRejected
+            | Action::ApprovalDecisionDenied
+            | Action::StepUpRefused => "deny",
             _ => "permit",
         }
     }
@@ -149,6 +187,10 @@ mod tests {
             Action::CallDenied,
             Action::TaskCompleteDenied,
             Action::RevocationDenied,
+            Action::DelegationDenied,
+            Action::RedeemDenied,
+            Action::ApprovalDecisionDenied,
+            Action::StepUpRefused,
         ] {
             assert_eq!(a.outcome(), "deny", "{a:?}");
         }

@@ -20,6 +20,9 @@ pub struct CaseFile {
 pub enum Expect {
     Allow,
     Deny,
+    /// Permitted, but the action waits for a security team's approval.
+    #[serde(rename = "step_up")]
+    StepUp,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -56,6 +59,10 @@ pub struct Case {
     /// mint: tokens the task has minted already.
     #[serde(default)]
     pub tokens_minted: u32,
+    /// mint: the token's delegation depth (0, the default, for a token the task's
+    /// agent mints itself; the principal is then a sub-agent).
+    #[serde(default)]
+    pub depth: u32,
     /// mint: how long the task has been running.
     #[serde(default, with = "humantime_serde")]
     pub task_age: Option<Duration>,
@@ -133,14 +140,38 @@ pub fn run_case(
                     task: &task,
                     scope: &requested,
                     requested_ttl: c.ttl.unwrap_or(Duration::from_secs(300)),
+                    delegation_depth: c.depth,
                     now,
                 },
             )
         }
     };
+    let step_up = |p: &super::Permit| {
+        c.scope.as_deref().is_some_and(|s| {
+            s.split_whitespace()
+                .nth(2)
+                .is_some_and(|a| p.limits.step_up_actions.iter().any(|x| x == a))
+        }) && c.action == Kind::Mint
+    };
     Ok(match (c.expect, result) {
-        (Expect::Allow, Ok(_)) => None,
-        (Expect::Allow, Err(d)) => Some(format!("expected allow, got deny: {}", d.reason)),
+        (Expect::Allow, Ok(p)) if step_up(&p) => Some(format!(
+            "expected allow, got step_up (permitted by {}, but the workflow's step_up_actions hold the action)",
+            p.policies.join(", ")
+        )),
+        (Expect::StepUp, Ok(p)) if !step_up(&p) => Some(format!(
+            "expected step_up, got allow by {} without approval",
+            p.policies.join(", ")
+        )),
+        (Expect::Allow | Expect::StepUp, Ok(_)) => None,
+        (Expect::Allow | Expect::StepUp, Err(d)) => Some(format!(
+            "expected {}, got deny: {}",
+            if c.expect == Expect::Allow {
+                "allow"
+            } else {
+                "step_up"
+            },
+            d.reason
+        )),
         (Expect::Deny, Ok(p)) => Some(format!(
             "expected deny, got allow by {}",
             p.policies.join(", ")

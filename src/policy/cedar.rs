@@ -263,6 +263,7 @@ impl Loaded {
             task: &task,
             scope: &scope,
             requested_ttl: Duration::from_secs(1),
+            delegation_depth: 0,
             now: OffsetDateTime::UNIX_EPOCH,
         };
         // The entities Mayfly builds per request must fit the schema too.
@@ -335,7 +336,10 @@ fn task_entity(i: &MintInput<'_>, wf_uid: &EntityUid, agent: EntityUid) -> Resul
                 "tokens_minted".to_string(),
                 long(i64::from(i.task.tokens_minted)),
             ),
-            ("delegation_depth".to_string(), long(0)),
+            (
+                "delegation_depth".to_string(),
+                long(i64::from(i.delegation_depth)),
+            ),
         ]),
         HashSet::from([wf_uid.clone()]),
     )
@@ -420,7 +424,10 @@ fn mint_context(
             "tokens_minted".into(),
             long(i64::from(i.task.tokens_minted)),
         ),
-        ("delegation_depth".into(), long(0)),
+        (
+            "delegation_depth".into(),
+            long(i64::from(i.delegation_depth)),
+        ),
         ("environment".into(), string(env)),
         ("now".into(), long(i.now.unix_timestamp())),
         ("hour_utc".into(), long(i64::from(i.now.hour()))),
@@ -605,15 +612,6 @@ impl CedarPolicy {
                 i.task.workflow
             ))
         })?;
-        if wf.step_up_actions.contains(&i.scope.action) {
-            return Err(Denied {
-                reason: format!(
-                    "action {:?} needs step-up approval in workflow {:?}, which this broker cannot grant yet",
-                    i.scope.action, i.task.workflow
-                ),
-                policies: vec![format!("workflow:{}", i.task.workflow)],
-            });
-        }
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
         let (slice, needs) = set.slice(("Mint", &i.scope.audience));
         let agent = workload("Mayfly::Agent", i.agent)?;

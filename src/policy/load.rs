@@ -639,6 +639,14 @@ pub(super) fn workflow_limits(e: &Entity) -> Result<WorkflowLimits, String> {
         max_delegation_depth: depth as u32,
         step_up_actions: attr_strings(e, "step_up_actions")
             .ok_or("step_up_actions must be a set of strings")?,
+        step_up_retries: match get("step_up_retries")? {
+            n @ 0..=1000 => n as u32,
+            n => {
+                return Err(format!(
+                    "step_up_retries must be between 0 and 1000, not {n}"
+                ));
+            }
+        },
         deviation,
     })
 }

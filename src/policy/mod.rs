@@ -57,7 +57,11 @@ pub struct WorkflowLimits {
     pub max_token_ttl: Duration,
     pub max_tokens: u32,
     pub max_delegation_depth: u32,
+    /// Actions whose mints wait for a security team's approval.
     pub step_up_actions: Vec<String>,
+    /// Step-up requests a task may repeat while its approval is pending or after
+    /// it was denied; one more is a deviation.
+    pub step_up_retries: u32,
     pub deviation: DeviationResponse,
 }
 
@@ -72,10 +76,14 @@ pub struct StartInput<'a> {
 }
 
 pub struct MintInput<'a> {
+    /// The agent that will hold the token: the task's agent, or a sub-agent
+    /// redeeming a delegation.
     pub agent: &'a SpiffeId,
     pub task: &'a Task,
     pub scope: &'a Scope,
     pub requested_ttl: Duration,
+    /// 0 for a token minted directly; a delegated token's depth in the chain.
+    pub delegation_depth: u32,
     pub now: OffsetDateTime,
 }
 

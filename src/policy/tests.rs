@@ -58,6 +58,7 @@ fn mint(
             task: &t,
             scope: &scope(s),
             requested_ttl: Duration::from_secs(ttl),
+            delegation_depth: 0,
             now: office_hours(),
         },
     )
@@ -434,6 +435,7 @@ when { context.task.scopes.contains("crm-api/customers/eu/*#read") };
                 task: t,
                 scope: &ticket,
                 requested_ttl: Duration::from_secs(60),
+                delegation_depth: 0,
                 now: office_hours(),
             },
         )

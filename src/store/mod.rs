@@ -37,6 +37,155 @@ pub struct TokenRecord {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// The token it was delegated from; `None` for a token minted directly.
+    pub parent: Option<Uuid>,
+    /// 0 for a token minted directly; a delegated token is its parent's plus one.
+    pub depth: u32,
+}
+
+/// An offer from a token's holder of a narrower token to a named sub-agent,
+/// redeemable once, by that sub-agent only (RFC 8693 delegation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delegation {
+    pub id: Uuid,
+    pub task: TaskId,
+    pub parent_jti: Uuid,
+    /// The parent token's holder.
+    pub delegator: String,
+    pub sub_agent: String,
+    pub scope: Scope,
+    pub depth: u32,
+    /// The child token's RFC 8693 `act` claim: the sub-agent, then every earlier
+    /// actor nested inside.
+    pub act: serde_json::Value,
+    /// The jtis of every ancestor of the child token, root first.
+    pub ancestors: Vec<Uuid>,
+    pub created_at: OffsetDateTime,
+    /// The child token expires then, at the latest; unredeemed, the offer lapses.
+    pub expires_at: OffsetDateTime,
+    pub redeemed_at: Option<OffsetDateTime>,
+    pub child_jti: Option<Uuid>,
+}
+
+/// Redeeming a delegation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeem {
+    /// The child token is recorded and counted against the task's budget.
+    Redeemed,
+    NotFound,
+    AlreadyRedeemed,
+    /// The offer lapsed.
+    Expired,
+    /// The parent token was revoked (directly or through an ancestor).
+    ParentRevoked,
+    /// The task is not active, past its deadline or out of budget: nothing written.
+    TaskRefused,
+}
+
+/// A step-up approval's state as stored; [`Approval::state_at`] adds expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    /// Approved and spent on its one token.
+    Used,
+    /// Not decided, or approved and not used, before its deadline.
+    Expired,
+}
+
+impl ApprovalState {
+    pub const ALL: [ApprovalState; 5] = [
+        ApprovalState::Pending,
+        ApprovalState::Approved,
+        ApprovalState::Denied,
+        ApprovalState::Used,
+        ApprovalState::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Used => "used",
+            ApprovalState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request for a security-team decision on one mint of a high-impact action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    pub id: Uuid,
+    pub task: TaskId,
+    /// The agent that asked.
+    pub requester: String,
+    /// The task's workflow and objective, as the approver saw them.
+    pub workflow: String,
+    pub objective: String,
+    pub scope: Scope,
+    /// The lifetime the agent asked for its token.
+    pub ttl: std::time::Duration,
+    pub state: ApprovalState,
+    pub created_at: OffsetDateTime,
+    /// Undecided or unused by then, it lapses.
+    pub expires_at: OffsetDateTime,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<OffsetDateTime>,
+    pub decision_reason: Option<String>,
+    /// The token it was spent on.
+    pub used_jti: Option<Uuid>,
+}
+
+impl Approval {
+    /// The state at `now`: pending or approved past the deadline is expired.
+    pub fn state_at(&self, now: OffsetDateTime) -> ApprovalState {
+        match self.state {
+            ApprovalState::Pending | ApprovalState::Approved if self.expires_at <= now => {
+                ApprovalState::Expired
+            }
+            s => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalFilter {
+    pub task: Option<TaskId>,
+    /// Only approvals still pending at this time.
+    pub pending_at: Option<OffsetDateTime>,
+    pub limit: u32,
+}
+
+/// Deciding an approval.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decide {
+    Decided(Approval),
+    /// Already decided, used or expired: as it stands.
+    NotPending(Approval),
+    NotFound,
+}
+
+/// Spending an approval on its token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spend {
+    /// The token is recorded, the approval used.
+    Spent,
+    /// Not approved (any more): as it stands.
+    NotApproved(Box<Approval>),
+    /// The task is not active, past its deadline or out of budget: nothing written.
+    TaskRefused,
 }
 
 /// What introspection needs besides the signature.
@@ -116,12 +265,87 @@ pub trait TokenStore {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError>;
     async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError>;
+    async fn get_token(&self, jti: Uuid) -> Result<Option<TokenRecord>, StoreError>;
     async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError>;
 }
 
 #[async_trait]
+pub trait DelegationStore {
+    /// Records a delegation offer and its audit event in one transaction.
+    async fn insert_delegation(
+        &self,
+        delegation: &Delegation,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    async fn get_delegation(&self, id: Uuid) -> Result<Option<Delegation>, StoreError>;
+    /// In one transaction: the offer is unredeemed and unexpired at
+    /// `child.issued_at`, the task active, before its deadline and under `budget`,
+    /// and the parent token unrevoked; then the child token, the offer's
+    /// redemption and `audit` are written. Anything else writes nothing.
+    async fn redeem_delegation(
+        &self,
+        id: Uuid,
+        child: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<Redeem, StoreError>;
+}
+
+#[async_trait]
+pub trait ApprovalStore {
+    /// The approval a new request for `scope` by `requester` in `task` meets at
+    /// `now`: one pending, approved-and-unused or denied, if there is one.
+    async fn standing_approval(
+        &self,
+        task: TaskId,
+        requester: &str,
+        scope: &Scope,
+        now: OffsetDateTime,
+    ) -> Result<Option<Approval>, StoreError>;
+    /// Records a new pending approval and its audit event, unless one stands for
+    /// the same task, requester and scope (then false, nothing written).
+    async fn insert_approval(
+        &self,
+        approval: &Approval,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+    async fn get_approval(&self, id: Uuid) -> Result<Option<Approval>, StoreError>;
+    /// Newest first.
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
+    /// Approves or denies a pending, unexpired approval, with its audit event, in
+    /// one statement: of two deciders racing, exactly one wins.
+    async fn decide_approval(
+        &self,
+        id: Uuid,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        now: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<Decide, StoreError>;
+    /// In one transaction: the approval is approved, unused and unexpired at
+    /// `token.issued_at`; the token is recorded as [`TokenStore::insert_token`]
+    /// does; the approval becomes used by it.
+    async fn spend_approval(
+        &self,
+        id: Uuid,
+        token: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<Spend, StoreError>;
+    /// Counts one refused step-up request against the task and records `audit`;
+    /// returns the task's refusals so far.
+    async fn count_step_up_refusal(
+        &self,
+        task: TaskId,
+        audit: &AuditEvent,
+    ) -> Result<u32, StoreError>;
+}
+
+#[async_trait]
 pub trait RevocationStore {
-    /// Records an administrative revocation: tokens die, and for a task, agent or
+    /// Records an administrative revocation: tokens die (a token's or an agent's
+    /// with every token delegated from them), and for a task, agent, workflow or
     /// all, active tasks in scope become `revoked`. `None` if a named token or task
     /// does not exist.
     async fn revoke(
@@ -163,7 +387,16 @@ pub trait AuditStore {
 /// Everything the broker needs from persistence.
 #[async_trait]
 pub trait Store:
-    TaskStore + TokenStore + RevocationStore + KeyStore + AuditStore + Send + Sync + 'static
+    TaskStore
+    + TokenStore
+    + DelegationStore
+    + ApprovalStore
+    + RevocationStore
+    + KeyStore
+    + AuditStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -35,9 +35,31 @@ pub struct Claims {
     /// The workflow name.
     pub wf: String,
     pub cnf: Confirmation,
-    /// RFC 8693 delegation chain, when the token was delegated.
+    /// RFC 8693 delegation chain, when the token was delegated: `sub` stays the
+    /// task's agent, `act.sub` is the sub-agent holding this token, and each
+    /// nested `act` an earlier delegate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<serde_json::Value>,
-    /// OAuth client identifier (RFC 9068 requires it): the agent's SPIFFE ID.
+    /// OAuth client identifier (RFC 9068 requires it): the SPIFFE ID of the agent
+    /// holding the token (the one its `cnf` binds).
     pub client_id: String,
+    /// Delegation depth: absent (0) for a token minted directly.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+    /// The jtis of the tokens this one was delegated from, root first: revoking
+    /// any of them revokes this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Claims {
+    /// Every actor of the RFC 8693 chain, the current holder first.
+    pub fn actors(&self) -> impl Iterator<Item = &str> {
+        std::iter::successors(self.act.as_ref(), |a| a.get("act"))
+            .filter_map(|a| a.get("sub").and_then(|s| s.as_str()))
+    }
 }

@@ -184,6 +184,8 @@ mod tests {
             },
             act: None,
             client_id: "spiffe://example.org/agent/a".into(),
+            depth: 0,
+            ancestors: vec![],
         }
     }
 

@@ -99,6 +99,10 @@ impl RevocationSet {
         if let Some(e) = self.tokens.get(&c.jti) {
             return Some(e.sequence);
         }
+        // A delegated token dies with every token it descends from.
+        if let Some(e) = c.ancestors.iter().find_map(|j| self.tokens.get(j)) {
+            return Some(e.sequence);
+        }
         if let Some(e) = self.tasks.get(&c.task) {
             return Some(e.sequence);
         }
@@ -106,6 +110,13 @@ impl RevocationSet {
         // token issued later (say, for a new task) is not revoked by them.
         let issued_before = |e: &&Entry| c.iat <= e.at.saturating_add(self.skew);
         if let Some(e) = self.agents.get(&c.sub).filter(issued_before) {
+            return Some(e.sequence);
+        }
+        // ... and with every agent of its delegation chain.
+        if let Some(e) = c
+            .actors()
+            .find_map(|a| self.agents.get(a).filter(issued_before))
+        {
             return Some(e.sequence);
         }
         if let Some(e) = self.workflows.get(&c.wf).filter(issued_before) {
@@ -178,6 +189,8 @@ mod tests {
             },
             act: None,
             client_id: sub.into(),
+            depth: 0,
+            ancestors: vec![],
         }
     }
 

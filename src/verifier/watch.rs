@@ -322,6 +322,8 @@ mod tests {
             },
             act: None,
             client_id: "a".into(),
+            depth: 0,
+            ancestors: vec![],
         }
     }
 

@@ -2,7 +2,7 @@
 //! an outage.
 use async_trait::async_trait;
 use mayfly::audit::AuditEvent;
-use mayfly::domain::{Task, TaskId, TaskState};
+use mayfly::domain::{Scope, Task, TaskId, TaskState};
 use mayfly::revocation::{Event, Revocation};
 use mayfly::store::*;
 use mayfly::token::KeyRecord;
@@ -87,6 +87,94 @@ impl TokenStore for Faulty {
     }
     async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
         self.inner.list_tokens(filter).await
+    }
+    async fn get_token(&self, jti: uuid::Uuid) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.get_token(jti).await
+    }
+}
+
+/// Redemptions and step-up spends are token inserts too: they fail with them.
+#[async_trait]
+impl DelegationStore for Faulty {
+    async fn insert_delegation(
+        &self,
+        d: &Delegation,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_delegation(d, audit).await
+    }
+    async fn get_delegation(&self, id: uuid::Uuid) -> Result<Option<Delegation>, StoreError> {
+        self.inner.get_delegation(id).await
+    }
+    async fn redeem_delegation(
+        &self,
+        id: uuid::Uuid,
+        child: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<Redeem, StoreError> {
+        self.insert_calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_inserts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection reset".into()));
+        }
+        self.inner.redeem_delegation(id, child, budget, audit).await
+    }
+}
+
+#[async_trait]
+impl ApprovalStore for Faulty {
+    async fn standing_approval(
+        &self,
+        task: TaskId,
+        requester: &str,
+        scope: &Scope,
+        now: OffsetDateTime,
+    ) -> Result<Option<Approval>, StoreError> {
+        self.inner
+            .standing_approval(task, requester, scope, now)
+            .await
+    }
+    async fn insert_approval(&self, a: &Approval, audit: &AuditEvent) -> Result<bool, StoreError> {
+        self.inner.insert_approval(a, audit).await
+    }
+    async fn get_approval(&self, id: uuid::Uuid) -> Result<Option<Approval>, StoreError> {
+        self.inner.get_approval(id).await
+    }
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        self.inner.list_approvals(filter).await
+    }
+    async fn decide_approval(
+        &self,
+        id: uuid::Uuid,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        now: OffsetDateTime,
+        audit: &AuditEvent,
+    ) -> Result<Decide, StoreError> {
+        self.inner
+            .decide_approval(id, approve, by, reason, now, audit)
+            .await
+    }
+    async fn spend_approval(
+        &self,
+        id: uuid::Uuid,
+        token: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<Spend, StoreError> {
+        self.insert_calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_inserts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection reset".into()));
+        }
+        self.inner.spend_approval(id, token, budget, audit).await
+    }
+    async fn count_step_up_refusal(
+        &self,
+        task: TaskId,
+        audit: &AuditEvent,
+    ) -> Result<u32, StoreError> {
+        self.inner.count_step_up_refusal(task, audit).await
     }
 }
 

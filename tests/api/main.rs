@@ -4,6 +4,7 @@ mod helpers;
 mod admin;
 mod cli;
 mod crm_example;
+mod delegation;
 mod faulty;
 mod identity;
 mod operations;

@@ -2,7 +2,7 @@
 //! back no token, driven directly on a broker over a store that can refuse the write.
 use crate::faulty::Faulty;
 use crate::helpers::*;
-use mayfly::broker::{Broker, BrokerError, MintRequest, StartTask};
+use mayfly::broker::{Broker, BrokerError, Mint, MintRequest, StartTask};
 use mayfly::clock::{Clock, ManualClock};
 use mayfly::domain::{Scope, TaskId};
 use mayfly::identity::{Caller, SpiffeId};
@@ -83,7 +83,7 @@ async fn a_token_whose_insert_fails_is_never_returned() {
         )
         .await;
     let err = match failed {
-        Ok(minted) => panic!("a token was handed back: jti {}", minted.jti),
+        Ok(_) => panic!("a token was handed back"),
         Err(e) => e,
     };
     assert!(
@@ -115,6 +115,9 @@ async fn a_token_whose_insert_fails_is_never_returned() {
         )
         .await
         .expect("mint once the store answers");
+    let Mint::Minted(minted) = minted else {
+        panic!("CRM reads need no approval")
+    };
     assert!(!minted.token.is_empty());
     assert_eq!(tokens_of(&pg, task.id).await, vec![minted.jti]);
     assert!(broker.introspect(&minted.token).await.unwrap().is_some());

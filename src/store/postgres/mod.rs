@@ -10,6 +10,8 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod handoffs;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Clone)]
@@ -112,6 +114,8 @@ fn token_from_row(r: &PgRow) -> Result<TokenRecord, StoreError> {
         issued_at: r.try_get("issued_at").map_err(map_err)?,
         expires_at: r.try_get("expires_at").map_err(map_err)?,
         revoked_at: r.try_get("revoked_at").map_err(map_err)?,
+        parent: r.try_get("parent_jti").map_err(map_err)?,
+        depth: u32::try_from(r.try_get::<i32, _>("depth").map_err(map_err)?).map_err(corrupt)?,
     })
 }
 
@@ -271,7 +275,33 @@ async fn revoke_tokens(
             .bind(w.as_str()),
         Target::All => sqlx::query(SET).bind(at).bind(seq),
     };
-    Ok(q.execute(&mut *conn).await?.rows_affected())
+    let direct = q.execute(&mut *conn).await?.rows_affected();
+    // A token's or an agent's revocation reaches every token delegated from theirs
+    // (a task's, a workflow's or everything already covers a whole task). A second
+    // statement, so its snapshot is taken after the first one's row locks: a
+    // redemption that held a parent when the first one reached it has committed
+    // by now, and its child is seen here.
+    let seed = match target {
+        Target::Token(_) => "SELECT jti FROM tokens WHERE jti = $3::uuid",
+        Target::Agent(_) => "SELECT jti FROM tokens WHERE agent = $3",
+        Target::Task(_) | Target::Workflow(_) | Target::All => return Ok(direct),
+    };
+    let descendants = sqlx::query(AssertSqlSafe(format!(
+        "WITH RECURSIVE d (jti) AS (
+            {seed}
+            UNION
+            SELECT c.jti FROM tokens c JOIN d ON c.parent_jti = d.jti
+         )
+         UPDATE tokens SET revoked_at = $1, revocation_seq = $2
+         WHERE revoked_at IS NULL AND jti IN (SELECT jti FROM d)"
+    )))
+    .bind(at)
+    .bind(seq)
+    .bind(target.value())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(direct + descendants)
 }
 
 /// Moves the active tasks a target covers to `revoked`.
@@ -312,8 +342,59 @@ async fn stop_tasks(conn: &mut PgConnection, r: &Revocation, seq: i64) -> Result
     Ok(done.rows_affected())
 }
 
+/// Records a token and its audit event in one statement, counting it against the
+/// task's budget: true unless the task is not active, not `owner`'s, past its
+/// deadline or out of budget (then nothing is written). One statement is one
+/// round trip and, outside a transaction, one implicit transaction.
+async fn insert_token<'e>(
+    on: impl sqlx::PgExecutor<'e>,
+    t: &TokenRecord,
+    owner: &str,
+    budget: u32,
+    audit: &AuditEvent,
+) -> Result<bool, sqlx::Error> {
+    let inserted: i64 = sqlx::query_scalar(
+        "WITH t AS (
+            UPDATE tasks SET tokens_minted = tokens_minted + 1
+            WHERE id = $1 AND state = 'active' AND agent = $18 AND tokens_minted < $3 AND expires_at > $4
+            RETURNING id
+         ), tok AS (
+            INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
+            SELECT $5, t.id, $2, $6, $7, $8, $9, $10, $11, $4, $12, $19, $20 FROM t
+            RETURNING jti
+         ), aud AS (
+            INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
+            SELECT $4, $13, $14, $15, $1, $2, tok.jti, $16, $17 FROM tok
+         )
+         SELECT count(*) FROM tok",
+    )
+    .bind(t.task.0)
+    .bind(&t.agent)
+    .bind(i32::try_from(budget).unwrap_or(i32::MAX))
+    .bind(t.issued_at)
+    .bind(t.jti)
+    .bind(&t.workflow)
+    .bind(&t.scope.audience)
+    .bind(&t.scope.resource)
+    .bind(&t.scope.action)
+    .bind(&t.kid)
+    .bind(&t.cert_thumbprint)
+    .bind(t.expires_at)
+    .bind(&audit.actor)
+    .bind(audit.action.as_str())
+    .bind(audit.action.outcome())
+    .bind(&audit.reason)
+    .bind(Json(&audit.detail))
+    .bind(owner)
+    .bind(t.parent)
+    .bind(i32::try_from(t.depth).unwrap_or(i32::MAX))
+    .fetch_one(on)
+    .await?;
+    Ok(inserted == 1)
+}
+
 const TASK_COLUMNS: &str = "id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, ended_at, end_reason, tokens_minted";
-const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at";
+const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at, parent_jti, depth";
 
 fn limit(n: u32) -> i64 {
     i64::from(n.clamp(1, 1000))
@@ -452,44 +533,20 @@ impl TokenStore for PgStore {
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        // One statement, so one round trip and one implicit transaction: the budget
-        // counter, the token row and the audit event commit together or not at all.
-        let inserted: i64 = sqlx::query_scalar(
-            "WITH t AS (
-                UPDATE tasks SET tokens_minted = tokens_minted + 1
-                WHERE id = $1 AND state = 'active' AND agent = $2 AND tokens_minted < $3 AND expires_at > $4
-                RETURNING id
-             ), tok AS (
-                INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at)
-                SELECT $5, t.id, $2, $6, $7, $8, $9, $10, $11, $4, $12 FROM t
-                RETURNING jti
-             ), aud AS (
-                INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
-                SELECT $4, $13, $14, $15, $1, $2, tok.jti, $16, $17 FROM tok
-             )
-             SELECT count(*) FROM tok",
-        )
-        .bind(t.task.0)
-        .bind(&t.agent)
-        .bind(i32::try_from(budget).unwrap_or(i32::MAX))
-        .bind(t.issued_at)
-        .bind(t.jti)
-        .bind(&t.workflow)
-        .bind(&t.scope.audience)
-        .bind(&t.scope.resource)
-        .bind(&t.scope.action)
-        .bind(&t.kid)
-        .bind(&t.cert_thumbprint)
-        .bind(t.expires_at)
-        .bind(&audit.actor)
-        .bind(audit.action.as_str())
-        .bind(audit.action.outcome())
-        .bind(&audit.reason)
-        .bind(Json(&audit.detail))
-        .fetch_one(&self.pool)
+        insert_token(&self.pool, t, &t.agent, budget, audit)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn get_token(&self, jti: uuid::Uuid) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = $1"
+        )))
+        .bind(jti)
+        .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(inserted == 1)
+        row.as_ref().map(token_from_row).transpose()
     }
 
     async fn token_status(&self, jti: uuid::Uuid) -> Result<Option<TokenStatus>, StoreError> {

@@ -7,7 +7,10 @@ use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
 use crate::identity::{Caller, Role, SpiffeId};
 use crate::policy::{Denied, DeviationResponse, MintInput, Policy, StartInput, WorkflowLimits};
 use crate::revocation::{Event, Hub, Revocation, Target, Trigger};
-use crate::store::{EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter, TokenRecord};
+use crate::store::{
+    Approval, Delegation, EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter,
+    TokenRecord,
+};
 use crate::token::{Claims, Confirmation, Jwks, KeyRecord, KeySet, SigningKey, TokenError};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,6 +19,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{error, warn};
 use uuid::Uuid;
+
+mod handoffs;
+mod step_up;
+
+pub use handoffs::{DelegateRequest, Delegated};
 
 /// How long after its expiry a token can still be reported as misused.
 const MISUSE_REPORT_WINDOW: i64 = 3600;
@@ -103,6 +111,13 @@ pub struct Minted {
     pub ttl: Duration,
 }
 
+/// What a mint request gets.
+pub enum Mint {
+    Minted(Minted),
+    /// The action needs a security team's approval: this one is pending.
+    Pending(Box<Approval>),
+}
+
 /// The broker's signing key and its view of every published key.
 struct Keys {
     signing: SigningKey,
@@ -126,7 +141,14 @@ pub struct Broker {
     keys: Keys,
     issuer: String,
     key_heartbeat: Duration,
+    /// How long a step-up approval stands.
+    approval_ttl: Duration,
+    /// Wakes waits for approval decisions made on this replica.
+    approvals_decided: tokio::sync::Notify,
 }
+
+/// How long a step-up approval stands unless configured otherwise.
+pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl Broker {
     /// Generates this process's signing key and registers its public half.
@@ -154,10 +176,18 @@ impl Broker {
             hub: Hub::new(latest),
             issuer,
             key_heartbeat,
+            approval_ttl: DEFAULT_APPROVAL_TTL,
+            approvals_decided: tokio::sync::Notify::new(),
         };
         broker.renew_key().await?;
         broker.refresh_keys().await?;
         Ok(broker)
+    }
+
+    /// Sets how long a step-up approval stands (`tasks.approval_ttl`).
+    pub fn with_approval_ttl(mut self, ttl: Duration) -> Self {
+        self.approval_ttl = ttl;
+        self
     }
 
     /// The time, at the precision the store keeps.
@@ -459,7 +489,8 @@ impl Broker {
 
     // ---- tokens ------------------------------------------------------------------
 
-    pub async fn mint(&self, caller: &Caller, req: MintRequest) -> Result<Minted, BrokerError> {
+    /// Mints a token, or for a step-up action opens (or spends) an approval.
+    pub async fn mint(&self, caller: &Caller, req: MintRequest) -> Result<Mint, BrokerError> {
         let now = self.now();
         let task = self.get_task(req.task).await?;
         let deny = |reason: &str| {
@@ -504,6 +535,7 @@ impl Broker {
             task: &task,
             scope: &req.scope,
             requested_ttl: req.ttl,
+            delegation_depth: 0,
             now,
         }) {
             Ok(p) => p,
@@ -516,9 +548,9 @@ impl Broker {
         };
         // The limits of the snapshot that decided: a reload cannot mix two policy
         // sets into one mint.
-        let limits = permit.limits;
+        let limits = &permit.limits;
         if task.tokens_minted >= limits.max_tokens {
-            return Err(self.over_budget(caller, &task, &limits, deny).await);
+            return Err(self.over_budget(caller, &task, limits, deny).await);
         }
         // A token bound to a certificate never outlives the certificate.
         let cert_left = Duration::from_secs(
@@ -536,7 +568,62 @@ impl Broker {
             self.audit_denial(deny(&reason)).await;
             return Err(BrokerError::FailedPrecondition(reason));
         };
-        let expires_at = now + ttl;
+        if limits.step_up_actions.contains(&req.scope.action) {
+            return self.step_up(caller, &task, &req, ttl, &permit, deny).await;
+        }
+        let (token, record) = self.sign(caller, &task, &req.scope, now, now + ttl, None)?;
+        let audit = self.minted_audit(caller, &task, &record, &req, &permit.policies);
+        if !self
+            .store
+            .insert_token(&record, limits.max_tokens, &audit)
+            .await?
+        {
+            return Err(self.task_refused(caller, req.task, limits, now, deny).await);
+        }
+        Ok(Mint::Minted(Minted {
+            token,
+            jti: record.jti,
+            expires_at: record.expires_at,
+            ttl,
+        }))
+    }
+
+    /// The audit event of a token about to be recorded.
+    fn minted_audit(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        record: &TokenRecord,
+        req: &MintRequest,
+        policies: &[String],
+    ) -> AuditEvent {
+        let ttl = (record.expires_at - record.issued_at).whole_seconds();
+        AuditEvent::new(record.issued_at, caller.id.as_str(), Action::TokenMinted)
+            .task(task.id)
+            .agent(caller.id.as_str())
+            .jti(record.jti)
+            .detail(json!({
+                "scope": req.scope,
+                "requested_ttl_seconds": req.ttl.as_secs(),
+                "ttl_seconds": ttl,
+                "kid": record.kid,
+                "policies": policies,
+            }))
+    }
+
+    /// Signs a token for `holder` (bound to its certificate) in `task`, and the
+    /// record to persist before it is returned. A delegated token carries its
+    /// chain: `sub` stays the task's agent, `act` names the holder and every
+    /// earlier delegate (RFC 8693).
+    fn sign(
+        &self,
+        holder: &Caller,
+        task: &Task,
+        scope: &Scope,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+        delegation: Option<&Delegation>,
+    ) -> Result<(String, TokenRecord), BrokerError> {
         if expires_at.unix_timestamp() > self.keys.registered_until.load(Ordering::SeqCst) {
             // The key might drop out of the JWKS before the token expires: refuse.
             return Err(StoreError::Unavailable(
@@ -547,77 +634,77 @@ impl Broker {
         let jti = Uuid::new_v4();
         let claims = Claims {
             iss: self.issuer.clone(),
-            sub: caller.id.to_string(),
-            aud: req.scope.audience.clone(),
+            sub: task.agent.clone(),
+            aud: scope.audience.clone(),
             exp: expires_at.unix_timestamp(),
             iat: now.unix_timestamp(),
             nbf: now.unix_timestamp(),
             jti: jti.to_string(),
-            scope: req.scope.claim(),
+            scope: scope.claim(),
             task: task.id.to_string(),
             wf: task.workflow.clone(),
             cnf: Confirmation {
-                x5t_s256: caller.thumbprint.clone(),
+                x5t_s256: holder.thumbprint.clone(),
             },
-            act: None,
-            client_id: caller.id.to_string(),
+            act: delegation.map(|d| d.act.clone()),
+            client_id: holder.id.to_string(),
+            depth: delegation.map_or(0, |d| d.depth),
+            ancestors: delegation.map_or_else(Vec::new, |d| {
+                d.ancestors.iter().map(Uuid::to_string).collect()
+            }),
         };
         let token = self
             .keys
             .signing
             .sign(&claims)
             .map_err(|e| BrokerError::Internal(format!("encoding claims: {e}")))?;
-        let record = TokenRecord {
-            jti,
-            task: task.id,
-            agent: caller.id.to_string(),
-            workflow: task.workflow.clone(),
-            scope: req.scope.clone(),
-            kid: self.keys.signing.kid().to_string(),
-            cert_thumbprint: caller.thumbprint.clone(),
-            issued_at: now,
-            expires_at,
-            revoked_at: None,
-        };
-        let audit = AuditEvent::new(now, caller.id.as_str(), Action::TokenMinted)
-            .task(task.id)
-            .agent(caller.id.as_str())
-            .jti(jti)
-            .detail(json!({
-                "scope": req.scope,
-                "requested_ttl_seconds": req.ttl.as_secs(),
-                "ttl_seconds": ttl.as_secs(),
-                "kid": record.kid,
-                "policies": permit.policies,
-            }));
-        if !self
-            .store
-            .insert_token(&record, limits.max_tokens, &audit)
-            .await?
-        {
-            // The task changed between our read and the write: find out how.
-            let task = self.get_task(req.task).await?;
-            if task.state == TaskState::Active
-                && task.tokens_minted >= limits.max_tokens
-                && task.expires_at > now
-            {
-                return Err(self.over_budget(caller, &task, &limits, deny).await);
-            }
-            let err = self.not_mintable(&task, now).unwrap_or_else(|| {
-                BrokerError::FailedPrecondition(format!(
-                    "task {} changed while minting; retry",
-                    task.id
-                ))
-            });
-            self.audit_denial(deny(&err.to_string())).await;
-            return Err(err);
-        }
-        Ok(Minted {
+        Ok((
             token,
-            jti,
-            expires_at,
-            ttl,
-        })
+            TokenRecord {
+                jti,
+                task: task.id,
+                agent: holder.id.to_string(),
+                workflow: task.workflow.clone(),
+                scope: scope.clone(),
+                kid: self.keys.signing.kid().to_string(),
+                cert_thumbprint: holder.thumbprint.clone(),
+                issued_at: now,
+                expires_at,
+                revoked_at: None,
+                parent: delegation.map(|d| d.parent_jti),
+                depth: delegation.map_or(0, |d| d.depth),
+            },
+        ))
+    }
+
+    /// A token write the store refused because the task changed after it was
+    /// read: out of budget (a deviation), or no longer mintable.
+    async fn task_refused(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        limits: &WorkflowLimits,
+        now: OffsetDateTime,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> BrokerError {
+        let task = match self.get_task(id).await {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        if task.state == TaskState::Active
+            && task.tokens_minted >= limits.max_tokens
+            && task.expires_at > now
+        {
+            return self.over_budget(caller, &task, limits, deny).await;
+        }
+        let err = self.not_mintable(&task, now).unwrap_or_else(|| {
+            BrokerError::FailedPrecondition(format!(
+                "task {} changed while minting; retry",
+                task.id
+            ))
+        });
+        self.audit_denial(deny(&err.to_string())).await;
+        err
     }
 
     fn not_mintable(&self, task: &Task, now: OffsetDateTime) -> Option<BrokerError> {

@@ -1,0 +1,338 @@
+//! Step-up approval: a mint of a high-impact action waits for a security team's
+//! decision. One approval is good for one token; asking again while an approval
+//! is pending or after it was denied is refused without a new approval, and more
+//! than the workflow allows is a deviation.
+use super::*;
+use crate::policy::Permit;
+use crate::store::{ApprovalFilter, ApprovalState, Decide, Spend};
+
+/// How often a wait for a decision re-reads the store, for decisions made on
+/// another replica (a decision on this one wakes its waiters at once).
+const APPROVAL_POLL: Duration = Duration::from_millis(250);
+
+impl Broker {
+    /// The step-up branch of a permitted mint: spend a standing approval, refuse a
+    /// repeat of a pending or denied one, or open a new one.
+    pub(super) async fn step_up(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        req: &MintRequest,
+        ttl: Duration,
+        permit: &Permit,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> Result<Mint, BrokerError> {
+        let now = self.now();
+        let standing = self
+            .store
+            .standing_approval(task.id, caller.id.as_str(), &req.scope, now)
+            .await?;
+        let approval = match standing {
+            Some(a) => a,
+            None => {
+                let approval = Approval {
+                    id: Uuid::new_v4(),
+                    task: task.id,
+                    requester: caller.id.to_string(),
+                    workflow: task.workflow.clone(),
+                    objective: task.objective.clone(),
+                    scope: req.scope.clone(),
+                    ttl,
+                    state: ApprovalState::Pending,
+                    created_at: now,
+                    expires_at: (now + self.approval_ttl).min(task.expires_at),
+                    decided_by: None,
+                    decided_at: None,
+                    decision_reason: None,
+                    used_jti: None,
+                };
+                let audit = AuditEvent::new(now, caller.id.as_str(), Action::ApprovalRequested)
+                    .task(task.id)
+                    .agent(caller.id.as_str())
+                    .detail(json!({
+                        "approval": approval.id,
+                        "scope": req.scope,
+                        "ttl_seconds": ttl.as_secs(),
+                        "workflow": task.workflow,
+                        "objective": task.objective,
+                        "expires_at": approval.expires_at.unix_timestamp(),
+                        "policies": permit.policies,
+                    }));
+                if self.store.insert_approval(&approval, &audit).await? {
+                    tracing::info!(caller = %caller.id, task = %task.id, approval = %approval.id, scope = %req.scope, "step-up approval requested");
+                    return Ok(Mint::Pending(Box::new(approval)));
+                }
+                // A concurrent request opened one first: this request repeats it.
+                self.store
+                    .standing_approval(task.id, caller.id.as_str(), &req.scope, now)
+                    .await?
+                    .ok_or_else(|| {
+                        BrokerError::FailedPrecondition(format!(
+                            "the step-up request for {} changed while it was made; retry",
+                            req.scope
+                        ))
+                    })?
+            }
+        };
+        match approval.state_at(now) {
+            ApprovalState::Approved => {
+                self.spend(caller, task, req, ttl, permit, &approval, deny)
+                    .await
+            }
+            ApprovalState::Pending | ApprovalState::Denied => Err(self
+                .refuse_repeat(caller, task, &permit.limits, &approval, deny)
+                .await),
+            other => Err(BrokerError::Internal(format!(
+                "approval {} is {other}, which cannot stand",
+                approval.id
+            ))),
+        }
+    }
+
+    /// Mints the one token an approval is good for.
+    #[allow(clippy::too_many_arguments)]
+    async fn spend(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        req: &MintRequest,
+        ttl: Duration,
+        permit: &Permit,
+        approval: &Approval,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> Result<Mint, BrokerError> {
+        let now = self.now();
+        // No longer than the security team saw asked for.
+        let ttl = ttl.min(approval.ttl);
+        let (token, record) = self.sign(caller, task, &req.scope, now, now + ttl, None)?;
+        let mut audit = self.minted_audit(caller, task, &record, req, &permit.policies);
+        audit.detail["approval"] = json!(approval.id);
+        audit.detail["approved_by"] = json!(approval.decided_by);
+        match self
+            .store
+            .spend_approval(approval.id, &record, permit.limits.max_tokens, &audit)
+            .await?
+        {
+            Spend::Spent => Ok(Mint::Minted(Minted {
+                token,
+                jti: record.jti,
+                expires_at: record.expires_at,
+                ttl,
+            })),
+            Spend::NotApproved(a) => {
+                let reason = format!(
+                    "approval {} is {} now; it was spent or lapsed while this request was made",
+                    a.id,
+                    a.state_at(now)
+                );
+                self.audit_denial(deny(&reason)).await;
+                Err(BrokerError::FailedPrecondition(reason))
+            }
+            Spend::TaskRefused => Err(self
+                .task_refused(caller, task.id, &permit.limits, now, deny)
+                .await),
+        }
+    }
+
+    /// Refuses a step-up request whose approval is pending or denied, counting it;
+    /// past the workflow's allowance the repeat is a deviation.
+    async fn refuse_repeat(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        limits: &WorkflowLimits,
+        approval: &Approval,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> BrokerError {
+        let pending = approval.state == ApprovalState::Pending;
+        let why = if pending {
+            format!(
+                "approval {} for {} is still pending; wait for the decision with AwaitApproval instead of asking again",
+                approval.id, approval.scope
+            )
+        } else {
+            format!(
+                "approval {} for {} was denied by {}: {}; asking again does not reopen it",
+                approval.id,
+                approval.scope,
+                approval.decided_by.as_deref().unwrap_or("?"),
+                approval.decision_reason.as_deref().unwrap_or("")
+            )
+        };
+        let mut event = deny(&why);
+        event.action = Action::StepUpRefused;
+        event.detail["approval"] = json!(approval.id);
+        let refusals = match self.store.count_step_up_refusal(task.id, &event).await {
+            Ok(n) => n,
+            Err(e) => return e.into(),
+        };
+        if refusals > limits.step_up_retries {
+            let reason = format!(
+                "deviation: task {} repeated refused step-up requests {refusals} times; workflow {:?} allows {}",
+                task.id, task.workflow, limits.step_up_retries
+            );
+            if limits.deviation == DeviationResponse::Deny {
+                self.audit_denial(deny(&reason)).await;
+                return BrokerError::PermissionDenied(reason);
+            }
+            return self
+                .deviate(caller, task, reason, deny)
+                .await
+                .into_permission_denied();
+        }
+        if pending {
+            BrokerError::FailedPrecondition(why)
+        } else {
+            BrokerError::PermissionDenied(why)
+        }
+    }
+
+    /// Waits up to `wait` for a decision on the caller's approval. Approved, it
+    /// mints the approval's one token (through the whole mint path, so policy,
+    /// task and budget are checked again) and returns it with the approval.
+    pub async fn await_approval(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        wait: Duration,
+    ) -> Result<(Approval, Option<Minted>), BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the read, so a decision between the read and the
+            // wait still wakes it.
+            let decided = self.approvals_decided.notified();
+            tokio::pin!(decided);
+            decided.as_mut().enable();
+            let approval = self
+                .store
+                .get_approval(id)
+                .await?
+                .ok_or_else(|| BrokerError::NotFound(format!("approval {id} not found")))?;
+            if approval.requester != caller.id.as_str() {
+                return Err(BrokerError::PermissionDenied(format!(
+                    "approval {id} was requested by another agent"
+                )));
+            }
+            let now = self.now();
+            match approval.state_at(now) {
+                ApprovalState::Pending => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok((approval, None));
+                    }
+                    let lapses = Duration::try_from(approval.expires_at - now).unwrap_or_default();
+                    tokio::select! {
+                        _ = decided => {}
+                        _ = tokio::time::sleep(APPROVAL_POLL.min(left).min(lapses.max(Duration::from_millis(1)))) => {}
+                    }
+                }
+                ApprovalState::Approved => {
+                    let req = MintRequest {
+                        task: approval.task,
+                        scope: approval.scope.clone(),
+                        ttl: approval.ttl,
+                    };
+                    return match self.mint(caller, req).await? {
+                        Mint::Minted(m) => {
+                            let spent = Approval {
+                                state: ApprovalState::Used,
+                                used_jti: Some(m.jti),
+                                ..approval
+                            };
+                            Ok((spent, Some(m)))
+                        }
+                        Mint::Pending(a) => Ok((*a, None)),
+                    };
+                }
+                _ => return Ok((approval, None)),
+            }
+        }
+    }
+
+    /// A security-team principal approves or denies a pending approval. Never the
+    /// requester, never an identity that holds the agent role; of two deciders
+    /// racing, exactly one wins and the other is told who did.
+    pub async fn decide_approval(
+        &self,
+        caller: &Caller,
+        caller_is_agent: bool,
+        id: Uuid,
+        approve: bool,
+        reason: String,
+    ) -> Result<Approval, BrokerError> {
+        let now = self.now();
+        let approval = self
+            .store
+            .get_approval(id)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("approval {id} not found")))?;
+        let refuse = |why: &str| {
+            AuditEvent::new(now, caller.id.as_str(), Action::ApprovalDecisionDenied)
+                .task(approval.task)
+                .agent(&approval.requester)
+                .reason(why)
+                .detail(json!({"approval": id, "approve": approve, "requested_reason": reason}))
+        };
+        let refused = if caller_is_agent {
+            Some(format!(
+                "{} holds the agent role; agents never decide step-up approvals",
+                caller.id
+            ))
+        } else if approval.requester == caller.id.as_str() {
+            Some(format!(
+                "{} requested approval {id}; nobody decides their own request",
+                caller.id
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            self.audit_denial(refuse(&why)).await;
+            return Err(BrokerError::PermissionDenied(why));
+        }
+        let action = if approve {
+            Action::ApprovalGranted
+        } else {
+            Action::ApprovalRejected
+        };
+        let audit = AuditEvent::new(now, caller.id.as_str(), action)
+            .task(approval.task)
+            .agent(&approval.requester)
+            .reason(&reason)
+            .detail(json!({"approval": id, "scope": approval.scope}));
+        match self
+            .store
+            .decide_approval(id, approve, caller.id.as_str(), &reason, now, &audit)
+            .await?
+        {
+            Decide::Decided(a) => {
+                self.approvals_decided.notify_waiters();
+                tracing::warn!(caller = %caller.id, approval = %id, task = %a.task, state = %a.state, "step-up approval decided");
+                Ok(a)
+            }
+            Decide::NotPending(a) => {
+                let why = match a.state_at(now) {
+                    ApprovalState::Expired => format!(
+                        "approval {id} lapsed at {} without a decision",
+                        a.expires_at
+                    ),
+                    state => format!(
+                        "approval {id} was already {state} by {} at {}",
+                        a.decided_by.as_deref().unwrap_or("?"),
+                        a.decided_at.map(|t| t.to_string()).unwrap_or_default()
+                    ),
+                };
+                self.audit_denial(refuse(&why)).await;
+                Err(BrokerError::FailedPrecondition(why))
+            }
+            Decide::NotFound => Err(BrokerError::NotFound(format!("approval {id} not found"))),
+        }
+    }
+
+    pub async fn list_approvals(
+        &self,
+        filter: &ApprovalFilter,
+    ) -> Result<Vec<Approval>, BrokerError> {
+        Ok(self.store.list_approvals(filter).await?)
+    }
+}
