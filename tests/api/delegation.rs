@@ -4,12 +4,14 @@
 use crate::helpers::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
+use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::identity::devcerts::Issued;
 use mayfly::verifier::{RequiredScope, Verdict, Verifier, VerifierConfig};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const HELPER1: &str = "spiffe://example.org/agent/helper-1";
 const HELPER2: &str = "spiffe://example.org/agent/helper-2";
@@ -37,7 +39,10 @@ fn delegate_request(parent: &str, sub: &str, s: pb::Scope, ttl: u64) -> pb::Dele
 
 /// A support task for AGENT declaring CRM reads and writes of EU customers, and
 /// AGENT's token for `customers/eu/42` read, with AGENT's certificate.
-async fn support_parent(app: &TestApp, ttl: u64) -> (pb::Task, pb::MintTokenResponse, Issued) {
+async fn support_parent(
+    app: &TestApp,
+    ttl: u64,
+) -> (pb::Task, pb::MintTokenResponse, (Tokens, Issued)) {
     let mut req = start_request(AGENT, 3600);
     req.scopes.push(scope("crm-api", "customers/eu/*", "write"));
     let task = app.open_task_with(req).await;
@@ -47,38 +52,31 @@ async fn support_parent(app: &TestApp, ttl: u64) -> (pb::Task, pb::MintTokenResp
         .await
         .expect("mint the parent")
         .into_inner();
-    (task, parent, cert)
+    (task, parent, (tokens, cert))
 }
+
+type Tokens = TokenServiceClient<Channel>;
 
 async fn delegate(
-    app: &TestApp,
-    as_agent: &str,
+    client: &mut Tokens,
     req: pb::DelegateRequest,
 ) -> Result<pb::DelegateResponse, tonic::Status> {
-    app.tokens(as_agent)
-        .await
-        .0
-        .delegate(req)
-        .await
-        .map(|r| r.into_inner())
+    client.delegate(req).await.map(|r| r.into_inner())
 }
 
-async fn redeem(
-    app: &TestApp,
-    as_agent: &str,
-    id: &str,
-) -> Result<(pb::MintTokenResponse, Issued), tonic::Status> {
-    let (mut tokens, cert) = app.tokens(as_agent).await;
-    tokens
+async fn redeem(client: &mut Tokens, id: &str) -> Result<pb::MintTokenResponse, tonic::Status> {
+    client
         .redeem_delegation(pb::RedeemDelegationRequest {
             delegation_id: id.into(),
         })
         .await
-        .map(|r| (r.into_inner(), cert))
+        .map(|r| r.into_inner())
 }
 
-fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, says: &str) -> String {
-    let err = r.expect_err("refused");
+fn refused<T>(r: Result<T, tonic::Status>, code: Code, says: &str) -> String {
+    let Err(err) = r else {
+        panic!("expected a refusal saying {says:?}, got success");
+    };
     assert_eq!(err.code(), code, "{}", err.message());
     assert!(
         err.message().contains(says),
@@ -91,11 +89,11 @@ fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, says: &st
 #[tokio::test]
 async fn a_sub_agent_redeems_a_narrower_token_bound_to_its_own_certificate() {
     let app = spawn_app().await;
-    let (task, parent, parent_cert) = support_parent(&app, 120).await;
+    let (task, parent, (mut agent, parent_cert)) = support_parent(&app, 120).await;
+    let (mut helper, helper_cert) = app.tokens(HELPER1).await;
 
     let offer = delegate(
-        &app,
-        AGENT,
+        &mut agent,
         delegate_request(
             &parent.token,
             HELPER1,
@@ -106,7 +104,7 @@ async fn a_sub_agent_redeems_a_narrower_token_bound_to_its_own_certificate() {
     .await
     .expect("delegate");
     assert_eq!(offer.depth, 1);
-    let (child, helper_cert) = redeem(&app, HELPER1, &offer.delegation_id)
+    let child = redeem(&mut helper, &offer.delegation_id)
         .await
         .expect("the named sub-agent redeems");
     assert!(child.approval.is_none());
@@ -150,7 +148,7 @@ async fn a_sub_agent_redeems_a_narrower_token_bound_to_its_own_certificate() {
         "the child counts against the budget"
     );
 
-    // The offer and the child's mint are on record under the task.
+    // The offer and the child's mint are on record.
     let offered = app.audit_by(AGENT).await;
     assert!(offered.iter().any(|e| e.action == "delegation_offered"
         && e.detail["sub_agent"] == HELPER1
@@ -164,7 +162,9 @@ async fn a_sub_agent_redeems_a_narrower_token_bound_to_its_own_certificate() {
 #[tokio::test]
 async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_audited() {
     let app = spawn_app().await;
-    let (task, parent, _) = support_parent(&app, 60).await;
+    let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
+    let (mut helper1, _) = app.tokens(HELPER1).await;
+    let (mut helper2, _) = app.tokens(HELPER2).await;
     let eu42 = || scope("crm-api", "customers/eu/42", "read");
     let offer = |s: pb::Scope, ttl: u64| delegate_request(&parent.token, HELPER1, s, ttl);
 
@@ -190,7 +190,7 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
     ];
     for (req, says) in wider {
         refused(
-            delegate(&app, AGENT, req).await,
+            delegate(&mut agent, req).await,
             Code::PermissionDenied,
             says,
         );
@@ -198,8 +198,7 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
     // A sub-agent the policy does not allow for this workflow.
     let msg = refused(
         delegate(
-            &app,
-            AGENT,
+            &mut agent,
             delegate_request(&parent.token, AGENT2, eu42(), 30),
         )
         .await,
@@ -207,11 +206,10 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
         "test-delegates",
     );
     assert!(msg.contains(AGENT2), "{msg}");
-    // Not an agent at all; the caller itself.
+    // Not an agent at all; the caller itself; not a token.
     refused(
         delegate(
-            &app,
-            AGENT,
+            &mut agent,
             delegate_request(&parent.token, ORCH, eu42(), 30),
         )
         .await,
@@ -220,8 +218,7 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
     );
     refused(
         delegate(
-            &app,
-            AGENT,
+            &mut agent,
             delegate_request(&parent.token, AGENT, eu42(), 30),
         )
         .await,
@@ -230,8 +227,7 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
     );
     refused(
         delegate(
-            &app,
-            AGENT,
+            &mut agent,
             delegate_request("not-a-token", HELPER1, eu42(), 30),
         )
         .await,
@@ -240,12 +236,11 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
     );
 
     // Depth beyond the workflow's limit (support allows 1).
-    let first = delegate(&app, AGENT, offer(eu42(), 30)).await.unwrap();
-    let (child, _) = redeem(&app, HELPER1, &first.delegation_id).await.unwrap();
+    let first = delegate(&mut agent, offer(eu42(), 30)).await.unwrap();
+    let child = redeem(&mut helper1, &first.delegation_id).await.unwrap();
     refused(
         delegate(
-            &app,
-            HELPER1,
+            &mut helper1,
             delegate_request(&child.token, HELPER2, eu42(), 10),
         )
         .await,
@@ -253,25 +248,25 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
         "depth 2 exceeds",
     );
 
-    // Redeemed by another identity; redeemed twice.
+    // Redeemed by another identity; redeemed twice; no such offer.
     refused(
-        redeem(&app, HELPER2, &first.delegation_id).await,
+        redeem(&mut helper2, &first.delegation_id).await,
         Code::PermissionDenied,
         "names another sub-agent",
     );
     refused(
-        redeem(&app, HELPER1, &first.delegation_id).await,
+        redeem(&mut helper1, &first.delegation_id).await,
         Code::FailedPrecondition,
         "already redeemed",
     );
     refused(
-        redeem(&app, HELPER1, &uuid::Uuid::new_v4().to_string()).await,
+        redeem(&mut helper1, &uuid::Uuid::new_v4().to_string()).await,
         Code::NotFound,
         "not found",
     );
 
     // Redeemed after the parent was revoked.
-    let late = delegate(&app, AGENT, offer(eu42(), 30)).await.unwrap();
+    let late = delegate(&mut agent, offer(eu42(), 30)).await.unwrap();
     app.admin(ADMIN)
         .await
         .revoke(revoke_request(
@@ -281,13 +276,13 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
         .await
         .unwrap();
     refused(
-        redeem(&app, HELPER1, &late.delegation_id).await,
+        redeem(&mut helper1, &late.delegation_id).await,
         Code::FailedPrecondition,
         "was revoked",
     );
     // The revoked parent cannot be delegated any more either.
     refused(
-        delegate(&app, AGENT, offer(eu42(), 10)).await,
+        delegate(&mut agent, offer(eu42(), 10)).await,
         Code::FailedPrecondition,
         "was revoked",
     );
@@ -297,38 +292,29 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
         app.get_task(&task.id).await.state,
         pb::TaskState::Active as i32
     );
-    // Every refusal is on record with its reason.
-    let denied: Vec<_> = app
-        .audit_by(AGENT)
-        .await
-        .into_iter()
-        .filter(|e| e.action == "delegation_denied")
-        .collect();
-    assert_eq!(denied.len(), 11, "{denied:#?}");
+    // Every refusal is on record with its reason, under the task (all but the
+    // garbage token, which names no task: a malformed request, like any other).
+    let mut denied = app.audit_by(AGENT).await;
+    denied.extend(app.audit_by(HELPER1).await);
+    denied.retain(|e| e.action == "delegation_denied");
+    assert_eq!(denied.len(), 10, "{denied:#?}");
     assert!(
         denied
             .iter()
             .all(|e| e.reason.is_some() && e.task_id.is_some())
     );
-    let redeem_denied: Vec<_> = [HELPER1, HELPER2]
-        .iter()
-        .map(|who| async move { app.audit_by(who).await })
-        .collect::<futures::future::JoinAll<_>>()
-        .await
-        .into_iter()
-        .flatten()
-        .filter(|e| e.action == "redeem_denied")
-        .collect();
+    let mut redeem_denied = app.audit_by(HELPER1).await;
+    redeem_denied.extend(app.audit_by(HELPER2).await);
+    redeem_denied.retain(|e| e.action == "redeem_denied");
     assert_eq!(redeem_denied.len(), 3, "{redeem_denied:#?}");
 }
 
 #[tokio::test]
 async fn two_redemptions_racing_yield_exactly_one_token() {
     let app = spawn_app().await;
-    let (task, parent, _) = support_parent(&app, 60).await;
+    let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
     let offer = delegate(
-        &app,
-        AGENT,
+        &mut agent,
         delegate_request(
             &parent.token,
             HELPER1,
@@ -338,11 +324,19 @@ async fn two_redemptions_racing_yield_exactly_one_token() {
     )
     .await
     .unwrap();
+    let (mut one, _) = app.tokens(HELPER1).await;
+    let mut two = one.clone();
     let (a, b) = tokio::join!(
-        redeem(&app, HELPER1, &offer.delegation_id),
-        redeem(&app, HELPER1, &offer.delegation_id)
+        redeem(&mut one, &offer.delegation_id),
+        redeem(&mut two, &offer.delegation_id)
     );
-    assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "{a:?} {b:?}");
+    assert_eq!(
+        u8::from(a.is_ok()) + u8::from(b.is_ok()),
+        1,
+        "{:?} {:?}",
+        a.err(),
+        b.err()
+    );
     let children = app
         .task_tokens(&task.id)
         .await
@@ -355,10 +349,10 @@ async fn two_redemptions_racing_yield_exactly_one_token() {
 #[tokio::test]
 async fn a_sub_agents_deviation_revokes_the_whole_task() {
     let app = spawn_app().await;
-    let (task, parent, _) = support_parent(&app, 60).await;
+    let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
+    let (mut helper, _) = app.tokens(HELPER1).await;
     let offer = delegate(
-        &app,
-        AGENT,
+        &mut agent,
         delegate_request(
             &parent.token,
             HELPER1,
@@ -368,13 +362,12 @@ async fn a_sub_agents_deviation_revokes_the_whole_task() {
     )
     .await
     .unwrap();
-    let (child, _) = redeem(&app, HELPER1, &offer.delegation_id).await.unwrap();
+    let child = redeem(&mut helper, &offer.delegation_id).await.unwrap();
 
     // The sub-agent reaches outside the task's declared scopes.
     refused(
         delegate(
-            &app,
-            HELPER1,
+            &mut helper,
             delegate_request(
                 &child.token,
                 HELPER2,
@@ -394,10 +387,10 @@ async fn a_sub_agents_deviation_revokes_the_whole_task() {
 
     // Another task: an agent presenting someone else's token to delegate it.
     let (task, parent, _) = support_parent(&app, 60).await;
+    let (mut thief, _) = app.tokens(AGENT2).await;
     refused(
         delegate(
-            &app,
-            AGENT2,
+            &mut thief,
             delegate_request(
                 &parent.token,
                 HELPER1,
@@ -442,10 +435,10 @@ async fn two_level_chain(app: &TestApp) -> (pb::Task, [pb::MintTokenResponse; 3]
             duration_seconds: 3600,
         })
         .await;
-    let root = app
-        .tokens(AGENT2)
-        .await
-        .0
+    let (mut root_agent, _) = app.tokens(AGENT2).await;
+    let (mut helper1, _) = app.tokens(HELPER1).await;
+    let (mut helper2, cert) = app.tokens(HELPER2).await;
+    let root = root_agent
         .mint_token(pb::MintTokenRequest {
             task_id: task.id.clone(),
             scope: Some(scope("github", "repos/acme/*", "read")),
@@ -456,22 +449,20 @@ async fn two_level_chain(app: &TestApp) -> (pb::Task, [pb::MintTokenResponse; 3]
         .into_inner();
     let api = || scope("github", "repos/acme/api", "read");
     let first = delegate(
-        app,
-        AGENT2,
+        &mut root_agent,
         delegate_request(&root.token, HELPER1, api(), 200),
     )
     .await
     .unwrap();
-    let (child, _) = redeem(app, HELPER1, &first.delegation_id).await.unwrap();
+    let child = redeem(&mut helper1, &first.delegation_id).await.unwrap();
     let second = delegate(
-        app,
-        HELPER1,
+        &mut helper1,
         delegate_request(&child.token, HELPER2, api(), 100),
     )
     .await
     .unwrap();
     assert_eq!(second.depth, 2);
-    let (grandchild, cert) = redeem(app, HELPER2, &second.delegation_id).await.unwrap();
+    let grandchild = redeem(&mut helper2, &second.delegation_id).await.unwrap();
     (task, [root, child, grandchild], cert)
 }
 
