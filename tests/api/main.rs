@@ -11,6 +11,7 @@ mod operations;
 mod persistence;
 mod policy;
 mod replicas;
+mod step_up;
 mod sweeper;
 mod tasks;
 mod tokens;
