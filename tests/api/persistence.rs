@@ -2,7 +2,7 @@
 //! back no token, driven directly on a broker over a store that can refuse the write.
 use crate::faulty::Faulty;
 use crate::helpers::*;
-use mayfly::broker::{Broker, BrokerError, Mint, MintRequest, StartTask};
+use mayfly::broker::{Broker, BrokerError, DelegateRequest, Mint, MintRequest, StartTask};
 use mayfly::clock::{Clock, ManualClock};
 use mayfly::domain::{Scope, TaskId};
 use mayfly::identity::{Caller, SpiffeId};
@@ -121,4 +121,193 @@ async fn a_token_whose_insert_fails_is_never_returned() {
     assert!(!minted.token.is_empty());
     assert_eq!(tokens_of(&pg, task.id).await, vec![minted.jti]);
     assert!(broker.introspect(&minted.token).await.unwrap().is_some());
+}
+
+/// A broker over a store that can refuse token writes, with the test policies.
+async fn faulty_broker(clock: &ManualClock) -> (Broker, Arc<Faulty>, PgStore, TestDb) {
+    let db = fresh_database().await;
+    let pg = PgStore::connect(&db.url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let store = Arc::new(Faulty::new(pg.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Arc::new(CedarPolicy::load(&write_policies(dir.path(), 5), "test").unwrap());
+    let broker = Broker::new(
+        store.clone(),
+        policy,
+        Arc::new(clock.clone()),
+        "https://mayfly.test".into(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    (broker, store, pg, db)
+}
+
+/// A support task for AGENT declaring CRM reads and ticket deletes (step-up).
+async fn support_task(broker: &Broker, clock: &ManualClock) -> TaskId {
+    broker
+        .start_task(
+            &caller(ORCH, clock),
+            StartTask {
+                agent: SpiffeId::parse(AGENT).unwrap(),
+                workflow: "support".into(),
+                objective: "answer ticket 4711".into(),
+                scopes: vec![
+                    Scope::declared("crm-api", "customers/eu/*", "read").unwrap(),
+                    Scope::declared("tickets", "tickets/4711", "delete").unwrap(),
+                ],
+                duration: Duration::from_secs(600),
+            },
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn a_redeemed_or_approved_token_whose_write_fails_is_never_returned() {
+    let clock = ManualClock::new();
+    let (broker, store, pg, _db) = faulty_broker(&clock).await;
+    let task = support_task(&broker, &clock).await;
+    let agent = caller(AGENT, &clock);
+    let helper = Caller {
+        thumbprint: "aGVscGVyLWNlcnRpZmljYXRlLXRodW1icHJpbnQtMDAwMDA".into(),
+        ..caller("spiffe://example.org/agent/helper-1", &clock)
+    };
+    let Mint::Minted(parent) = broker
+        .mint(
+            &agent,
+            MintRequest {
+                task,
+                ..read_customer()
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("CRM reads need no approval")
+    };
+    let offer = broker
+        .delegate(
+            &agent,
+            DelegateRequest {
+                parent_token: parent.token.clone(),
+                sub_agent: helper.id.clone(),
+                scope: Scope::requested("crm-api", "customers/eu/1", "read").unwrap(),
+                ttl: Duration::from_secs(30),
+                sub_agent_is_agent: true,
+            },
+        )
+        .await
+        .unwrap();
+
+    // The store refuses the write: no child token, the offer stays redeemable.
+    store.fail_inserts.store(true, Ordering::SeqCst);
+    let err = broker.redeem(&helper, offer.id).await.err().unwrap();
+    assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+    assert_eq!(tokens_of(&pg, task).await, vec![parent.jti]);
+    let Mint::Pending(approval) = broker
+        .mint(
+            &agent,
+            MintRequest {
+                task,
+                scope: Scope::requested("tickets", "tickets/4711", "delete").unwrap(),
+                ttl: Duration::from_secs(60),
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("deleting needs approval")
+    };
+    broker
+        .decide_approval(
+            &caller(ADMIN, &clock),
+            false,
+            approval.id,
+            true,
+            "ok".into(),
+        )
+        .await
+        .unwrap();
+    let err = broker
+        .await_approval(&agent, approval.id, Duration::ZERO)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
+    assert_eq!(
+        tokens_of(&pg, task).await,
+        vec![parent.jti],
+        "nothing written"
+    );
+
+    // The store is back: both are spent exactly once.
+    store.fail_inserts.store(false, Ordering::SeqCst);
+    let child = broker.redeem(&helper, offer.id).await.unwrap();
+    let (spent, token) = broker
+        .await_approval(&agent, approval.id, Duration::ZERO)
+        .await
+        .unwrap();
+    let token = token.expect("the approved token");
+    assert_eq!(spent.state, ApprovalState::Used);
+    let mut stored = tokens_of(&pg, task).await;
+    stored.sort();
+    let mut want = vec![parent.jti, child.jti, token.jti];
+    want.sort();
+    assert_eq!(stored, want);
+}
+
+#[tokio::test]
+async fn nobody_decides_their_own_step_up_request_nor_does_any_agent() {
+    let clock = ManualClock::new();
+    let (broker, _store, _pg, _db) = faulty_broker(&clock).await;
+    let task = support_task(&broker, &clock).await;
+    let agent = caller(AGENT, &clock);
+    let Mint::Pending(approval) = broker
+        .mint(
+            &agent,
+            MintRequest {
+                task,
+                scope: Scope::requested("tickets", "tickets/4711", "delete").unwrap(),
+                ttl: Duration::from_secs(60),
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("deleting needs approval")
+    };
+    // The transport lets only admins reach the decision, and configuration keeps
+    // agent and admin patterns apart; the broker refuses both cases regardless.
+    let own = broker
+        .decide_approval(&agent, false, approval.id, true, "mine".into())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&own, BrokerError::PermissionDenied(m) if m.contains("their own request")),
+        "{own:?}"
+    );
+    let by_agent = broker
+        .decide_approval(
+            &caller(AGENT2, &clock),
+            true,
+            approval.id,
+            true,
+            "ok".into(),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&by_agent, BrokerError::PermissionDenied(m) if m.contains("agent role")),
+        "{by_agent:?}"
+    );
+    let (still, _) = broker
+        .await_approval(&agent, approval.id, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(still.state, ApprovalState::Pending);
 }
