@@ -1,5 +1,5 @@
 //! The command line: `serve`, `dev-certs`, and client commands for orchestrators
-//! (`task`), agents (`token`), security teams (`revoke`, `tokens`) and verifiers
+//! (`task`), agents (`token`), security teams (`revoke`, `tokens`, `approvals`) and verifiers
 //! (`watch`, `jwks`, `token introspect`).
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -134,6 +134,9 @@ pub enum ClientCommand {
         #[arg(long, global = true, default_value = "")]
         reason: String,
     },
+    /// Security team: list pending step-up approvals, approve or deny them.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Verifiers: stream revocation events after a sequence number (JSON lines).
     Watch {
         #[arg(long, default_value_t = 0)]
@@ -194,6 +197,57 @@ pub enum TokenCommand {
     },
     /// Ask the broker whether a token is active (`-` reads it from stdin).
     Introspect { token: String },
+    /// Wait for the decision on your step-up approval; approved, print its token.
+    Await {
+        approval: String,
+        /// How long to wait, e.g. 5m (0s answers at once).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        wait: Duration,
+    },
+    /// Offer a sub-agent a token no wider than one of yours.
+    Delegate {
+        /// Your token to delegate from (`-` reads it from stdin).
+        #[arg(long)]
+        token: String,
+        /// The sub-agent's SPIFFE ID.
+        #[arg(long)]
+        to: String,
+        /// "<audience> <resource> <action>", within your token's scope.
+        #[arg(long)]
+        scope: String,
+        /// Lifetime of the delegated token, e.g. 1m; not past your token's.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Sub-agents: redeem a delegation made to you.
+    Redeem { delegation: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Approvals waiting for a decision (with --all, every state), newest first.
+    List {
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Approve a pending request: the agent gets exactly one token.
+    Approve {
+        approval: String,
+        /// Why (required, audited).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny a pending request; asking again does not reopen it.
+    Deny {
+        approval: String,
+        /// Why (required, audited).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

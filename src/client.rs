@@ -5,7 +5,9 @@ use crate::api::pb::admin_service_client::AdminServiceClient;
 use crate::api::pb::task_service_client::TaskServiceClient;
 use crate::api::pb::token_service_client::TokenServiceClient;
 use crate::api::pb::verifier_service_client::VerifierServiceClient;
-use crate::cli::{ClientArgs, ClientCommand, RevokeTarget, TaskCommand, TokenCommand};
+use crate::cli::{
+    ApprovalsCommand, ClientArgs, ClientCommand, RevokeTarget, TaskCommand, TokenCommand,
+};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -110,6 +112,66 @@ fn event_json(e: &pb::RevocationEvent) -> Value {
            "trigger": e.trigger, "at": ts(&e.at)})
 }
 
+fn minted_json(r: &pb::MintTokenResponse) -> Value {
+    json!({"token": r.token, "jti": r.jti, "expires_at": ts(&r.expires_at), "ttl_seconds": r.ttl_seconds})
+}
+
+fn approval_json(a: &pb::Approval) -> Value {
+    let state = pb::ApprovalState::try_from(a.state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("APPROVAL_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| a.state.to_string());
+    json!({
+        "id": a.id, "task": a.task_id, "requester": a.requester, "scope": scope_json(&a.scope),
+        "ttl_seconds": a.ttl_seconds, "state": state, "workflow": a.workflow,
+        "objective": a.objective, "created_at": ts(&a.created_at), "expires_at": ts(&a.expires_at),
+        "decided_by": a.decided_by, "decided_at": ts(&a.decided_at),
+        "decision_reason": a.decision_reason, "used_jti": a.used_jti,
+    })
+}
+
+/// A token argument, or stdin for `-`.
+fn token_arg(token: &str) -> anyhow::Result<String> {
+    if token != "-" {
+        return Ok(token.to_string());
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+        .context("reading the token from stdin")?;
+    Ok(s.trim().to_string())
+}
+
+/// Waits for a decision in calls of at most five minutes until `wait` is used up.
+async fn await_decision(
+    ch: Channel,
+    approval: &str,
+    wait: Duration,
+) -> anyhow::Result<pb::AwaitApprovalResponse> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut client = TokenServiceClient::new(ch);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let r = client
+            .await_approval(pb::AwaitApprovalRequest {
+                approval_id: approval.to_string(),
+                wait_seconds: u32::try_from(left.as_secs().min(300)).unwrap_or(300),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let pending = r
+            .approval
+            .as_ref()
+            .is_some_and(|a| a.state == pb::ApprovalState::Pending as i32);
+        if !pending || left.is_zero() {
+            return Ok(r);
+        }
+    }
+}
+
 fn print(v: &Value) {
     println!(
         "{}",
@@ -201,8 +263,90 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
+            match &r.approval {
+                Some(a) => {
+                    eprintln!(
+                        "this action needs a security team's approval; wait for it with: mayfly token await {}",
+                        a.id
+                    );
+                    print(&json!({"approval": approval_json(a)}));
+                }
+                None => print(&minted_json(&r)),
+            }
+        }
+        ClientCommand::Token(TokenCommand::Await { approval, wait }) => {
+            let r = await_decision(ch, approval, *wait).await?;
+            print(&json!({
+                "approval": r.approval.as_ref().map(approval_json),
+                "token": r.token.as_ref().map(minted_json),
+            }));
+        }
+        ClientCommand::Token(TokenCommand::Delegate {
+            token,
+            to,
+            scope,
+            ttl,
+        }) => {
+            let r = TokenServiceClient::new(ch)
+                .delegate(pb::DelegateRequest {
+                    parent_token: token_arg(token)?,
+                    sub_agent: to.clone(),
+                    scope: Some(parse_scope(scope)?),
+                    ttl_seconds: ttl.as_secs(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             print(
-                &json!({"token": r.token, "jti": r.jti, "expires_at": ts(&r.expires_at), "ttl_seconds": r.ttl_seconds}),
+                &json!({"delegation_id": r.delegation_id, "expires_at": ts(&r.expires_at), "depth": r.depth}),
+            );
+        }
+        ClientCommand::Token(TokenCommand::Redeem { delegation }) => {
+            let r = TokenServiceClient::new(ch)
+                .redeem_delegation(pb::RedeemDelegationRequest {
+                    delegation_id: delegation.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&minted_json(&r));
+        }
+        ClientCommand::Approvals(ApprovalsCommand::List { task, all, limit }) => {
+            let r = AdminServiceClient::new(ch)
+                .list_approvals(pb::ListApprovalsRequest {
+                    task_id: task.clone().unwrap_or_default(),
+                    pending_only: !*all,
+                    limit: *limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&Value::Array(
+                r.approvals.iter().map(approval_json).collect(),
+            ));
+        }
+        ClientCommand::Approvals(
+            cmd @ (ApprovalsCommand::Approve { approval, reason }
+            | ApprovalsCommand::Deny { approval, reason }),
+        ) => {
+            let decision = match cmd {
+                ApprovalsCommand::Approve { .. } => pb::Decision::Approve,
+                _ => pb::Decision::Deny,
+            };
+            let r = AdminServiceClient::new(ch)
+                .decide_approval(pb::DecideApprovalRequest {
+                    approval_id: approval.clone(),
+                    decision: decision as i32,
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                &r.approval
+                    .as_ref()
+                    .map(approval_json)
+                    .unwrap_or(Value::Null),
             );
         }
         ClientCommand::Token(TokenCommand::Introspect { token }) => {
@@ -248,7 +392,8 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .map(|t| {
                     json!({"jti": t.jti, "task": t.task_id, "agent": t.agent, "workflow": t.workflow,
                            "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
-                           "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at), "active": t.active})
+                           "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at), "active": t.active,
+                           "parent_jti": t.parent_jti, "depth": t.depth})
                 })
                 .collect();
             print(&Value::Array(rows));

@@ -137,3 +137,154 @@ async fn the_cli_drives_a_task_from_opening_to_revocation() {
     assert!(ok);
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_cli_delegates_redeems_and_decides_step_up_approvals() {
+    let app = spawn_app().await;
+    let mut req = start_request(AGENT, 600);
+    req.scopes.push(scope("tickets", "tickets/4711", "delete"));
+    let task = app.open_task_with(req).await;
+    let helper = "spiffe://example.org/agent/helper-1";
+
+    // Agent → sub-agent, each with its own certificate file.
+    let (ok, parent, err) = mayfly(
+        &app,
+        AGENT,
+        &[
+            "token",
+            "mint",
+            "--task",
+            &task.id,
+            "--scope",
+            "crm-api customers/eu/7 read",
+            "--ttl",
+            "2m",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, offer, err) = mayfly(
+        &app,
+        AGENT,
+        &[
+            "token",
+            "delegate",
+            "--token",
+            parent["token"].as_str().unwrap(),
+            "--to",
+            helper,
+            "--scope",
+            "crm-api customers/eu/7 read",
+            "--ttl",
+            "1m",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(offer["depth"], 1);
+    let id = offer["delegation_id"].as_str().unwrap();
+    let (ok, _, err) = mayfly(&app, AGENT2, &["token", "redeem", id]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("names another sub-agent"),
+        "{err}"
+    );
+    let (ok, child, err) = mayfly(&app, helper, &["token", "redeem", id]).await;
+    assert!(ok, "{err}");
+    assert!(child["token"].as_str().is_some_and(|t| !t.is_empty()));
+    let (ok, listed, err) = mayfly(&app, ADMIN, &["tokens", "--task", &task.id]).await;
+    assert!(ok, "{err}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["jti"] == child["jti"]
+                && t["depth"] == 1
+                && t["parent_jti"] == parent["jti"])
+    );
+
+    // Step-up: the mint prints a pending approval; the security team lists and
+    // approves it; the agent's await prints the token.
+    let delete = [
+        "token",
+        "mint",
+        "--task",
+        &task.id,
+        "--scope",
+        "tickets tickets/4711 delete",
+        "--ttl",
+        "1m",
+    ];
+    let (ok, asked, err) = mayfly(&app, AGENT, &delete).await;
+    assert!(ok, "{err}");
+    assert!(err.contains("mayfly token await"), "{err}");
+    let approval = asked["approval"]["id"].as_str().unwrap().to_string();
+    assert_eq!(asked["approval"]["state"], "pending");
+    let (ok, pending, err) = mayfly(&app, ADMIN, &["approvals", "list"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(pending[0]["id"], approval.as_str());
+    assert_eq!(pending[0]["requester"], AGENT);
+    assert_eq!(pending[0]["objective"], task.objective.as_str());
+    let (ok, _, err) = mayfly(&app, ADMIN, &["approvals", "approve", &approval]).await;
+    assert!(!ok, "a decision needs a reason");
+    assert!(err.contains("--reason"), "{err}");
+    let (ok, decided, err) = mayfly(
+        &app,
+        ADMIN,
+        &[
+            "approvals",
+            "approve",
+            &approval,
+            "--reason",
+            "ticket 4711 is spam, checked",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(decided["state"], "approved");
+    let (ok, _, err) = mayfly(
+        &app,
+        ADMIN,
+        &["approvals", "deny", &approval, "--reason", "too late"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("already approved"),
+        "{err}"
+    );
+    let (ok, got, err) = mayfly(&app, AGENT, &["token", "await", &approval, "--wait", "5s"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(got["approval"]["state"], "used");
+    assert!(
+        got["token"]["token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+
+    // A second request, denied from the terminal.
+    let (ok, asked, err) = mayfly(&app, AGENT, &delete).await;
+    assert!(ok, "{err}");
+    let second = asked["approval"]["id"].as_str().unwrap().to_string();
+    let (ok, denied, err) = mayfly(
+        &app,
+        ADMIN,
+        &["approvals", "deny", &second, "--reason", "not today"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(denied["state"], "denied");
+    let (ok, got, err) = mayfly(&app, AGENT, &["token", "await", &second, "--wait", "0s"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(got["approval"]["state"], "denied");
+    assert_eq!(got["token"], Value::Null);
+    let (ok, all, _) = mayfly(
+        &app,
+        ADMIN,
+        &["approvals", "list", "--all", "--task", &task.id],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+}
