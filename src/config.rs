@@ -169,7 +169,7 @@ impl Default for TasksConfig {
 }
 
 fn default_approval_ttl() -> Duration {
-    Duration::from_secs(15 * 60)
+    crate::broker::DEFAULT_APPROVAL_TTL
 }
 
 fn default_sweep() -> Duration {
