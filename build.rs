@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "mayfly.v1.IntrospectRequest",
             "mayfly.v1.MintTokenResponse",
             "mayfly.v1.ReportMisuseRequest",
+            "mayfly.v1.DelegateRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

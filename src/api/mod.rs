@@ -40,6 +40,18 @@ impl std::fmt::Debug for pb::MintTokenResponse {
             .field("jti", &self.jti)
             .field("expires_at", &self.expires_at)
             .field("ttl_seconds", &self.ttl_seconds)
+            .field("approval", &self.approval)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for pb::DelegateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelegateRequest")
+            .field("parent_token", &"<redacted>")
+            .field("sub_agent", &self.sub_agent)
+            .field("scope", &self.scope)
+            .field("ttl_seconds", &self.ttl_seconds)
             .finish()
     }
 }
@@ -80,6 +92,23 @@ mod tests {
                 "{:?}",
                 pb::MintTokenResponse {
                     token: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                pb::DelegateRequest {
+                    parent_token: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                pb::AwaitApprovalResponse {
+                    token: Some(pb::MintTokenResponse {
+                        token: secret.into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }
             ),
