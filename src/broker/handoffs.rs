@@ -5,6 +5,9 @@
 use super::*;
 use crate::store::Redeem;
 
+/// Unredeemed, unexpired offers one parent token may have at a time.
+pub const MAX_OPEN_OFFERS: u32 = 16;
+
 pub struct DelegateRequest {
     /// The caller's own token, to delegate from.
     pub parent_token: String,
@@ -220,7 +223,17 @@ impl Broker {
                 "expires_at": expires_at.unix_timestamp(),
                 "policies": permit.policies,
             }));
-        self.store.insert_delegation(&delegation, &audit).await?;
+        if !self
+            .store
+            .insert_delegation(&delegation, MAX_OPEN_OFFERS, &audit)
+            .await?
+        {
+            return Err(refuse(BrokerError::ResourceExhausted(format!(
+                "parent token {} already has {MAX_OPEN_OFFERS} open delegations; wait until they are redeemed or lapse",
+                record.jti
+            )))
+            .await);
+        }
         Ok(Delegated {
             id: delegation.id,
             expires_at,
@@ -313,13 +326,23 @@ impl Broker {
             )))
             .await);
         }
+        // The workflow may have been tightened since the offer.
+        if offer.depth > limits.max_delegation_depth {
+            return Err(refuse(BrokerError::PermissionDenied(format!(
+                "delegation depth {} exceeds workflow {:?}'s limit of {}",
+                offer.depth, task.workflow, limits.max_delegation_depth
+            )))
+            .await);
+        }
         if task.tokens_minted >= limits.max_tokens {
             return Err(self.over_budget(caller, &task, limits, deny).await);
         }
-        // Never past the offer (itself within the parent's life) nor the
-        // sub-agent's certificate.
+        // Never past the offer (itself within the parent's life), the
+        // workflow's longest TTL, the task, nor the sub-agent's certificate.
         let expires_at = offer
             .expires_at
+            .min(now + limits.max_token_ttl)
+            .min(task.expires_at)
             .min(OffsetDateTime::from_unix_timestamp(caller.valid_until).unwrap_or(now));
         if expires_at - now < time::Duration::SECOND {
             return Err(refuse(BrokerError::FailedPrecondition(format!(

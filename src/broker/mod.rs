@@ -23,7 +23,7 @@ use uuid::Uuid;
 mod handoffs;
 mod step_up;
 
-pub use handoffs::{DelegateRequest, Delegated};
+pub use handoffs::{DelegateRequest, Delegated, MAX_OPEN_OFFERS};
 
 /// How long after its expiry a token can still be reported as misused.
 const MISUSE_REPORT_WINDOW: i64 = 3600;

@@ -22,71 +22,93 @@ impl Broker {
         permit: &Permit,
         deny: impl Fn(&str) -> AuditEvent,
     ) -> Result<Mint, BrokerError> {
-        let now = self.now();
-        let standing = self
-            .store
-            .standing_approval(task.id, caller.id.as_str(), &req.scope, now)
-            .await?;
-        let approval = match standing {
-            Some(a) => a,
-            None => {
-                let approval = Approval {
-                    id: Uuid::new_v4(),
-                    task: task.id,
-                    requester: caller.id.to_string(),
-                    workflow: task.workflow.clone(),
-                    objective: task.objective.clone(),
-                    scope: req.scope.clone(),
-                    ttl,
-                    state: ApprovalState::Pending,
-                    created_at: now,
-                    expires_at: (now + self.approval_ttl).min(task.expires_at),
-                    decided_by: None,
-                    decided_at: None,
-                    decision_reason: None,
-                    used_jti: None,
-                };
-                let audit = AuditEvent::new(now, caller.id.as_str(), Action::ApprovalRequested)
-                    .task(task.id)
-                    .agent(caller.id.as_str())
-                    .detail(json!({
-                        "approval": approval.id,
-                        "scope": req.scope,
-                        "ttl_seconds": ttl.as_secs(),
-                        "workflow": task.workflow,
-                        "objective": task.objective,
-                        "expires_at": approval.expires_at.unix_timestamp(),
-                        "policies": permit.policies,
-                    }));
-                if self.store.insert_approval(&approval, &audit).await? {
-                    tracing::info!(caller = %caller.id, task = %task.id, approval = %approval.id, scope = %req.scope, "step-up approval requested");
-                    return Ok(Mint::Pending(Box::new(approval)));
+        // Twice at most: a decision made while a repeat was being counted sends
+        // the request round again, to spend or to be refused as it now stands.
+        for _ in 0..2 {
+            let now = self.now();
+            let approval = match self
+                .store
+                .standing_approval(task.id, caller.id.as_str(), &req.scope, now)
+                .await?
+            {
+                Some(a) => a,
+                None => match self.open_approval(caller, task, req, ttl, permit).await? {
+                    Some(opened) => return Ok(Mint::Pending(Box::new(opened))),
+                    // A concurrent request opened one first: this one meets it.
+                    None => continue,
+                },
+            };
+            match approval.state_at(now) {
+                ApprovalState::Approved => {
+                    return self
+                        .spend(caller, task, req, ttl, permit, &approval, &deny)
+                        .await;
                 }
-                // A concurrent request opened one first: this request repeats it.
-                self.store
-                    .standing_approval(task.id, caller.id.as_str(), &req.scope, now)
-                    .await?
-                    .ok_or_else(|| {
-                        BrokerError::FailedPrecondition(format!(
-                            "the step-up request for {} changed while it was made; retry",
-                            req.scope
-                        ))
-                    })?
+                ApprovalState::Pending | ApprovalState::Denied => {
+                    if let Some(err) = self
+                        .refuse_repeat(caller, task, &permit.limits, &approval, &deny)
+                        .await
+                    {
+                        return Err(err);
+                    }
+                }
+                other => {
+                    return Err(BrokerError::Internal(format!(
+                        "approval {} is {other}, which cannot stand",
+                        approval.id
+                    )));
+                }
             }
-        };
-        match approval.state_at(now) {
-            ApprovalState::Approved => {
-                self.spend(caller, task, req, ttl, permit, &approval, deny)
-                    .await
-            }
-            ApprovalState::Pending | ApprovalState::Denied => Err(self
-                .refuse_repeat(caller, task, &permit.limits, &approval, deny)
-                .await),
-            other => Err(BrokerError::Internal(format!(
-                "approval {} is {other}, which cannot stand",
-                approval.id
-            ))),
         }
+        Err(BrokerError::FailedPrecondition(format!(
+            "the step-up approval for {} changed while it was asked for; ask again",
+            req.scope
+        )))
+    }
+
+    /// Opens a pending approval, unless one stands already (`None`).
+    async fn open_approval(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        req: &MintRequest,
+        ttl: Duration,
+        permit: &Permit,
+    ) -> Result<Option<Approval>, BrokerError> {
+        let now = self.now();
+        let approval = Approval {
+            id: Uuid::new_v4(),
+            task: task.id,
+            requester: caller.id.to_string(),
+            workflow: task.workflow.clone(),
+            objective: task.objective.clone(),
+            scope: req.scope.clone(),
+            ttl,
+            state: ApprovalState::Pending,
+            created_at: now,
+            expires_at: (now + self.approval_ttl).min(task.expires_at),
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+            used_jti: None,
+        };
+        let audit = AuditEvent::new(now, caller.id.as_str(), Action::ApprovalRequested)
+            .task(task.id)
+            .agent(caller.id.as_str())
+            .detail(json!({
+                "approval": approval.id,
+                "scope": req.scope,
+                "ttl_seconds": ttl.as_secs(),
+                "workflow": task.workflow,
+                "objective": task.objective,
+                "expires_at": approval.expires_at.unix_timestamp(),
+                "policies": permit.policies,
+            }));
+        if !self.store.insert_approval(&approval, &audit).await? {
+            return Ok(None);
+        }
+        tracing::info!(caller = %caller.id, task = %task.id, approval = %approval.id, scope = %req.scope, "step-up approval requested");
+        Ok(Some(approval))
     }
 
     /// Mints the one token an approval is good for.
@@ -135,7 +157,8 @@ impl Broker {
     }
 
     /// Refuses a step-up request whose approval is pending or denied, counting it;
-    /// past the workflow's allowance the repeat is a deviation.
+    /// past the workflow's allowance the repeat is a deviation. `None` when the
+    /// approval was decided meanwhile (nothing counted).
     async fn refuse_repeat(
         &self,
         caller: &Caller,
@@ -143,7 +166,7 @@ impl Broker {
         limits: &WorkflowLimits,
         approval: &Approval,
         deny: impl Fn(&str) -> AuditEvent,
-    ) -> BrokerError {
+    ) -> Option<BrokerError> {
         let pending = approval.state == ApprovalState::Pending;
         let why = if pending {
             format!(
@@ -162,9 +185,14 @@ impl Broker {
         let mut event = deny(&why);
         event.action = Action::StepUpRefused;
         event.detail["approval"] = json!(approval.id);
-        let refusals = match self.store.count_step_up_refusal(task.id, &event).await {
-            Ok(n) => n,
-            Err(e) => return e.into(),
+        let refusals = match self
+            .store
+            .count_step_up_refusal(task.id, approval.id, self.now(), &event)
+            .await
+        {
+            Ok(Some(n)) => n,
+            Ok(None) => return None,
+            Err(e) => return Some(e.into()),
         };
         if refusals > limits.step_up_retries {
             let reason = format!(
@@ -173,18 +201,19 @@ impl Broker {
             );
             if limits.deviation == DeviationResponse::Deny {
                 self.audit_denial(deny(&reason)).await;
-                return BrokerError::PermissionDenied(reason);
+                return Some(BrokerError::PermissionDenied(reason));
             }
-            return self
-                .deviate(caller, task, reason, deny)
-                .await
-                .into_permission_denied();
+            return Some(
+                self.deviate(caller, task, reason, deny)
+                    .await
+                    .into_permission_denied(),
+            );
         }
-        if pending {
+        Some(if pending {
             BrokerError::FailedPrecondition(why)
         } else {
             BrokerError::PermissionDenied(why)
-        }
+        })
     }
 
     /// Waits up to `wait` for a decision on the caller's approval. Approved, it
@@ -209,13 +238,27 @@ impl Broker {
                 .await?
                 .ok_or_else(|| BrokerError::NotFound(format!("approval {id} not found")))?;
             if approval.requester != caller.id.as_str() {
-                return Err(BrokerError::PermissionDenied(format!(
-                    "approval {id} was requested by another agent"
-                )));
+                let why = format!("approval {id} was requested by another agent");
+                self.audit_denial(
+                    AuditEvent::new(self.now(), caller.id.as_str(), Action::CallDenied)
+                        .task(approval.task)
+                        .agent(caller.id.as_str())
+                        .reason(&why)
+                        .detail(json!({"method": "mayfly.v1.TokenService/AwaitApproval", "approval": id})),
+                )
+                .await;
+                return Err(BrokerError::PermissionDenied(why));
             }
             let now = self.now();
             match approval.state_at(now) {
                 ApprovalState::Pending => {
+                    // A decision can no longer help a task that ended.
+                    let task = self.get_task(approval.task).await?;
+                    if let Some(err) = self.not_mintable(&task, now) {
+                        return Err(BrokerError::FailedPrecondition(format!(
+                            "{err}; approval {id} can no longer be used"
+                        )));
+                    }
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() {
                         return Ok((approval, None));
@@ -273,6 +316,7 @@ impl Broker {
                 .reason(why)
                 .detail(json!({"approval": id, "approve": approve, "requested_reason": reason}))
         };
+        let task = self.get_task(approval.task).await?;
         let refused = if caller_is_agent {
             Some(format!(
                 "{} holds the agent role; agents never decide step-up approvals",
@@ -289,6 +333,11 @@ impl Broker {
         if let Some(why) = refused {
             self.audit_denial(refuse(&why)).await;
             return Err(BrokerError::PermissionDenied(why));
+        }
+        if let Some(err) = self.not_mintable(&task, now) {
+            let why = format!("{err}; its approvals can no longer be used");
+            self.audit_denial(refuse(&why)).await;
+            return Err(BrokerError::FailedPrecondition(why));
         }
         let action = if approve {
             Action::ApprovalGranted

@@ -615,11 +615,24 @@ impl CedarPolicy {
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);
         let (slice, needs) = set.slice(("Mint", &i.scope.audience));
         let agent = workload("Mayfly::Agent", i.agent)?;
-        // The task entity only when a policy can reach it (`Needs::task`).
-        let task = match needs.task {
-            true => Some(task_entity(i, &wf_uid, agent.uid())?),
-            false => None,
-        };
+        // The task entity only when a policy can reach it (`Needs::task`). Its
+        // agent is the task's own: for a delegated token (depth > 0) not the
+        // principal, which is the sub-agent.
+        let mut task = vec![];
+        if needs.task {
+            let owner = if i.delegation_depth == 0 {
+                agent.uid()
+            } else {
+                let id = SpiffeId::parse(&i.task.agent).map_err(|e| {
+                    Denied::new(format!("task {} has an invalid agent: {e}", i.task.id))
+                })?;
+                let owner = workload("Mayfly::Agent", &id)?;
+                let uid = owner.uid();
+                task.push(owner);
+                uid
+            };
+            task.push(task_entity(i, &wf_uid, owner)?);
+        }
         let (resource, mut file) = set.resource(i.scope, needs.file_entities)?;
         file.extend(set.workflow_entity(&wf_uid, needs));
         let (principal, requested) = (agent.uid(), resource.uid());

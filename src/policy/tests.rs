@@ -689,3 +689,38 @@ when { context.task in Mayfly::Workflow::"support-triage" };
     // The CRM slice has no policy that reaches the task, and still permits.
     crm_read(&p).unwrap();
 }
+
+#[test]
+fn a_sub_agents_decision_sees_the_task_owned_by_the_tasks_agent() {
+    let dir = policy_dir(
+        r#"
+@id("sub-agents-never-own")
+@reason("a sub-agent is never the task's agent")
+forbid (principal, action == Mayfly::Action::"Mint", resource)
+when { context.delegation_depth > 0 && context.task.agent == principal };
+
+@id("owner-is-support")
+@reason("delegated tokens only in tasks of EU support agents")
+forbid (principal, action == Mayfly::Action::"Mint", resource)
+when { context.delegation_depth > 0 && !(context.task.agent.path like "/agent/support-eu-*") };
+"#,
+    );
+    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
+    let t = task(SUPPORT, "support-triage");
+    let decide = |agent: &str, depth: u32| {
+        p.mint_in(
+            "prod-eu",
+            &MintInput {
+                agent: &id(agent),
+                task: &t,
+                scope: &scope("crm-api customers/eu/42 read"),
+                requested_ttl: Duration::from_secs(60),
+                delegation_depth: depth,
+                now: office_hours(),
+            },
+        )
+    };
+    decide(SUPPORT, 0).expect("the task's agent itself");
+    decide("spiffe://example.org/agent/support-eu-2", 1)
+        .expect("a sub-agent: the task is still the support agent's");
+}

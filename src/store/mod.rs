@@ -163,7 +163,7 @@ impl Approval {
 #[derive(Debug, Clone)]
 pub struct ApprovalFilter {
     pub task: Option<TaskId>,
-    /// Only approvals still pending at this time.
+    /// Only approvals still pending at this time, of tasks still active.
     pub pending_at: Option<OffsetDateTime>,
     pub limit: u32,
 }
@@ -271,16 +271,19 @@ pub trait TokenStore {
 
 #[async_trait]
 pub trait DelegationStore {
-    /// Records a delegation offer and its audit event in one transaction.
+    /// Records a delegation offer and its audit event in one transaction, unless
+    /// its parent token already has `open_limit` unredeemed, unexpired offers
+    /// (then false, nothing written).
     async fn insert_delegation(
         &self,
         delegation: &Delegation,
+        open_limit: u32,
         audit: &AuditEvent,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     async fn get_delegation(&self, id: Uuid) -> Result<Option<Delegation>, StoreError>;
     /// In one transaction: the offer is unredeemed and unexpired at
     /// `child.issued_at`, the task active, before its deadline and under `budget`,
-    /// and the parent token unrevoked; then the child token, the offer's
+    /// and no ancestor token revoked; then the child token, the offer's
     /// redemption and `audit` are written. Anything else writes nothing.
     async fn redeem_delegation(
         &self,
@@ -333,13 +336,16 @@ pub trait ApprovalStore {
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<Spend, StoreError>;
-    /// Counts one refused step-up request against the task and records `audit`;
-    /// returns the task's refusals so far.
+    /// Counts one refused step-up request against the task and records `audit`,
+    /// if `approval` is still pending or denied at `now`; returns the task's
+    /// refusals so far, or `None` (nothing written) when it was decided meanwhile.
     async fn count_step_up_refusal(
         &self,
         task: TaskId,
+        approval: Uuid,
+        now: OffsetDateTime,
         audit: &AuditEvent,
-    ) -> Result<u32, StoreError>;
+    ) -> Result<Option<u32>, StoreError>;
 }
 
 #[async_trait]

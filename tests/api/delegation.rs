@@ -574,3 +574,53 @@ async fn revoking_an_ancestor_token_an_agent_of_the_chain_or_the_task_reaches_th
     let tokens = app.task_tokens(&task.id).await;
     assert!(tokens.iter().all(|t| t.revoked_at.is_some()), "{tokens:#?}");
 }
+
+#[tokio::test]
+async fn revoking_a_sub_agent_lapses_the_offers_made_to_it_and_open_offers_are_capped() {
+    let app = spawn_app().await;
+    let (task, parent, (mut agent, _)) = support_parent(&app, 120).await;
+    let eu42 = || scope("crm-api", "customers/eu/42", "read");
+    let offer = delegate(
+        &mut agent,
+        delegate_request(&parent.token, HELPER1, eu42(), 30),
+    )
+    .await
+    .unwrap();
+    app.admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Agent(HELPER1.into()),
+            "helper compromised",
+        ))
+        .await
+        .unwrap();
+    let (mut helper, _) = app.tokens(HELPER1).await;
+    refused(
+        redeem(&mut helper, &offer.delegation_id).await,
+        Code::FailedPrecondition,
+        "lapsed",
+    );
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Active as i32
+    );
+
+    // One offer was lapsed; fill the parent's open offers up to the cap.
+    for _ in 0..mayfly::broker::MAX_OPEN_OFFERS {
+        delegate(
+            &mut agent,
+            delegate_request(&parent.token, HELPER2, eu42(), 30),
+        )
+        .await
+        .unwrap();
+    }
+    refused(
+        delegate(
+            &mut agent,
+            delegate_request(&parent.token, HELPER2, eu42(), 30),
+        )
+        .await,
+        Code::ResourceExhausted,
+        "open delegations",
+    );
+}

@@ -99,9 +99,10 @@ impl DelegationStore for Faulty {
     async fn insert_delegation(
         &self,
         d: &Delegation,
+        open_limit: u32,
         audit: &AuditEvent,
-    ) -> Result<(), StoreError> {
-        self.inner.insert_delegation(d, audit).await
+    ) -> Result<bool, StoreError> {
+        self.inner.insert_delegation(d, open_limit, audit).await
     }
     async fn get_delegation(&self, id: uuid::Uuid) -> Result<Option<Delegation>, StoreError> {
         self.inner.get_delegation(id).await
@@ -172,9 +173,13 @@ impl ApprovalStore for Faulty {
     async fn count_step_up_refusal(
         &self,
         task: TaskId,
+        approval: uuid::Uuid,
+        now: OffsetDateTime,
         audit: &AuditEvent,
-    ) -> Result<u32, StoreError> {
-        self.inner.count_step_up_refusal(task, audit).await
+    ) -> Result<Option<u32>, StoreError> {
+        self.inner
+            .count_step_up_refusal(task, approval, now, audit)
+            .await
     }
 }
 

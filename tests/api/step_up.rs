@@ -368,10 +368,18 @@ async fn retrying_until_success_is_refused_without_new_approvals_and_then_a_devi
         pb::TaskState::Deviated as i32
     );
     assert!(!introspect_active(&app, &parent.token).await);
-    // And the pending approval can no longer yield a token.
-    decide(&app, ADMIN, &a.id, pb::Decision::Approve)
+    // And the pending approval can no longer yield a token: it is not even
+    // listed as pending, and deciding it is refused.
+    assert!(approvals(&app, "", true).await.is_empty());
+    let err = decide(&app, ADMIN, &a.id, pb::Decision::Approve)
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("can no longer be used"),
+        "{}",
+        err.message()
+    );
     let err = agent
         .await_approval(pb::AwaitApprovalRequest {
             approval_id: a.id.clone(),

@@ -62,9 +62,27 @@ impl DelegationStore for PgStore {
     async fn insert_delegation(
         &self,
         d: &Delegation,
+        open_limit: u32,
         audit: &AuditEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // Offers of one parent take turns (its row lock), so the limit holds.
+        sqlx::query("SELECT 1 FROM tokens WHERE jti = $1 FOR NO KEY UPDATE")
+            .bind(d.parent_jti)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delegations WHERE parent_jti = $1 AND redeemed_at IS NULL AND expires_at > $2",
+        )
+        .bind(d.parent_jti)
+        .bind(d.created_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if open >= i64::from(open_limit) {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO delegations (id, task_id, parent_jti, delegator, sub_agent, audience, resource, action, depth, act, ancestors, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -86,7 +104,8 @@ impl DelegationStore for PgStore {
         .await
         .map_err(map_err)?;
         insert_audit(&mut tx, &[audit]).await.map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 
     async fn get_delegation(&self, id: uuid::Uuid) -> Result<Option<Delegation>, StoreError> {
@@ -111,15 +130,21 @@ impl DelegationStore for PgStore {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // The offer's row lock makes two redemptions take turns: the second sees
         // the first's redemption.
-        let offer: Option<(Option<OffsetDateTime>, OffsetDateTime, uuid::Uuid, uuid::Uuid)> =
-            sqlx::query_as(
-                "SELECT redeemed_at, expires_at, parent_jti, task_id FROM delegations WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let Some((redeemed_at, expires_at, parent, task)) = offer else {
+        type Offer = (
+            Option<OffsetDateTime>,
+            OffsetDateTime,
+            uuid::Uuid,
+            uuid::Uuid,
+            Json<Vec<uuid::Uuid>>,
+        );
+        let offer: Option<Offer> = sqlx::query_as(
+            "SELECT redeemed_at, expires_at, parent_jti, task_id, ancestors FROM delegations WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some((redeemed_at, expires_at, parent, task, Json(ancestors))) = offer else {
             return Ok(Redeem::NotFound);
         };
         if redeemed_at.is_some() {
@@ -128,7 +153,8 @@ impl DelegationStore for PgStore {
         if expires_at <= now {
             return Ok(Redeem::Expired);
         }
-        if child.parent != Some(parent) || child.task.0 != task {
+        if child.parent != Some(parent) || child.task.0 != task || ancestors.last() != Some(&parent)
+        {
             return Err(StoreError::Other(format!(
                 "delegation {id}: the child token does not descend from its parent"
             )));
@@ -145,18 +171,22 @@ impl DelegationStore for PgStore {
         {
             return Ok(Redeem::TaskRefused);
         }
-        // A share lock, not the foreign key's key-share: it waits for a revocation
-        // that holds the parent's row, and that revocation's cascade then sees
-        // this child (see `revoke_tokens`).
-        let revoked: Option<OffsetDateTime> =
-            sqlx::query_scalar("SELECT revoked_at FROM tokens WHERE jti = $1 FOR SHARE")
-                .bind(parent)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        if revoked.is_some() {
-            tx.rollback().await.map_err(map_err)?;
-            return Ok(Redeem::ParentRevoked);
+        // Share locks on every ancestor, root first (the foreign key's key-share
+        // lock would not conflict with a revocation's update): a revocation that
+        // holds any of them is waited for, and one that comes later waits for this
+        // commit, so its cascade (see `revoke_tokens`) sees this child. Root first,
+        // as a chain names each agent once, so no revocation holds two of them.
+        for jti in &ancestors {
+            let revoked: Option<Option<OffsetDateTime>> =
+                sqlx::query_scalar("SELECT revoked_at FROM tokens WHERE jti = $1 FOR SHARE")
+                    .bind(jti)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            if !matches!(revoked, Some(None)) {
+                tx.rollback().await.map_err(map_err)?;
+                return Ok(Redeem::ParentRevoked);
+            }
         }
         sqlx::query("UPDATE delegations SET redeemed_at = $2, child_jti = $3 WHERE id = $1")
             .bind(id)
@@ -261,7 +291,8 @@ impl ApprovalStore for PgStore {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals
              WHERE ($1::uuid IS NULL OR task_id = $1)
-               AND ($2::timestamptz IS NULL OR (state = 'pending' AND expires_at > $2))
+               AND ($2::timestamptz IS NULL OR (state = 'pending' AND expires_at > $2
+                    AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = task_id AND t.state = 'active' AND t.expires_at > $2)))
              ORDER BY created_at DESC, id LIMIT $3"
         )))
         .bind(f.task.map(|t| t.0))
@@ -368,9 +399,24 @@ impl ApprovalStore for PgStore {
     async fn count_step_up_refusal(
         &self,
         task: TaskId,
+        approval: uuid::Uuid,
+        now: OffsetDateTime,
         audit: &AuditEvent,
-    ) -> Result<u32, StoreError> {
+    ) -> Result<Option<u32>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // Holds the approval while counting: a decision in between is not
+        // counted against the agent (the caller reads it again).
+        let standing: Option<bool> = sqlx::query_scalar(
+            "SELECT state = 'denied' OR (state = 'pending' AND expires_at > $2) FROM approvals WHERE id = $1 FOR UPDATE",
+        )
+        .bind(approval)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if standing != Some(true) {
+            return Ok(None);
+        }
         let n: i32 = sqlx::query_scalar(
             "UPDATE tasks SET step_up_refusals = step_up_refusals + 1 WHERE id = $1 RETURNING step_up_refusals",
         )
@@ -384,6 +430,6 @@ impl ApprovalStore for PgStore {
         }
         insert_audit(&mut tx, &[&audit]).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        u32::try_from(n).map_err(corrupt)
+        u32::try_from(n).map(Some).map_err(corrupt)
     }
 }

@@ -286,7 +286,7 @@ async fn revoke_tokens(
         Target::Agent(_) => "SELECT jti FROM tokens WHERE agent = $3",
         Target::Task(_) | Target::Workflow(_) | Target::All => return Ok(direct),
     };
-    let descendants = sqlx::query(AssertSqlSafe(format!(
+    let cascade = format!(
         "WITH RECURSIVE d (jti) AS (
             {seed}
             UNION
@@ -294,15 +294,29 @@ async fn revoke_tokens(
          )
          UPDATE tokens SET revoked_at = $1, revocation_seq = $2
          WHERE revoked_at IS NULL AND jti IN (SELECT jti FROM d)"
-    )))
-    .bind(at)
-    .bind(seq)
-    .bind(target.value())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(direct + descendants)
+    );
+    // Redemptions share-lock every ancestor, so one statement sees every child;
+    // repeating until nothing changes (at most the longest chain) makes the
+    // cascade complete whatever committed while it ran.
+    let mut total = direct;
+    for _ in 0..=MAX_CHAIN {
+        let n = sqlx::query(AssertSqlSafe(cascade.clone()))
+            .bind(at)
+            .bind(seq)
+            .bind(target.value())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        total += n;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(total)
 }
+
+/// Longer than any delegation chain (`max_delegation_depth` is at most 16).
+const MAX_CHAIN: usize = 17;
 
 /// Moves the active tasks a target covers to `revoked`.
 async fn stop_tasks(conn: &mut PgConnection, r: &Revocation, seq: i64) -> Result<u64, sqlx::Error> {
@@ -550,8 +564,14 @@ impl TokenStore for PgStore {
     }
 
     async fn token_status(&self, jti: uuid::Uuid) -> Result<Option<TokenStatus>, StoreError> {
+        // A delegated token is revoked when any ancestor is.
         let row = sqlx::query(
-            "SELECT t.revoked_at IS NOT NULL AS revoked, k.state
+            "WITH RECURSIVE up (jti, parent_jti, revoked) AS (
+                SELECT jti, parent_jti, revoked_at IS NOT NULL FROM tokens WHERE jti = $1
+                UNION ALL
+                SELECT p.jti, p.parent_jti, p.revoked_at IS NOT NULL FROM tokens p JOIN up ON p.jti = up.parent_jti
+             )
+             SELECT (SELECT bool_or(revoked) FROM up) AS revoked, k.state
              FROM tokens t JOIN tasks k ON k.id = t.task_id WHERE t.jti = $1",
         )
         .bind(jti)
@@ -618,6 +638,20 @@ impl RevocationStore for PgStore {
             return Ok(None);
         }
         let tasks = stop_tasks(&mut tx, r, seq).await.map_err(map_err)?;
+        if let Target::Agent(a) = &r.target {
+            // Offers to a revoked agent lapse with its tokens: it redeems none of
+            // them afterwards (a redemption in flight holds the offer's row, and
+            // this waits for it; its child is then revoked below).
+            sqlx::query(
+                "UPDATE delegations SET expires_at = LEAST(expires_at, $2)
+                 WHERE sub_agent = $1 AND redeemed_at IS NULL AND expires_at > $2",
+            )
+            .bind(a.as_str())
+            .bind(r.at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
         insert_revocation(&mut tx, seq, r).await.map_err(map_err)?;
         let tokens = revoke_tokens(&mut tx, &r.target, seq, r.at)
             .await
