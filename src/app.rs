@@ -95,7 +95,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     )
     .await
     .map_err(|e| anyhow::anyhow!("starting the broker: {e}"))?
-    .with_approval_ttl(config.tasks.approval_ttl);
+    .with_approval_ttl(config.tasks.approval_ttl)
+    .with_notice_poll(config.revocation.poll_interval);
     let grpc = TcpListener::bind(config.server.grpc_addr)
         .await
         .with_context(|| {

@@ -143,8 +143,10 @@ pub struct Broker {
     key_heartbeat: Duration,
     /// How long a step-up approval stands.
     approval_ttl: Duration,
-    /// Wakes waits for approval decisions made on this replica.
-    approvals_decided: tokio::sync::Notify,
+    /// How often a wait for an approval decision re-reads the store regardless.
+    /// Decisions wake waiters at once (on this replica directly, on others
+    /// through the store's notices); this bounds the wait when notices are lost.
+    notice_poll: Duration,
 }
 
 /// How long a step-up approval stands unless configured otherwise.
@@ -177,7 +179,7 @@ impl Broker {
             issuer,
             key_heartbeat,
             approval_ttl: DEFAULT_APPROVAL_TTL,
-            approvals_decided: tokio::sync::Notify::new(),
+            notice_poll: Duration::from_secs(2),
         };
         broker.renew_key().await?;
         broker.refresh_keys().await?;
@@ -187,6 +189,12 @@ impl Broker {
     /// Sets how long a step-up approval stands (`tasks.approval_ttl`).
     pub fn with_approval_ttl(mut self, ttl: Duration) -> Self {
         self.approval_ttl = ttl;
+        self
+    }
+
+    /// Sets the safety-net re-read of approval waits (`revocation.poll_interval`).
+    pub fn with_notice_poll(mut self, poll: Duration) -> Self {
+        self.notice_poll = poll;
         self
     }
 

@@ -6,10 +6,6 @@ use super::*;
 use crate::policy::Permit;
 use crate::store::{ApprovalFilter, ApprovalState, Decide, Spend};
 
-/// How often a wait for a decision re-reads the store, for decisions made on
-/// another replica (a decision on this one wakes its waiters at once).
-const APPROVAL_POLL: Duration = Duration::from_millis(250);
-
 impl Broker {
     /// The step-up branch of a permitted mint: spend a standing approval, refuse a
     /// repeat of a pending or denied one, or open a new one.
@@ -229,7 +225,7 @@ impl Broker {
         loop {
             // Registered before the read, so a decision between the read and the
             // wait still wakes it.
-            let decided = self.approvals_decided.notified();
+            let decided = self.hub.approvals().notified();
             tokio::pin!(decided);
             decided.as_mut().enable();
             let approval = self
@@ -266,7 +262,7 @@ impl Broker {
                     let lapses = Duration::try_from(approval.expires_at - now).unwrap_or_default();
                     tokio::select! {
                         _ = decided => {}
-                        _ = tokio::time::sleep(APPROVAL_POLL.min(left).min(lapses.max(Duration::from_millis(1)))) => {}
+                        _ = tokio::time::sleep(self.notice_poll.min(left).min(lapses.max(Duration::from_millis(1)))) => {}
                     }
                 }
                 ApprovalState::Approved => {
@@ -355,7 +351,7 @@ impl Broker {
             .await?
         {
             Decide::Decided(a) => {
-                self.approvals_decided.notify_waiters();
+                self.hub.approval_decided();
                 tracing::warn!(caller = %caller.id, approval = %id, task = %a.task, state = %a.state, "step-up approval decided");
                 Ok(a)
             }

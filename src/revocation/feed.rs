@@ -4,7 +4,7 @@
 //! notice costs nothing but time: after every reconnect the hub is caught up from
 //! the store's last sequence, and watch streams also re-read on a poll interval.
 use super::Hub;
-use crate::store::Store;
+use crate::store::{Notice, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -36,10 +36,13 @@ pub async fn follow_store(store: Arc<dyn Store>, hub: Hub, cancel: CancellationT
                         n = feed.next() => n,
                     };
                     match next {
-                        Ok(Some(seq)) => hub.committed(seq),
+                        Ok(Some(Notice::Revocation(seq))) => hub.committed(seq),
+                        Ok(Some(Notice::ApprovalDecided)) => hub.approval_decided(),
                         Ok(None) => {
                             debug!("revocation feed reconnected; catching up from the store");
                             catch_up(store.as_ref(), &hub).await;
+                            // A decision may have been missed: waiters re-read.
+                            hub.approval_decided();
                         }
                         Err(error) => {
                             warn!(%error, "revocation feed lost; watch streams fall back to polling until it is back");

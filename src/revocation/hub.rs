@@ -1,19 +1,34 @@
 //! Fan-out: watchers wait for "something past your cursor was committed" and then
 //! read from the store by cursor, so a slow or lagging watcher is caught up from the
 //! store and never skips an event.
-use tokio::sync::watch;
+use std::sync::Arc;
+use tokio::sync::{Notify, watch};
 
-/// The highest revocation sequence known to be committed.
+/// The highest revocation sequence known to be committed, and a wake-up for
+/// waits on step-up approval decisions (made on any replica).
 #[derive(Clone)]
 pub struct Hub {
     latest: watch::Sender<u64>,
+    approvals: Arc<Notify>,
 }
 
 impl Hub {
     pub fn new(latest: u64) -> Self {
         Hub {
             latest: watch::Sender::new(latest),
+            approvals: Arc::new(Notify::new()),
         }
+    }
+
+    /// Called when an approval decision commits, here or on another replica.
+    pub fn approval_decided(&self) {
+        self.approvals.notify_waiters();
+    }
+
+    /// Waits for approval decisions: enable the returned future before reading
+    /// the state it waits to change.
+    pub fn approvals(&self) -> &Notify {
+        &self.approvals
     }
 
     /// Called after a revocation commits.

@@ -366,13 +366,23 @@ pub trait RevocationStore {
     async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError>;
 }
 
-/// Notices of committed revocations, from every broker on one store.
+/// What another broker (or this one) committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A revocation with this sequence number.
+    Revocation(u64),
+    /// A decision on a step-up approval.
+    ApprovalDecided,
+}
+
+/// Notices of committed revocations and approval decisions, from every broker on
+/// one store.
 #[async_trait]
 pub trait RevocationFeed: Send {
-    /// The sequence number of the next revocation committed anywhere; `Ok(None)`
-    /// when the feed lost its connection and reconnected, so notices may have been
-    /// missed and the caller must catch up by reading the store.
-    async fn next(&mut self) -> Result<Option<u64>, StoreError>;
+    /// The next notice committed anywhere; `Ok(None)` when the feed lost its
+    /// connection and reconnected, so notices may have been missed and the caller
+    /// must catch up by reading the store.
+    async fn next(&mut self) -> Result<Option<Notice>, StoreError>;
 }
 
 #[async_trait]

@@ -258,3 +258,51 @@ async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
         assert!(status.success(), "{log}");
     }
 }
+
+#[tokio::test]
+async fn an_approval_decided_on_one_replica_wakes_the_agent_waiting_on_another() {
+    let (a, b) = two_replicas().await;
+    let mut req = start_request(AGENT, 600);
+    req.scopes.push(scope("tickets", "tickets/4711", "delete"));
+    let task = a.open_task_with(req).await;
+    let (mut agent, _) = a.tokens(AGENT).await;
+    let asked = agent
+        .mint_token(pb::MintTokenRequest {
+            task_id: task.id.clone(),
+            scope: Some(scope("tickets", "tickets/4711", "delete")),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = asked.approval.expect("a pending approval").id;
+    let waiting = {
+        let id = id.clone();
+        tokio::spawn(async move {
+            agent
+                .await_approval(pb::AwaitApprovalRequest {
+                    approval_id: id,
+                    wait_seconds: 300,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.admin(ADMIN)
+        .await
+        .decide_approval(pb::DecideApprovalRequest {
+            approval_id: id,
+            decision: pb::Decision::Approve as i32,
+            reason: "checked".into(),
+        })
+        .await
+        .unwrap();
+    // Replica A re-reads the store only hourly here: the notification wakes it.
+    let got = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the decision on B wakes the wait on A")
+        .unwrap();
+    assert!(got.token.is_some_and(|t| !t.token.is_empty()));
+}

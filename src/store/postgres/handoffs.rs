@@ -328,8 +328,10 @@ impl ApprovalStore for PgStore {
              ), aud AS (
                 INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, reason, detail)
                 SELECT $4, $3, $6, $7, d.task_id, d.requester, $5, $8 FROM d
+             ), n AS (
+                SELECT pg_notify($9, $10) AS notified FROM d
              )
-             SELECT {APPROVAL_COLUMNS} FROM d"
+             SELECT {APPROVAL_COLUMNS} FROM d, n"
         )))
         .bind(id)
         .bind(state.as_str())
@@ -339,6 +341,9 @@ impl ApprovalStore for PgStore {
         .bind(audit.action.as_str())
         .bind(audit.action.outcome())
         .bind(Json(&audit.detail))
+        // Waiters on every replica wake when (and only if) the decision commits.
+        .bind(NOTIFY_CHANNEL)
+        .bind(APPROVAL_NOTICE)
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;

@@ -222,8 +222,10 @@ async fn insert_revocation(
     Ok(())
 }
 
-/// The LISTEN/NOTIFY channel of revocation commits.
+/// The LISTEN/NOTIFY channel of revocation commits (the payload is the sequence
+/// number) and approval decisions (the payload is [`APPROVAL_NOTICE`]).
 const NOTIFY_CHANNEL: &str = "mayfly_revocations";
+const APPROVAL_NOTICE: &str = "approval";
 
 /// [`RevocationFeed`] over PostgreSQL LISTEN/NOTIFY, on a connection of its own.
 struct PgFeed {
@@ -232,15 +234,18 @@ struct PgFeed {
 
 #[async_trait]
 impl RevocationFeed for PgFeed {
-    async fn next(&mut self) -> Result<Option<u64>, StoreError> {
+    async fn next(&mut self) -> Result<Option<Notice>, StoreError> {
         loop {
             match self.listener.try_recv().await.map_err(map_err)? {
                 // sqlx re-LISTENs on the new connection by itself.
                 None => return Ok(None),
-                Some(n) => match n.payload().parse::<u64>() {
-                    Ok(seq) => return Ok(Some(seq)),
-                    // Not ours (someone else NOTIFYing on the channel): ignore.
-                    Err(_) => continue,
+                Some(n) => match n.payload() {
+                    APPROVAL_NOTICE => return Ok(Some(Notice::ApprovalDecided)),
+                    p => match p.parse::<u64>() {
+                        Ok(seq) => return Ok(Some(Notice::Revocation(seq))),
+                        // Not ours (someone else NOTIFYing on the channel): ignore.
+                        Err(_) => continue,
+                    },
                 },
             }
         }
