@@ -406,6 +406,36 @@ async fn a_sub_agents_deviation_revokes_the_whole_task() {
         app.get_task(&task.id).await.state,
         pb::TaskState::Deviated as i32
     );
+
+    // A third: a verifier reports the sub-agent's token replayed by another
+    // certificate; the whole task goes, the parent agent's token with it.
+    let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
+    let offer = delegate(
+        &mut agent,
+        delegate_request(
+            &parent.token,
+            HELPER1,
+            scope("crm-api", "customers/eu/42", "read"),
+            30,
+        ),
+    )
+    .await
+    .unwrap();
+    let child = redeem(&mut helper, &offer.delegation_id).await.unwrap();
+    app.verifier(VERIFIER)
+        .await
+        .report_misuse(pb::ReportMisuseRequest {
+            token: child.token.clone(),
+            kind: "binding_mismatch".into(),
+            evidence: "presented by spiffe://example.org/agent/unknown".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Deviated as i32
+    );
+    assert!(!introspect_active(&app, &parent.token).await);
 }
 
 /// A `github` verifier on the app's clock, caught up with the revocations.
