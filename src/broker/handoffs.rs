@@ -37,24 +37,14 @@ impl Broker {
         req: DelegateRequest,
     ) -> Result<Delegated, BrokerError> {
         let now = self.now();
-        let parent = match self
-            .verify_signature(&req.parent_token, now.unix_timestamp(), 0)
-            .await?
-        {
-            Ok(c) if c.iss == self.issuer => c,
-            Ok(_) => {
-                return Err(BrokerError::InvalidArgument {
-                    field: "parent_token",
-                    why: "was not issued by this broker".into(),
-                });
-            }
-            Err(why) => {
-                return Err(BrokerError::InvalidArgument {
-                    field: "parent_token",
-                    why: format!("is not a valid, unexpired Mayfly token: {why}"),
-                });
-            }
-        };
+        let parent = self
+            .our_token(
+                ("parent_token", &req.parent_token),
+                now.unix_timestamp(),
+                0,
+                "is not a valid, unexpired Mayfly token",
+            )
+            .await?;
         let record = match Uuid::parse_str(&parent.jti) {
             Ok(jti) => self.store.get_token(jti).await?,
             Err(_) => None,
@@ -165,23 +155,15 @@ impl Broker {
             )))
             .await);
         }
-        let permit = match self.policy.decide_mint(&MintInput {
+        let input = MintInput {
             agent: &req.sub_agent,
             task: &task,
             scope: &req.scope,
             requested_ttl: req.ttl,
             delegation_depth: depth,
             now,
-        }) {
-            Ok(p) => p,
-            Err(Denied { reason, policies }) => {
-                let reason = format!("sub-agent {}: {reason}", req.sub_agent);
-                let mut event = deny(&reason);
-                event.detail["policies"] = json!(policies);
-                self.audit_denial(event).await;
-                return Err(BrokerError::PermissionDenied(reason));
-            }
         };
+        let permit = self.permit_mint(&input, &deny).await?;
         // RFC 8693: the newest actor outermost, earlier ones nested inside.
         let mut act = json!({ "sub": req.sub_agent.as_str() });
         if let Some(earlier) = &parent.act {
@@ -302,22 +284,15 @@ impl Broker {
         }
         let requested = Duration::try_from(offer.expires_at - now).unwrap_or_default();
         // Policy decides again: it may have changed since the offer.
-        let permit = match self.policy.decide_mint(&MintInput {
+        let input = MintInput {
             agent: &caller.id,
             task: &task,
             scope: &offer.scope,
             requested_ttl: requested,
             delegation_depth: offer.depth,
             now,
-        }) {
-            Ok(p) => p,
-            Err(Denied { reason, policies }) => {
-                let mut event = deny(&reason);
-                event.detail["policies"] = json!(policies);
-                self.audit_denial(event).await;
-                return Err(BrokerError::PermissionDenied(reason));
-            }
         };
+        let permit = self.permit_mint(&input, &deny).await?;
         let limits = &permit.limits;
         if limits.step_up_actions.contains(&offer.scope.action) {
             return Err(refuse(BrokerError::PermissionDenied(format!(

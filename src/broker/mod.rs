@@ -5,7 +5,9 @@ use crate::audit::{Action, AuditEvent};
 use crate::clock::{Clock, to_micros};
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
 use crate::identity::{Caller, Role, SpiffeId};
-use crate::policy::{Denied, DeviationResponse, MintInput, Policy, StartInput, WorkflowLimits};
+use crate::policy::{
+    Denied, DeviationResponse, MintInput, Permit, Policy, StartInput, WorkflowLimits,
+};
 use crate::revocation::{Event, Hub, Revocation, Target, Trigger};
 use crate::store::{
     Approval, Delegation, EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter,
@@ -538,22 +540,15 @@ impl Broker {
                 .await
                 .into_permission_denied());
         }
-        let permit = match self.policy.decide_mint(&MintInput {
+        let input = MintInput {
             agent: &caller.id,
             task: &task,
             scope: &req.scope,
             requested_ttl: req.ttl,
             delegation_depth: 0,
             now,
-        }) {
-            Ok(p) => p,
-            Err(Denied { reason, policies }) => {
-                let mut event = deny(&reason);
-                event.detail["policies"] = json!(policies);
-                self.audit_denial(event).await;
-                return Err(BrokerError::PermissionDenied(reason));
-            }
         };
+        let permit = self.permit_mint(&input, &deny).await?;
         // The limits of the snapshot that decided: a reload cannot mix two policy
         // sets into one mint.
         let limits = &permit.limits;
@@ -713,6 +708,27 @@ impl Broker {
         });
         self.audit_denial(deny(&err.to_string())).await;
         err
+    }
+
+    /// The policy decision on a token for `input.agent`; a denial is audited with
+    /// the policies that decided it. For a sub-agent the reason names it.
+    async fn permit_mint(
+        &self,
+        input: &MintInput<'_>,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> Result<Permit, BrokerError> {
+        let Denied { reason, policies } = match self.policy.decide_mint(input) {
+            Ok(p) => return Ok(p),
+            Err(d) => d,
+        };
+        let reason = match input.delegation_depth {
+            0 => reason,
+            _ => format!("sub-agent {}: {reason}", input.agent),
+        };
+        let mut event = deny(&reason);
+        event.detail["policies"] = json!(policies);
+        self.audit_denial(event).await;
+        Err(BrokerError::PermissionDenied(reason))
     }
 
     fn not_mintable(&self, task: &Task, now: OffsetDateTime) -> Option<BrokerError> {
@@ -882,6 +898,29 @@ impl Broker {
         }
     }
 
+    /// The claims of a token in the request field `field` that this broker
+    /// signed; anything else is INVALID_ARGUMENT naming the field, saying `invalid`
+    /// and why.
+    async fn our_token(
+        &self,
+        (field, token): (&'static str, &str),
+        now: i64,
+        leeway: i64,
+        invalid: &str,
+    ) -> Result<Claims, BrokerError> {
+        match self.verify_signature(token, now, leeway).await? {
+            Ok(c) if c.iss == self.issuer => Ok(c),
+            Ok(_) => Err(BrokerError::InvalidArgument {
+                field,
+                why: "was not issued by this broker".into(),
+            }),
+            Err(why) => Err(BrokerError::InvalidArgument {
+                field,
+                why: format!("{invalid}: {why}"),
+            }),
+        }
+    }
+
     async fn verify_signature(
         &self,
         token: &str,
@@ -927,24 +966,14 @@ impl Broker {
         evidence: &str,
     ) -> Result<(TaskId, Option<u64>), BrokerError> {
         let now = self.now();
-        let claims = match self
-            .verify_signature(token, now.unix_timestamp(), MISUSE_REPORT_WINDOW)
-            .await?
-        {
-            Ok(c) if c.iss == self.issuer => c,
-            Ok(_) => {
-                return Err(BrokerError::InvalidArgument {
-                    field: "token",
-                    why: "was not issued by this broker".into(),
-                });
-            }
-            Err(why) => {
-                return Err(BrokerError::InvalidArgument {
-                    field: "token",
-                    why: format!("is not a Mayfly token that can be reported: {why}"),
-                });
-            }
-        };
+        let claims = self
+            .our_token(
+                ("token", token),
+                now.unix_timestamp(),
+                MISUSE_REPORT_WINDOW,
+                "is not a Mayfly token that can be reported",
+            )
+            .await?;
         let task_id: TaskId = claims
             .task
             .parse()

@@ -3,7 +3,6 @@
 //! is pending or after it was denied is refused without a new approval, and more
 //! than the workflow allows is a deviation.
 use super::*;
-use crate::policy::Permit;
 use crate::store::{ApprovalFilter, ApprovalState, Decide, Spend};
 
 impl Broker {

@@ -73,6 +73,17 @@ async fn redeem(client: &mut Tokens, id: &str) -> Result<pb::MintTokenResponse, 
         .map(|r| r.into_inner())
 }
 
+/// AGENT's offer to HELPER1 of `customers/eu/42` read from `parent`.
+async fn offer_eu42(agent: &mut Tokens, parent: &str, ttl: u64) -> pb::DelegateResponse {
+    let req = delegate_request(
+        parent,
+        HELPER1,
+        scope("crm-api", "customers/eu/42", "read"),
+        ttl,
+    );
+    delegate(agent, req).await.expect("delegate")
+}
+
 fn refused<T>(r: Result<T, tonic::Status>, code: Code, says: &str) -> String {
     let Err(err) = r else {
         panic!("expected a refusal saying {says:?}, got success");
@@ -313,17 +324,7 @@ async fn every_widening_every_limit_and_every_wrong_redemption_is_refused_and_au
 async fn two_redemptions_racing_yield_exactly_one_token() {
     let app = spawn_app().await;
     let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
-    let offer = delegate(
-        &mut agent,
-        delegate_request(
-            &parent.token,
-            HELPER1,
-            scope("crm-api", "customers/eu/42", "read"),
-            30,
-        ),
-    )
-    .await
-    .unwrap();
+    let offer = offer_eu42(&mut agent, &parent.token, 30).await;
     let (mut one, _) = app.tokens(HELPER1).await;
     let mut two = one.clone();
     let (a, b) = tokio::join!(
@@ -351,17 +352,7 @@ async fn a_sub_agents_deviation_revokes_the_whole_task() {
     let app = spawn_app().await;
     let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
     let (mut helper, _) = app.tokens(HELPER1).await;
-    let offer = delegate(
-        &mut agent,
-        delegate_request(
-            &parent.token,
-            HELPER1,
-            scope("crm-api", "customers/eu/42", "read"),
-            30,
-        ),
-    )
-    .await
-    .unwrap();
+    let offer = offer_eu42(&mut agent, &parent.token, 30).await;
     let child = redeem(&mut helper, &offer.delegation_id).await.unwrap();
 
     // The sub-agent reaches outside the task's declared scopes.
@@ -410,17 +401,7 @@ async fn a_sub_agents_deviation_revokes_the_whole_task() {
     // A third: a verifier reports the sub-agent's token replayed by another
     // certificate; the whole task goes, the parent agent's token with it.
     let (task, parent, (mut agent, _)) = support_parent(&app, 60).await;
-    let offer = delegate(
-        &mut agent,
-        delegate_request(
-            &parent.token,
-            HELPER1,
-            scope("crm-api", "customers/eu/42", "read"),
-            30,
-        ),
-    )
-    .await
-    .unwrap();
+    let offer = offer_eu42(&mut agent, &parent.token, 30).await;
     let child = redeem(&mut helper, &offer.delegation_id).await.unwrap();
     app.verifier(VERIFIER)
         .await
