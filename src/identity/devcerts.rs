@@ -134,6 +134,7 @@ impl DevCa {
 pub const DEV_IDENTITIES: &[(&str, &str)] = &[
     ("broker", "/mayfly/broker"),
     ("agent", "/agent/support-eu-1"),
+    ("sub-agent", "/agent/support-eu-2"),
     ("coding-agent", "/agent/coding-1"),
     ("finance-agent", "/agent/finance-1"),
     ("orchestrator", "/orchestrator/main"),
