@@ -255,14 +255,15 @@ impl Broker {
         }
         if let Some(at) = offer.redeemed_at {
             return Err(refuse(BrokerError::FailedPrecondition(format!(
-                "delegation {id} was already redeemed at {at}"
+                "delegation {id} was already redeemed at {}",
+                rfc3339(at)
             )))
             .await);
         }
         if offer.expires_at <= now {
             return Err(refuse(BrokerError::FailedPrecondition(format!(
                 "delegation {id} lapsed at {}",
-                offer.expires_at
+                rfc3339(offer.expires_at)
             )))
             .await);
         }

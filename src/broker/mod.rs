@@ -56,6 +56,12 @@ impl MisuseKind {
     }
 }
 
+/// A time as people and tools read it in messages: RFC 3339, UTC.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
 /// The actor named when the broker itself acts (the expiry sweeper).
 pub const SYSTEM_ACTOR: &str = "mayfly";
 

@@ -358,12 +358,12 @@ impl Broker {
                 let why = match a.state_at(now) {
                     ApprovalState::Expired => format!(
                         "approval {id} lapsed at {} without a decision",
-                        a.expires_at
+                        rfc3339(a.expires_at)
                     ),
                     state => format!(
                         "approval {id} was already {state} by {} at {}",
                         a.decided_by.as_deref().unwrap_or("?"),
-                        a.decided_at.map(|t| t.to_string()).unwrap_or_default()
+                        a.decided_at.map(rfc3339).unwrap_or_default()
                     ),
                 };
                 self.audit_denial(refuse(&why)).await;
