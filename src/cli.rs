@@ -137,6 +137,9 @@ pub enum ClientCommand {
     /// Security team: list pending step-up approvals, approve or deny them.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Security team: the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Verifiers: stream revocation events after a sequence number (JSON lines).
     Watch {
         #[arg(long, default_value_t = 0)]
@@ -221,6 +224,12 @@ pub enum TokenCommand {
     },
     /// Sub-agents: redeem a delegation made to you.
     Redeem { delegation: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the whole hash chain; exit 1 naming the first broken event.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,8 @@ use crate::api::pb::task_service_client::TaskServiceClient;
 use crate::api::pb::token_service_client::TokenServiceClient;
 use crate::api::pb::verifier_service_client::VerifierServiceClient;
 use crate::cli::{
-    ApprovalsCommand, ClientArgs, ClientCommand, RevokeTarget, TaskCommand, TokenCommand,
+    ApprovalsCommand, AuditCommand, ClientArgs, ClientCommand, RevokeTarget, TaskCommand,
+    TokenCommand,
 };
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -310,6 +311,26 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             print(&minted_json(&r));
+        }
+        ClientCommand::Audit(AuditCommand::Verify) => {
+            let r = AdminServiceClient::new(ch)
+                .verify_audit(pb::VerifyAuditRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&json!({
+                "intact": r.intact, "events_checked": r.events_checked,
+                "head_sequence": r.head_sequence,
+                "first_broken": (!r.intact).then_some(r.first_broken),
+                "problem": (!r.intact).then_some(&r.problem),
+            }));
+            if !r.intact {
+                bail!(
+                    "the audit chain is broken at event {}: {}",
+                    r.first_broken,
+                    r.problem
+                );
+            }
         }
         ClientCommand::Approvals(ApprovalsCommand::List { task, all, limit }) => {
             let r = AdminServiceClient::new(ch)

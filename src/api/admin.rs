@@ -131,4 +131,21 @@ impl AdminService for AdminApi {
             approval: Some(convert::approval(&approval, self.auth.clock.now())),
         }))
     }
+
+    async fn verify_audit(
+        &self,
+        req: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/VerifyAudit", &[Role::Admin])
+            .await?;
+        let check = self.broker.verify_audit().await?;
+        Ok(Response::new(VerifyAuditResponse {
+            events_checked: check.checked,
+            head_sequence: check.head,
+            intact: check.broken.is_none(),
+            first_broken: check.broken.as_ref().map_or(0, |b| b.seq),
+            problem: check.broken.map(|b| b.why).unwrap_or_default(),
+        }))
+    }
 }

@@ -1,5 +1,7 @@
 //! Audit events: one per decision, written in the same transaction as the state
 //! change it records.
+pub mod chain;
+
 use crate::domain::TaskId;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -22,9 +22,11 @@ use time::OffsetDateTime;
 use tracing::{error, warn};
 use uuid::Uuid;
 
+mod audit;
 mod handoffs;
 mod step_up;
 
+pub use audit::AuditCheck;
 pub use handoffs::{DelegateRequest, Delegated, MAX_OPEN_OFFERS};
 
 /// How long after its expiry a token can still be reported as misused.

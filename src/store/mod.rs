@@ -5,6 +5,7 @@ mod postgres;
 pub use postgres::PgStore;
 
 use crate::audit::AuditEvent;
+use crate::audit::chain::Sealed;
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::revocation::{Event, Revocation};
 use crate::token::KeyRecord;
@@ -393,11 +394,24 @@ pub trait KeyStore {
     async fn live_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError>;
 }
 
+/// The end of the audit chain, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: Vec<u8>,
+    /// Stored events that are not in the chain (none, unless someone wrote past
+    /// the store's sealing).
+    pub unsealed: u64,
+}
+
 #[async_trait]
 pub trait AuditStore {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Events for a task, oldest first.
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Sealed events after position `after`, in chain order.
+    async fn audit_chain(&self, after: u64, limit: u32) -> Result<Vec<Sealed>, StoreError>;
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
 }
 
 /// Everything the broker needs from persistence.

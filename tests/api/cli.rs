@@ -288,3 +288,33 @@ async fn the_cli_delegates_redeems_and_decides_step_up_approvals() {
     assert!(ok);
     assert_eq!(all.as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn audit_verify_exits_zero_on_an_intact_chain_and_one_naming_a_broken_event() {
+    let app = spawn_app().await;
+    app.open_task(AGENT, 600).await;
+    app.open_task(AGENT, 600).await;
+    let (ok, r, err) = mayfly(&app, ADMIN, &["audit", "verify"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(r["intact"], true);
+    assert_eq!(r["events_checked"], 2);
+
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db_url)
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_events SET actor = 'spiffe://example.org/orchestrator/x' WHERE seq = 2",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (ok, r, err) = mayfly(&app, ADMIN, &["audit", "verify"]).await;
+    assert!(!ok, "a broken chain exits non-zero");
+    assert_eq!(r["intact"], false);
+    assert_eq!(r["first_broken"], 2);
+    assert!(err.contains("broken at event 2"), "{err}");
+}

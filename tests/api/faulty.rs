@@ -221,6 +221,16 @@ impl AuditStore for Faulty {
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
         self.inner.audit_for_task(task).await
     }
+    async fn audit_chain(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<mayfly::audit::chain::Sealed>, StoreError> {
+        self.inner.audit_chain(after, limit).await
+    }
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        self.inner.audit_head().await
+    }
 }
 
 #[async_trait]

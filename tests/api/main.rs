@@ -2,6 +2,7 @@
 mod helpers;
 
 mod admin;
+mod audit;
 mod cli;
 mod crm_example;
 mod delegation;

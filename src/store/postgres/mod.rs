@@ -766,6 +766,54 @@ impl AuditStore for PgStore {
         .map_err(map_err)?;
         rows.iter().map(audit_from_row).collect()
     }
+
+    async fn audit_chain(&self, after: u64, n: u32) -> Result<Vec<Sealed>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, prev_hash, hash, (extract(epoch FROM at) * 1000000)::bigint AS at_micros,
+                    actor, action, outcome, task_id::text AS task, agent, jti::text AS jti, reason,
+                    detail::text AS detail
+             FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(limit(n))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq").map_err(map_err)?;
+                Ok(Sealed {
+                    seq: u64::try_from(seq).map_err(corrupt)?,
+                    prev_hash: r.try_get("prev_hash").map_err(map_err)?,
+                    hash: r.try_get("hash").map_err(map_err)?,
+                    at_micros: r.try_get("at_micros").map_err(map_err)?,
+                    actor: r.try_get("actor").map_err(map_err)?,
+                    action: r.try_get("action").map_err(map_err)?,
+                    outcome: r.try_get("outcome").map_err(map_err)?,
+                    task: r.try_get("task").map_err(map_err)?,
+                    agent: r.try_get("agent").map_err(map_err)?,
+                    jti: r.try_get("jti").map_err(map_err)?,
+                    reason: r.try_get("reason").map_err(map_err)?,
+                    detail: r.try_get("detail").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        let (seq, hash, unsealed): (i64, Vec<u8>, i64) = sqlx::query_as(
+            "SELECT last_seq, last_hash, (SELECT count(*) FROM audit_events WHERE seq IS NULL)
+             FROM audit_chain",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(AuditHead {
+            seq: u64::try_from(seq).map_err(corrupt)?,
+            hash,
+            unsealed: u64::try_from(unsealed).map_err(corrupt)?,
+        })
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,232 @@
+//! The audit hash chain. The store seals every event at commit: its position
+//! (`seq`, gap-free from 1), the previous event's hash and its own, SHA-256 over a
+//! canonical encoding (migrations/20261123000003_audit_chain.sql computes it in
+//! PostgreSQL; [`hash`] computes the same here, independently). [`Verifier`]
+//! walks the stored chain in order and names the first event that breaks it.
+use ring::digest;
+
+/// The hash before the first event.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+const DOMAIN: &[u8] = b"mayfly-audit-v1";
+
+/// A sealed event as stored, in the form the hash covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub seq: u64,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+    /// Unix microseconds.
+    pub at_micros: i64,
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+    pub task: Option<String>,
+    pub agent: Option<String>,
+    pub jti: Option<String>,
+    pub reason: Option<String>,
+    /// The detail as the store renders it (PostgreSQL's jsonb text).
+    pub detail: String,
+}
+
+fn field(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => out.extend_from_slice(&[0xff; 8]),
+        Some(s) => {
+            out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// The hash of `e` at its position after `prev`.
+pub fn hash(e: &Sealed, prev: &[u8]) -> [u8; 32] {
+    let mut m = Vec::with_capacity(256 + e.detail.len());
+    m.extend_from_slice(DOMAIN);
+    m.extend_from_slice(&e.seq.to_be_bytes());
+    m.extend_from_slice(prev);
+    m.extend_from_slice(&e.at_micros.to_be_bytes());
+    for v in [
+        Some(e.actor.as_str()),
+        Some(e.action.as_str()),
+        Some(e.outcome.as_str()),
+        e.task.as_deref(),
+        e.agent.as_deref(),
+        e.jti.as_deref(),
+        e.reason.as_deref(),
+        Some(e.detail.as_str()),
+    ] {
+        field(&mut m, v);
+    }
+    let d = digest::digest(&digest::SHA256, &m);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Where and how the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit event {seq}: {why}")]
+pub struct Broken {
+    /// The position of the first event that does not verify (or is missing).
+    pub seq: u64,
+    pub why: String,
+}
+
+/// Checks a chain fed to it in order, page by page.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    next: u64,
+    prev: Vec<u8>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            next: 1,
+            prev: GENESIS.to_vec(),
+        }
+    }
+}
+
+impl Verifier {
+    /// Events verified so far.
+    pub fn checked(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Checks the next event of the chain.
+    pub fn push(&mut self, e: &Sealed) -> Result<(), Broken> {
+        if e.seq != self.next {
+            let why = if e.seq > self.next {
+                format!(
+                    "missing: the chain goes from event {} to event {} (deleted)",
+                    self.next - 1,
+                    e.seq
+                )
+            } else {
+                format!(
+                    "out of order: event {} follows event {}",
+                    e.seq,
+                    self.next - 1
+                )
+            };
+            return Err(Broken {
+                seq: self.next,
+                why,
+            });
+        }
+        if e.prev_hash != self.prev {
+            return Err(Broken {
+                seq: e.seq,
+                why: format!(
+                    "does not follow event {}: its previous hash differs (reordered or replaced)",
+                    e.seq - 1
+                ),
+            });
+        }
+        if hash(e, &self.prev).as_slice() != e.hash.as_slice() {
+            return Err(Broken {
+                seq: e.seq,
+                why: "its content does not match its hash (edited)".into(),
+            });
+        }
+        self.prev = e.hash.clone();
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Checks the end of the chain against the store's head.
+    pub fn finish(&self, head_seq: u64, head_hash: &[u8]) -> Result<(), Broken> {
+        if head_seq != self.checked() || head_hash != self.prev.as_slice() {
+            return Err(Broken {
+                seq: self.next,
+                why: format!(
+                    "the chain's head is at event {head_seq} but the stored events end at event {} (deleted from the end, or the head was altered)",
+                    self.checked()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<Sealed> {
+        let mut prev = GENESIS.to_vec();
+        (1..=n)
+            .map(|seq| {
+                let mut e = Sealed {
+                    seq,
+                    prev_hash: prev.clone(),
+                    hash: vec![],
+                    at_micros: 1_795_428_000_000_000 + seq as i64,
+                    actor: "spiffe://example.org/agent/a".into(),
+                    action: "token_minted".into(),
+                    outcome: "permit".into(),
+                    task: Some("0b9f1d2e-7c1a-4a8e-9d55-0f6c3f8f2a10".into()),
+                    agent: None,
+                    jti: None,
+                    reason: (seq % 2 == 0).then(|| "why".into()),
+                    detail: format!("{{\"n\": {seq}}}"),
+                };
+                e.hash = hash(&e, &prev).to_vec();
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    fn verify(events: &[Sealed]) -> Result<u64, Broken> {
+        let mut v = Verifier::default();
+        for e in events {
+            v.push(e)?;
+        }
+        let head = events.last().map_or(GENESIS.to_vec(), |e| e.hash.clone());
+        v.finish(events.len() as u64, &head)?;
+        Ok(v.checked())
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        assert_eq!(verify(&chain(5)), Ok(5));
+        assert_eq!(verify(&[]), Ok(0));
+    }
+
+    #[test]
+    fn an_edit_a_deletion_and_a_reordering_are_each_named() {
+        let mut edited = chain(5);
+        edited[2].reason = Some("nothing to see".into());
+        assert_eq!(verify(&edited).unwrap_err().seq, 3);
+        let mut null_vs_empty = chain(5);
+        null_vs_empty[0].agent = Some(String::new());
+        assert_eq!(verify(&null_vs_empty).unwrap_err().seq, 1);
+
+        let mut deleted = chain(5);
+        deleted.remove(1);
+        let err = verify(&deleted).unwrap_err();
+        assert_eq!(err.seq, 2);
+        assert!(err.why.contains("missing"), "{err}");
+
+        let mut swapped = chain(5);
+        swapped.swap(1, 2);
+        (swapped[1].seq, swapped[2].seq) = (2, 3);
+        let err = verify(&swapped).unwrap_err();
+        assert_eq!(err.seq, 2);
+        assert!(err.why.contains("previous hash"), "{err}");
+    }
+
+    #[test]
+    fn events_deleted_from_the_end_are_caught_by_the_head() {
+        let full = chain(5);
+        let mut v = Verifier::default();
+        for e in &full[..3] {
+            v.push(e).unwrap();
+        }
+        let err = v.finish(5, &full[4].hash).unwrap_err();
+        assert_eq!(err.seq, 4);
+    }
+}

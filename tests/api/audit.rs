@@ -1,0 +1,224 @@
+//! The hash-chained audit trail over the real server: intact after real work,
+//! every kind of tampering found and named, append-only for ordinary writers, one
+//! valid chain with two replicas writing at once.
+use crate::helpers::*;
+use mayfly::api::pb;
+use mayfly::api::pb::revocation_target::Target;
+use sqlx::{Connection, PgConnection};
+use std::sync::Arc;
+
+async fn verify(app: &TestApp) -> pb::VerifyAuditResponse {
+    app.admin(ADMIN)
+        .await
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .expect("verify audit")
+        .into_inner()
+}
+
+/// A connection that writes past the store's triggers, as someone with the
+/// database owner's rights can: the tamperer of these tests.
+async fn tamperer(app: &TestApp) -> PgConnection {
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn count(app: &TestApp) -> i64 {
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Some real work: a task, mints, a refusal, a delegation, a revocation.
+async fn workload(app: &TestApp) {
+    let task = app.open_task(AGENT, 600).await;
+    let (mut agent, _) = app.tokens(AGENT).await;
+    let parent = agent
+        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    agent
+        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
+        .await
+        .unwrap();
+    let _ = app
+        .tokens(AGENT2)
+        .await
+        .0
+        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
+        .await
+        .unwrap_err();
+    agent
+        .delegate(pb::DelegateRequest {
+            parent_token: parent.token.clone(),
+            sub_agent: "spiffe://example.org/agent/helper-1".into(),
+            scope: Some(scope("crm-api", "customers/eu/1", "read")),
+            ttl_seconds: 30,
+        })
+        .await
+        .unwrap();
+    app.admin(ADMIN)
+        .await
+        .revoke(revoke_request(Target::Token(parent.jti), "audit test"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_chain_is_intact_after_real_work_and_ordinary_writers_cannot_change_it() {
+    let app = spawn_app().await;
+    workload(&app).await;
+    let r = verify(&app).await;
+    assert!(r.intact, "{}: {}", r.first_broken, r.problem);
+    assert_eq!(r.events_checked as i64, count(&app).await);
+    assert!(r.events_checked >= 6, "{}", r.events_checked);
+
+    // The store's own role cannot edit, delete or truncate an event.
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    for sql in [
+        "UPDATE audit_events SET reason = 'nothing happened' WHERE seq = 1",
+        "DELETE FROM audit_events WHERE seq = 1",
+        "TRUNCATE audit_events",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert!(verify(&app).await.intact);
+}
+
+#[tokio::test]
+async fn an_edited_event_is_named() {
+    let app = spawn_app().await;
+    workload(&app).await;
+    let mut t = tamperer(&app).await;
+    sqlx::query("UPDATE audit_events SET reason = 'routine' WHERE seq = 3")
+        .execute(&mut t)
+        .await
+        .unwrap();
+    let r = verify(&app).await;
+    assert!(!r.intact);
+    assert_eq!(r.first_broken, 3);
+    assert!(r.problem.contains("edited"), "{}", r.problem);
+    assert_eq!(r.events_checked, 2);
+
+    // The detail too, even a change jsonb renders alike for other keys.
+    let app = spawn_app().await;
+    workload(&app).await;
+    let mut t = tamperer(&app).await;
+    sqlx::query("UPDATE audit_events SET detail = detail || '{\"scope\": null}' WHERE seq = 2")
+        .execute(&mut t)
+        .await
+        .unwrap();
+    assert_eq!(verify(&app).await.first_broken, 2);
+}
+
+#[tokio::test]
+async fn a_deleted_event_is_named_in_the_middle_and_at_the_end() {
+    let app = spawn_app().await;
+    workload(&app).await;
+    let mut t = tamperer(&app).await;
+    sqlx::query("DELETE FROM audit_events WHERE seq = 4")
+        .execute(&mut t)
+        .await
+        .unwrap();
+    let r = verify(&app).await;
+    assert_eq!((r.intact, r.first_broken), (false, 4));
+    assert!(r.problem.contains("missing"), "{}", r.problem);
+
+    let app = spawn_app().await;
+    workload(&app).await;
+    let last = verify(&app).await.head_sequence;
+    let mut t = tamperer(&app).await;
+    sqlx::query("DELETE FROM audit_events WHERE seq = $1")
+        .bind(last as i64)
+        .execute(&mut t)
+        .await
+        .unwrap();
+    let r = verify(&app).await;
+    assert_eq!((r.intact, r.first_broken), (false, last));
+    assert!(r.problem.contains("head"), "{}", r.problem);
+}
+
+#[tokio::test]
+async fn reordered_events_are_named() {
+    let app = spawn_app().await;
+    workload(&app).await;
+    let mut t = tamperer(&app).await;
+    for sql in [
+        "UPDATE audit_events SET seq = -2 WHERE seq = 2",
+        "UPDATE audit_events SET seq = 2 WHERE seq = 3",
+        "UPDATE audit_events SET seq = 3 WHERE seq = -2",
+    ] {
+        sqlx::query(sql).execute(&mut t).await.unwrap();
+    }
+    let r = verify(&app).await;
+    assert_eq!((r.intact, r.first_broken), (false, 2));
+    assert!(r.problem.contains("previous hash"), "{}", r.problem);
+
+    // An event slipped in past the sealing is outside the chain.
+    let app = spawn_app().await;
+    workload(&app).await;
+    let mut t = tamperer(&app).await;
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, outcome) VALUES (now(), 'x', 'revocation', 'permit')",
+    )
+    .execute(&mut t)
+    .await
+    .unwrap();
+    let r = verify(&app).await;
+    assert!(!r.intact);
+    assert!(r.problem.contains("outside the chain"), "{}", r.problem);
+}
+
+#[tokio::test]
+async fn two_replicas_writing_at_once_make_one_valid_chain() {
+    let pki = Arc::new(Pki::new());
+    let budget = || Options {
+        max_tokens: 100,
+        ..Default::default()
+    };
+    let a = spawn_with(pki.clone(), budget()).await;
+    let b = spawn_with(
+        pki,
+        Options {
+            clock: Some(a.clock.clone()),
+            db_url: Some(a.db_url.clone()),
+            ..budget()
+        },
+    )
+    .await;
+    let task_a = a.open_task(AGENT, 600).await;
+    let task_b = b.open_task(AGENT, 600).await;
+    let mut writers = vec![];
+    for (n, (app, task)) in [(&a, &task_a), (&b, &task_b)]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        let (mut agent, _) = app.tokens(AGENT).await;
+        let task = task.id.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..10 {
+                agent
+                    .mint_token(mint_request(&task, &format!("customers/eu/{n}{i}"), 60))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let r = verify(&b).await;
+    assert!(r.intact, "{}: {}", r.first_broken, r.problem);
+    assert_eq!(r.events_checked as i64, count(&a).await);
+    assert!(r.events_checked >= 82, "{}", r.events_checked);
+}
