@@ -137,6 +137,25 @@ pub enum ClientCommand {
     /// Security team: list pending step-up approvals, approve or deny them.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Security team: the kill switch. Stop all new issuance to an agent, a
+    /// workflow or everything until lifted.
+    Freeze {
+        #[command(subcommand)]
+        target: FreezeTargetArg,
+        /// Why (required, audited).
+        #[arg(long, global = true, default_value = "")]
+        reason: String,
+    },
+    /// Security team: lift a freeze.
+    Unfreeze {
+        #[command(subcommand)]
+        target: FreezeTargetArg,
+        /// Why (required, audited).
+        #[arg(long, global = true, default_value = "")]
+        reason: String,
+    },
+    /// Security team: the freezes in force.
+    Freezes,
     /// Security team: the tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -224,6 +243,13 @@ pub enum TokenCommand {
     },
     /// Sub-agents: redeem a delegation made to you.
     Redeem { delegation: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FreezeTargetArg {
+    Agent { agent: String },
+    Workflow { workflow: String },
+    All,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,8 +6,8 @@ use crate::api::pb::task_service_client::TaskServiceClient;
 use crate::api::pb::token_service_client::TokenServiceClient;
 use crate::api::pb::verifier_service_client::VerifierServiceClient;
 use crate::cli::{
-    ApprovalsCommand, AuditCommand, ClientArgs, ClientCommand, RevokeTarget, TaskCommand,
-    TokenCommand,
+    ApprovalsCommand, AuditCommand, ClientArgs, ClientCommand, FreezeTargetArg, RevokeTarget,
+    TaskCommand, TokenCommand,
 };
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -173,6 +173,28 @@ async fn await_decision(
     }
 }
 
+fn freeze_json(f: &pb::FreezeInfo) -> Value {
+    use pb::freeze_target::Target as T;
+    let target = match f.target.as_ref().and_then(|t| t.target.as_ref()) {
+        Some(T::Agent(a)) => json!({"agent": a}),
+        Some(T::Workflow(w)) => json!({"workflow": w}),
+        Some(T::All(_)) => json!("all"),
+        None => Value::Null,
+    };
+    json!({"target": target, "reason": f.reason, "actor": f.actor, "at": ts(&f.at)})
+}
+
+fn freeze_target(t: &FreezeTargetArg) -> pb::FreezeTarget {
+    use pb::freeze_target::Target as T;
+    pb::FreezeTarget {
+        target: Some(match t {
+            FreezeTargetArg::Agent { agent } => T::Agent(agent.clone()),
+            FreezeTargetArg::Workflow { workflow } => T::Workflow(workflow.clone()),
+            FreezeTargetArg::All => T::All(true),
+        }),
+    }
+}
+
 fn print(v: &Value) {
     println!(
         "{}",
@@ -311,6 +333,38 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             print(&minted_json(&r));
+        }
+        ClientCommand::Freeze { target, reason } => {
+            let r = AdminServiceClient::new(ch)
+                .freeze(pb::FreezeRequest {
+                    target: Some(freeze_target(target)),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                &json!({"freeze": r.freeze.as_ref().map(freeze_json), "already_frozen": r.already_frozen}),
+            );
+        }
+        ClientCommand::Unfreeze { target, reason } => {
+            let r = AdminServiceClient::new(ch)
+                .unfreeze(pb::UnfreezeRequest {
+                    target: Some(freeze_target(target)),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&json!({"lifted": r.lifted.as_ref().map(freeze_json)}));
+        }
+        ClientCommand::Freezes => {
+            let r = AdminServiceClient::new(ch)
+                .list_freezes(pb::ListFreezesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&Value::Array(r.freezes.iter().map(freeze_json).collect()));
         }
         ClientCommand::Audit(AuditCommand::Verify) => {
             let r = AdminServiceClient::new(ch)

@@ -148,4 +148,56 @@ impl AdminService for AdminApi {
             problem: check.broken.map(|b| b.why).unwrap_or_default(),
         }))
     }
+
+    #[instrument(skip_all, fields(caller))]
+    async fn freeze(
+        &self,
+        req: Request<FreezeRequest>,
+    ) -> Result<Response<FreezeResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.AdminService/Freeze", &[Role::Admin])
+            .await?;
+        tracing::Span::current().record("caller", caller.id.as_str());
+        let r = req.get_ref();
+        let target = convert::freeze_target(r.target.as_ref())?;
+        let reason = convert::required_text("reason", &r.reason, convert::MAX_REASON)?;
+        let (freeze, new) = self.broker.freeze(&caller, target, reason).await?;
+        Ok(Response::new(FreezeResponse {
+            freeze: Some(convert::freeze(&freeze)),
+            already_frozen: !new,
+        }))
+    }
+
+    #[instrument(skip_all, fields(caller))]
+    async fn unfreeze(
+        &self,
+        req: Request<UnfreezeRequest>,
+    ) -> Result<Response<UnfreezeResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.AdminService/Unfreeze", &[Role::Admin])
+            .await?;
+        tracing::Span::current().record("caller", caller.id.as_str());
+        let r = req.get_ref();
+        let target = convert::freeze_target(r.target.as_ref())?;
+        let reason = convert::required_text("reason", &r.reason, convert::MAX_REASON)?;
+        let lifted = self.broker.unfreeze(&caller, target, reason).await?;
+        Ok(Response::new(UnfreezeResponse {
+            lifted: Some(convert::freeze(&lifted)),
+        }))
+    }
+
+    async fn list_freezes(
+        &self,
+        req: Request<ListFreezesRequest>,
+    ) -> Result<Response<ListFreezesResponse>, Status> {
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/ListFreezes", &[Role::Admin])
+            .await?;
+        let freezes = self.broker.list_freezes().await?;
+        Ok(Response::new(ListFreezesResponse {
+            freezes: freezes.iter().map(convert::freeze).collect(),
+        }))
+    }
 }

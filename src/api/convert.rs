@@ -6,7 +6,7 @@ use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::error::invalid;
 use crate::identity::SpiffeId;
 use crate::revocation::{Event, Target};
-use crate::store::{Approval, ApprovalState, TokenRecord};
+use crate::store::{Approval, ApprovalState, Freeze, FreezeTarget, TokenRecord};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::Status;
@@ -275,5 +275,38 @@ pub fn event(e: &Event) -> pb::RevocationEvent {
         actor: r.actor.clone(),
         trigger: r.trigger.as_str().to_string(),
         at: Some(timestamp(r.at)),
+    }
+}
+
+pub fn freeze_target(t: Option<&pb::FreezeTarget>) -> Result<FreezeTarget, Status> {
+    use pb::freeze_target::Target as T;
+    match t.and_then(|t| t.target.as_ref()) {
+        None => Err(invalid(
+            "target",
+            "is required: one of agent, workflow, all",
+        )),
+        Some(T::Agent(a)) => {
+            spiffe_id("target.agent", a).map(|a| FreezeTarget::Agent(a.to_string()))
+        }
+        Some(T::Workflow(w)) => workflow_name_in("target.workflow", w).map(FreezeTarget::Workflow),
+        Some(T::All(true)) => Ok(FreezeTarget::All),
+        Some(T::All(false)) => Err(invalid("target.all", "must be true to freeze everything")),
+    }
+}
+
+pub fn freeze(f: &Freeze) -> pb::FreezeInfo {
+    use pb::freeze_target::Target as T;
+    let target = match &f.target {
+        FreezeTarget::Agent(a) => T::Agent(a.clone()),
+        FreezeTarget::Workflow(w) => T::Workflow(w.clone()),
+        FreezeTarget::All => T::All(true),
+    };
+    pb::FreezeInfo {
+        target: Some(pb::FreezeTarget {
+            target: Some(target),
+        }),
+        reason: f.reason.clone(),
+        actor: f.actor.clone(),
+        at: Some(timestamp(f.at)),
     }
 }

@@ -44,12 +44,16 @@ pub enum Action {
     ApprovalDecisionDenied,
     /// A step-up request repeated while its approval was pending or denied.
     StepUpRefused,
+    /// The kill switch: issuance to an agent, a workflow or everything stopped.
+    IssuanceFrozen,
+    /// A freeze lifted.
+    IssuanceUnfrozen,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 23] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -71,6 +75,8 @@ impl Action {
         Action::ApprovalRejected,
         Action::ApprovalDecisionDenied,
         Action::StepUpRefused,
+        Action::IssuanceFrozen,
+        Action::IssuanceUnfrozen,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -101,6 +107,8 @@ impl Action {
             Action::ApprovalRejected => "approval_rejected",
             Action::ApprovalDecisionDenied => "approval_decision_denied",
             Action::StepUpRefused => "step_up_refused",
+            Action::IssuanceFrozen => "issuance_frozen",
+            Action::IssuanceUnfrozen => "issuance_unfrozen",
         }
     }
 

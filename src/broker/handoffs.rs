@@ -94,6 +94,13 @@ impl Broker {
         if let Some(err) = self.not_mintable(&task, now) {
             return Err(refuse(err).await);
         }
+        let agents = [
+            caller.id.as_str(),
+            task.agent.as_str(),
+            req.sub_agent.as_str(),
+        ];
+        self.refuse_if_frozen(&agents, &task.workflow, &deny)
+            .await?;
         if req.sub_agent == caller.id {
             return Err(refuse(BrokerError::InvalidArgument {
                 field: "sub_agent",
@@ -271,6 +278,13 @@ impl Broker {
         if let Some(err) = self.not_mintable(&task, now) {
             return Err(refuse(err).await);
         }
+        let agents = [
+            caller.id.as_str(),
+            task.agent.as_str(),
+            offer.delegator.as_str(),
+        ];
+        self.refuse_if_frozen(&agents, &task.workflow, &deny)
+            .await?;
         let parent_revoked = self
             .store
             .get_token(offer.parent_jti)

@@ -23,6 +23,7 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 mod audit;
+mod freeze;
 mod handoffs;
 mod step_up;
 
@@ -527,6 +528,8 @@ impl Broker {
             self.audit_denial(deny(&err.to_string())).await;
             return Err(err);
         }
+        self.refuse_if_frozen(&[caller.id.as_str()], &task.workflow, &deny)
+            .await?;
         if task.covering_scope(&req.scope).is_none() {
             // The workflow's limits are read here only: a covered request takes
             // them from its decision's snapshot below, so a mint reads them once.
@@ -702,6 +705,11 @@ impl Broker {
             Ok(t) => t,
             Err(e) => return e,
         };
+        // A freeze that came in between.
+        let holders = [caller.id.as_str(), task.agent.as_str()];
+        if let Err(e) = self.refuse_if_frozen(&holders, &task.workflow, &deny).await {
+            return e;
+        }
         if task.state == TaskState::Active
             && task.tokens_minted >= limits.max_tokens
             && task.expires_at > now

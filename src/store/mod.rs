@@ -189,6 +189,58 @@ pub enum Spend {
     TaskRefused,
 }
 
+/// What a freeze stops issuance to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FreezeTarget {
+    Agent(String),
+    Workflow(String),
+    All,
+}
+
+impl FreezeTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FreezeTarget::Agent(_) => "agent",
+            FreezeTarget::Workflow(_) => "workflow",
+            FreezeTarget::All => "all",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            FreezeTarget::Agent(v) | FreezeTarget::Workflow(v) => v,
+            FreezeTarget::All => "",
+        }
+    }
+
+    pub fn from_parts(kind: &str, value: &str) -> Option<Self> {
+        match (kind, value) {
+            ("agent", v) if !v.is_empty() => Some(FreezeTarget::Agent(v.into())),
+            ("workflow", v) if !v.is_empty() => Some(FreezeTarget::Workflow(v.into())),
+            ("all", "") => Some(FreezeTarget::All),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FreezeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreezeTarget::All => f.write_str("all issuance"),
+            t => write!(f, "{} {}", t.kind(), t.value()),
+        }
+    }
+}
+
+/// A standing freeze: the kill switch, until lifted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freeze {
+    pub target: FreezeTarget,
+    pub reason: String,
+    pub actor: String,
+    pub at: OffsetDateTime,
+}
+
 /// What introspection needs besides the signature.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenStatus {
@@ -258,7 +310,8 @@ pub trait TaskStore {
 pub trait TokenStore {
     /// Records a token and its audit event in one statement, counting it against the
     /// task's budget. Returns false (and writes nothing) unless the task is still
-    /// active, owned by the token's agent, before its deadline and under `budget`.
+    /// active, owned by the token's agent, before its deadline and under `budget`,
+    /// and no freeze covers the token.
     async fn insert_token(
         &self,
         token: &TokenRecord,
@@ -350,6 +403,27 @@ pub trait ApprovalStore {
 }
 
 #[async_trait]
+pub trait FreezeStore {
+    /// Records a freeze and its audit event; an existing freeze of the same
+    /// target stands as it is and is returned instead (nothing written).
+    async fn freeze(&self, freeze: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError>;
+    /// Lifts a freeze, with its audit event; `None` if the target was not frozen.
+    async fn unfreeze(
+        &self,
+        target: &FreezeTarget,
+        audit: &AuditEvent,
+    ) -> Result<Option<Freeze>, StoreError>;
+    async fn list_freezes(&self) -> Result<Vec<Freeze>, StoreError>;
+    /// A freeze covering a token for `agents` (holder and task agent) in
+    /// `workflow`, if one stands.
+    async fn freeze_covering(
+        &self,
+        agents: &[&str],
+        workflow: &str,
+    ) -> Result<Option<Freeze>, StoreError>;
+}
+
+#[async_trait]
 pub trait RevocationStore {
     /// Records an administrative revocation: tokens die (a token's or an agent's
     /// with every token delegated from them), and for a task, agent, workflow or
@@ -421,6 +495,7 @@ pub trait Store:
     + TokenStore
     + DelegationStore
     + ApprovalStore
+    + FreezeStore
     + RevocationStore
     + KeyStore
     + AuditStore

@@ -318,3 +318,49 @@ async fn audit_verify_exits_zero_on_an_intact_chain_and_one_naming_a_broken_even
     assert_eq!(r["first_broken"], 2);
     assert!(err.contains("broken at event 2"), "{err}");
 }
+
+#[tokio::test]
+async fn the_cli_freezes_and_unfreezes_issuance() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let mint = [
+        "token",
+        "mint",
+        "--task",
+        &task.id,
+        "--scope",
+        "crm-api customers/eu/7 read",
+    ];
+    let (ok, _, err) = mayfly(&app, ADMIN, &["freeze", "agent", AGENT]).await;
+    assert!(
+        !ok && err.contains("reason"),
+        "a freeze needs a reason: {err}"
+    );
+    let (ok, f, err) = mayfly(
+        &app,
+        ADMIN,
+        &["freeze", "agent", AGENT, "--reason", "incident 42"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(f["freeze"]["target"]["agent"], AGENT);
+    assert_eq!(f["already_frozen"], false);
+    let (ok, _, err) = mayfly(&app, AGENT, &mint).await;
+    assert!(!ok);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("incident 42"),
+        "{err}"
+    );
+    let (ok, listed, _) = mayfly(&app, ADMIN, &["freezes"]).await;
+    assert!(ok);
+    assert_eq!(listed[0]["reason"], "incident 42");
+    let (ok, _, err) = mayfly(
+        &app,
+        ADMIN,
+        &["unfreeze", "agent", AGENT, "--reason", "resolved"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = mayfly(&app, AGENT, &mint).await;
+    assert!(ok, "{err}");
+}

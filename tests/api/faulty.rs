@@ -184,6 +184,30 @@ impl ApprovalStore for Faulty {
 }
 
 #[async_trait]
+impl FreezeStore for Faulty {
+    async fn freeze(&self, f: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
+        self.inner.freeze(f, audit).await
+    }
+    async fn unfreeze(
+        &self,
+        target: &FreezeTarget,
+        audit: &AuditEvent,
+    ) -> Result<Option<Freeze>, StoreError> {
+        self.inner.unfreeze(target, audit).await
+    }
+    async fn list_freezes(&self) -> Result<Vec<Freeze>, StoreError> {
+        self.inner.list_freezes().await
+    }
+    async fn freeze_covering(
+        &self,
+        agents: &[&str],
+        workflow: &str,
+    ) -> Result<Option<Freeze>, StoreError> {
+        self.inner.freeze_covering(agents, workflow).await
+    }
+}
+
+#[async_trait]
 impl RevocationStore for Faulty {
     async fn revoke(
         &self,

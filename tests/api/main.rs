@@ -7,6 +7,7 @@ mod cli;
 mod crm_example;
 mod delegation;
 mod faulty;
+mod freeze;
 mod identity;
 mod operations;
 mod persistence;

@@ -1,4 +1,4 @@
-//! Delegations and step-up approvals in PostgreSQL. Locks follow the store's order:
+//! Delegations, step-up approvals and freezes in PostgreSQL. Locks follow the store's order:
 //! tasks before tokens (a redemption takes its task's row in the budget update,
 //! then its parent token's), so a concurrent revocation cannot deadlock with it.
 use super::*;
@@ -436,5 +436,100 @@ impl ApprovalStore for PgStore {
         insert_audit(&mut tx, &[&audit]).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         u32::try_from(n).map(Some).map_err(corrupt)
+    }
+}
+
+fn freeze_from_row(r: &PgRow) -> Result<Freeze, StoreError> {
+    let kind: String = r.try_get("kind").map_err(map_err)?;
+    let target: String = r.try_get("target").map_err(map_err)?;
+    Ok(Freeze {
+        target: FreezeTarget::from_parts(&kind, &target)
+            .ok_or_else(|| corrupt(format!("freeze target {kind}:{target:?}")))?,
+        reason: r.try_get("reason").map_err(map_err)?,
+        actor: r.try_get("actor").map_err(map_err)?,
+        at: r.try_get("at").map_err(map_err)?,
+    })
+}
+
+#[async_trait]
+impl FreezeStore for PgStore {
+    async fn freeze(&self, f: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let inserted = sqlx::query(
+            "INSERT INTO freezes (kind, target, reason, actor, at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (kind, target) DO NOTHING RETURNING kind",
+        )
+        .bind(f.target.kind())
+        .bind(f.target.value())
+        .bind(&f.reason)
+        .bind(&f.actor)
+        .bind(f.at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if inserted.is_none() {
+            let row = sqlx::query(
+                "SELECT kind, target, reason, actor, at FROM freezes WHERE kind = $1 AND target = $2",
+            )
+            .bind(f.target.kind())
+            .bind(f.target.value())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            return freeze_from_row(&row);
+        }
+        insert_audit(&mut tx, &[audit]).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(f.clone())
+    }
+
+    async fn unfreeze(
+        &self,
+        target: &FreezeTarget,
+        audit: &AuditEvent,
+    ) -> Result<Option<Freeze>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let row = sqlx::query(
+            "DELETE FROM freezes WHERE kind = $1 AND target = $2 RETURNING kind, target, reason, actor, at",
+        )
+        .bind(target.kind())
+        .bind(target.value())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let lifted = freeze_from_row(&row)?;
+        insert_audit(&mut tx, &[audit]).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(lifted))
+    }
+
+    async fn list_freezes(&self) -> Result<Vec<Freeze>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, target, reason, actor, at FROM freezes ORDER BY at, kind, target",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(freeze_from_row).collect()
+    }
+
+    async fn freeze_covering(
+        &self,
+        agents: &[&str],
+        workflow: &str,
+    ) -> Result<Option<Freeze>, StoreError> {
+        let agents: Vec<String> = agents.iter().map(|a| a.to_string()).collect();
+        let row = sqlx::query(
+            "SELECT kind, target, reason, actor, at FROM freezes
+             WHERE kind = 'all' OR (kind = 'agent' AND target = ANY($1)) OR (kind = 'workflow' AND target = $2)
+             ORDER BY at LIMIT 1",
+        )
+        .bind(&agents)
+        .bind(workflow)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(freeze_from_row).transpose()
     }
 }

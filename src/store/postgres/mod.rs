@@ -376,6 +376,8 @@ async fn insert_token<'e>(
         "WITH t AS (
             UPDATE tasks SET tokens_minted = tokens_minted + 1
             WHERE id = $1 AND state = 'active' AND agent = $18 AND tokens_minted < $3 AND expires_at > $4
+              AND NOT EXISTS (SELECT 1 FROM freezes f WHERE f.kind = 'all'
+                  OR (f.kind = 'agent' AND f.target IN ($2, $18)) OR (f.kind = 'workflow' AND f.target = $6))
             RETURNING id
          ), tok AS (
             INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
