@@ -77,23 +77,23 @@ BEGIN
     h := mayfly_audit_hash(s, p, e.at, e.actor, e.action, e.outcome, e.task_id, e.agent,
                            e.jti, e.reason, e.detail);
     UPDATE audit_chain SET last_hash = h;
-    PERFORM set_config('mayfly.sealing', 'on', true);
     UPDATE audit_events SET seq = s, prev_hash = p, hash = h WHERE id = NEW.id;
-    PERFORM set_config('mayfly.sealing', 'off', true);
     RETURN NULL;
 END $$;
 
 CREATE CONSTRAINT TRIGGER audit_events_seal AFTER INSERT ON audit_events
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION mayfly_audit_seal();
 
--- Append-only: an event is never updated (but by its sealing) nor deleted. An
--- attacker with the database's owner rights can get past this; the chain is what
--- then shows it.
+-- Append-only: an event is never updated (but by its sealing) nor deleted. The
+-- tables' owner can get past this, and an owner can also rewrite the whole chain
+-- consistently: verify against a checkpoint (a head hash recorded outside the
+-- database) to catch that, and run the broker under a role that does not own them.
 CREATE FUNCTION mayfly_audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' AND current_setting('mayfly.sealing', true) = 'on'
-       AND OLD.seq IS NULL THEN
+    -- Only the sealing itself, an update from within the seal trigger, of an
+    -- event not yet sealed.
+    IF TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 AND OLD.seq IS NULL THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'audit events are append-only';
@@ -110,3 +110,16 @@ END $$;
 
 CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION mayfly_audit_no_truncate();
+
+-- The head moves only by sealing.
+CREATE FUNCTION mayfly_audit_head_guard() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'the audit chain head moves only by sealing';
+END $$;
+
+CREATE TRIGGER audit_chain_guard BEFORE UPDATE OR DELETE ON audit_chain
+    FOR EACH ROW EXECUTE FUNCTION mayfly_audit_head_guard();

@@ -255,7 +255,12 @@ pub enum FreezeTargetArg {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Verify the whole hash chain; exit 1 naming the first broken event.
-    Verify,
+    Verify {
+        /// "<sequence>:<hash>" from an earlier check, kept outside the database:
+        /// the chain must still pass through it.
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -366,15 +366,31 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 .into_inner();
             print(&Value::Array(r.freezes.iter().map(freeze_json).collect()));
         }
-        ClientCommand::Audit(AuditCommand::Verify) => {
+        ClientCommand::Audit(AuditCommand::Verify { checkpoint }) => {
+            let (checkpoint_sequence, checkpoint_hash) = match checkpoint {
+                None => (0, String::new()),
+                Some(c) => {
+                    let (seq, hash) = c
+                        .split_once(':')
+                        .context("--checkpoint must be \"<sequence>:<hash>\"")?;
+                    let seq = seq.parse().with_context(|| {
+                        format!("--checkpoint sequence {seq:?} is not a number")
+                    })?;
+                    (seq, hash.to_string())
+                }
+            };
             let r = AdminServiceClient::new(ch)
-                .verify_audit(pb::VerifyAuditRequest {})
+                .verify_audit(pb::VerifyAuditRequest {
+                    checkpoint_sequence,
+                    checkpoint_hash,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
             print(&json!({
                 "intact": r.intact, "events_checked": r.events_checked,
-                "head_sequence": r.head_sequence,
+                "head_sequence": r.head_sequence, "head_hash": r.head_hash,
+                "checkpoint": format!("{}:{}", r.head_sequence, r.head_hash),
                 "first_broken": (!r.intact).then_some(r.first_broken),
                 "problem": (!r.intact).then_some(&r.problem),
             }));

@@ -139,13 +139,30 @@ impl AdminService for AdminApi {
         self.auth
             .caller(&req, "mayfly.v1.AdminService/VerifyAudit", &[Role::Admin])
             .await?;
-        let check = self.broker.verify_audit().await?;
+        let r = req.get_ref();
+        let checkpoint = match (r.checkpoint_sequence, r.checkpoint_hash.as_str()) {
+            (0, "") => None,
+            (0, _) => {
+                return Err(crate::error::invalid(
+                    "checkpoint_sequence",
+                    "is required with checkpoint_hash",
+                ));
+            }
+            (seq, h) => Some((
+                seq,
+                crate::audit::chain::from_hex(h).ok_or_else(|| {
+                    crate::error::invalid("checkpoint_hash", "must be 64 hex digits (SHA-256)")
+                })?,
+            )),
+        };
+        let check = self.broker.verify_audit(checkpoint).await?;
         Ok(Response::new(VerifyAuditResponse {
             events_checked: check.checked,
             head_sequence: check.head,
             intact: check.broken.is_none(),
             first_broken: check.broken.as_ref().map_or(0, |b| b.seq),
             problem: check.broken.map(|b| b.why).unwrap_or_default(),
+            head_hash: crate::audit::chain::to_hex(&check.head_hash),
         }))
     }
 

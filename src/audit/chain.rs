@@ -64,6 +64,21 @@ pub fn hash(e: &Sealed, prev: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Lower-case hex, as hashes are shown and given back as checkpoints.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A SHA-256 hash in hex (64 digits), if `s` is one.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
 /// Where and how the chain is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("audit event {seq}: {why}")]
@@ -78,6 +93,9 @@ pub struct Broken {
 pub struct Verifier {
     next: u64,
     prev: Vec<u8>,
+    /// An event's hash recorded outside the store earlier: the chain must still
+    /// pass through it.
+    checkpoint: Option<(u64, Vec<u8>)>,
 }
 
 impl Default for Verifier {
@@ -85,11 +103,25 @@ impl Default for Verifier {
         Verifier {
             next: 1,
             prev: GENESIS.to_vec(),
+            checkpoint: None,
         }
     }
 }
 
 impl Verifier {
+    /// A verifier that also requires event `seq` to have hash `hash`.
+    pub fn with_checkpoint(seq: u64, hash: Vec<u8>) -> Self {
+        Verifier {
+            checkpoint: Some((seq, hash)),
+            ..Default::default()
+        }
+    }
+
+    /// The hash of the last event verified.
+    pub fn last_hash(&self) -> &[u8] {
+        &self.prev
+    }
+
     /// Events verified so far.
     pub fn checked(&self) -> u64 {
         self.next - 1
@@ -131,6 +163,15 @@ impl Verifier {
                 why: "its content does not match its hash (edited)".into(),
             });
         }
+        if let Some((seq, hash)) = &self.checkpoint
+            && *seq == e.seq
+            && hash != &e.hash
+        {
+            return Err(Broken {
+                seq: e.seq,
+                why: "its hash differs from the checkpoint recorded earlier (the chain was rewritten from here or before)".into(),
+            });
+        }
         self.prev = e.hash.clone();
         self.next += 1;
         Ok(())
@@ -138,6 +179,17 @@ impl Verifier {
 
     /// Checks the end of the chain against the store's head.
     pub fn finish(&self, head_seq: u64, head_hash: &[u8]) -> Result<(), Broken> {
+        if let Some((seq, _)) = &self.checkpoint
+            && *seq > self.checked()
+        {
+            return Err(Broken {
+                seq: self.next,
+                why: format!(
+                    "the chain ends at event {} before the checkpoint's event {seq} (cut short)",
+                    self.checked()
+                ),
+            });
+        }
         if head_seq != self.checked() || head_hash != self.prev.as_slice() {
             return Err(Broken {
                 seq: self.next,
@@ -191,6 +243,15 @@ mod tests {
     }
 
     #[test]
+    fn hashes_round_trip_through_hex() {
+        let h = hash(&chain(1)[0], &GENESIS);
+        assert_eq!(from_hex(&to_hex(&h)), Some(h.to_vec()));
+        assert_eq!(from_hex("zz"), None);
+        assert_eq!(from_hex(&"g".repeat(64)), None);
+        assert_eq!(from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
     fn an_intact_chain_verifies() {
         assert_eq!(verify(&chain(5)), Ok(5));
         assert_eq!(verify(&[]), Ok(0));
@@ -217,6 +278,32 @@ mod tests {
         let err = verify(&swapped).unwrap_err();
         assert_eq!(err.seq, 2);
         assert!(err.why.contains("previous hash"), "{err}");
+    }
+
+    #[test]
+    fn a_rewritten_chain_is_caught_by_a_checkpoint() {
+        let honest = chain(5);
+        let mut forged = chain(5);
+        forged[1].reason = Some("rewritten".into());
+        let mut prev = forged[0].hash.clone();
+        for e in forged.iter_mut().skip(1) {
+            e.prev_hash = prev.clone();
+            e.hash = hash(e, &prev).to_vec();
+            prev = e.hash.clone();
+        }
+        assert_eq!(verify(&forged), Ok(5), "consistent on its own");
+        let mut v = Verifier::with_checkpoint(3, honest[2].hash.clone());
+        let err = forged.iter().try_for_each(|e| v.push(e)).unwrap_err();
+        assert_eq!(err.seq, 3);
+        let mut v = Verifier::with_checkpoint(3, honest[2].hash.clone());
+        honest.iter().try_for_each(|e| v.push(e)).unwrap();
+        v.finish(5, &honest[4].hash).unwrap();
+        let mut v = Verifier::with_checkpoint(9, honest[2].hash.clone());
+        honest.iter().try_for_each(|e| v.push(e)).unwrap();
+        assert!(
+            v.finish(5, &honest[4].hash).is_err(),
+            "cut short of the checkpoint"
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub struct AuditCheck {
     pub checked: u64,
     /// The chain's head when the check began: later events are left for the next.
     pub head: u64,
+    /// The head's hash: record it outside the database, and give it back later as
+    /// a checkpoint, to catch a rewrite of the whole chain.
+    pub head_hash: Vec<u8>,
     /// The first event that does not verify, and why.
     pub broken: Option<Broken>,
 }
@@ -19,36 +22,56 @@ pub struct AuditCheck {
 impl Broker {
     /// Walks the whole chain up to its current head, recomputing every hash, and
     /// names the first event that is missing, out of place or edited; then checks
-    /// that nothing was cut from the end and no stored event is outside the chain.
-    pub async fn verify_audit(&self) -> Result<AuditCheck, BrokerError> {
+    /// that nothing was cut from the end or written past the head or the sealing.
+    /// With a `checkpoint` (an event's position and hash recorded earlier), the
+    /// chain must still pass through it.
+    pub async fn verify_audit(
+        &self,
+        checkpoint: Option<(u64, Vec<u8>)>,
+    ) -> Result<AuditCheck, BrokerError> {
         let head = self.store.audit_head().await?;
-        let mut v = Verifier::default();
+        let mut v = match checkpoint {
+            Some((seq, hash)) => Verifier::with_checkpoint(seq, hash),
+            None => Verifier::default(),
+        };
         let broken = 'walk: loop {
-            let page = self.store.audit_chain(v.checked(), PAGE).await?;
-            for e in page.iter().take_while(|e| e.seq <= head.seq) {
+            let page = self.store.audit_chain(v.checked(), head.seq, PAGE).await?;
+            for e in &page {
                 if let Err(b) = v.push(e) {
                     break 'walk Some(b);
                 }
             }
+            // A short page is the end of what is stored up to the head.
             if page.len() < PAGE as usize || v.checked() >= head.seq {
                 break v.finish(head.seq, &head.hash).err();
             }
         };
-        let broken = broken.or_else(|| {
-            (head.unsealed > 0).then(|| Broken {
-                seq: head.seq + 1,
-                why: format!(
-                    "{} stored events are outside the chain (written past its sealing)",
-                    head.unsealed
-                ),
+        let broken = broken
+            .or_else(|| {
+                (head.max_seq > head.seq).then(|| Broken {
+                    seq: head.seq + 1,
+                    why: format!(
+                        "events up to {} are stored past the chain's head at {} (the head was rewound)",
+                        head.max_seq, head.seq
+                    ),
+                })
             })
-        });
+            .or_else(|| {
+                (head.unsealed > 0).then(|| Broken {
+                    seq: head.seq + 1,
+                    why: format!(
+                        "{} stored events are outside the chain (written past its sealing)",
+                        head.unsealed
+                    ),
+                })
+            });
         if let Some(b) = &broken {
             error!(seq = b.seq, why = %b.why, "the audit chain is broken");
         }
         Ok(AuditCheck {
             checked: v.checked(),
             head: head.seq,
+            head_hash: head.hash,
             broken,
         })
     }

@@ -476,6 +476,8 @@ pub struct AuditHead {
     /// Stored events that are not in the chain (none, unless someone wrote past
     /// the store's sealing).
     pub unsealed: u64,
+    /// The highest position stored (above `seq` only if the head was rewound).
+    pub max_seq: u64,
 }
 
 #[async_trait]
@@ -483,8 +485,13 @@ pub trait AuditStore {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Events for a task, oldest first.
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError>;
-    /// Sealed events after position `after`, in chain order.
-    async fn audit_chain(&self, after: u64, limit: u32) -> Result<Vec<Sealed>, StoreError>;
+    /// Sealed events after position `after` and up to `upto`, in chain order.
+    async fn audit_chain(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: u32,
+    ) -> Result<Vec<Sealed>, StoreError>;
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 async fn verify(app: &TestApp) -> pb::VerifyAuditResponse {
     app.admin(ADMIN)
         .await
-        .verify_audit(pb::VerifyAuditRequest {})
+        .verify_audit(pb::VerifyAuditRequest::default())
         .await
         .expect("verify audit")
         .into_inner()
@@ -86,9 +86,11 @@ async fn the_chain_is_intact_after_real_work_and_ordinary_writers_cannot_change_
         "UPDATE audit_events SET reason = 'nothing happened' WHERE seq = 1",
         "DELETE FROM audit_events WHERE seq = 1",
         "TRUNCATE audit_events",
+        "UPDATE audit_chain SET last_seq = 1",
     ] {
         let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        let err = err.to_string();
+        assert!(err.contains("append-only") || err.contains("only by sealing"), "{sql}: {err}");
     }
     assert!(verify(&app).await.intact);
 }
@@ -221,4 +223,86 @@ async fn two_replicas_writing_at_once_make_one_valid_chain() {
     assert!(r.intact, "{}: {}", r.first_broken, r.problem);
     assert_eq!(r.events_checked as i64, count(&a).await);
     assert!(r.events_checked >= 82, "{}", r.events_checked);
+}
+
+async fn verify_at(app: &TestApp, seq: u64, hash: &str) -> pb::VerifyAuditResponse {
+    app.admin(ADMIN)
+        .await
+        .verify_audit(pb::VerifyAuditRequest {
+            checkpoint_sequence: seq,
+            checkpoint_hash: hash.into(),
+        })
+        .await
+        .expect("verify audit")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_whole_chain_rewritten_by_its_owner_is_caught_by_a_checkpoint_and_a_rewound_head_anyway()
+{
+    let app = spawn_app().await;
+    workload(&app).await;
+    let before = verify(&app).await;
+    assert!(before.intact);
+    assert_eq!(before.head_hash.len(), 64);
+
+    // The owner edits event 2 and recomputes every hash after it, and the head.
+    let mut t = tamperer(&app).await;
+    sqlx::query("UPDATE audit_events SET reason = 'nothing happened' WHERE seq = 2")
+        .execute(&mut t)
+        .await
+        .unwrap();
+    for seq in 2..=before.head_sequence as i64 {
+        sqlx::query(
+            "UPDATE audit_events e SET prev_hash = p.hash,
+                hash = mayfly_audit_hash(e.seq, p.hash, e.at, e.actor, e.action, e.outcome,
+                                         e.task_id, e.agent, e.jti, e.reason, e.detail)
+             FROM audit_events p WHERE p.seq = e.seq - 1 AND e.seq = $1",
+        )
+        .bind(seq)
+        .execute(&mut t)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "UPDATE audit_chain SET last_hash = (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1)",
+    )
+    .execute(&mut t)
+    .await
+    .unwrap();
+    // Consistent on its own, as any unkeyed chain is to its owner...
+    assert!(verify(&app).await.intact);
+    // ...but not with the head recorded earlier outside the database.
+    let r = verify_at(&app, before.head_sequence, &before.head_hash).await;
+    assert!(!r.intact);
+    assert!(r.problem.contains("checkpoint"), "{}", r.problem);
+
+    // Rewinding the head to hide the newest events is caught without one.
+    sqlx::query("UPDATE audit_chain SET last_seq = last_seq - 2")
+        .execute(&mut t)
+        .await
+        .unwrap();
+    let r = verify(&app).await;
+    assert!(!r.intact);
+    assert!(
+        r.problem.contains("rewound") || r.problem.contains("head"),
+        "{}",
+        r.problem
+    );
+
+    // A malformed checkpoint names the field.
+    let err = app
+        .admin(ADMIN)
+        .await
+        .verify_audit(pb::VerifyAuditRequest {
+            checkpoint_sequence: 1,
+            checkpoint_hash: "abc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("checkpoint_hash"),
+        "{}",
+        err.message()
+    );
 }

@@ -248,9 +248,10 @@ impl AuditStore for Faulty {
     async fn audit_chain(
         &self,
         after: u64,
+        upto: u64,
         limit: u32,
     ) -> Result<Vec<mayfly::audit::chain::Sealed>, StoreError> {
-        self.inner.audit_chain(after, limit).await
+        self.inner.audit_chain(after, upto, limit).await
     }
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
         self.inner.audit_head().await

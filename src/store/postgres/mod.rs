@@ -760,7 +760,7 @@ impl AuditStore for PgStore {
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
-             WHERE task_id = $1 ORDER BY id",
+             WHERE task_id = $1 ORDER BY seq",
         )
         .bind(task.0)
         .fetch_all(&self.pool)
@@ -769,15 +769,16 @@ impl AuditStore for PgStore {
         rows.iter().map(audit_from_row).collect()
     }
 
-    async fn audit_chain(&self, after: u64, n: u32) -> Result<Vec<Sealed>, StoreError> {
+    async fn audit_chain(&self, after: u64, upto: u64, n: u32) -> Result<Vec<Sealed>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, prev_hash, hash, (extract(epoch FROM at) * 1000000)::bigint AS at_micros,
                     actor, action, outcome, task_id::text AS task, agent, jti::text AS jti, reason,
                     detail::text AS detail
-             FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+             FROM audit_events WHERE seq > $1 AND seq <= $3 ORDER BY seq LIMIT $2",
         )
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(limit(n))
+        .bind(i64::try_from(upto).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
@@ -803,8 +804,9 @@ impl AuditStore for PgStore {
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
-        let (seq, hash, unsealed): (i64, Vec<u8>, i64) = sqlx::query_as(
-            "SELECT last_seq, last_hash, (SELECT count(*) FROM audit_events WHERE seq IS NULL)
+        let (seq, hash, unsealed, max_seq): (i64, Vec<u8>, i64, i64) = sqlx::query_as(
+            "SELECT last_seq, last_hash, (SELECT count(*) FROM audit_events WHERE seq IS NULL),
+                    (SELECT coalesce(max(seq), 0) FROM audit_events)
              FROM audit_chain",
         )
         .fetch_one(&self.pool)
@@ -814,6 +816,7 @@ impl AuditStore for PgStore {
             seq: u64::try_from(seq).map_err(corrupt)?,
             hash,
             unsealed: u64::try_from(unsealed).map_err(corrupt)?,
+            max_seq: u64::try_from(max_seq).map_err(corrupt)?,
         })
     }
 }
