@@ -2,10 +2,10 @@
 -- the hash of the event before it and its own hash over a canonical encoding, so
 -- editing, deleting or reordering a stored event is detected (`mayfly audit verify`).
 --
--- Events are sealed into the chain at commit, by a deferred trigger that takes the
--- chain's head row: sealing is the last lock any transaction takes, so it cannot
--- deadlock with the others, and brokers on every replica write one chain in commit
--- order.
+-- Events are sealed into the chain moments after they commit, in batches, by
+-- mayfly_audit_seal (which every broker runs continuously, and before verifying):
+-- the transactions that write events never wait on the chain, and brokers on every
+-- replica extend one chain, in the order events became visible.
 
 ALTER TABLE audit_events ADD COLUMN seq bigint;
 ALTER TABLE audit_events ADD COLUMN prev_hash bytea;
@@ -44,45 +44,37 @@ LANGUAGE sql IMMUTABLE AS $$
         || mayfly_audit_field(reason) || mayfly_audit_field(detail::text))
 $$;
 
--- Events written before the chain existed are sealed first, in the order written.
-DO $$
-DECLARE
-    r record;
-    s bigint := 0;
-    p bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
-    h bytea;
-BEGIN
-    FOR r IN SELECT * FROM audit_events ORDER BY id LOOP
-        s := s + 1;
-        h := mayfly_audit_hash(s, p, r.at, r.actor, r.action, r.outcome, r.task_id,
-                               r.agent, r.jti, r.reason, r.detail);
-        UPDATE audit_events SET seq = s, prev_hash = p, hash = h WHERE id = r.id;
-        p := h;
-    END LOOP;
-    UPDATE audit_chain SET last_seq = s, last_hash = p;
-END $$;
-
 CREATE UNIQUE INDEX audit_events_seq_idx ON audit_events (seq);
+CREATE INDEX audit_events_unsealed_idx ON audit_events (id) WHERE seq IS NULL;
 
-CREATE FUNCTION mayfly_audit_seal() RETURNS trigger
+-- Seals up to `batch` committed, unsealed events into the chain, oldest first,
+-- under the head row's lock; returns how many. Brokers call it continuously (and
+-- before every verification), so an event is sealed moments after its transaction
+-- commits; sealing in batches, apart from the transactions that write events,
+-- keeps them from queueing on one lock.
+CREATE FUNCTION mayfly_audit_seal(batch integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     s bigint;
     p bytea;
     h bytea;
     e audit_events%ROWTYPE;
+    n integer := 0;
 BEGIN
-    SELECT * INTO e FROM audit_events WHERE id = NEW.id;
-    UPDATE audit_chain SET last_seq = last_seq + 1 RETURNING last_seq, last_hash INTO s, p;
-    h := mayfly_audit_hash(s, p, e.at, e.actor, e.action, e.outcome, e.task_id, e.agent,
-                           e.jti, e.reason, e.detail);
-    UPDATE audit_chain SET last_hash = h;
-    UPDATE audit_events SET seq = s, prev_hash = p, hash = h WHERE id = NEW.id;
-    RETURN NULL;
+    SELECT last_seq, last_hash INTO s, p FROM audit_chain FOR UPDATE;
+    FOR e IN SELECT * FROM audit_events WHERE seq IS NULL ORDER BY id LIMIT batch LOOP
+        s := s + 1;
+        h := mayfly_audit_hash(s, p, e.at, e.actor, e.action, e.outcome, e.task_id,
+                               e.agent, e.jti, e.reason, e.detail);
+        UPDATE audit_events SET seq = s, prev_hash = p, hash = h WHERE id = e.id;
+        p := h;
+        n := n + 1;
+    END LOOP;
+    IF n > 0 THEN
+        UPDATE audit_chain SET last_seq = s, last_hash = p;
+    END IF;
+    RETURN n;
 END $$;
-
-CREATE CONSTRAINT TRIGGER audit_events_seal AFTER INSERT ON audit_events
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION mayfly_audit_seal();
 
 -- Append-only: an event is never updated (but by its sealing) nor deleted. The
 -- tables' owner can get past this, and an owner can also rewrite the whole chain
@@ -91,9 +83,14 @@ CREATE CONSTRAINT TRIGGER audit_events_seal AFTER INSERT ON audit_events
 CREATE FUNCTION mayfly_audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- Only the sealing itself, an update from within the seal trigger, of an
-    -- event not yet sealed.
-    IF TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 AND OLD.seq IS NULL THEN
+    -- Only sealing: setting the chain columns of an event not yet sealed, and
+    -- nothing else. (A wrong seal does not verify.)
+    IF TG_OP = 'UPDATE' AND OLD.seq IS NULL AND NEW.seq IS NOT NULL
+       AND (NEW.id, NEW.at, NEW.actor, NEW.action, NEW.outcome, NEW.task_id, NEW.agent,
+            NEW.jti, NEW.reason, NEW.detail)
+           IS NOT DISTINCT FROM
+           (OLD.id, OLD.at, OLD.actor, OLD.action, OLD.outcome, OLD.task_id, OLD.agent,
+            OLD.jti, OLD.reason, OLD.detail) THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'audit events are append-only';
@@ -111,11 +108,11 @@ END $$;
 CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION mayfly_audit_no_truncate();
 
--- The head moves only by sealing.
+-- The head moves only forward, as sealing moves it.
 CREATE FUNCTION mayfly_audit_head_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 THEN
+    IF TG_OP = 'UPDATE' AND NEW.last_seq > OLD.last_seq THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'the audit chain head moves only by sealing';
@@ -123,3 +120,6 @@ END $$;
 
 CREATE TRIGGER audit_chain_guard BEFORE UPDATE OR DELETE ON audit_chain
     FOR EACH ROW EXECUTE FUNCTION mayfly_audit_head_guard();
+
+-- Events written before the chain existed are sealed first, in the order written.
+SELECT mayfly_audit_seal(2147483647);

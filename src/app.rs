@@ -301,6 +301,28 @@ impl App {
             }
         }));
 
+        let sealer = tokio::spawn(every(self.config.audit.seal_interval, cancel.clone(), {
+            let b = b.clone();
+            // One line when sealing starts failing and one when it recovers, not
+            // one per interval.
+            let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            move || {
+                let (b, failing) = (b.clone(), failing.clone());
+                async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    match b.seal_audit().await {
+                        Err(error) if !failing.swap(true, SeqCst) => {
+                            warn!(%error, "cannot seal audit events into the chain; will retry");
+                        }
+                        Ok(_) if failing.swap(false, SeqCst) => {
+                            info!("sealing audit events into the chain again");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }));
+
         let reloader = tokio::spawn(watch_policies(
             self.policy.clone(),
             self.config.policy.reload_interval,
@@ -338,6 +360,7 @@ impl App {
             let h = http.await;
             let _ = sweeper.await;
             let _ = heartbeat.await;
+            let _ = sealer.await;
             let _ = reloader.await;
             let _ = follower.await;
             (g, h)

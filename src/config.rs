@@ -62,6 +62,29 @@ pub struct Config {
     #[serde(default)]
     pub revocation: RevocationConfig,
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often committed audit events are sealed into the hash chain: the most
+    /// an event waits before it is tamper-evident.
+    #[serde(default = "default_seal_interval", with = "humantime_serde")]
+    pub seal_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            seal_interval: default_seal_interval(),
+        }
+    }
+}
+
+fn default_seal_interval() -> Duration {
+    Duration::from_millis(100)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -379,6 +402,14 @@ impl Config {
             .contains(&self.tasks.approval_ttl)
         {
             return Err(invalid("tasks.approval_ttl", "must be between 1s and 24h"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60))
+            .contains(&self.audit.seal_interval)
+        {
+            return Err(invalid(
+                "audit.seal_interval",
+                "must be between 10ms and 60s",
+            ));
         }
         if self.keys.heartbeat.is_zero() {
             return Err(invalid("keys.heartbeat", "must be greater than zero"));

@@ -473,9 +473,6 @@ pub trait KeyStore {
 pub struct AuditHead {
     pub seq: u64,
     pub hash: Vec<u8>,
-    /// Stored events that are not in the chain (none, unless someone wrote past
-    /// the store's sealing).
-    pub unsealed: u64,
     /// The highest position stored (above `seq` only if the head was rewound).
     pub max_seq: u64,
 }
@@ -493,6 +490,9 @@ pub trait AuditStore {
         limit: u32,
     ) -> Result<Vec<Sealed>, StoreError>;
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+    /// Seals up to `batch` committed, unsealed events into the chain, oldest
+    /// first; returns how many.
+    async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError>;
 }
 
 /// Everything the broker needs from persistence.

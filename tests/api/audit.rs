@@ -1,6 +1,7 @@
 //! The hash-chained audit trail over the real server: intact after real work,
 //! every kind of tampering found and named, append-only for ordinary writers, one
-//! valid chain with two replicas writing at once.
+//! valid chain with two replicas writing at once. Tampering is done past the
+//! tables' triggers, as their owner can.
 use crate::helpers::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
@@ -69,6 +70,8 @@ async fn workload(app: &TestApp) {
         .revoke(revoke_request(Target::Token(parent.jti), "audit test"))
         .await
         .unwrap();
+    // Verifying seals what was committed, so the tampering below finds it sealed.
+    assert!(verify(app).await.intact);
 }
 
 #[tokio::test]
@@ -90,9 +93,40 @@ async fn the_chain_is_intact_after_real_work_and_ordinary_writers_cannot_change_
     ] {
         let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
         let err = err.to_string();
-        assert!(err.contains("append-only") || err.contains("only by sealing"), "{sql}: {err}");
+        assert!(
+            err.contains("append-only") || err.contains("only by sealing"),
+            "{sql}: {err}"
+        );
     }
     assert!(verify(&app).await.intact);
+}
+
+#[tokio::test]
+async fn brokers_seal_committed_events_on_their_own() {
+    let app = spawn_app().await;
+    app.open_task(AGENT, 600).await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let unsealed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NULL")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if unsealed == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still unsealed after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let sealed: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(sealed, 1);
 }
 
 #[tokio::test]
@@ -163,20 +197,6 @@ async fn reordered_events_are_named() {
     let r = verify(&app).await;
     assert_eq!((r.intact, r.first_broken), (false, 2));
     assert!(r.problem.contains("previous hash"), "{}", r.problem);
-
-    // An event slipped in past the sealing is outside the chain.
-    let app = spawn_app().await;
-    workload(&app).await;
-    let mut t = tamperer(&app).await;
-    sqlx::query(
-        "INSERT INTO audit_events (at, actor, action, outcome) VALUES (now(), 'x', 'revocation', 'permit')",
-    )
-    .execute(&mut t)
-    .await
-    .unwrap();
-    let r = verify(&app).await;
-    assert!(!r.intact);
-    assert!(r.problem.contains("outside the chain"), "{}", r.problem);
 }
 
 #[tokio::test]

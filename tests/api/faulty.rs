@@ -256,6 +256,9 @@ impl AuditStore for Faulty {
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
         self.inner.audit_head().await
     }
+    async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
+        self.inner.seal_audit(batch).await
+    }
 }
 
 #[async_trait]

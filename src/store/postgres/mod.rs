@@ -760,7 +760,7 @@ impl AuditStore for PgStore {
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
-             WHERE task_id = $1 ORDER BY seq",
+             WHERE task_id = $1 ORDER BY seq NULLS LAST, id",
         )
         .bind(task.0)
         .fetch_all(&self.pool)
@@ -803,10 +803,18 @@ impl AuditStore for PgStore {
             .collect()
     }
 
+    async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
+        let n: i32 = sqlx::query_scalar("SELECT mayfly_audit_seal($1)")
+            .bind(i32::try_from(batch).unwrap_or(i32::MAX))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        u32::try_from(n).map_err(corrupt)
+    }
+
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
-        let (seq, hash, unsealed, max_seq): (i64, Vec<u8>, i64, i64) = sqlx::query_as(
-            "SELECT last_seq, last_hash, (SELECT count(*) FROM audit_events WHERE seq IS NULL),
-                    (SELECT coalesce(max(seq), 0) FROM audit_events)
+        let (seq, hash, max_seq): (i64, Vec<u8>, i64) = sqlx::query_as(
+            "SELECT last_seq, last_hash, (SELECT coalesce(max(seq), 0) FROM audit_events)
              FROM audit_chain",
         )
         .fetch_one(&self.pool)
@@ -815,7 +823,6 @@ impl AuditStore for PgStore {
         Ok(AuditHead {
             seq: u64::try_from(seq).map_err(corrupt)?,
             hash,
-            unsealed: u64::try_from(unsealed).map_err(corrupt)?,
             max_seq: u64::try_from(max_seq).map_err(corrupt)?,
         })
     }
