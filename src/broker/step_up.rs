@@ -17,6 +17,10 @@ impl Broker {
         permit: &Permit,
         deny: impl Fn(&str) -> AuditEvent,
     ) -> Result<Mint, BrokerError> {
+        // No approval is opened, nor spent, for a frozen agent or workflow.
+        let holders = [caller.id.as_str(), task.agent.as_str()];
+        self.refuse_if_frozen(&holders, &task.workflow, &deny)
+            .await?;
         // Twice at most: a decision made while a repeat was being counted sends
         // the request round again, to spend or to be refused as it now stands.
         for _ in 0..2 {
