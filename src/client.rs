@@ -195,6 +195,34 @@ fn freeze_target(t: &FreezeTargetArg) -> pb::FreezeTarget {
     }
 }
 
+fn audit_event_json(e: &pb::AuditEventInfo) -> Value {
+    let detail: Value = serde_json::from_str(&e.detail_json).unwrap_or(Value::Null);
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    json!({
+        "sequence": e.sequence, "at": ts(&e.at), "actor": e.actor, "action": e.action,
+        "outcome": e.outcome, "task": opt(&e.task_id), "agent": opt(&e.agent),
+        "jti": opt(&e.jti), "reason": opt(&e.reason), "detail": detail,
+    })
+}
+
+/// RFC 3339, or a duration ago ("90m", "1h").
+fn when(flag: &str, s: &Option<String>) -> anyhow::Result<Option<prost_types::Timestamp>> {
+    let Some(s) = s else { return Ok(None) };
+    let t = match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago = humantime::parse_duration(s).with_context(|| {
+                format!("{flag} {s:?} is neither an RFC 3339 time nor a duration ago (e.g. 1h)")
+            })?;
+            time::OffsetDateTime::now_utc() - ago
+        }
+    };
+    Ok(Some(prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }))
+}
+
 fn print(v: &Value) {
     println!(
         "{}",
@@ -401,6 +429,126 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                     r.problem
                 );
             }
+        }
+        ClientCommand::Audit(AuditCommand::Events {
+            agent,
+            task,
+            action,
+            since,
+            until,
+            limit,
+            jsonl,
+        }) => {
+            let mut client = AdminServiceClient::new(ch);
+            let mut req = pb::QueryAuditRequest {
+                agent: agent.clone().unwrap_or_default(),
+                task_id: task.clone().unwrap_or_default(),
+                action: action.clone().unwrap_or_default(),
+                since: when("--since", since)?,
+                until: when("--until", until)?,
+                after_sequence: 0,
+                limit: *limit,
+            };
+            let mut all = vec![];
+            loop {
+                let r = client
+                    .query_audit(req.clone())
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for e in &r.events {
+                    if *jsonl {
+                        println!("{}", audit_event_json(e));
+                    } else {
+                        all.push(audit_event_json(e));
+                    }
+                }
+                // A page, or with --jsonl every page.
+                if !*jsonl || r.next_after == 0 {
+                    break;
+                }
+                req.after_sequence = r.next_after;
+            }
+            if !*jsonl {
+                print(&Value::Array(all));
+            }
+        }
+        ClientCommand::Audit(AuditCommand::Task { task }) => {
+            let t = TaskServiceClient::new(ch.clone())
+                .get_task(pb::GetTaskRequest {
+                    task_id: task.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut admin = AdminServiceClient::new(ch);
+            let tokens = admin
+                .list_tokens(pb::ListTokensRequest {
+                    task_id: task.clone(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut events = vec![];
+            let mut after = 0;
+            loop {
+                let r = admin
+                    .query_audit(pb::QueryAuditRequest {
+                        task_id: task.clone(),
+                        after_sequence: after,
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                events.extend(r.events.iter().map(audit_event_json));
+                if r.next_after == 0 {
+                    break;
+                }
+                after = r.next_after;
+            }
+            let revocations: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["action"] == "revocation" || e["action"] == "task_revoked")
+                .collect();
+            print(&json!({
+                "task": t.task.as_ref().map(task_json),
+                "tokens": tokens.tokens.iter().map(|t| json!({"jti": t.jti, "agent": t.agent,
+                    "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
+                    "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at),
+                    "parent_jti": t.parent_jti, "depth": t.depth})).collect::<Vec<_>>(),
+                "revocations": revocations,
+                "events": events,
+            }));
+        }
+        ClientCommand::Audit(AuditCommand::Access {
+            audience,
+            resource,
+            since,
+            until,
+        }) => {
+            let r = AdminServiceClient::new(ch)
+                .audit_access(pb::AuditAccessRequest {
+                    audience: audience.clone(),
+                    resource: resource.clone().unwrap_or_default(),
+                    since: when("--since", since)?,
+                    until: when("--until", until)?,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(&Value::Array(
+                r.agents
+                    .iter()
+                    .map(|a| {
+                        json!({"agent": a.agent, "tokens": a.tokens, "first": ts(&a.first),
+                               "last": ts(&a.last), "resources": a.resources})
+                    })
+                    .collect(),
+            ));
         }
         ClientCommand::Approvals(ApprovalsCommand::List { task, all, limit }) => {
             let r = AdminServiceClient::new(ch)

@@ -4,7 +4,7 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::Broker;
 use crate::identity::Role;
-use crate::store::{ApprovalFilter, TokenFilter};
+use crate::store::{ApprovalFilter, AuditFilter, TokenFilter};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -215,6 +215,98 @@ impl AdminService for AdminApi {
         let freezes = self.broker.list_freezes().await?;
         Ok(Response::new(ListFreezesResponse {
             freezes: freezes.iter().map(convert::freeze).collect(),
+        }))
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<QueryAuditRequest>,
+    ) -> Result<Response<QueryAuditResponse>, Status> {
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/QueryAudit", &[Role::Admin])
+            .await?;
+        let r = req.get_ref();
+        let limit = convert::limit(r.limit)?;
+        let filter = AuditFilter {
+            agent: if r.agent.is_empty() {
+                None
+            } else {
+                Some(convert::spiffe_id("agent", &r.agent)?.to_string())
+            },
+            task: if r.task_id.is_empty() {
+                None
+            } else {
+                Some(convert::task_id("task_id", &r.task_id)?)
+            },
+            action: if r.action.is_empty() {
+                None
+            } else {
+                let a = crate::audit::Action::parse(&r.action).ok_or_else(|| {
+                    crate::error::invalid(
+                        "action",
+                        format!("{:?} is not an audit action", r.action),
+                    )
+                })?;
+                Some(a.as_str().to_string())
+            },
+            since: convert::time_opt("since", r.since.as_ref())?,
+            until: convert::time_opt("until", r.until.as_ref())?,
+            after: r.after_sequence,
+            limit,
+        };
+        let events = self.broker.query_audit(&filter).await?;
+        let next_after = match events.last() {
+            Some((seq, _)) if events.len() == limit as usize => *seq,
+            _ => 0,
+        };
+        Ok(Response::new(QueryAuditResponse {
+            events: events
+                .iter()
+                .map(|(seq, e)| convert::audit_event(*seq, e))
+                .collect(),
+            next_after,
+        }))
+    }
+
+    async fn audit_access(
+        &self,
+        req: Request<AuditAccessRequest>,
+    ) -> Result<Response<AuditAccessResponse>, Status> {
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/AuditAccess", &[Role::Admin])
+            .await?;
+        let r = req.get_ref();
+        if r.audience.trim().is_empty() {
+            return Err(crate::error::invalid("audience", "is required"));
+        }
+        let resource = if r.resource.is_empty() {
+            None
+        } else {
+            Some(
+                crate::domain::Scope::declared(&r.audience, &r.resource, "*")
+                    .map_err(|e| crate::error::invalid("resource", e))?,
+            )
+        };
+        let agents = self
+            .broker
+            .audit_access(
+                &r.audience,
+                resource.as_ref(),
+                convert::time_opt("since", r.since.as_ref())?,
+                convert::time_opt("until", r.until.as_ref())?,
+            )
+            .await?;
+        Ok(Response::new(AuditAccessResponse {
+            agents: agents
+                .into_iter()
+                .map(|a| AgentAccess {
+                    agent: a.agent,
+                    tokens: a.tokens,
+                    first: Some(convert::timestamp(a.first)),
+                    last: Some(convert::timestamp(a.last)),
+                    resources: a.resources,
+                })
+                .collect(),
         }))
     }
 }

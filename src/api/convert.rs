@@ -310,3 +310,30 @@ pub fn freeze(f: &Freeze) -> pb::FreezeInfo {
         at: Some(timestamp(f.at)),
     }
 }
+
+/// An optional time in the request field `field`.
+pub fn time_opt(
+    field: &'static str,
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<OffsetDateTime>, Status> {
+    let Some(t) = t else { return Ok(None) };
+    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(Some)
+        .map_err(|_| invalid(field, "is not a valid time"))
+}
+
+pub fn audit_event(seq: u64, e: &crate::audit::AuditEvent) -> pb::AuditEventInfo {
+    pb::AuditEventInfo {
+        sequence: seq,
+        at: Some(timestamp(e.at)),
+        actor: e.actor.clone(),
+        action: e.action.as_str().into(),
+        outcome: e.action.outcome().into(),
+        task_id: e.task.map(|t| t.to_string()).unwrap_or_default(),
+        agent: e.agent.clone().unwrap_or_default(),
+        jti: e.jti.map(|j| j.to_string()).unwrap_or_default(),
+        reason: e.reason.clone().unwrap_or_default(),
+        detail_json: e.detail.to_string(),
+    }
+}

@@ -1,6 +1,7 @@
 //! Checking the tamper-evident audit trail.
 use super::*;
 use crate::audit::chain::{Broken, Verifier};
+use crate::store::AuditFilter;
 
 /// Events read per page while verifying.
 const PAGE: u32 = 1000;
@@ -82,5 +83,66 @@ impl Broker {
             head_hash: head.hash,
             broken,
         })
+    }
+}
+
+/// One agent's tokens for an audience, over the resource patterns asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentAccess {
+    pub agent: String,
+    pub tokens: u64,
+    pub first: OffsetDateTime,
+    pub last: OffsetDateTime,
+    pub resources: Vec<String>,
+}
+
+impl Broker {
+    /// Sealed audit events matching `filter`, in chain order (sealing what was
+    /// committed first, so nothing recent is missed).
+    pub async fn query_audit(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<(u64, AuditEvent)>, BrokerError> {
+        self.seal_audit().await?;
+        Ok(self.store.query_audit(filter).await?)
+    }
+
+    /// Which agents held tokens for `audience` in the window, with resources
+    /// overlapping `resource` when given.
+    pub async fn audit_access(
+        &self,
+        audience: &str,
+        resource: Option<&Scope>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<AgentAccess>, BrokerError> {
+        let rows = self.store.token_access(audience, since, until).await?;
+        let mut out: Vec<AgentAccess> = vec![];
+        for a in rows {
+            let held = Scope {
+                audience: audience.to_string(),
+                resource: a.resource.clone(),
+                action: "*".into(),
+            };
+            if resource.is_some_and(|r| !held.overlaps(r)) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.agent == a.agent => {
+                    last.tokens += a.tokens;
+                    last.first = last.first.min(a.first);
+                    last.last = last.last.max(a.last);
+                    last.resources.push(a.resource);
+                }
+                _ => out.push(AgentAccess {
+                    agent: a.agent,
+                    tokens: a.tokens,
+                    first: a.first,
+                    last: a.last,
+                    resources: vec![a.resource],
+                }),
+            }
+        }
+        Ok(out)
     }
 }

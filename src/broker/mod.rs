@@ -27,7 +27,7 @@ mod freeze;
 mod handoffs;
 mod step_up;
 
-pub use audit::AuditCheck;
+pub use audit::{AgentAccess, AuditCheck};
 pub use handoffs::{DelegateRequest, Delegated, MAX_OPEN_OFFERS};
 
 /// How long after its expiry a token can still be reported as misused.

@@ -468,6 +468,30 @@ pub trait KeyStore {
     async fn live_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError>;
 }
 
+/// Which audit events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Events by (actor) or about (agent) this agent.
+    pub agent: Option<String>,
+    pub task: Option<TaskId>,
+    pub action: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    /// Only events sealed after this position.
+    pub after: u64,
+    pub limit: u32,
+}
+
+/// Tokens of one agent for one resource pattern of an audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub agent: String,
+    pub resource: String,
+    pub tokens: u64,
+    pub first: OffsetDateTime,
+    pub last: OffsetDateTime,
+}
+
 /// The end of the audit chain, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditHead {
@@ -493,6 +517,16 @@ pub trait AuditStore {
     /// Seals up to `batch` committed, unsealed events into the chain, oldest
     /// first; returns how many.
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError>;
+    /// Sealed events matching the filter, in chain order, with their positions.
+    async fn query_audit(&self, filter: &AuditFilter)
+    -> Result<Vec<(u64, AuditEvent)>, StoreError>;
+    /// Tokens issued for `audience` in the window, per agent and resource.
+    async fn token_access(
+        &self,
+        audience: &str,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<Access>, StoreError>;
 }
 
 /// Everything the broker needs from persistence.

@@ -326,3 +326,152 @@ async fn a_whole_chain_rewritten_by_its_owner_is_caught_by_a_checkpoint_and_a_re
         err.message()
     );
 }
+
+async fn query(app: &TestApp, req: pb::QueryAuditRequest) -> pb::QueryAuditResponse {
+    app.admin(ADMIN)
+        .await
+        .query_audit(req)
+        .await
+        .expect("query audit")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_security_team_asks_what_an_agent_did_what_happened_under_a_task_and_who_touched_a_resource()
+ {
+    use mayfly::clock::Clock;
+    let app = spawn_app().await;
+    workload(&app).await;
+    let t2 = app.open_task(AGENT2, 600).await;
+    app.mint(AGENT2, &t2.id, "customers/eu/9", 60).await;
+
+    // Everything AGENT did or that was about it, in chain order.
+    let mine = query(
+        &app,
+        pb::QueryAuditRequest {
+            agent: AGENT.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!mine.events.is_empty());
+    assert!(
+        mine.events
+            .iter()
+            .all(|e| e.actor == AGENT || e.agent == AGENT)
+    );
+    assert!(
+        mine.events
+            .windows(2)
+            .all(|w| w[0].sequence < w[1].sequence)
+    );
+    assert!(mine.events.iter().any(|e| e.action == "token_minted"));
+
+    // In a time window: now, yes; an hour ago, nothing.
+    let now = app.clock.now();
+    let ts = |t: time::OffsetDateTime| prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: 0,
+    };
+    let window = |since, until| pb::QueryAuditRequest {
+        agent: AGENT.into(),
+        since: Some(ts(since)),
+        until: Some(ts(until)),
+        ..Default::default()
+    };
+    let hour = time::Duration::hours(1);
+    let recent = query(
+        &app,
+        window(
+            now - time::Duration::minutes(1),
+            now + time::Duration::minutes(1),
+        ),
+    )
+    .await;
+    assert_eq!(recent.events.len(), mine.events.len());
+    assert!(
+        query(&app, window(now - 2 * hour, now - hour))
+            .await
+            .events
+            .is_empty()
+    );
+
+    // By action, and paged with a cursor.
+    let minted = query(
+        &app,
+        pb::QueryAuditRequest {
+            action: "token_minted".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(minted.events.len(), 3);
+    let mut seen = vec![];
+    let mut after = 0;
+    loop {
+        let page = query(
+            &app,
+            pb::QueryAuditRequest {
+                after_sequence: after,
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await;
+        seen.extend(page.events.iter().map(|e| e.sequence));
+        if page.next_after == 0 {
+            break;
+        }
+        after = page.next_after;
+    }
+    assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+    let err = app
+        .admin(ADMIN)
+        .await
+        .query_audit(pb::QueryAuditRequest {
+            action: "no_such_action".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("action"), "{}", err.message());
+
+    // Under one task.
+    let under = query(
+        &app,
+        pb::QueryAuditRequest {
+            task_id: t2.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let actions: Vec<&str> = under.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["task_opened", "token_minted"]);
+
+    // Who touched crm-api, and EU record 9 in particular.
+    let access = |resource: &str| {
+        let resource = resource.to_string();
+        let app = &app;
+        async move {
+            app.admin(ADMIN)
+                .await
+                .audit_access(pb::AuditAccessRequest {
+                    audience: "crm-api".into(),
+                    resource,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .agents
+        }
+    };
+    let all = access("").await;
+    let agents: Vec<&str> = all.iter().map(|a| a.agent.as_str()).collect();
+    assert_eq!(agents, [AGENT, AGENT2]);
+    assert_eq!(all[0].tokens, 2);
+    let nine = access("customers/eu/9").await;
+    assert_eq!(nine.len(), 1);
+    assert_eq!(nine[0].agent, AGENT2);
+    assert!(access("customers/us/*").await.is_empty());
+}

@@ -259,6 +259,20 @@ impl AuditStore for Faulty {
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
         self.inner.seal_audit(batch).await
     }
+    async fn query_audit(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
+        self.inner.query_audit(filter).await
+    }
+    async fn token_access(
+        &self,
+        audience: &str,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<Access>, StoreError> {
+        self.inner.token_access(audience, since, until).await
+    }
 }
 
 #[async_trait]

@@ -803,6 +803,67 @@ impl AuditStore for PgStore {
             .collect()
     }
 
+    async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
+             WHERE seq > $1
+               AND ($2::text IS NULL OR actor = $2 OR agent = $2)
+               AND ($3::uuid IS NULL OR task_id = $3)
+               AND ($4::text IS NULL OR action = $4)
+               AND ($5::timestamptz IS NULL OR at >= $5)
+               AND ($6::timestamptz IS NULL OR at < $6)
+             ORDER BY seq LIMIT $7",
+        )
+        .bind(i64::try_from(f.after).unwrap_or(i64::MAX))
+        .bind(&f.agent)
+        .bind(f.task.map(|t| t.0))
+        .bind(&f.action)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(limit(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq").map_err(map_err)?;
+                Ok((u64::try_from(seq).map_err(corrupt)?, audit_from_row(r)?))
+            })
+            .collect()
+    }
+
+    async fn token_access(
+        &self,
+        audience: &str,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+    ) -> Result<Vec<Access>, StoreError> {
+        let rows: Vec<(String, String, i64, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
+            "SELECT agent, resource, count(*), min(issued_at), max(issued_at) FROM tokens
+             WHERE audience = $1
+               AND ($2::timestamptz IS NULL OR issued_at >= $2)
+               AND ($3::timestamptz IS NULL OR issued_at < $3)
+             GROUP BY agent, resource ORDER BY agent, resource",
+        )
+        .bind(audience)
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(agent, resource, n, first, last)| {
+                Ok(Access {
+                    agent,
+                    resource,
+                    tokens: u64::try_from(n).map_err(corrupt)?,
+                    first,
+                    last,
+                })
+            })
+            .collect()
+    }
+
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
         let n: i32 = sqlx::query_scalar("SELECT mayfly_audit_seal($1)")
             .bind(i32::try_from(batch).unwrap_or(i32::MAX))
