@@ -364,3 +364,79 @@ async fn the_cli_freezes_and_unfreezes_issuance() {
     let (ok, _, err) = mayfly(&app, AGENT, &mint).await;
     assert!(ok, "{err}");
 }
+
+#[tokio::test]
+async fn the_cli_answers_audit_questions_and_exports_json_lines() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    app.mint(AGENT, &task.id, "customers/eu/5", 60).await;
+    app.mint(AGENT, &task.id, "customers/eu/6", 60).await;
+
+    // JSON lines: every event, one per line, paged through with a cursor.
+    let (ok, _, err) = mayfly(&app, ADMIN, &["audit", "events", "--agent", AGENT]).await;
+    assert!(ok, "{err}");
+    // (`mayfly` above wrote the admin's certificate as s1.crt / s1.key.)
+    let dir = app.pki.dir.path();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("--broker")
+        .arg(format!("https://{}", app.grpc))
+        .args(["--server-name", "localhost", "--ca"])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("s1.crt"))
+        .arg("--key")
+        .arg(dir.join("s1.key"))
+        .args([
+            "audit", "events", "--jsonl", "--limit", "1", "--since", "1h",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "task opened and two mints");
+    assert_eq!(lines[1]["action"], "token_minted");
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["sequence"].as_u64() < w[1]["sequence"].as_u64())
+    );
+
+    let (ok, story, err) = mayfly(&app, ADMIN, &["audit", "task", &task.id]).await;
+    assert!(ok, "{err}");
+    assert_eq!(story["task"]["objective"], task.objective.as_str());
+    assert_eq!(story["tokens"].as_array().unwrap().len(), 2);
+    assert_eq!(story["events"].as_array().unwrap().len(), 3);
+
+    let (ok, access, err) = mayfly(
+        &app,
+        ADMIN,
+        &[
+            "audit",
+            "access",
+            "--audience",
+            "crm-api",
+            "--resource",
+            "customers/eu/5",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(access[0]["agent"], AGENT);
+    assert_eq!(access[0]["tokens"], 1);
+    let (ok, _, err) = mayfly(
+        &app,
+        ADMIN,
+        &["audit", "events", "--since", "yesterday-ish"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("--since"), "{err}");
+}
