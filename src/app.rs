@@ -249,6 +249,7 @@ impl App {
             .route("/.well-known/jwks.json", get(jwks))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
             .with_state(HttpState {
                 broker: b.clone(),
                 store: self.store.clone(),
@@ -470,6 +471,28 @@ async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
         }
     }
+}
+
+/// Prometheus text exposition. The active-task count is the store's; when the
+/// store does not answer in time it is left at its last reading.
+async fn metrics(State(s): State<HttpState>) -> axum::response::Response {
+    let active =
+        match tokio::time::timeout(Duration::from_secs(2), s.store.count_active_tasks()).await {
+            Ok(Ok(n)) => Some(n),
+            _ => None,
+        };
+    let body =
+        s.broker
+            .metrics()
+            .encode(active, s.broker.hub().watchers(), s.policy.status().reloads);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<HttpState>) -> axum::response::Response {

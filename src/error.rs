@@ -15,6 +15,7 @@ impl From<BrokerError> for Status {
             BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
             BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             BrokerError::Store(StoreError::Unavailable(cause)) => {
+                crate::metrics::STORE_ERRORS.inc();
                 error!(error = %cause, "store unavailable");
                 Status::unavailable(
                     // Not "nothing changed": a commit whose reply was lost may have
@@ -23,6 +24,7 @@ impl From<BrokerError> for Status {
                 )
             }
             BrokerError::Store(cause) => {
+                crate::metrics::STORE_ERRORS.inc();
                 error!(error = %cause, "store failure");
                 Status::internal("internal store error")
             }

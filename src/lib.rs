@@ -37,6 +37,8 @@ pub mod domain;
 pub mod error;
 pub mod identity;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod revocation;

@@ -363,6 +363,7 @@ impl Broker {
             .await?;
         let err = match outcome {
             Redeem::Redeemed => {
+                self.metrics.token_issued("delegated");
                 return Ok(Minted {
                     token,
                     jti: record.jti,

@@ -152,6 +152,7 @@ pub struct Broker {
     keys: Keys,
     issuer: String,
     key_heartbeat: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
     /// How long a step-up approval stands.
     approval_ttl: Duration,
     /// How often a wait for an approval decision re-reads the store regardless.
@@ -189,6 +190,7 @@ impl Broker {
             hub: Hub::new(latest),
             issuer,
             key_heartbeat,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             approval_ttl: DEFAULT_APPROVAL_TTL,
             notice_poll: Duration::from_secs(2),
         };
@@ -212,6 +214,10 @@ impl Broker {
     /// The time, at the precision the store keeps.
     fn now(&self) -> OffsetDateTime {
         to_micros(self.clock.now())
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn hub(&self) -> &Hub {
@@ -285,6 +291,7 @@ impl Broker {
     /// ignored: the caller is refused either way, so the refusal never turns into
     /// success or into a different error because the trail could not be written.
     async fn audit_denial(&self, event: AuditEvent) {
+        self.metrics.denied(event.action.as_str());
         if let Err(error) = self.store.append_audit(&event).await {
             warn!(%error, action = event.action.as_str(), "could not record a denial in the audit trail");
         }
@@ -444,6 +451,7 @@ impl Broker {
         let outcome = self.store.end_task(id, to, &revocation, &audit).await?;
         if let EndOutcome::Ended { revoked, .. } = &outcome {
             self.hub.committed(revoked.event.seq);
+            self.metrics.revoked(trigger.as_str());
         }
         Ok(outcome)
     }
@@ -510,6 +518,15 @@ impl Broker {
 
     /// Mints a token, or for a step-up action opens (or spends) an approval.
     pub async fn mint(&self, caller: &Caller, req: MintRequest) -> Result<Mint, BrokerError> {
+        let started = std::time::Instant::now();
+        let minted = self.mint_inner(caller, req).await;
+        if let Ok(Mint::Minted(_)) = &minted {
+            self.metrics.mint_took(started.elapsed());
+        }
+        minted
+    }
+
+    async fn mint_inner(&self, caller: &Caller, req: MintRequest) -> Result<Mint, BrokerError> {
         let now = self.now();
         let task = self.get_task(req.task).await?;
         let deny = |reason: &str| {
@@ -594,6 +611,7 @@ impl Broker {
         {
             return Err(self.task_refused(caller, req.task, limits, now, deny).await);
         }
+        self.metrics.token_issued("direct");
         Ok(Mint::Minted(Minted {
             token,
             jti: record.jti,
@@ -819,6 +837,10 @@ impl Broker {
         {
             Ok(EndOutcome::Ended { revoked, .. }) => {
                 self.hub.committed(revoked.event.seq);
+                self.metrics.revoked(Trigger::Deviation.as_str());
+                self.metrics.deviated();
+                // The refusal was recorded with the deviation, in its transaction.
+                self.metrics.denied(audit[0].action.as_str());
                 warn!(caller = %caller.id, task = %task.id, %reason, "task deviated; its tokens are revoked");
                 Deviation::Done(
                     format!("{reason}; the task is now deviated and its tokens are revoked"),
@@ -885,6 +907,7 @@ impl Broker {
             return Err(BrokerError::NotFound(why));
         };
         self.hub.committed(revoked.event.seq);
+        self.metrics.revoked(Trigger::Admin.as_str());
         warn!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "revoked");
         Ok(revoked)
     }

@@ -134,12 +134,15 @@ impl Broker {
             .spend_approval(approval.id, &record, permit.limits.max_tokens, &audit)
             .await?
         {
-            Spend::Spent => Ok(Mint::Minted(Minted {
-                token,
-                jti: record.jti,
-                expires_at: record.expires_at,
-                ttl,
-            })),
+            Spend::Spent => {
+                self.metrics.token_issued("approved");
+                Ok(Mint::Minted(Minted {
+                    token,
+                    jti: record.jti,
+                    expires_at: record.expires_at,
+                    ttl,
+                }))
+            }
             Spend::NotApproved(a) => {
                 let reason = format!(
                     "approval {} is {} now; it was spent or lapsed while this request was made",

@@ -286,6 +286,8 @@ pub trait TaskStore {
     async fn insert_task(&self, task: &Task, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError>;
+    /// Active tasks, all replicas'.
+    async fn count_active_tasks(&self) -> Result<u64, StoreError>;
     /// Moves an active task to `to`, revokes all its tokens with one revocation event
     /// and records `audit`, all in one transaction.
     async fn end_task(

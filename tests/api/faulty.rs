@@ -45,6 +45,9 @@ impl TaskStore for Faulty {
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         self.inner.list_tasks(filter).await
     }
+    async fn count_active_tasks(&self) -> Result<u64, StoreError> {
+        self.inner.count_active_tasks().await
+    }
     async fn end_task(
         &self,
         id: TaskId,

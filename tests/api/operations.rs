@@ -496,3 +496,61 @@ async fn shutdown_marks_every_service_and_the_server_not_serving() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_issuance_denials_revocations_deviations_and_read_the_store() {
+    use mayfly::api::pb::revocation_target::Target;
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let other = app.open_task(AGENT, 600).await;
+    app.mint(AGENT, &task.id, "customers/eu/1", 60).await;
+    app.mint(AGENT, &task.id, "customers/eu/2", 60).await;
+    // A denial (another agent's task) and a deviation (outside the declared scopes).
+    let _ = app
+        .tokens(AGENT2)
+        .await
+        .0
+        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
+        .await
+        .unwrap_err();
+    let _ = app
+        .tokens(AGENT)
+        .await
+        .0
+        .mint_token(pb::MintTokenRequest {
+            task_id: other.id.clone(),
+            scope: Some(scope("crm-api", "customers/us/1", "read")),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap_err();
+    app.admin(ADMIN)
+        .await
+        .revoke(revoke_request(
+            Target::Task(task.id.clone()),
+            "metrics test",
+        ))
+        .await
+        .unwrap();
+    let _watch = app.watch(0).await;
+
+    let (status, body) = app.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let has = |line: &str| body.lines().any(|l| l == line);
+    for line in [
+        "mayfly_tokens_issued_total{kind=\"direct\"} 2",
+        "mayfly_denials_total{kind=\"mint_denied\"} 2",
+        "mayfly_revocations_total{kind=\"admin\"} 1",
+        "mayfly_revocations_total{kind=\"deviation\"} 1",
+        "mayfly_deviations_total 1",
+        "mayfly_active_tasks 0",
+        "mayfly_watch_subscribers 1",
+        "mayfly_mint_duration_seconds_count 2",
+        "mayfly_policy_reloads_total 0",
+    ] {
+        assert!(has(line), "{line} missing from:\n{body}");
+    }
+    assert!(body.contains("mayfly_store_errors_total"), "{body}");
+    // Never a token.
+    assert!(!body.contains("eyJ"), "{body}");
+}

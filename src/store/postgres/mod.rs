@@ -523,6 +523,14 @@ impl TaskStore for PgStore {
         })
     }
 
+    async fn count_active_tasks(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state = 'active'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        u64::try_from(n).map_err(corrupt)
+    }
+
     async fn overdue_tasks(
         &self,
         now: OffsetDateTime,
