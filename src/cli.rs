@@ -12,11 +12,20 @@ pub struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, global = true, env = "MAYFLY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Client commands' output: `table` for people, `json` for scripts.
+    #[arg(long, global = true, env = "MAYFLY_OUTPUT", default_value = "table")]
+    pub output: Output,
     /// Connection settings of the client commands.
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -6,8 +6,8 @@ use crate::api::pb::task_service_client::TaskServiceClient;
 use crate::api::pb::token_service_client::TokenServiceClient;
 use crate::api::pb::verifier_service_client::VerifierServiceClient;
 use crate::cli::{
-    ApprovalsCommand, AuditCommand, ClientArgs, ClientCommand, FreezeTargetArg, RevokeTarget,
-    TaskCommand, TokenCommand,
+    ApprovalsCommand, AuditCommand, ClientArgs, ClientCommand, FreezeTargetArg, Output,
+    RevokeTarget, TaskCommand, TokenCommand,
 };
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -44,9 +44,63 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot connect to the broker at {}", args.broker))
 }
 
-/// A gRPC refusal as a message a person can act on.
+/// Exit codes of the client commands, so scripts can branch on them.
+pub mod exit {
+    /// The command could not run as asked (bad flags: clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The broker could not be reached: URL, CA, certificate or key.
+    pub const UNREACHABLE: u8 = 3;
+    /// Refused: no valid SVID, or the role or policy does not allow it.
+    pub const REFUSED: u8 = 4;
+    pub const NOT_FOUND: u8 = 5;
+    /// The state does not allow it now: task not active, budget spent, already
+    /// decided or redeemed.
+    pub const CONFLICT: u8 = 6;
+    /// The broker's store is down: nothing was issued; retry later.
+    pub const UNAVAILABLE: u8 = 7;
+    /// The request is malformed; the message names the field.
+    pub const INVALID: u8 = 8;
+}
+
+/// A client command that failed, with the exit code that says how.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failed {
+    pub code: u8,
+    pub message: String,
+}
+
+/// A flag's value that cannot be used (exit code 2, as clap's own).
+fn usage(message: String) -> anyhow::Error {
+    Failed {
+        code: exit::USAGE,
+        message,
+    }
+    .into()
+}
+
+/// A gRPC refusal as a message a person can act on, with its exit code.
 fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+    use tonic::Code as C;
+    let (code, hint) = match e.code() {
+        C::Unauthenticated => (
+            exit::REFUSED,
+            " (check --cert/--key: a valid SVID of this trust domain)",
+        ),
+        C::PermissionDenied => (exit::REFUSED, ""),
+        C::NotFound => (exit::NOT_FOUND, ""),
+        C::FailedPrecondition | C::ResourceExhausted | C::AlreadyExists | C::Aborted => {
+            (exit::CONFLICT, "")
+        }
+        C::Unavailable => (exit::UNAVAILABLE, " (retry later)"),
+        C::InvalidArgument | C::OutOfRange => (exit::INVALID, ""),
+        _ => (1, ""),
+    };
+    Failed {
+        code,
+        message: format!("{:?}: {}{hint}", e.code(), e.message()),
+    }
+    .into()
 }
 
 /// "audience resource action", as the CLI takes scopes.
@@ -58,7 +112,9 @@ pub fn parse_scope(s: &str) -> anyhow::Result<pb::Scope> {
             resource: r.to_string(),
             action: x.to_string(),
         }),
-        _ => bail!("scope {s:?} must be three words: \"<audience> <resource> <action>\""),
+        _ => Err(usage(format!(
+            "scope {s:?} must be three words: \"<audience> <resource> <action>\""
+        ))),
     }
 }
 
@@ -211,8 +267,10 @@ fn when(flag: &str, s: &Option<String>) -> anyhow::Result<Option<prost_types::Ti
     let t = match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         Ok(t) => t,
         Err(_) => {
-            let ago = humantime::parse_duration(s).with_context(|| {
-                format!("{flag} {s:?} is neither an RFC 3339 time nor a duration ago (e.g. 1h)")
+            let ago = humantime::parse_duration(s).map_err(|_| {
+                usage(format!(
+                    "{flag} {s:?} is neither an RFC 3339 time nor a duration ago (e.g. 1h)"
+                ))
             })?;
             time::OffsetDateTime::now_utc() - ago
         }
@@ -223,15 +281,91 @@ fn when(flag: &str, s: &Option<String>) -> anyhow::Result<Option<prost_types::Ti
     }))
 }
 
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
 fn print(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+    match OUTPUT.get().copied().unwrap_or(Output::Table) {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        ),
+        Output::Table => print!("{}", table(v)),
+    }
 }
 
-pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
-    let ch = connect(args).await?;
+/// A value for people: a list of records as a table (a column per field), a
+/// record as aligned `field  value` lines, nested values as compact JSON.
+pub fn table(v: &Value) -> String {
+    fn cell(v: &Value) -> String {
+        match v {
+            Value::Null => "-".into(),
+            Value::String(s) if s.is_empty() => "-".into(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    match v {
+        Value::Array(rows) if rows.is_empty() => "(none)\n".into(),
+        Value::Array(rows) => {
+            let mut columns: Vec<String> = vec![];
+            for r in rows {
+                if let Value::Object(m) = r {
+                    for k in m.keys() {
+                        if !columns.contains(k) {
+                            columns.push(k.clone());
+                        }
+                    }
+                }
+            }
+            if columns.is_empty() {
+                return rows.iter().map(|r| cell(r) + "\n").collect();
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| columns.iter().map(|c| cell(&r[c.as_str()])).collect())
+                .collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([c.chars().count()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |row: Vec<String>| {
+                let padded: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(s, w)| format!("{s:<w$}"))
+                    .collect();
+                padded.join("  ").trim_end().to_string() + "\n"
+            };
+            let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
+            for row in cells {
+                out.push_str(&line(row));
+            }
+            out
+        }
+        Value::Object(m) => {
+            let w = m.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+            m.iter()
+                .map(|(k, v)| format!("{k:<w$}  {}\n", cell(v)))
+                .collect()
+        }
+        other => cell(other) + "\n",
+    }
+}
+
+pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyhow::Result<()> {
+    let _ = OUTPUT.set(output);
+    let ch = connect(args).await.map_err(|e| Failed {
+        code: exit::UNREACHABLE,
+        message: format!("{e:#}"),
+    })?;
     match cmd {
         ClientCommand::Task(TaskCommand::Start {
             agent,
@@ -287,10 +421,10 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
             let state = match state.as_deref() {
                 None => 0,
                 Some(s) => pb::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_uppercase()))
-                    .with_context(|| {
-                        format!(
+                    .ok_or_else(|| {
+                        usage(format!(
                             "--state {s:?}: one of active, completed, expired, deviated, revoked"
-                        )
+                        ))
                     })? as i32,
             };
             let r = TaskServiceClient::new(ch)
@@ -398,11 +532,11 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
             let (checkpoint_sequence, checkpoint_hash) = match checkpoint {
                 None => (0, String::new()),
                 Some(c) => {
-                    let (seq, hash) = c
-                        .split_once(':')
-                        .context("--checkpoint must be \"<sequence>:<hash>\"")?;
-                    let seq = seq.parse().with_context(|| {
-                        format!("--checkpoint sequence {seq:?} is not a number")
+                    let (seq, hash) = c.split_once(':').ok_or_else(|| {
+                        usage("--checkpoint must be \"<sequence>:<hash>\"".into())
+                    })?;
+                    let seq = seq.parse().map_err(|_| {
+                        usage(format!("--checkpoint sequence {seq:?} is not a number"))
                     })?;
                     (seq, hash.to_string())
                 }
@@ -423,11 +557,14 @@ pub async fn run(args: &ClientArgs, cmd: &ClientCommand) -> anyhow::Result<()> {
                 "problem": (!r.intact).then_some(&r.problem),
             }));
             if !r.intact {
-                bail!(
-                    "the audit chain is broken at event {}: {}",
-                    r.first_broken,
-                    r.problem
-                );
+                return Err(Failed {
+                    code: 1,
+                    message: format!(
+                        "the audit chain is broken at event {}: {}",
+                        r.first_broken, r.problem
+                    ),
+                }
+                .into());
             }
         }
         ClientCommand::Audit(AuditCommand::Events {

@@ -17,7 +17,10 @@ async fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<mayfly::client::Failed>() {
+                Some(f) => std::process::ExitCode::from(f.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -57,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 mayfly::policy::cases::run_command(&cmd),
             ));
         }
-        Command::Client(call) => mayfly::client::run(&cli.client, &call).await,
+        Command::Client(call) => mayfly::client::run(&cli.client, cli.output, &call).await,
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -1,8 +1,22 @@
 use crate::helpers::*;
 use serde_json::Value;
 
-/// Runs the `mayfly` binary as `who` against `app`.
+/// Runs the `mayfly` binary as `who` against `app`, asking for JSON.
 async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String) {
+    let mut with_json = vec!["--output", "json"];
+    with_json.extend_from_slice(args);
+    let out = run_as(app, who, &with_json).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Runs the `mayfly` binary as `who` against `app`, as given.
+async fn run_as(app: &TestApp, who: &str, args: &[&str]) -> std::process::Output {
     let dir = app.pki.dir.path();
     let name = who.rsplit('/').next().unwrap();
     let cert = dir.join(format!("{name}.crt"));
@@ -11,7 +25,7 @@ async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String
         std::fs::write(&cert, &id.cert_pem).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), &id.key_pem).unwrap();
     }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
         .arg("--broker")
         .arg(format!("https://{}", app.grpc))
         .arg("--server-name")
@@ -25,14 +39,7 @@ async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String
         .args(args)
         .output()
         .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (
-        out.status.success(),
-        json,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+        .unwrap()
 }
 
 #[tokio::test]
@@ -439,4 +446,65 @@ async fn the_cli_answers_audit_questions_and_exports_json_lines() {
     .await;
     assert!(!ok);
     assert!(err.contains("--since"), "{err}");
+}
+
+#[tokio::test]
+async fn people_get_tables_and_scripts_get_exit_codes_they_can_branch_on() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    app.mint(AGENT, &task.id, "customers/eu/5", 60).await;
+
+    // A list is a table with a header; a record is aligned field/value lines.
+    let out = run_as(&app, ADMIN, &["tokens", "--task", &task.id]).await;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("JTI") && header.contains("SCOPE"),
+        "{text}"
+    );
+    assert!(lines.next().unwrap().contains(&task.id), "{text}");
+    let out = run_as(&app, ORCH, &["task", "get", &task.id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("state") && l.ends_with("active")),
+        "{text}"
+    );
+
+    let code = |out: std::process::Output| out.status.code().unwrap();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        code(run_as(&app, ORCH, &["task", "get", &unknown]).await),
+        5,
+        "not found"
+    );
+    assert_eq!(
+        code(run_as(&app, AGENT, &["tokens"]).await),
+        4,
+        "refused: not an admin"
+    );
+    assert_eq!(
+        code(run_as(&app, ORCH, &["task", "get", "not-a-uuid"]).await),
+        8,
+        "invalid"
+    );
+    let done = run_as(&app, ORCH, &["task", "complete", &task.id]).await;
+    assert!(done.status.success());
+    assert_eq!(
+        code(run_as(&app, ORCH, &["task", "complete", &task.id]).await),
+        6,
+        "not active"
+    );
+    let bad_scope = ["token", "mint", "--task", &task.id, "--scope", "crm-api"];
+    assert_eq!(code(run_as(&app, AGENT, &bad_scope).await), 2, "usage");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["--broker", "https://127.0.0.1:1", "--ca"])
+        .arg(app.pki.dir.path().join("ca.pem"))
+        .args(["--cert", "/nonexistent.crt", "tokens"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(out), 3, "unreachable: the certificate cannot be read");
 }
