@@ -300,9 +300,26 @@ pub fn table(v: &Value) -> String {
         match v {
             Value::Null => "-".into(),
             Value::String(s) if s.is_empty() => "-".into(),
-            Value::String(s) => s.clone(),
+            Value::String(s) => safe(s),
             other => other.to_string(),
         }
+    }
+    // Text from the broker (an objective, a reason) is shown escaped where it could
+    // fake rows or reorder what a person reads: control and bidi/format characters.
+    fn safe(s: &str) -> String {
+        s.chars()
+            .flat_map(|c| {
+                let hide = c.is_control()
+                    || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}');
+                let shown: Vec<char> = if hide {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                shown
+            })
+            .collect()
     }
     match v {
         Value::Array(rows) if rows.is_empty() => "(none)\n".into(),
@@ -825,4 +842,24 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+    use serde_json::json;
+
+    #[test]
+    fn tables_escape_text_that_could_fake_rows_or_reorder_what_is_read() {
+        let t = table(&json!([
+            {"id": "a", "objective": "pay\nb  fake-row", "reason": "x\u{202E}gnp.exe"},
+            {"id": "b", "objective": "", "reason": null},
+        ]));
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(t.contains("pay\\nb"), "{t}");
+        assert!(t.contains("x\\u{202e}gnp.exe"), "{t}");
+        assert!(t.lines().nth(2).unwrap().starts_with("b "), "{t}");
+        assert_eq!(table(&json!([])), "(none)\n");
+        assert_eq!(table(&json!({"k": [1, 2]})), "k  [1,2]\n");
+    }
 }

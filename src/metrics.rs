@@ -10,7 +10,9 @@ use prometheus_client::registry::Registry;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Store failures seen by any call, wherever they surface (`error.rs`).
+/// Store failures that reached a caller as a gRPC error (`error.rs`); failures
+/// the broker absorbs (an audit write of a refusal, a sweep it retries) are logged
+/// instead.
 pub static STORE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

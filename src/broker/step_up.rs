@@ -192,7 +192,11 @@ impl Broker {
             .count_step_up_refusal(task.id, approval.id, self.now(), &event)
             .await
         {
-            Ok(Some(n)) => n,
+            Ok(Some(n)) => {
+                // Written with its count, not through `audit_denial`.
+                self.metrics.denied(Action::StepUpRefused.as_str());
+                n
+            }
             Ok(None) => return None,
             Err(e) => return Some(e.into()),
         };
