@@ -70,13 +70,22 @@ impl Broker {
             self.audit_denial(deny(&err.to_string())).await;
             err
         };
+        // The workflow's response to a deviation (revoking the task when the
+        // workflow is gone: fail closed).
+        let deviation_response = || {
+            self.policy
+                .workflow(&task.workflow)
+                .map_or(DeviationResponse::RevokeTask, |w| w.deviation)
+        };
         if record.agent != caller.id.as_str() {
             // Someone else's token: stolen or replayed. A deviation of its task.
             let reason = format!(
                 "deviation: {} presented a token bound to {} to delegate it",
                 caller.id, record.agent
             );
-            return Err(self.deviation(caller, &task, reason, &deny).await);
+            return Err(self
+                .respond_to_deviation(caller, &task, deviation_response(), reason, &deny)
+                .await);
         }
         if record.cert_thumbprint != caller.thumbprint {
             return Err(refuse(BrokerError::PermissionDenied(
@@ -130,7 +139,9 @@ impl Broker {
                     "deviation: delegated scope {} is not covered by the scopes declared for task {}",
                     req.scope, task.id
                 );
-                return Err(self.deviation(caller, &task, reason, &deny).await);
+                return Err(self
+                    .respond_to_deviation(caller, &task, deviation_response(), reason, &deny)
+                    .await);
             }
             return Err(refuse(BrokerError::PermissionDenied(widening)).await);
         }
@@ -148,19 +159,8 @@ impl Broker {
             return Err(refuse(BrokerError::PermissionDenied(reason)).await);
         };
         let depth = record.depth + 1;
-        if depth > limits.max_delegation_depth {
-            return Err(refuse(BrokerError::PermissionDenied(format!(
-                "delegation depth {depth} exceeds workflow {:?}'s limit of {}",
-                task.workflow, limits.max_delegation_depth
-            )))
-            .await);
-        }
-        if limits.step_up_actions.contains(&req.scope.action) {
-            return Err(refuse(BrokerError::PermissionDenied(format!(
-                "action {:?} needs step-up approval in workflow {:?}; step-up actions are not delegated",
-                req.scope.action, task.workflow
-            )))
-            .await);
+        if let Some(why) = not_delegable(&limits, &task.workflow, &req.scope, depth) {
+            return Err(refuse(BrokerError::PermissionDenied(why)).await);
         }
         let input = MintInput {
             agent: &req.sub_agent,
@@ -230,9 +230,10 @@ impl Broker {
         })
     }
 
-    /// The named sub-agent redeems a delegation: once, while the offer stands, the
-    /// parent token is unrevoked and the task active and within budget. The child
-    /// token is bound to the caller's certificate.
+    /// The named sub-agent redeems a delegation: once, while the offer stands, no
+    /// ancestor token is revoked (checked in the redemption's transaction) and the
+    /// task is active and within budget. The child token is bound to the caller's
+    /// certificate.
     pub async fn redeem(&self, caller: &Caller, id: Uuid) -> Result<Minted, BrokerError> {
         let now = self.now();
         let offer = self
@@ -285,18 +286,6 @@ impl Broker {
         ];
         self.refuse_if_frozen(&agents, &task.workflow, &deny)
             .await?;
-        let parent_revoked = self
-            .store
-            .get_token(offer.parent_jti)
-            .await?
-            .is_none_or(|p| p.revoked_at.is_some());
-        if parent_revoked {
-            return Err(refuse(BrokerError::FailedPrecondition(format!(
-                "the parent token {} of delegation {id} was revoked",
-                offer.parent_jti
-            )))
-            .await);
-        }
         let requested = Duration::try_from(offer.expires_at - now).unwrap_or_default();
         // Policy decides again: it may have changed since the offer.
         let input = MintInput {
@@ -309,20 +298,9 @@ impl Broker {
         };
         let permit = self.permit_mint(&input, &deny).await?;
         let limits = &permit.limits;
-        if limits.step_up_actions.contains(&offer.scope.action) {
-            return Err(refuse(BrokerError::PermissionDenied(format!(
-                "action {:?} needs step-up approval in workflow {:?}; step-up actions are not delegated",
-                offer.scope.action, task.workflow
-            )))
-            .await);
-        }
         // The workflow may have been tightened since the offer.
-        if offer.depth > limits.max_delegation_depth {
-            return Err(refuse(BrokerError::PermissionDenied(format!(
-                "delegation depth {} exceeds workflow {:?}'s limit of {}",
-                offer.depth, task.workflow, limits.max_delegation_depth
-            )))
-            .await);
+        if let Some(why) = not_delegable(limits, &task.workflow, &offer.scope, offer.depth) {
+            return Err(refuse(BrokerError::PermissionDenied(why)).await);
         }
         if task.tokens_minted >= limits.max_tokens {
             return Err(self.over_budget(caller, &task, limits, deny).await);
@@ -377,7 +355,7 @@ impl Broker {
             }
             Redeem::Expired => BrokerError::FailedPrecondition(format!("delegation {id} lapsed")),
             Redeem::ParentRevoked => BrokerError::FailedPrecondition(format!(
-                "the parent token {} of delegation {id} was revoked",
+                "the parent token {} of delegation {id} (or a token above it) was revoked",
                 offer.parent_jti
             )),
             Redeem::TaskRefused => {
@@ -386,28 +364,29 @@ impl Broker {
         };
         Err(refuse(err).await)
     }
+}
 
-    /// The response to a deviation, per the workflow: deny only, or deny, mark the
-    /// task deviated and revoke all its tokens.
-    async fn deviation(
-        &self,
-        caller: &Caller,
-        task: &Task,
-        reason: String,
-        deny: impl Fn(&str) -> AuditEvent,
-    ) -> BrokerError {
-        let respond = self
-            .policy
-            .workflow(&task.workflow)
-            .map_or(DeviationResponse::RevokeTask, |w| w.deviation);
-        if respond == DeviationResponse::Deny {
-            self.audit_denial(deny(&reason)).await;
-            return BrokerError::PermissionDenied(reason);
-        }
-        self.deviate(caller, task, reason, deny)
-            .await
-            .into_permission_denied()
+/// Why a token of `scope` at `depth` cannot be delegated in a workflow with
+/// `limits`, if it cannot.
+fn not_delegable(
+    limits: &WorkflowLimits,
+    workflow: &str,
+    scope: &Scope,
+    depth: u32,
+) -> Option<String> {
+    if depth > limits.max_delegation_depth {
+        return Some(format!(
+            "delegation depth {depth} exceeds workflow {workflow:?}'s limit of {}",
+            limits.max_delegation_depth
+        ));
     }
+    if limits.step_up_actions.contains(&scope.action) {
+        return Some(format!(
+            "action {:?} needs step-up approval in workflow {workflow:?}; step-up actions are not delegated",
+            scope.action
+        ));
+    }
+    None
 }
 
 /// How `asked` is wider than `held`, if it is.

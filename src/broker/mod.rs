@@ -559,14 +559,9 @@ impl Broker {
                 "deviation: scope {} is not covered by the scopes declared for task {}",
                 req.scope, task.id
             );
-            if limits.deviation == DeviationResponse::Deny {
-                self.audit_denial(deny(&reason)).await;
-                return Err(BrokerError::PermissionDenied(reason));
-            }
             return Err(self
-                .deviate(caller, &task, reason, deny)
-                .await
-                .into_permission_denied());
+                .respond_to_deviation(caller, &task, limits.deviation, reason, deny)
+                .await);
         }
         let input = MintInput {
             agent: &caller.id,
@@ -800,6 +795,25 @@ impl Broker {
             Deviation::Done(reason, _) => BrokerError::ResourceExhausted(reason),
             Deviation::Failed(e) => e,
         }
+    }
+
+    /// The workflow's response to a deviation, refused as PERMISSION_DENIED: deny
+    /// only, or deny, mark the task deviated and revoke all its tokens.
+    async fn respond_to_deviation(
+        &self,
+        caller: &Caller,
+        task: &Task,
+        respond: DeviationResponse,
+        reason: String,
+        deny: impl Fn(&str) -> AuditEvent,
+    ) -> BrokerError {
+        if respond == DeviationResponse::Deny {
+            self.audit_denial(deny(&reason)).await;
+            return BrokerError::PermissionDenied(reason);
+        }
+        self.deviate(caller, task, reason, deny)
+            .await
+            .into_permission_denied()
     }
 
     /// The default response to a deviation: deny, mark the task `deviated` and

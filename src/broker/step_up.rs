@@ -205,14 +205,9 @@ impl Broker {
                 "deviation: task {} repeated refused step-up requests {refusals} times; workflow {:?} allows {}",
                 task.id, task.workflow, limits.step_up_retries
             );
-            if limits.deviation == DeviationResponse::Deny {
-                self.audit_denial(deny(&reason)).await;
-                return Some(BrokerError::PermissionDenied(reason));
-            }
             return Some(
-                self.deviate(caller, task, reason, deny)
-                    .await
-                    .into_permission_denied(),
+                self.respond_to_deviation(caller, task, limits.deviation, reason, deny)
+                    .await,
             );
         }
         Some(if pending {

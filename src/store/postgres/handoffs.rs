@@ -6,6 +6,12 @@ use super::*;
 const DELEGATION_COLUMNS: &str = "id, task_id, parent_jti, delegator, sub_agent, audience, resource, action, depth, act, ancestors, created_at, expires_at, redeemed_at, child_jti";
 const APPROVAL_COLUMNS: &str = "id, task_id, requester, workflow, objective, audience, resource, action, ttl_seconds, state, created_at, expires_at, decided_by, decided_at, decision_reason, used_jti";
 
+/// An approval that a new request for the same task ($1), requester ($2) and
+/// scope ($3-$5) meets at $6: denied, or pending or approved and unexpired.
+const STANDING: &str =
+    "task_id = $1 AND requester = $2 AND audience = $3 AND resource = $4 AND action = $5
+    AND (state = 'denied' OR (state IN ('pending', 'approved') AND expires_at > $6))";
+
 fn delegation_from_row(r: &PgRow) -> Result<Delegation, StoreError> {
     let depth: i32 = r.try_get("depth").map_err(map_err)?;
     let Json(act): Json<serde_json::Value> = r.try_get("act").map_err(map_err)?;
@@ -210,9 +216,7 @@ impl ApprovalStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<Approval>, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approvals
-             WHERE task_id = $1 AND requester = $2 AND audience = $3 AND resource = $4 AND action = $5
-               AND (state = 'denied' OR (state IN ('pending', 'approved') AND expires_at > $6))
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE {STANDING}
              ORDER BY created_at DESC LIMIT 1"
         )))
         .bind(task.0)
@@ -236,11 +240,9 @@ impl ApprovalStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let standing: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM approvals
-             WHERE task_id = $1 AND requester = $2 AND audience = $3 AND resource = $4 AND action = $5
-               AND (state = 'denied' OR (state IN ('pending', 'approved') AND expires_at > $6)))",
-        )
+        let standing: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM approvals WHERE {STANDING})"
+        )))
         .bind(a.task.0)
         .bind(&a.requester)
         .bind(&a.scope.audience)
