@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::identity::{TlsConn, TrustBundles};
 use crate::policy::CedarPolicy;
-use crate::store::{PgStore, Store};
+use crate::store::{PgStore, SqliteStore, Store};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
@@ -77,14 +77,27 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
             )
         })?,
     );
-    let store = PgStore::connect(
-        url.expose(),
-        config.database.max_connections,
-        config.database.connect_timeout,
-    )
-    .await
-    .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = if crate::config::sqlite_path(url.expose()).is_some() {
+        Arc::new(
+            SqliteStore::connect(
+                url.expose(),
+                config.database.max_connections,
+                config.database.connect_timeout,
+            )
+            .await
+            .with_context(|| format!("cannot use the SQLite database {}", url.expose()))?,
+        )
+    } else {
+        Arc::new(
+            PgStore::connect(
+                url.expose(),
+                config.database.max_connections,
+                config.database.connect_timeout,
+            )
+            .await
+            .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?,
+        )
+    };
     let policy_dyn: Arc<dyn crate::policy::Policy> = policy.clone();
     let broker = Broker::new(
         store.clone(),

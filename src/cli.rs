@@ -52,6 +52,23 @@ pub enum Command {
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
     },
+    /// Try Mayfly with no external services: a complete broker on an embedded
+    /// SQLite database, with a generated dev CA, SVIDs for a sample agent,
+    /// sub-agent, orchestrator, admin and verifier, and the example policies, all
+    /// kept in one directory. Prints the commands that walk a task's life. Not
+    /// for production.
+    Dev {
+        /// Directory for the database, certificates, policies and configuration
+        /// (created if missing; kept across runs).
+        #[arg(long, default_value = ".mayfly-dev")]
+        dir: PathBuf,
+        /// gRPC (mTLS) listen address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        grpc_addr: std::net::SocketAddr,
+        /// HTTP listen address (JWKS, health, readiness, metrics).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: std::net::SocketAddr,
+    },
     /// Policy authors: check a policy directory and its decision cases.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -113,6 +130,11 @@ pub struct ClientArgs {
     /// Name to verify in the broker's certificate (default: the URL's host).
     #[arg(long, global = true, env = "MAYFLY_SERVER_NAME")]
     pub server_name: Option<String>,
+    /// Print only this field of the result, as plain text, for scripts:
+    /// `TASK=$(mayfly task start … --field id)`. A dotted path reaches into
+    /// records (`task.state`).
+    #[arg(long, global = true)]
+    pub field: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -282,8 +282,40 @@ fn when(flag: &str, s: &Option<String>) -> anyhow::Result<Option<prost_types::Ti
 }
 
 static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+static FIELD: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
-fn print(v: &Value) {
+/// The field a dotted path names in `v`, as plain text (a string without quotes,
+/// anything else as compact JSON).
+pub fn field_text(v: &Value, path: &str) -> Option<String> {
+    let mut at = v;
+    for part in path.split('.') {
+        at = match at {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(match at {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    if let Some(Some(path)) = FIELD.get() {
+        let text = field_text(v, path).ok_or_else(|| Failed {
+            code: exit::USAGE,
+            message: format!(
+                "--field {path}: the result has no such field; it has: {}",
+                match v {
+                    Value::Object(m) => m.keys().cloned().collect::<Vec<_>>().join(", "),
+                    _ => "no fields".into(),
+                }
+            ),
+        })?;
+        println!("{text}");
+        return Ok(());
+    }
     match OUTPUT.get().copied().unwrap_or(Output::Table) {
         Output::Json => println!(
             "{}",
@@ -291,6 +323,7 @@ fn print(v: &Value) {
         ),
         Output::Table => print!("{}", table(v)),
     }
+    Ok(())
 }
 
 /// A value for people: a list of records as a table (a column per field), a
@@ -379,6 +412,7 @@ pub fn table(v: &Value) -> String {
 
 pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyhow::Result<()> {
     let _ = OUTPUT.set(output);
+    let _ = FIELD.set(args.field.clone());
     let ch = connect(args).await.map_err(|e| Failed {
         code: exit::UNREACHABLE,
         message: format!("{e:#}"),
@@ -406,7 +440,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null));
+            print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null))?;
         }
         ClientCommand::Task(TaskCommand::Complete { task }) => {
             let r = TaskServiceClient::new(ch)
@@ -418,7 +452,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .into_inner();
             print(
                 &json!({"task": r.task.as_ref().map(task_json), "revocation_sequence": r.revocation_sequence}),
-            );
+            )?;
         }
         ClientCommand::Task(TaskCommand::Get { task }) => {
             let r = TaskServiceClient::new(ch)
@@ -428,7 +462,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null));
+            print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null))?;
         }
         ClientCommand::Task(TaskCommand::List {
             agent,
@@ -453,7 +487,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&Value::Array(r.tasks.iter().map(task_json).collect()));
+            print(&Value::Array(r.tasks.iter().map(task_json).collect()))?;
         }
         ClientCommand::Token(TokenCommand::Mint { task, scope, ttl }) => {
             let r = TokenServiceClient::new(ch)
@@ -471,9 +505,9 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                         "this action needs a security team's approval; wait for it with: mayfly token await {}",
                         a.id
                     );
-                    print(&json!({"approval": approval_json(a)}));
+                    print(&json!({"approval": approval_json(a)}))?;
                 }
-                None => print(&minted_json(&r)),
+                None => print(&minted_json(&r))?,
             }
         }
         ClientCommand::Token(TokenCommand::Await { approval, wait }) => {
@@ -481,7 +515,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             print(&json!({
                 "approval": r.approval.as_ref().map(approval_json),
                 "token": r.token.as_ref().map(minted_json),
-            }));
+            }))?;
         }
         ClientCommand::Token(TokenCommand::Delegate {
             token,
@@ -501,7 +535,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .into_inner();
             print(
                 &json!({"delegation_id": r.delegation_id, "expires_at": ts(&r.expires_at), "depth": r.depth}),
-            );
+            )?;
         }
         ClientCommand::Token(TokenCommand::Redeem { delegation }) => {
             let r = TokenServiceClient::new(ch)
@@ -511,7 +545,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&minted_json(&r));
+            print(&minted_json(&r))?;
         }
         ClientCommand::Freeze { target, reason } => {
             let r = AdminServiceClient::new(ch)
@@ -524,7 +558,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .into_inner();
             print(
                 &json!({"freeze": r.freeze.as_ref().map(freeze_json), "already_frozen": r.already_frozen}),
-            );
+            )?;
         }
         ClientCommand::Unfreeze { target, reason } => {
             let r = AdminServiceClient::new(ch)
@@ -535,7 +569,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&json!({"lifted": r.lifted.as_ref().map(freeze_json)}));
+            print(&json!({"lifted": r.lifted.as_ref().map(freeze_json)}))?;
         }
         ClientCommand::Freezes => {
             let r = AdminServiceClient::new(ch)
@@ -543,7 +577,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&Value::Array(r.freezes.iter().map(freeze_json).collect()));
+            print(&Value::Array(r.freezes.iter().map(freeze_json).collect()))?;
         }
         ClientCommand::Audit(AuditCommand::Verify { checkpoint }) => {
             let (checkpoint_sequence, checkpoint_hash) = match checkpoint {
@@ -572,7 +606,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 "checkpoint": format!("{}:{}", r.head_sequence, r.head_hash),
                 "first_broken": (!r.intact).then_some(r.first_broken),
                 "problem": (!r.intact).then_some(&r.problem),
-            }));
+            }))?;
             if !r.intact {
                 return Err(Failed {
                     code: 1,
@@ -624,7 +658,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 req.after_sequence = r.next_after;
             }
             if !*jsonl {
-                print(&Value::Array(all));
+                print(&Value::Array(all))?;
             }
         }
         ClientCommand::Audit(AuditCommand::Task { task }) => {
@@ -676,7 +710,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                     "parent_jti": t.parent_jti, "depth": t.depth})).collect::<Vec<_>>(),
                 "revocations": revocations,
                 "events": events,
-            }));
+            }))?;
         }
         ClientCommand::Audit(AuditCommand::Access {
             audience,
@@ -702,7 +736,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                                "last": ts(&a.last), "resources": a.resources})
                     })
                     .collect(),
-            ));
+            ))?;
         }
         ClientCommand::Approvals(ApprovalsCommand::List { task, all, limit }) => {
             let r = AdminServiceClient::new(ch)
@@ -716,7 +750,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .into_inner();
             print(&Value::Array(
                 r.approvals.iter().map(approval_json).collect(),
-            ));
+            ))?;
         }
         ClientCommand::Approvals(
             cmd @ (ApprovalsCommand::Approve { approval, reason }
@@ -740,7 +774,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                     .as_ref()
                     .map(approval_json)
                     .unwrap_or(Value::Null),
-            );
+            )?;
         }
         ClientCommand::Token(TokenCommand::Introspect { token }) => {
             let token = if token == "-" {
@@ -761,7 +795,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             } else {
                 Value::Null
             };
-            print(&json!({"active": r.active, "claims": claims}));
+            print(&json!({"active": r.active, "claims": claims}))?;
         }
         ClientCommand::Tokens {
             task,
@@ -789,7 +823,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                            "parent_jti": t.parent_jti, "depth": t.depth})
                 })
                 .collect();
-            print(&Value::Array(rows));
+            print(&Value::Array(rows))?;
         }
         ClientCommand::Revoke { target, reason } => {
             use pb::revocation_target::Target as T;
@@ -813,7 +847,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             print(
                 &json!({"event": r.event.as_ref().map(event_json), "tokens_revoked": r.tokens_revoked,
                           "tasks_stopped": r.tasks_stopped}),
-            );
+            )?;
         }
         ClientCommand::Watch { after } => {
             let mut stream = VerifierServiceClient::new(ch)
@@ -838,7 +872,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .into_inner();
             let v: Value =
                 serde_json::from_str(&r.jwks_json).context("the broker sent invalid JWKS JSON")?;
-            print(&v);
+            print(&v)?;
         }
     }
     Ok(())

@@ -272,6 +272,15 @@ pub const ENV_DATABASE_URL: &str = "MAYFLY_DATABASE_URL";
 pub const ENV_GRPC_ADDR: &str = "MAYFLY_GRPC_ADDR";
 pub const ENV_HTTP_ADDR: &str = "MAYFLY_HTTP_ADDR";
 
+/// The file a `sqlite://path` (or `sqlite:path`) URL names, without its query.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
 impl Config {
     /// Reads the file, applies the environment, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -296,7 +305,8 @@ impl Config {
         })
     }
 
-    fn resolve_paths(&mut self, dir: &Path) {
+    /// Makes relative paths (and a relative SQLite file) relative to `dir`.
+    pub fn resolve_paths(&mut self, dir: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);
@@ -307,6 +317,14 @@ impl Config {
         fix(&mut self.policy.dir);
         for td in &mut self.trust_domains {
             fix(&mut td.bundle);
+        }
+        // A SQLite file named in the file is relative to the file too.
+        if let Some(url) = &self.database.url
+            && let Some(path) = sqlite_path(url.expose())
+            && Path::new(path).is_relative()
+        {
+            let joined = dir.join(path);
+            self.database.url = Some(Secret::new(format!("sqlite://{}", joined.display())));
         }
     }
 
@@ -339,9 +357,13 @@ impl Config {
             }
             Some(u)
                 if !u.expose().starts_with("postgres://")
-                    && !u.expose().starts_with("postgresql://") =>
+                    && !u.expose().starts_with("postgresql://")
+                    && sqlite_path(u.expose()).is_none() =>
             {
-                return Err(invalid("database.url", "must be a postgres:// URL"));
+                return Err(invalid(
+                    "database.url",
+                    "must be a postgres:// URL (PostgreSQL) or a sqlite:// URL naming a file (embedded SQLite)",
+                ));
             }
             _ => {}
         }

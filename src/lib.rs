@@ -32,6 +32,8 @@ pub mod client;
 pub mod clock;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
+pub mod dev;
 pub mod domain;
 #[cfg(feature = "server")]
 pub mod error;

@@ -45,6 +45,21 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
             app.run(shutdown_signal()).await
         }
+        Command::Dev {
+            dir,
+            grpc_addr,
+            http_addr,
+        } => {
+            let (d, cfg) = mayfly::dev::prepare(&dir, grpc_addr, http_addr)?;
+            let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
+            let exe = std::env::current_exe().context("locating the mayfly binary")?;
+            print!(
+                "{}",
+                mayfly::dev::banner(&d, &exe, app.grpc_addr()?, app.http_addr()?)
+            );
+            std::io::Write::flush(&mut std::io::stdout())?;
+            app.run(shutdown_signal()).await
+        }
         Command::DevCerts { dir, trust_domain } => {
             mayfly::identity::SpiffeId::parse(&format!("spiffe://{trust_domain}/x"))
                 .with_context(|| format!("--trust-domain {trust_domain:?}"))?;

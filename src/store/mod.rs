@@ -1,8 +1,12 @@
 //! Persistence behind one trait grouped by aggregate (tasks, tokens, revocations,
-//! keys, audit). `postgres` is the production backend.
+//! keys, audit). `postgres` is the production backend (replicas share it);
+//! `sqlite` is the embedded one, for `mayfly dev` and a single broker. Both pass
+//! the same conformance suite (tests/api/store_conformance.rs).
 mod postgres;
+mod sqlite;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 use crate::audit::AuditEvent;
 use crate::audit::chain::Sealed;
