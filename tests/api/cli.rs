@@ -508,3 +508,119 @@ async fn people_get_tables_and_scripts_get_exit_codes_they_can_branch_on() {
         .unwrap();
     assert_eq!(code(out), 3, "unreachable: the certificate cannot be read");
 }
+
+#[tokio::test]
+async fn the_cli_watches_revocations_of_every_target_and_freezes_every_target() {
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn_app().await;
+    // A verifier follows the stream as JSON lines.
+    let dir = app.pki.dir.path();
+    let (cert, key) = (dir.join("v1.crt"), dir.join("v1.key"));
+    let id = app.pki.ca.svid(VERIFIER).unwrap();
+    std::fs::write(&cert, &id.cert_pem).unwrap();
+    std::fs::write(&key, &id.key_pem).unwrap();
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("--broker")
+        .arg(format!("https://{}", app.grpc))
+        .args(["--server-name", "localhost", "--ca"])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["watch", "--after", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+
+    // Every revocation target, and the field a script needs, by --field.
+    let t1 = app.open_task(AGENT, 600).await;
+    let t2 = app.open_task(AGENT, 600).await;
+    let minted = app.mint(AGENT, &t1.id, "customers/eu/1", 60).await;
+    let revocations: [&[&str]; 4] = [
+        &["token", &minted.jti],
+        &["task", &t2.id],
+        &["workflow", "support"],
+        &["all"],
+    ];
+    for (i, target) in revocations.iter().enumerate() {
+        let mut args = vec!["revoke", "--reason", "drill"];
+        args.extend_from_slice(target);
+        let (ok, r, err) = mayfly(&app, ADMIN, &args).await;
+        assert!(ok, "revoke {target:?}: {err}");
+        assert_eq!(r["event"]["sequence"], i as u64 + 1, "{r}");
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("watch prints the event")
+            .unwrap()
+            .expect("watch still running");
+        let ev: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ev["sequence"], i as u64 + 1, "{line}");
+        assert_eq!(ev["reason"], "drill");
+        assert_eq!(ev["actor"], ADMIN);
+        let expected = match target {
+            [kind, value] => serde_json::json!({ *kind: value }),
+            _ => serde_json::json!("all"),
+        };
+        assert_eq!(ev["target"], expected, "{line}");
+    }
+    let (_, r, _) = mayfly(&app, VERIFIER, &["token", "introspect", &minted.token]).await;
+    assert_eq!(r["active"], false);
+    watch.kill().await.unwrap();
+
+    // --field prints one value as plain text; a missing one is a usage error.
+    let out = run_as(&app, ORCH, &["task", "get", &t1.id, "--field", "state"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "revoked\n");
+    let out = run_as(
+        &app,
+        ORCH,
+        &["task", "get", &t1.id, "--field", "scopes.0.audience"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "crm-api\n");
+    let out = run_as(&app, ORCH, &["task", "get", &t1.id, "--field", "colour"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--field colour") && err.contains("state"),
+        "{err}"
+    );
+
+    // Freezing a workflow and everything; each lifted cleanly.
+    let t3 = app.open_task(AGENT, 600).await;
+    let mint = [
+        "token",
+        "mint",
+        "--task",
+        &t3.id,
+        "--scope",
+        "crm-api customers/eu/7 read",
+    ];
+    let freezes: [&[&str]; 2] = [&["workflow", "support"], &["all"]];
+    for target in freezes {
+        let mut args = vec!["freeze", "--reason", "incident 7"];
+        args.extend_from_slice(target);
+        let (ok, f, err) = mayfly(&app, ADMIN, &args).await;
+        assert!(ok, "freeze {target:?}: {err}");
+        assert_eq!(f["already_frozen"], false);
+        let (ok, listed, _) = mayfly(&app, ADMIN, &["freezes"]).await;
+        assert!(ok);
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        let out = run_as(&app, AGENT, &mint).await;
+        assert_eq!(out.status.code(), Some(4), "refused while frozen");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("incident 7"));
+        let mut args = vec!["unfreeze", "--reason", "resolved"];
+        args.extend_from_slice(target);
+        let (ok, lifted, err) = mayfly(&app, ADMIN, &args).await;
+        assert!(ok, "unfreeze {target:?}: {err}");
+        assert_eq!(lifted["lifted"]["reason"], "incident 7", "{lifted}");
+        let (ok, _, err) = mayfly(&app, AGENT, &mint).await;
+        assert!(ok, "issuance resumes after lifting {target:?}: {err}");
+    }
+    let (ok, listed, _) = mayfly(&app, ADMIN, &["freezes"]).await;
+    assert!(ok);
+    assert_eq!(listed, serde_json::json!([]));
+}
