@@ -7,14 +7,14 @@
 //!
 //! ```sh
 //! cargo run --example crm_server     # serves https://127.0.0.1:9443
-//! C=examples/dev-certs
+//! C=.mayfly-dev/certs
 //! curl --cacert $C/ca.pem --cert $C/agent.crt --key $C/agent.key \
 //!   -H "Authorization: Bearer $TOKEN" https://localhost:9443/customers/eu/42
 //! ```
 //!
 //! Environment: `CRM_LISTEN` (127.0.0.1:9443), `MAYFLY_BROKER`
 //! (https://127.0.0.1:8443), `MAYFLY_ISSUER` (https://mayfly.example.org),
-//! `CRM_CERTS` (examples/dev-certs: ca.pem, verifier.crt/.key for both the TLS
+//! `CRM_CERTS` (.mayfly-dev/certs: ca.pem, verifier.crt/.key for both the TLS
 //! server and the broker connection).
 use axum::extract::{Extension, Path};
 use axum::http::{HeaderMap, StatusCode};
@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     mayfly::app::install_crypto();
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let certs = std::path::PathBuf::from(env("CRM_CERTS", "examples/dev-certs"));
+    let certs = std::path::PathBuf::from(env("CRM_CERTS", ".mayfly-dev/certs"));
     let (ca, cert, key) = (
         std::fs::read(certs.join("ca.pem"))?,
         std::fs::read(certs.join("verifier.crt"))?,

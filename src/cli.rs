@@ -108,7 +108,7 @@ pub struct ClientArgs {
         long,
         global = true,
         env = "MAYFLY_CERT",
-        default_value = "examples/dev-certs/agent.crt"
+        default_value = ".mayfly-dev/certs/agent.crt"
     )]
     pub cert: PathBuf,
     /// The caller's private key (PEM).
@@ -116,7 +116,7 @@ pub struct ClientArgs {
         long,
         global = true,
         env = "MAYFLY_KEY",
-        default_value = "examples/dev-certs/agent.key"
+        default_value = ".mayfly-dev/certs/agent.key"
     )]
     pub key: PathBuf,
     /// CA bundle that signs the broker's certificate (PEM).
@@ -124,7 +124,7 @@ pub struct ClientArgs {
         long,
         global = true,
         env = "MAYFLY_CA",
-        default_value = "examples/dev-certs/ca.pem"
+        default_value = ".mayfly-dev/certs/ca.pem"
     )]
     pub ca: PathBuf,
     /// Name to verify in the broker's certificate (default: the URL's host).

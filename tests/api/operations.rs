@@ -343,7 +343,7 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mayfly.toml"))
             .unwrap();
     let cfg = dir.path().join("mayfly.toml");
-    std::fs::write(&cfg, example.replace("dev-certs/", "certs/")).unwrap();
+    std::fs::write(&cfg, example.replace("../.mayfly-dev/certs/", "certs/")).unwrap();
     copy_dir(
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies")),
         &dir.path().join("policies"),
