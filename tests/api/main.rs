@@ -6,6 +6,7 @@ mod audit;
 mod cli;
 mod crm_example;
 mod delegation;
+mod deploy;
 mod dev;
 mod faulty;
 mod freeze;
