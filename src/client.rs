@@ -313,16 +313,24 @@ fn print(v: &Value) -> anyhow::Result<()> {
                 }
             ),
         })?;
-        println!("{text}");
-        return Ok(());
+        return emit(&format!("{text}\n"));
     }
     match OUTPUT.get().copied().unwrap_or(Output::Table) {
-        Output::Json => println!(
-            "{}",
+        Output::Json => emit(&format!(
+            "{}\n",
             serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-        ),
-        Output::Table => print!("{}", table(v)),
+        )),
+        Output::Table => emit(&table(v)),
     }
+}
+
+/// Writes to stdout. A reader that went away (`mayfly watch | head`) ends the
+/// command with the `BrokenPipe` error, which the binary treats as done.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 
@@ -646,7 +654,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                     .into_inner();
                 for e in &r.events {
                     if *jsonl {
-                        println!("{}", audit_event_json(e));
+                        emit(&format!("{}\n", audit_event_json(e)))?;
                     } else {
                         all.push(audit_event_json(e));
                     }
@@ -860,7 +868,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             // Events as JSON lines; heartbeats only keep the stream honest.
             while let Some(msg) = stream.message().await.map_err(status)? {
                 if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind {
-                    println!("{}", event_json(&ev));
+                    emit(&format!("{}\n", event_json(&ev)))?;
                 }
             }
         }

@@ -569,6 +569,37 @@ async fn the_cli_watches_revocations_of_every_target_and_freezes_every_target() 
     let (_, r, _) = mayfly(&app, VERIFIER, &["token", "introspect", &minted.token]).await;
     assert_eq!(r["active"], false);
     watch.kill().await.unwrap();
+    // A reader that stops early (`| head -1`) ends the watch quietly, with 0.
+    let piped = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" "$@" | head -n 1; exit "${PIPESTATUS[0]}""#)
+        .arg(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("--broker")
+        .arg(format!("https://{}", app.grpc))
+        .args(["--server-name", "localhost", "--ca"])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["watch", "--after", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // One more event once `head` is gone: the watch's next write finds no reader.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (ok, _, err) = mayfly(&app, ADMIN, &["revoke", "--reason", "again", "all"]).await;
+    assert!(ok, "{err}");
+    let piped = tokio::time::timeout(std::time::Duration::from_secs(10), piped.wait_with_output())
+        .await
+        .expect("the watch ends when its reader is gone")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{:?}: {stderr}", piped.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).lines().count(), 1);
 
     // --field prints one value as plain text; a missing one is a usage error.
     let out = run_as(&app, ORCH, &["task", "get", &t1.id, "--field", "state"]).await;
