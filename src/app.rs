@@ -88,15 +88,20 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
             .with_context(|| format!("cannot use the SQLite database {}", url.expose()))?,
         )
     } else {
-        Arc::new(
-            PgStore::connect(
-                url.expose(),
-                config.database.max_connections,
-                config.database.connect_timeout,
-            )
-            .await
-            .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?,
+        let store = PgStore::connect_only(
+            url.expose(),
+            config.database.max_connections,
+            config.database.connect_timeout,
         )
+        .await
+        .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
+        if config.database.migrate {
+            store.migrate().await.map(drop)
+        } else {
+            store.check_schema().await
+        }
+        .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
+        Arc::new(store)
     };
     let policy_dyn: Arc<dyn crate::policy::Policy> = policy.clone();
     let broker = Broker::new(

@@ -69,6 +69,16 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
     },
+    /// Apply the database migrations and exit: for a schema owned by another role
+    /// than the brokers' (which then run with `database.migrate = false`).
+    Migrate {
+        /// postgres:// (or sqlite://) URL of the schema's owner.
+        #[arg(long, env = "MAYFLY_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// How long to wait for the database.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        connect_timeout: Duration,
+    },
     /// Policy authors: check a policy directory and its decision cases.
     #[command(subcommand)]
     Policy(PolicyCommand),

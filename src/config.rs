@@ -120,6 +120,14 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Apply the migrations at start (true), or only check that the schema is
+    /// current (false: another role owns it and runs `mayfly migrate`).
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -128,6 +136,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("url", &self.url.as_ref().map(|_| "***"))
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -138,6 +147,7 @@ impl Default for DatabaseConfig {
             url: None,
             max_connections: default_pool(),
             connect_timeout: default_connect_timeout(),
+            migrate: true,
         }
     }
 }

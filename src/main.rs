@@ -67,6 +67,35 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             std::io::Write::flush(&mut std::io::stdout())?;
             app.run(shutdown_signal()).await
         }
+        Command::Migrate {
+            database_url,
+            connect_timeout,
+        } => {
+            let shown = mayfly::app::redacted(&database_url);
+            if mayfly::config::sqlite_path(&database_url).is_some() {
+                mayfly::store::SqliteStore::connect(&database_url, 1, connect_timeout)
+                    .await
+                    .with_context(|| format!("migrating {shown}"))?;
+                println!("{shown}: schema is current");
+            } else {
+                let store = mayfly::store::PgStore::connect_only(&database_url, 1, connect_timeout)
+                    .await
+                    .with_context(|| format!("cannot use the database at {shown}"))?;
+                let applied = store
+                    .migrate()
+                    .await
+                    .with_context(|| format!("migrating {shown}"))?;
+                store.check_schema().await?;
+                if applied.is_empty() {
+                    println!("{shown}: schema is current");
+                } else {
+                    for v in applied {
+                        println!("{shown}: applied migration {v}");
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::DevCerts { dir, trust_domain } => {
             mayfly::identity::SpiffeId::parse(&format!("spiffe://{trust_domain}/x"))
                 .with_context(|| format!("--trust-domain {trust_domain:?}"))?;

@@ -117,6 +117,8 @@ pub struct Options {
     /// Share another app's clock (replicas must agree on the time: a token
     /// minted by one must not be "not yet valid" on another).
     pub clock: Option<ManualClock>,
+    /// `database.migrate`.
+    pub migrate: bool,
 }
 
 impl Default for Options {
@@ -132,6 +134,7 @@ impl Default for Options {
             watch_heartbeat: "5s",
             watch_poll: "1s",
             clock: None,
+            migrate: true,
         }
     }
 }
@@ -202,6 +205,7 @@ shutdown_grace = "5s"
 url = "{db_url}"
 max_connections = 8
 connect_timeout = "{ct}"
+migrate = {migrate}
 
 [[trust_domains]]
 name = "example.org"
@@ -232,6 +236,7 @@ reload_interval = "100ms"
         key = pki.path("broker.key").display(),
         ca = pki.path("ca.pem").display(),
         ct = o.connect_timeout,
+        migrate = o.migrate,
         sweep = o.sweep,
         policies = policies.display(),
         environment = o.environment,

@@ -15,6 +15,7 @@ mod operations;
 mod persistence;
 mod policy;
 mod replicas;
+mod schema;
 mod step_up;
 mod sweeper;
 mod tasks;

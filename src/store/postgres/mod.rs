@@ -54,6 +54,17 @@ impl PgStore {
         max_connections: u32,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
+        let store = Self::connect_only(url, max_connections, timeout).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without touching the schema.
+    pub async fn connect_only(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
         let pool = PgPoolOptions::new()
@@ -62,11 +73,54 @@ impl PgStore {
             .connect_with(opts)
             .await
             .map_err(map_err)?;
+        Ok(PgStore { pool })
+    }
+
+    /// Applies the migrations this version has and the database has not; returns
+    /// the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let before = self.applied_migrations().await.unwrap_or_default();
         MIGRATOR
-            .run(&pool)
+            .run(&self.pool)
             .await
             .map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
-        Ok(PgStore { pool })
+        Ok(MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !before.contains(v))
+            .collect())
+    }
+
+    /// Refuses a schema that lacks a migration this version needs (when another
+    /// role owns the schema and migrates it).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let applied = self.applied_migrations().await?;
+        let missing: Vec<String> = MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Other(format!(
+            "the database schema lacks migrations this version needs ({}); run `mayfly migrate` as the schema's owner, or set database.migrate = true",
+            missing.join(", ")
+        )))
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if !exists {
+            return Ok(vec![]);
+        }
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
