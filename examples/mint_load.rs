@@ -3,7 +3,8 @@
 //! and verifying one token. Prints rates and latency percentiles.
 //!
 //! cargo run --release --example mint_load -- [concurrency] [seconds]
-//! (ONE_TASK=1: every worker mints in the same task)
+//! (ONE_TASK=1: every worker mints in the same task; STORE=sqlite: the embedded
+//! SQLite store in a temporary file instead of PostgreSQL)
 //! DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) must allow
 //! CREATE DATABASE; a fresh database is created and dropped.
 mod common;
@@ -86,8 +87,11 @@ async fn main() -> anyhow::Result<()> {
     crypto()?;
 
     let db = common::BenchDb::create().await?;
-    let db_url = db.url.clone();
     let dir = tempfile::tempdir()?;
+    let db_url = match std::env::var("STORE").as_deref() {
+        Ok("sqlite") => format!("sqlite://{}/bench.db", dir.path().display()),
+        _ => db.url.clone(),
+    };
     let ca = common::broker_files(dir.path())?;
     let cfg = format!(
         r#"

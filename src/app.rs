@@ -146,9 +146,57 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
 
 /// A database URL without its password, for messages.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL (a key=value DSN, say): it may hold a password anywhere.
+        return "<database URL, not shown: not a URL>".into();
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(q) = query {
+        let kept: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted;
+
+    #[test]
+    fn no_password_survives_redaction() {
+        for (url, shown) in [
+            ("postgres://u:hunter2@db:5432/m", "postgres://***@db:5432/m"),
+            (
+                "postgres://db/m?password=hunter2&sslmode=require",
+                "postgres://db/m?password=***&sslmode=require",
+            ),
+            (
+                "postgres://u@db/m?PASSWORD=hunter2",
+                "postgres://***@db/m?PASSWORD=***",
+            ),
+            (
+                "host=db password=hunter2",
+                "<database URL, not shown: not a URL>",
+            ),
+            ("sqlite:///var/lib/mayfly.db", "sqlite:///var/lib/mayfly.db"),
+        ] {
+            assert_eq!(redacted(url), shown);
+            assert!(!redacted(url).contains("hunter2"));
+        }
     }
 }
 

@@ -324,14 +324,29 @@ fn print(v: &Value) -> anyhow::Result<()> {
     }
 }
 
-/// Writes to stdout. A reader that went away (`mayfly watch | head`) ends the
-/// command with the `BrokenPipe` error, which the binary treats as done.
+/// Stdout's reader went away (`mayfly watch | head`): the binary exits quietly
+/// with 141, as a process killed by SIGPIPE does; the streaming commands (`watch`,
+/// `audit events --jsonl`) end with success instead, as their reader chose to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+/// Writes to stdout.
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        r => Ok(r?),
+    }
+}
+
+/// A stream's line: a closed stdout ends the stream (`Ok(false)`).
+fn emit_line(text: &str) -> anyhow::Result<bool> {
+    match emit(&format!("{text}\n")) {
+        Err(e) if e.is::<StdoutClosed>() => Ok(false),
+        r => r.map(|()| true),
+    }
 }
 
 /// A value for people: a list of records as a table (a column per field), a
@@ -608,13 +623,14 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .await
                 .map_err(status)?
                 .into_inner();
-            print(&json!({
+            let printed = print(&json!({
                 "intact": r.intact, "events_checked": r.events_checked,
                 "head_sequence": r.head_sequence, "head_hash": r.head_hash,
                 "checkpoint": format!("{}:{}", r.head_sequence, r.head_hash),
                 "first_broken": (!r.intact).then_some(r.first_broken),
                 "problem": (!r.intact).then_some(&r.problem),
-            }))?;
+            }));
+            // A broken chain fails the command whatever became of its output.
             if !r.intact {
                 return Err(Failed {
                     code: 1,
@@ -625,6 +641,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 }
                 .into());
             }
+            printed?;
         }
         ClientCommand::Audit(AuditCommand::Events {
             agent,
@@ -654,7 +671,9 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                     .into_inner();
                 for e in &r.events {
                     if *jsonl {
-                        emit(&format!("{}\n", audit_event_json(e)))?;
+                        if !emit_line(&audit_event_json(e).to_string())? {
+                            return Ok(());
+                        }
                     } else {
                         all.push(audit_event_json(e));
                     }
@@ -868,7 +887,9 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             // Events as JSON lines; heartbeats only keep the stream honest.
             while let Some(msg) = stream.message().await.map_err(status)? {
                 if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind {
-                    emit(&format!("{}\n", event_json(&ev)))?;
+                    if !emit_line(&event_json(&ev).to_string())? {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -288,7 +288,8 @@ pub fn sqlite_path(url: &str) -> Option<&str> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && path != ":memory:").then_some(path)
+    // `file:` URIs (SQLite opens names as URIs) could name an in-memory database.
+    (!path.is_empty() && path != ":memory:" && !path.starts_with("file:")).then_some(path)
 }
 
 impl Config {

@@ -75,8 +75,22 @@ pub fn prepare(dir: &Path, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result
     let root = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
+    if root.to_str().is_none_or(|r| r.contains('?')) {
+        anyhow::bail!(
+            "--dir {}: the path must be UTF-8 without '?' (it goes into a sqlite:// URL)",
+            root.display()
+        );
+    }
     let d = DevDir { root };
-    if !d.certs().join("ca.pem").exists() {
+    // All of them, or a fresh set (one CA for every identity).
+    let complete = std::iter::once("ca.pem".to_string())
+        .chain(
+            crate::identity::devcerts::DEV_IDENTITIES
+                .iter()
+                .flat_map(|(name, _)| [format!("{name}.crt"), format!("{name}.key")]),
+        )
+        .all(|f| d.certs().join(f).exists());
+    if !complete {
         crate::identity::devcerts::write_dev_certs(&d.certs(), TRUST_DOMAIN)?;
     }
     if !d.policies().exists() {
@@ -143,7 +157,15 @@ fn sh(word: &str) -> String {
 
 /// What to paste into a shell to try the broker: open a task, mint a token, see
 /// it active, complete the task, see it dead. Every line is a real command.
-pub fn walkthrough(d: &DevDir, exe: &Path, grpc: SocketAddr) -> String {
+pub fn walkthrough(d: &DevDir, exe: &Path, mut grpc: SocketAddr) -> String {
+    // Listening on every interface: clients still dial a name the broker's
+    // certificate carries.
+    if grpc.ip().is_unspecified() {
+        grpc.set_ip(match grpc {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
     let certs = sh(&d.certs().display().to_string());
     let agent = format!("spiffe://{TRUST_DOMAIN}/agent/support-eu-1");
     let as_ = |who: &str| format!(r#""$M" --cert "$C/{who}.crt" --key "$C/{who}.key""#);
@@ -228,6 +250,11 @@ mod tests {
         assert!(w.contains("MAYFLY_BROKER=https://127.0.0.1:9443"), "{w}");
         assert!(w.contains("C='/srv/dev dir/certs'"), "{w}");
         assert!(w.contains("M=/usr/bin/mayfly"), "{w}");
+        let any = walkthrough(&d, Path::new("/m"), "0.0.0.0:8443".parse().unwrap());
+        assert!(
+            any.contains("MAYFLY_BROKER=https://127.0.0.1:8443"),
+            "{any}"
+        );
         // Every line is a comment or a command; none is a placeholder.
         assert!(!w.contains('<'), "{w}");
     }

@@ -15,13 +15,8 @@ async fn main() -> std::process::ExitCode {
     init_tracing(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
-        // Whoever read stdout went away (`mayfly watch | head`): done, quietly.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            std::process::ExitCode::SUCCESS
-        }
+        // Whoever read stdout went away: quietly, as SIGPIPE would have it.
+        Err(e) if e.is::<mayfly::client::StdoutClosed>() => std::process::ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {e:#}");
             match e.downcast_ref::<mayfly::client::Failed>() {

@@ -151,10 +151,8 @@ pub fn write_dev_certs(dir: &Path, trust_domain: &str) -> anyhow::Result<Vec<Str
     let mut written = vec![];
     let mut write = |name: String, body: &str, secret: bool| -> anyhow::Result<()> {
         let path = dir.join(&name);
-        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
-        if secret {
-            restrict(&path)?;
-        }
+        write_file(&path, body.as_bytes(), secret)
+            .with_context(|| format!("writing {}", path.display()))?;
         written.push(path.display().to_string());
         Ok(())
     };
@@ -175,14 +173,21 @@ pub fn write_dev_certs(dir: &Path, trust_domain: &str) -> anyhow::Result<Vec<Str
     Ok(written)
 }
 
-#[cfg(unix)]
-fn restrict(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn restrict(_: &Path) -> anyhow::Result<()> {
-    Ok(())
+/// Writes a file; a secret one is created readable by its owner only (and one
+/// left by an earlier run made so before it is overwritten).
+fn write_file(path: &Path, body: &[u8], secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    opts.open(path)?.write_all(body)
 }

@@ -83,7 +83,8 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
              GRANT USAGE ON SCHEMA public TO {role};
              GRANT SELECT ON _sqlx_migrations TO {role};
              GRANT SELECT, INSERT, UPDATE ON tasks, tokens, delegations, approvals,
-                   revocations, revocation_counter, signing_keys TO {role};
+                   revocation_counter, signing_keys TO {role};
+             GRANT SELECT, INSERT ON revocations TO {role};
              GRANT SELECT, INSERT, DELETE ON freezes TO {role};
              GRANT SELECT, INSERT ON audit_events TO {role};
              GRANT UPDATE (seq, prev_hash, hash) ON audit_events TO {role};
@@ -123,6 +124,8 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
         "TRUNCATE audit_events",
         "ALTER TABLE audit_events DISABLE TRIGGER ALL",
         "UPDATE audit_chain SET last_seq = 0",
+        "UPDATE revocations SET reason = 'nothing happened'",
+        "DELETE FROM revocations",
         "CREATE TABLE shadow (x int)",
     ] {
         let e = exec(&broker_url, attack).await.expect_err(attack);
@@ -137,6 +140,28 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
     }
 
     app.stop().await.unwrap();
+
+    // A migration applied from another file (a weakened trigger, say) is refused.
+    exec(
+        &db.url,
+        "UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 20261123000003",
+    )
+    .await
+    .unwrap();
+    let pki = Arc::new(Pki::new());
+    let cfg = Config::parse(
+        &config_text(&pki, &broker_url, &no_migrate(&broker_url)),
+        "t",
+    )
+    .unwrap();
+    let err = match mayfly::app::build(cfg, Arc::new(ManualClock::default())).await {
+        Ok(_) => panic!("a broker started on a tampered schema"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("20261123000003") && err.contains("different file"),
+        "{err}"
+    );
     let _ = exec(&db.url, &format!("DROP OWNED BY {role}")).await;
     drop(db);
     exec(&admin_url(), &format!("DROP ROLE IF EXISTS {role}"))

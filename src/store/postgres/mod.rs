@@ -94,12 +94,22 @@ impl PgStore {
     /// Refuses a schema that lacks a migration this version needs (when another
     /// role owns the schema and migrates it).
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let applied = self.applied_migrations().await?;
-        let missing: Vec<String> = MIGRATOR
-            .iter()
-            .filter(|m| !applied.contains(&m.version))
-            .map(|m| format!("{} {}", m.version, m.description))
-            .collect();
+        let applied = self.applied_checksums().await?;
+        let mut missing = vec![];
+        for m in MIGRATOR.iter() {
+            match applied.iter().find(|(v, _)| *v == m.version) {
+                None => missing.push(format!("{} {}", m.version, m.description)),
+                // Applied from another file than this version's: refused, as
+                // applying the migrations would refuse it.
+                Some((_, sum)) if sum.as_slice() != &*m.checksum => {
+                    return Err(StoreError::Other(format!(
+                        "migration {} {} was applied from a different file than this version's",
+                        m.version, m.description
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         if missing.is_empty() {
             return Ok(());
         }
@@ -109,12 +119,26 @@ impl PgStore {
         )))
     }
 
-    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    /// Successfully applied migrations, with their checksums.
+    async fn applied_checksums(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        if !self.migrations_table().await? {
+            return Ok(vec![]);
+        }
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn migrations_table(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&self.pool)
             .await
-            .map_err(map_err)?;
-        if !exists {
+            .map_err(map_err)
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        if !self.migrations_table().await? {
             return Ok(vec![]);
         }
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")

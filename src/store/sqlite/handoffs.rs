@@ -151,27 +151,28 @@ impl DelegationStore for SqliteStore {
                 "delegation {id}: the child token does not descend from its parent"
             )));
         }
-        // Every ancestor unrevoked (and present).
-        let ancestors = to_json(&offer.ancestors)?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tokens WHERE revoked_at IS NULL
-               AND jti IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(&ancestors)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if usize::try_from(live).ok() != Some(offer.ancestors.len()) {
-            return Ok(Redeem::ParentRevoked);
-        }
         let owner: String = sqlx::query_scalar("SELECT agent FROM tasks WHERE id = ?1")
             .bind(offer.task.0.to_string())
             .fetch_one(&mut *tx)
             .await
             .map_err(map_err)?;
+        // The task first (as PostgreSQL takes its row first), then the ancestors.
         if !insert_token(&mut tx, child, &owner, budget, audit).await? {
             tx.rollback().await.map_err(map_err)?;
             return Ok(Redeem::TaskRefused);
+        }
+        // Every ancestor unrevoked (and present).
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tokens WHERE revoked_at IS NULL
+               AND jti IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(to_json(&offer.ancestors)?)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if usize::try_from(live).ok() != Some(offer.ancestors.len()) {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(Redeem::ParentRevoked);
         }
         sqlx::query("UPDATE delegations SET redeemed_at = ?2, child_jti = ?3 WHERE id = ?1")
             .bind(id.to_string())
@@ -324,9 +325,8 @@ impl ApprovalStore for SqliteStore {
         audit.jti = None;
         audit.reason = Some(reason.to_string());
         insert_audit(&mut tx, &[&audit]).await?;
-        tx.commit().await.map_err(map_err)?;
         // Waiters wake when (and only if) the decision committed.
-        self.notify(Notice::ApprovalDecided);
+        self.commit_and_notify(tx, Notice::ApprovalDecided).await?;
         Ok(Decide::Decided(decided))
     }
 

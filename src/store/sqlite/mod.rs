@@ -152,6 +152,9 @@ impl SqliteStore {
             // A committed token survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // REPLACE fires the delete triggers too, so it cannot get past the
+            // audit trail's append-only triggers.
+            .pragma("recursive_triggers", "ON")
             .busy_timeout(timeout);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -179,16 +182,47 @@ impl SqliteStore {
         })
     }
 
-    /// Tells this process's feeds; called after the write committed.
-    fn notify(&self, n: Notice) {
-        // No feed listening is fine: nobody to tell.
-        let _ = self.notices.send(n);
+    /// Commits, then tells this process's feeds, in a task of its own: a caller
+    /// that stops waiting (a cancelled request) cannot commit the write without
+    /// its notice.
+    async fn commit_and_notify(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        n: Notice,
+    ) -> Result<(), StoreError> {
+        let notices = self.notices.clone();
+        tokio::spawn(async move {
+            tx.commit().await.map_err(map_err)?;
+            // No feed listening is fine: nobody to tell.
+            let _ = notices.send(n);
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("committing: {e}")))?
     }
 }
 
 /// `<database>.lock`, held exclusively: two brokers on one SQLite file would each
 /// tell only their own verifiers about revocations.
 fn lock_file(db: &Path) -> Result<std::fs::File, StoreError> {
+    // The same file by any name (a symlink, `..`) gets the same lock.
+    let db = match db.canonicalize() {
+        Ok(real) => real,
+        Err(_) => match (db.parent(), db.file_name()) {
+            (Some(dir), Some(name)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                dir.canonicalize()
+                    .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?
+                    .join(name)
+            }
+            _ => db.to_path_buf(),
+        },
+    };
+    let db = db.as_path();
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
     let path = PathBuf::from(name);
@@ -582,8 +616,8 @@ impl TaskStore for SqliteStore {
         let tokens = revoke_tokens(&mut tx, &revocation.target, seq, revocation.at).await?;
         let events: Vec<&AuditEvent> = audit.iter().collect();
         insert_audit(&mut tx, &events).await?;
-        tx.commit().await.map_err(map_err)?;
-        self.notify(Notice::Revocation(seq as u64));
+        self.commit_and_notify(tx, Notice::Revocation(seq as u64))
+            .await?;
         Ok(EndOutcome::Ended {
             task,
             revoked: Revoked {
@@ -770,8 +804,8 @@ impl RevocationStore for SqliteStore {
             m.insert("tasks_stopped".into(), tasks.into());
         }
         insert_audit(&mut tx, &[&audit]).await?;
-        tx.commit().await.map_err(map_err)?;
-        self.notify(Notice::Revocation(seq as u64));
+        self.commit_and_notify(tx, Notice::Revocation(seq as u64))
+            .await?;
         Ok(Some(Revoked {
             event: Event {
                 seq: seq as u64,
