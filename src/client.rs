@@ -886,10 +886,10 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
                 .into_inner();
             // Events as JSON lines; heartbeats only keep the stream honest.
             while let Some(msg) = stream.message().await.map_err(status)? {
-                if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind {
-                    if !emit_line(&event_json(&ev).to_string())? {
-                        return Ok(());
-                    }
+                if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind
+                    && !emit_line(&event_json(&ev).to_string())?
+                {
+                    return Ok(());
                 }
             }
         }
