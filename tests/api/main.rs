@@ -14,6 +14,7 @@ mod persistence;
 mod policy;
 mod replicas;
 mod step_up;
+mod store_conformance;
 mod sweeper;
 mod tasks;
 mod tokens;

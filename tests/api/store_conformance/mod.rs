@@ -1,0 +1,97 @@
+//! The store conformance suite (SPIRE `sqltest/suite.go`): every behaviour the
+//! broker relies on, written once against the `Store` trait and run against each
+//! backend. A backend joins with one line, `conformance!(name, factory())`, where
+//! the factory returns a fresh, empty [`Backend`] per test.
+//!
+//! The cases only use the trait: no SQL, no backend internals. A case that fails
+//! on one backend is a contract violation of that backend (or of the contract's
+//! wording), never something to special-case here.
+use mayfly::store::{PgStore, Store};
+use std::time::Duration;
+
+mod fixtures;
+mod tasks;
+mod tokens;
+
+/// A store under test, with whatever must outlive it (its database).
+pub struct Backend<S: Store> {
+    pub store: S,
+    _keep: Box<dyn std::any::Any>,
+}
+
+impl<S: Store> Backend<S> {
+    pub fn new(store: S, keep: impl std::any::Any) -> Self {
+        Backend {
+            store,
+            _keep: Box::new(keep),
+        }
+    }
+}
+
+/// PostgreSQL: a fresh database per test, migrated by `PgStore::connect`.
+async fn pg_store() -> Backend<PgStore> {
+    let db = crate::helpers::fresh_database().await;
+    let store = PgStore::connect(&db.url, 8, Duration::from_secs(10))
+        .await
+        .expect("connect to the test database");
+    Backend::new(store, db)
+}
+
+/// One `#[tokio::test]` per case, each on a store of its own.
+macro_rules! tests_for {
+    ($make:expr; $($group:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let backend = $make.await;
+                super::$group::$case(&backend.store).await;
+            }
+        )*
+    };
+}
+
+/// Every case of the suite, by aggregate. A case defined but not listed here is
+/// dead code, which clippy refuses.
+macro_rules! every_case {
+    ($apply:ident, $make:expr) => {
+        $apply!($make;
+            tasks::a_task_reads_back_as_inserted_with_its_audit_event,
+            tasks::list_tasks_filters_by_agent_and_state_newest_first,
+            tasks::list_tasks_returns_the_newest_up_to_the_limit,
+            tasks::count_active_tasks_counts_only_active_tasks,
+            tasks::end_task_ends_the_task_and_revokes_every_token_in_one_event,
+            tasks::end_task_of_an_ended_task_is_not_active_and_writes_nothing,
+            tasks::end_task_of_an_unknown_task_is_not_found_and_writes_nothing,
+            tasks::overdue_tasks_are_active_tasks_at_or_past_their_deadline_in_order,
+            tasks::overdue_tasks_page_by_cursor_through_equal_deadlines,
+
+            tokens::an_accepted_token_reads_back_and_counts_against_the_budget,
+            tokens::a_token_for_a_task_that_is_not_active_is_refused,
+            tokens::a_token_for_another_agents_task_is_refused,
+            tokens::a_token_at_or_past_the_task_deadline_is_refused,
+            tokens::a_token_beyond_the_budget_is_refused,
+            tokens::a_freeze_of_the_agent_stops_its_tokens_until_lifted,
+            tokens::a_freeze_of_the_workflow_stops_its_tokens,
+            tokens::a_freeze_of_all_issuance_stops_every_token,
+            tokens::token_status_follows_revocation_and_the_task_state,
+            tokens::a_token_whose_ancestor_is_revoked_reads_as_revoked,
+            tokens::list_tokens_filters_by_task_agent_and_activity,
+
+
+
+
+        );
+    };
+}
+
+/// Runs every case against the backend `$make` builds.
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            every_case!(tests_for, $make);
+        }
+    };
+}
+
+conformance!(postgres, pg_store());
