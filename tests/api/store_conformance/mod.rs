@@ -10,6 +10,7 @@ use mayfly::store::{PgStore, Store};
 use std::time::Duration;
 
 mod fixtures;
+mod revocations;
 mod tasks;
 mod tokens;
 
@@ -77,6 +78,17 @@ macro_rules! every_case {
             tokens::a_token_whose_ancestor_is_revoked_reads_as_revoked,
             tokens::list_tokens_filters_by_task_agent_and_activity,
 
+            revocations::revoking_a_token_revokes_it_and_every_token_delegated_from_it,
+            revocations::revoking_an_agent_revokes_its_tokens_their_descendants_and_its_tasks,
+            revocations::revoking_a_sub_agent_revokes_the_tokens_delegated_to_it,
+            revocations::revoking_a_task_revokes_its_tokens_and_stops_it_once,
+            revocations::revoking_a_workflow_revokes_its_tokens_and_stops_its_tasks,
+            revocations::revoking_everything_revokes_every_token_and_stops_every_task,
+            revocations::revoking_an_unknown_token_or_task_is_none_and_writes_nothing,
+            revocations::revocation_sequence_numbers_are_gap_free_in_commit_order,
+            revocations::a_revocation_is_never_dated_before_the_previous_one,
+            revocations::the_feed_announces_revocations_committed_after_it_started,
+            revocations::the_feed_announces_approval_decisions,
 
 
 
