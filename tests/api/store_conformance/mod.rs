@@ -9,6 +9,7 @@
 use mayfly::store::{PgStore, Store};
 use std::time::Duration;
 
+mod delegations;
 mod fixtures;
 mod revocations;
 mod tasks;
@@ -90,6 +91,19 @@ macro_rules! every_case {
             revocations::the_feed_announces_revocations_committed_after_it_started,
             revocations::the_feed_announces_approval_decisions,
 
+            delegations::an_offer_reads_back_as_inserted_with_its_audit_event,
+            delegations::offers_of_one_parent_stop_at_the_open_limit,
+            delegations::lapsed_and_redeemed_offers_leave_room_under_the_open_limit,
+            delegations::a_redemption_records_the_child_and_counts_against_the_budget,
+            delegations::redeeming_an_unknown_offer_is_not_found,
+            delegations::an_offer_is_redeemed_only_once,
+            delegations::a_lapsed_offer_is_expired,
+            delegations::an_offer_whose_parent_or_ancestor_was_revoked_is_refused,
+            delegations::redeeming_in_a_task_that_is_not_active_is_refused,
+            delegations::redeeming_past_the_task_deadline_is_refused,
+            delegations::redeeming_beyond_the_budget_is_refused,
+            delegations::redeeming_is_refused_while_a_freeze_covers_either_agent,
+            delegations::two_concurrent_redemptions_of_one_offer_yield_one_token,
 
 
         );
