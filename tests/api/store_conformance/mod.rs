@@ -9,6 +9,7 @@
 use mayfly::store::{PgStore, Store};
 use std::time::Duration;
 
+mod approvals;
 mod delegations;
 mod fixtures;
 mod revocations;
@@ -105,6 +106,18 @@ macro_rules! every_case {
             delegations::redeeming_is_refused_while_a_freeze_covers_either_agent,
             delegations::two_concurrent_redemptions_of_one_offer_yield_one_token,
 
+            approvals::an_approval_reads_back_as_pending_with_its_audit_event,
+            approvals::a_request_meets_the_approval_standing_for_its_task_requester_and_scope,
+            approvals::a_denied_approval_keeps_standing_after_its_deadline,
+            approvals::a_lapsed_or_spent_approval_no_longer_stands,
+            approvals::list_approvals_is_newest_first_and_pending_at_excludes_closed_ones,
+            approvals::deciding_a_pending_approval_records_the_decision_and_its_audit_event,
+            approvals::a_decided_or_lapsed_approval_is_not_pending_and_an_unknown_one_not_found,
+            approvals::two_concurrent_deciders_yield_exactly_one_decision,
+            approvals::an_approved_approval_is_spent_on_one_token_only,
+            approvals::a_pending_denied_or_lapsed_approval_cannot_be_spent,
+            approvals::spending_is_refused_when_the_task_refuses_the_token,
+            approvals::refused_step_ups_are_counted_only_while_pending_or_denied,
 
         );
     };
