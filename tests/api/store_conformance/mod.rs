@@ -12,6 +12,8 @@ use std::time::Duration;
 mod approvals;
 mod delegations;
 mod fixtures;
+mod freezes;
+mod keys;
 mod revocations;
 mod tasks;
 mod tokens;
@@ -118,6 +120,15 @@ macro_rules! every_case {
             approvals::a_pending_denied_or_lapsed_approval_cannot_be_spent,
             approvals::spending_is_refused_when_the_task_refuses_the_token,
             approvals::refused_step_ups_are_counted_only_while_pending_or_denied,
+
+            freezes::a_freeze_stands_until_lifted_and_both_are_audited,
+            freezes::freezing_a_frozen_target_keeps_the_standing_freeze,
+            freezes::freeze_covering_finds_a_freeze_of_either_agent_the_workflow_or_all,
+
+            keys::a_registered_key_is_live_until_its_not_after,
+            keys::registering_a_key_again_extends_it_and_never_shortens_it,
+            keys::a_different_public_key_never_replaces_a_registered_kid,
+            keys::a_reachable_store_answers_ping,
 
         );
     };
