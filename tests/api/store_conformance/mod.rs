@@ -10,6 +10,7 @@ use mayfly::store::{PgStore, Store};
 use std::time::Duration;
 
 mod approvals;
+mod audit;
 mod delegations;
 mod fixtures;
 mod freezes;
@@ -130,6 +131,16 @@ macro_rules! every_case {
             keys::a_different_public_key_never_replaces_a_registered_kid,
             keys::a_reachable_store_answers_ping,
 
+            audit::an_empty_store_has_no_events_no_revocations_and_a_genesis_head,
+            audit::sealing_chains_committed_events_in_order_and_the_chain_verifies,
+            audit::seal_audit_seals_at_most_one_batch_at_a_time,
+            audit::audit_chain_reads_a_window_of_positions,
+            audit::an_appended_event_reads_back_unchanged,
+            audit::audit_for_task_lists_a_tasks_events_oldest_first,
+            audit::query_audit_finds_an_agents_events_as_actor_or_subject,
+            audit::query_audit_filters_by_task_action_and_time,
+            audit::query_audit_pages_after_a_position_and_sees_only_sealed_events,
+            audit::token_access_counts_tokens_per_agent_and_resource,
         );
     };
 }
