@@ -17,6 +17,7 @@ mod policy;
 mod replicas;
 mod schema;
 mod step_up;
+mod store_conformance;
 mod sweeper;
 mod tasks;
 mod tokens;
