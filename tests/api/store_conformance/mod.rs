@@ -156,3 +156,15 @@ macro_rules! conformance {
 }
 
 conformance!(postgres, pg_store());
+
+/// SQLite: a fresh database file per test, in a directory removed after it.
+async fn sqlite_store() -> Backend<mayfly::store::SqliteStore> {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}/mayfly.db", dir.path().display());
+    let store = mayfly::store::SqliteStore::connect(&url, 8, Duration::from_secs(10))
+        .await
+        .expect("open the SQLite store");
+    Backend::new(store, dir)
+}
+
+conformance!(sqlite, sqlite_store());
