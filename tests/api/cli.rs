@@ -15,8 +15,8 @@ async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String
     )
 }
 
-/// Runs the `mayfly` binary as `who` against `app`, as given.
-async fn run_as(app: &TestApp, who: &str, args: &[&str]) -> std::process::Output {
+/// The `mayfly` binary as `who` against `app`, with `args`, not yet run.
+fn command_as(app: &TestApp, who: &str, args: &[&str]) -> tokio::process::Command {
     let dir = app.pki.dir.path();
     let name = who.rsplit('/').next().unwrap();
     let cert = dir.join(format!("{name}.crt"));
@@ -25,8 +25,8 @@ async fn run_as(app: &TestApp, who: &str, args: &[&str]) -> std::process::Output
         std::fs::write(&cert, &id.cert_pem).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), &id.key_pem).unwrap();
     }
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("--broker")
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"));
+    cmd.arg("--broker")
         .arg(format!("https://{}", app.grpc))
         .arg("--server-name")
         .arg("localhost")
@@ -37,9 +37,13 @@ async fn run_as(app: &TestApp, who: &str, args: &[&str]) -> std::process::Output
         .arg("--key")
         .arg(dir.join(format!("{name}.key")))
         .args(args)
-        .output()
-        .await
-        .unwrap()
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the `mayfly` binary as `who` against `app`, as given.
+async fn run_as(app: &TestApp, who: &str, args: &[&str]) -> std::process::Output {
+    command_as(app, who, args).output().await.unwrap()
 }
 
 #[tokio::test]
@@ -514,23 +518,8 @@ async fn the_cli_watches_revocations_of_every_target_and_freezes_every_target() 
     use tokio::io::AsyncBufReadExt;
     let app = spawn_app().await;
     // A verifier follows the stream as JSON lines.
-    let dir = app.pki.dir.path();
-    let (cert, key) = (dir.join("v1.crt"), dir.join("v1.key"));
-    let id = app.pki.ca.svid(VERIFIER).unwrap();
-    std::fs::write(&cert, &id.cert_pem).unwrap();
-    std::fs::write(&key, &id.key_pem).unwrap();
-    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("--broker")
-        .arg(format!("https://{}", app.grpc))
-        .args(["--server-name", "localhost", "--ca"])
-        .arg(dir.join("ca.pem"))
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args(["watch", "--after", "0"])
+    let mut watch = command_as(&app, VERIFIER, &["watch", "--after", "0"])
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
@@ -570,24 +559,17 @@ async fn the_cli_watches_revocations_of_every_target_and_freezes_every_target() 
     assert_eq!(r["active"], false);
     watch.kill().await.unwrap();
     // A reader that stops early (`| head -1`) ends the watch quietly, with 0.
-    let piped = tokio::process::Command::new("bash")
+    let watch = command_as(&app, VERIFIER, &["watch", "--after", "0"]);
+    let mut piped = tokio::process::Command::new("bash");
+    piped
         .arg("-c")
         .arg(r#""$0" "$@" | head -n 1; exit "${PIPESTATUS[0]}""#)
-        .arg(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("--broker")
-        .arg(format!("https://{}", app.grpc))
-        .args(["--server-name", "localhost", "--ca"])
-        .arg(dir.join("ca.pem"))
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .args(["watch", "--after", "0"])
+        .arg(watch.as_std().get_program())
+        .args(watch.as_std().get_args())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    let piped = piped.spawn().unwrap();
     // One more event once `head` is gone: the watch's next write finds no reader.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (ok, _, err) = mayfly(&app, ADMIN, &["revoke", "--reason", "again", "all"]).await;
