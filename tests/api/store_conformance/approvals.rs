@@ -329,3 +329,48 @@ pub async fn refused_step_ups_are_counted_only_while_pending_or_denied<S: Store>
     decide_ok(s, &denied, false, 60).await;
     assert_eq!(count(denied, 2000).await, Some(3), "a denial stands");
 }
+
+pub async fn two_concurrent_requests_open_one_approval<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    for n in 0..5 {
+        let (a1, a2) = (approval(&t, delete(n), 10), approval(&t, delete(n), 10));
+        let (e1, e2) = (requested(&a1), requested(&a2));
+
+        let (r1, r2) = tokio::join!(s.insert_approval(&a1, &e1), s.insert_approval(&a2, &e2));
+
+        let (r1, r2) = (r1.unwrap(), r2.unwrap());
+        assert!(r1 != r2, "request {n}: both opened: {r1}");
+        let stored = [
+            s.get_approval(a1.id).await.unwrap(),
+            s.get_approval(a2.id).await.unwrap(),
+        ];
+        assert_eq!(stored.iter().flatten().count(), 1, "request {n}");
+        let events = s.audit_for_task(t.id).await.unwrap();
+        assert_eq!(count(&events, Action::ApprovalRequested), n as usize + 1);
+    }
+}
+
+pub async fn two_concurrent_spends_of_one_approval_mint_one_token<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    for n in 0..5 {
+        let a = request(s, approval(&t, delete(n), 10)).await;
+        decide_ok(s, &a, true, 20).await;
+        let (tok1, tok2) = (token_for(&t, delete(n), 30), token_for(&t, delete(n), 30));
+        let minted_before = reread(s, &t).await.tokens_minted;
+
+        let (r1, r2) = tokio::join!(spend(s, &a, &tok1, BUDGET), spend(s, &a, &tok2, BUDGET));
+
+        let spent = [&r1, &r2].iter().filter(|r| ***r == Spend::Spent).count();
+        assert_eq!(spent, 1, "approval {n}: {r1:?}, {r2:?}");
+        assert!(matches!(
+            (&r1, &r2),
+            (Spend::NotApproved(_), _) | (_, Spend::NotApproved(_))
+        ));
+        let stored = [
+            s.get_token(tok1.jti).await.unwrap(),
+            s.get_token(tok2.jti).await.unwrap(),
+        ];
+        assert_eq!(stored.iter().flatten().count(), 1, "approval {n}");
+        assert_eq!(reread(s, &t).await.tokens_minted, minted_before + 1);
+    }
+}

@@ -258,3 +258,87 @@ pub async fn two_concurrent_redemptions_of_one_offer_yield_one_token<S: Store>(s
         );
     }
 }
+
+pub async fn revoking_the_sub_agent_lapses_the_offers_made_to_it<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let parent = mint(s, &t, 10).await;
+    let to_sub = delegate(s, &parent, &[], SUB, 20).await;
+    let to_other = delegate(s, &parent, &[], SUB2, 21).await;
+
+    revoke_ok(s, Target::Agent(agent_id(SUB)), 30).await;
+
+    let c = child(&to_sub, &t.workflow, 40);
+    assert_not_redeemed(s, &to_sub, &c, BUDGET, Redeem::Expired).await;
+    redeem_ok(s, &to_other, 41).await;
+}
+
+pub async fn concurrent_offers_never_exceed_the_open_limit<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let parent = mint(s, &t, 10).await;
+    let offers: Vec<Delegation> = (0..5).map(|_| offer(&parent, &[], SUB, 20)).collect();
+    let audits: Vec<_> = offers.iter().map(offered).collect();
+
+    let accepted = futures::future::join_all(
+        offers
+            .iter()
+            .zip(&audits)
+            .map(|(d, a)| s.insert_delegation(d, 2, a)),
+    )
+    .await;
+
+    let accepted: Vec<bool> = accepted.into_iter().map(Result::unwrap).collect();
+    assert_eq!(accepted.iter().filter(|a| **a).count(), 2, "{accepted:?}");
+    let mut stored = 0;
+    for (d, ok) in offers.iter().zip(&accepted) {
+        let found = s.get_delegation(d.id).await.unwrap().is_some();
+        assert_eq!(found, *ok, "offer {} stored: {found}, accepted: {ok}", d.id);
+        stored += usize::from(found);
+    }
+    assert_eq!(stored, 2);
+}
+
+/// Revoking a parent token, its holder or the sub-agent while the offer is being
+/// redeemed: the redemption is refused, or its child is revoked with the rest.
+pub async fn a_redemption_racing_a_revocation_is_refused_or_revoked_with_it<S: Store>(s: &S) {
+    for round in 0..6 {
+        let t = open(s, task(AGENT, 0, 600)).await;
+        let parent = mint(s, &t, 10).await;
+        let d = delegate(s, &parent, &[], SUB, 20).await;
+        let c = child(&d, &t.workflow, 30);
+        let target = match round % 3 {
+            0 => Target::Token(parent.jti),
+            1 => Target::Agent(agent_id(AGENT)),
+            _ => Target::Agent(agent_id(SUB)),
+        };
+        let what = target.to_string();
+
+        let (redeemed, revoked) = tokio::join!(redeem(s, &d, &c, BUDGET), revoke(s, target, 30));
+
+        assert!(revoked.is_some(), "{what}");
+        match redeemed {
+            Redeem::Redeemed => {
+                let stored = s.get_token(c.jti).await.unwrap().expect("child stored");
+                assert!(stored.revoked_at.is_some(), "{what}: the child lives on");
+                let status = s.token_status(c.jti).await.unwrap().unwrap();
+                assert!(status.revoked, "{what}: the child reads as live");
+            }
+            refused => {
+                assert_eq!(
+                    s.get_token(c.jti).await.unwrap(),
+                    None,
+                    "{what}: {refused:?}"
+                );
+            }
+        }
+        let live = s
+            .list_tokens(&TokenFilter {
+                task: Some(t.id),
+                agent: Some(SUB.into()),
+                active_at: Some(at(31)),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(live, vec![], "{what}: a live token of the sub-agent");
+    }
+}

@@ -82,6 +82,7 @@ macro_rules! every_case {
             tokens::token_status_follows_revocation_and_the_task_state,
             tokens::a_token_whose_ancestor_is_revoked_reads_as_revoked,
             tokens::list_tokens_filters_by_task_agent_and_activity,
+            tokens::concurrent_tokens_never_exceed_the_budget,
 
             revocations::revoking_a_token_revokes_it_and_every_token_delegated_from_it,
             revocations::revoking_an_agent_revokes_its_tokens_their_descendants_and_its_tasks,
@@ -108,6 +109,9 @@ macro_rules! every_case {
             delegations::redeeming_beyond_the_budget_is_refused,
             delegations::redeeming_is_refused_while_a_freeze_covers_either_agent,
             delegations::two_concurrent_redemptions_of_one_offer_yield_one_token,
+            delegations::revoking_the_sub_agent_lapses_the_offers_made_to_it,
+            delegations::concurrent_offers_never_exceed_the_open_limit,
+            delegations::a_redemption_racing_a_revocation_is_refused_or_revoked_with_it,
 
             approvals::an_approval_reads_back_as_pending_with_its_audit_event,
             approvals::a_request_meets_the_approval_standing_for_its_task_requester_and_scope,
@@ -117,7 +121,9 @@ macro_rules! every_case {
             approvals::deciding_a_pending_approval_records_the_decision_and_its_audit_event,
             approvals::a_decided_or_lapsed_approval_is_not_pending_and_an_unknown_one_not_found,
             approvals::two_concurrent_deciders_yield_exactly_one_decision,
+            approvals::two_concurrent_requests_open_one_approval,
             approvals::an_approved_approval_is_spent_on_one_token_only,
+            approvals::two_concurrent_spends_of_one_approval_mint_one_token,
             approvals::a_pending_denied_or_lapsed_approval_cannot_be_spent,
             approvals::spending_is_refused_when_the_task_refuses_the_token,
             approvals::refused_step_ups_are_counted_only_while_pending_or_denied,

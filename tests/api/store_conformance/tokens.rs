@@ -225,3 +225,29 @@ pub async fn list_tokens_filters_by_task_agent_and_activity<S: Store>(s: &S) {
     };
     assert_eq!(s.list_tokens(&f).await.unwrap(), vec![theirs], "as stored");
 }
+
+pub async fn concurrent_tokens_never_exceed_the_budget<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let tokens: Vec<TokenRecord> = (0..5).map(|i| token(&t, 10 + i)).collect();
+    let audits: Vec<_> = tokens.iter().map(minted).collect();
+
+    let accepted = futures::future::join_all(
+        tokens
+            .iter()
+            .zip(&audits)
+            .map(|(tok, a)| s.insert_token(tok, 2, a)),
+    )
+    .await;
+
+    let accepted: Vec<bool> = accepted.into_iter().map(Result::unwrap).collect();
+    assert_eq!(accepted.iter().filter(|a| **a).count(), 2, "{accepted:?}");
+    assert_eq!(reread(s, &t).await.tokens_minted, 2);
+    for (tok, ok) in tokens.iter().zip(&accepted) {
+        let stored = s.get_token(tok.jti).await.unwrap().is_some();
+        assert_eq!(
+            stored, *ok,
+            "token {} stored: {stored}, accepted: {ok}",
+            tok.jti
+        );
+    }
+}
