@@ -1,7 +1,8 @@
 //! Persistence behind one trait grouped by aggregate (tasks, tokens, revocations,
 //! keys, audit). `postgres` is the production backend (replicas share it);
 //! `sqlite` is the embedded one, for `mayfly dev` and a single broker. Both pass
-//! the same conformance suite (tests/api/store_conformance.rs).
+//! the same conformance suite (tests/api/store_conformance/). List limits are
+//! clamped to 1..=1000.
 mod postgres;
 mod sqlite;
 
@@ -83,7 +84,8 @@ pub enum Redeem {
     Expired,
     /// The parent token was revoked (directly or through an ancestor).
     ParentRevoked,
-    /// The task is not active, past its deadline or out of budget: nothing written.
+    /// The task is not active, past its deadline or out of budget, or a freeze
+    /// covers the child token: nothing written.
     TaskRefused,
 }
 
@@ -189,7 +191,8 @@ pub enum Spend {
     Spent,
     /// Not approved (any more): as it stands.
     NotApproved(Box<Approval>),
-    /// The task is not active, past its deadline or out of budget: nothing written.
+    /// The task is not active, past its deadline or out of budget, or a freeze
+    /// covers the token: nothing written.
     TaskRefused,
 }
 
@@ -433,8 +436,9 @@ pub trait FreezeStore {
 pub trait RevocationStore {
     /// Records an administrative revocation: tokens die (a token's or an agent's
     /// with every token delegated from them), and for a task, agent, workflow or
-    /// all, active tasks in scope become `revoked`. `None` if a named token or task
-    /// does not exist.
+    /// all, active tasks in scope become `revoked`; a revoked agent's unredeemed
+    /// offers lapse. `None` if a named token or task does not exist (then nothing
+    /// is written and no sequence number is taken).
     async fn revoke(
         &self,
         revocation: &Revocation,
@@ -526,7 +530,8 @@ pub trait AuditStore {
     /// Sealed events matching the filter, in chain order, with their positions.
     async fn query_audit(&self, filter: &AuditFilter)
     -> Result<Vec<(u64, AuditEvent)>, StoreError>;
-    /// Tokens issued for `audience` in the window, per agent and resource.
+    /// Tokens issued for `audience` in the window, per agent and resource,
+    /// ordered by agent, then resource.
     async fn token_access(
         &self,
         audience: &str,
