@@ -40,8 +40,7 @@ pub struct App {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: Config,
-    bundles: TrustBundles,
-    tls: TlsAcceptor,
+    tls: Tls,
     grpc: TcpListener,
     http: TcpListener,
 }
@@ -55,13 +54,7 @@ pub fn install_crypto() {
 /// Builds the broker from validated settings: bundles, TLS, store, key, listeners.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     install_crypto();
-    let bundles = TrustBundles::load(
-        config
-            .trust_domains
-            .iter()
-            .map(|t| (t.name.as_str(), t.bundle.as_path())),
-    )?;
-    let tls = server_tls(&config, &bundles)?;
+    let tls = load_tls(&config)?;
     let url = config
         .database
         .url
@@ -137,7 +130,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         store,
         clock,
         config,
-        bundles,
         tls,
         grpc,
         http,
@@ -196,6 +188,90 @@ mod redaction_tests {
         ] {
             assert_eq!(redacted(url), shown);
             assert!(!redacted(url).contains("hunter2"));
+        }
+    }
+}
+
+/// The broker's side of mTLS: its certificate and key, and the trust bundles its
+/// callers' SVIDs chain to. Swapped whole when the files change (SPIRE rotates
+/// them), for new connections; open connections keep what they were verified with.
+#[derive(Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    bundles: TrustBundles,
+}
+
+/// Loads the certificate, key and bundles the configuration names.
+fn load_tls(config: &Config) -> anyhow::Result<Tls> {
+    let bundles = TrustBundles::load(
+        config
+            .trust_domains
+            .iter()
+            .map(|t| (t.name.as_str(), t.bundle.as_path())),
+    )?;
+    let acceptor = server_tls(config, &bundles)?;
+    Ok(Tls { acceptor, bundles })
+}
+
+/// What changes when any TLS file is rewritten or replaced: each file's
+/// modification time and length (or its absence).
+fn tls_files_state(config: &Config) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    std::iter::once(&config.server.cert)
+        .chain(std::iter::once(&config.server.key))
+        .chain(config.trust_domains.iter().map(|t| &t.bundle))
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// Reloads the certificate, key and trust bundles when their files change (and
+/// on SIGHUP). A set that does not load (a half-written rotation, a key that does
+/// not match) is refused and the previous one stays in force.
+async fn watch_tls(
+    config: Arc<Config>,
+    every: Duration,
+    current: tokio::sync::watch::Sender<Tls>,
+    cancel: CancellationToken,
+) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = tls_files_state(&config);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hangup => {}
+            _ = tick.tick() => {
+                let now = tls_files_state(&config);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+        }
+        match load_tls(&config) {
+            Ok(tls) => {
+                let _ = current.send(tls);
+                info!(cert = %config.server.cert.display(), "TLS certificate, key and trust bundles reloaded");
+            }
+            Err(error) => {
+                error!(error = %format!("{error:#}"), "TLS reload failed; the previous certificate and bundles stay in force")
+            }
         }
     }
 }
@@ -299,13 +375,14 @@ impl App {
             }));
 
         let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
-        let accept = tokio::spawn(accept_loop(
-            self.grpc,
-            self.tls,
-            self.bundles,
-            conn_tx,
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(self.tls);
+        let tls_reloader = tokio::spawn(watch_tls(
+            Arc::new(self.config.clone()),
+            self.config.server.reload_interval,
+            tls_tx,
             cancel.clone(),
         ));
+        let accept = tokio::spawn(accept_loop(self.grpc, tls_rx, conn_tx, cancel.clone()));
         let grpc = tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(conn_rx),
             cancel.clone().cancelled_owned(),
@@ -429,6 +506,7 @@ impl App {
             let _ = heartbeat.await;
             let _ = sealer.await;
             let _ = reloader.await;
+            let _ = tls_reloader.await;
             let _ = follower.await;
             (g, h)
         })
@@ -468,8 +546,7 @@ where
 /// they are logged here with the reason.
 async fn accept_loop(
     listener: TcpListener,
-    tls: TlsAcceptor,
-    bundles: TrustBundles,
+    tls: tokio::sync::watch::Receiver<Tls>,
     out: tokio::sync::mpsc::Sender<Result<TlsConn, std::io::Error>>,
     cancel: CancellationToken,
 ) {
@@ -494,11 +571,12 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let tls = tls.clone();
-        let bundles = bundles.clone();
+        // The certificate and bundles in force now: a reload applies to new
+        // connections.
+        let Tls { acceptor, bundles } = tls.borrow().clone();
         let out = out.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             drop(slot);
             match handshake {
                 Ok(Ok(stream)) => {

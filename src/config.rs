@@ -103,6 +103,14 @@ pub struct ServerConfig {
     /// How long to wait for open streams to drain on shutdown.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How often the certificate, key and trust bundle files are checked for
+    /// changes (SPIRE rotates them); changed, they are reloaded for new connections.
+    #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_issuer() -> String {
@@ -455,6 +463,12 @@ impl Config {
         }
         if self.policy.environment.trim().is_empty() {
             return Err(invalid("policy.environment", "must not be empty"));
+        }
+        if self.server.reload_interval.is_zero() {
+            return Err(invalid(
+                "server.reload_interval",
+                "must be greater than zero",
+            ));
         }
         if self.policy.reload_interval.is_zero() {
             return Err(invalid(

@@ -119,6 +119,8 @@ pub struct Options {
     pub clock: Option<ManualClock>,
     /// `database.migrate`.
     pub migrate: bool,
+    /// `server.reload_interval`.
+    pub tls_reload: &'static str,
 }
 
 impl Default for Options {
@@ -135,6 +137,7 @@ impl Default for Options {
             watch_poll: "1s",
             clock: None,
             migrate: true,
+            tls_reload: "5s",
         }
     }
 }
@@ -200,6 +203,7 @@ cert = "{cert}"
 key = "{key}"
 issuer = "https://mayfly.test"
 shutdown_grace = "5s"
+reload_interval = "{tls_reload}"
 
 [database]
 url = "{db_url}"
@@ -237,6 +241,7 @@ reload_interval = "100ms"
         ca = pki.path("ca.pem").display(),
         ct = o.connect_timeout,
         migrate = o.migrate,
+        tls_reload = o.tls_reload,
         sweep = o.sweep,
         policies = policies.display(),
         environment = o.environment,

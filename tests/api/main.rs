@@ -15,6 +15,7 @@ mod operations;
 mod persistence;
 mod policy;
 mod replicas;
+mod rotation;
 mod schema;
 mod step_up;
 mod store_conformance;
