@@ -199,10 +199,14 @@ mod redaction_tests {
 struct Tls {
     acceptor: TlsAcceptor,
     bundles: TrustBundles,
+    /// The files' state when they were read.
+    files: FilesState,
 }
 
-/// Loads the certificate, key and bundles the configuration names.
+/// Loads the certificate, key and bundles the configuration names, with the
+/// files' state read before them (so a change during the load is seen later).
 fn load_tls(config: &Config) -> anyhow::Result<Tls> {
+    let files = tls_files_state(config);
     let bundles = TrustBundles::load(
         config
             .trust_domains
@@ -210,12 +214,18 @@ fn load_tls(config: &Config) -> anyhow::Result<Tls> {
             .map(|t| (t.name.as_str(), t.bundle.as_path())),
     )?;
     let acceptor = server_tls(config, &bundles)?;
-    Ok(Tls { acceptor, bundles })
+    Ok(Tls {
+        acceptor,
+        bundles,
+        files,
+    })
 }
+
+type FilesState = Vec<Option<(std::time::SystemTime, u64)>>;
 
 /// What changes when any TLS file is rewritten or replaced: each file's
 /// modification time and length (or its absence).
-fn tls_files_state(config: &Config) -> Vec<Option<(std::time::SystemTime, u64)>> {
+fn tls_files_state(config: &Config) -> FilesState {
     std::iter::once(&config.server.cert)
         .chain(std::iter::once(&config.server.key))
         .chain(config.trust_domains.iter().map(|t| &t.bundle))
@@ -227,9 +237,15 @@ fn tls_files_state(config: &Config) -> Vec<Option<(std::time::SystemTime, u64)>>
         .collect()
 }
 
+/// Loads that may fail before one is logged as an error: a rotation writes the
+/// certificate, the key and the bundle one after another, and a check between
+/// them sees a certificate without its key.
+const QUIET_TLS_FAILURES: u32 = 2;
+
 /// Reloads the certificate, key and trust bundles when their files change (and
 /// on SIGHUP). A set that does not load (a half-written rotation, a key that does
-/// not match) is refused and the previous one stays in force.
+/// not match, a file not readable) is refused, the previous one stays in force,
+/// and the load is tried again at every check until one succeeds.
 async fn watch_tls(
     config: Arc<Config>,
     every: Duration,
@@ -237,8 +253,16 @@ async fn watch_tls(
     cancel: CancellationToken,
 ) {
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = tls_files_state(&config);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; TLS files reload on change only");
+            None
+        }
+    };
+    // The state of the set in force; a failed load leaves it, so it is retried.
+    let mut loaded = current.borrow().files.clone();
+    let mut failures = 0u32;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -257,20 +281,28 @@ async fn watch_tls(
             _ = cancel.cancelled() => return,
             _ = hangup => {}
             _ = tick.tick() => {
-                let now = tls_files_state(&config);
-                if now == seen {
+                if tls_files_state(&config) == loaded {
                     continue;
                 }
-                seen = now;
             }
         }
         match load_tls(&config) {
             Ok(tls) => {
+                loaded = tls.files.clone();
+                failures = 0;
                 let _ = current.send(tls);
+                crate::metrics::TLS_RELOADS.inc();
                 info!(cert = %config.server.cert.display(), "TLS certificate, key and trust bundles reloaded");
             }
             Err(error) => {
-                error!(error = %format!("{error:#}"), "TLS reload failed; the previous certificate and bundles stay in force")
+                failures += 1;
+                crate::metrics::TLS_RELOAD_FAILURES.inc();
+                let error = format!("{error:#}");
+                if failures > QUIET_TLS_FAILURES {
+                    error!(%error, failures, "TLS reload failed; the previous certificate and bundles stay in force")
+                } else {
+                    warn!(%error, "TLS files changed but do not load yet; retrying")
+                }
             }
         }
     }
@@ -573,7 +605,9 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         // The certificate and bundles in force now: a reload applies to new
         // connections.
-        let Tls { acceptor, bundles } = tls.borrow().clone();
+        let Tls {
+            acceptor, bundles, ..
+        } = tls.borrow().clone();
         let out = out.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;

@@ -464,17 +464,13 @@ impl Config {
         if self.policy.environment.trim().is_empty() {
             return Err(invalid("policy.environment", "must not be empty"));
         }
-        if self.server.reload_interval.is_zero() {
-            return Err(invalid(
-                "server.reload_interval",
-                "must be greater than zero",
-            ));
-        }
-        if self.policy.reload_interval.is_zero() {
-            return Err(invalid(
-                "policy.reload_interval",
-                "must be greater than zero",
-            ));
+        for (key, every) in [
+            ("server.reload_interval", self.server.reload_interval),
+            ("policy.reload_interval", self.policy.reload_interval),
+        ] {
+            if every.is_zero() || every > Duration::from_secs(86_400) {
+                return Err(invalid(key, "must be more than zero and at most 24h"));
+            }
         }
         Ok(())
     }

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// the broker absorbs (an audit write of a refusal, a sweep it retries) are logged
 /// instead.
 pub static STORE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// The broker's certificate, key and trust bundles loaded again after a change.
+pub static TLS_RELOADS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Attempts to load changed TLS files that were refused (the previous set stays).
+pub static TLS_RELOAD_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
@@ -94,6 +98,16 @@ impl Metrics {
             "store_errors",
             "Calls that failed on the store",
             STORE_ERRORS.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate, key and trust bundle sets loaded after the first",
+            TLS_RELOADS.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Changed TLS files that did not load (the previous set stayed in force)",
+            TLS_RELOAD_FAILURES.clone(),
         );
         registry.register(
             "active_tasks",

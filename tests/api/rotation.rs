@@ -29,6 +29,26 @@ async fn call(app: &TestApp, ca_pem: &str, id: &Issued) -> Result<(), String> {
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
+/// Waits (up to 10 s) until a call as `id`, trusting `ca_pem`, is refused.
+async fn until_refused(app: &TestApp, ca_pem: &str, id: &Issued) {
+    for _ in 0..100 {
+        if call(app, ca_pem, id).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("still accepted after the rotation");
+}
+
+/// A counter's value in the broker's `/metrics`.
+async fn counter(app: &TestApp, name: &str) -> f64 {
+    let (_, body) = app.http_get("/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
 /// Waits (up to 10 s) until a call as `id`, trusting `ca_pem`, succeeds.
 async fn until_accepted(app: &TestApp, ca_pem: &str, id: &Issued) {
     let mut last = String::new();
@@ -79,17 +99,32 @@ async fn a_rotated_bundle_and_broker_certificate_serve_new_connections_and_a_bro
     std::fs::write(pki.path("broker.key"), &broker.key_pem).unwrap();
     std::fs::write(pki.path("ca.pem"), next.cert_pem()).unwrap();
     until_accepted(&app, next.cert_pem(), &new).await;
-    // A client that trusts only the old CA no longer accepts the broker, and an
-    // SVID of the old CA is no longer accepted by it.
+    // An SVID of the old CA is no longer accepted (once the bundle without it is
+    // loaded: the files are written one after another), and a client that trusts
+    // only the old CA no longer accepts the broker.
+    until_refused(&app, next.cert_pem(), &old).await;
+    let refused = call(&app, next.cert_pem(), &old).await.unwrap_err();
+    assert!(
+        !refused.starts_with("connect"),
+        "refused at the call: {refused}"
+    );
     assert!(call(&app, pki.ca.cert_pem(), &new).await.is_err());
-    let refused = call(&app, next.cert_pem(), &old).await;
-    assert!(refused.is_err(), "an SVID of the retired CA was accepted");
 
     // A half-written rotation (a key that does not match the certificate) is
-    // refused, and the last good set stays in force.
+    // refused, retried at every check, and the last good set stays in force.
+    let failures = counter(&app, "mayfly_tls_reload_failures_total").await;
     let stray = next.svid(AGENT).unwrap();
     std::fs::write(pki.path("broker.key"), &stray.key_pem).unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..100 {
+        if counter(&app, "mayfly_tls_reload_failures_total").await >= failures + 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        counter(&app, "mayfly_tls_reload_failures_total").await >= failures + 2.0,
+        "the mismatched key was not refused (and retried)"
+    );
     call(&app, next.cert_pem(), &new).await.unwrap();
     app.stop().await.unwrap();
 }
