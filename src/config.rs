@@ -468,8 +468,11 @@ impl Config {
             ("server.reload_interval", self.server.reload_interval),
             ("policy.reload_interval", self.policy.reload_interval),
         ] {
-            if every.is_zero() || every > Duration::from_secs(86_400) {
-                return Err(invalid(key, "must be more than zero and at most 24h"));
+            if every.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+            if every > Duration::from_secs(86_400) {
+                return Err(invalid(key, "must be at most 24h"));
             }
         }
         Ok(())
