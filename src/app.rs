@@ -252,34 +252,16 @@ async fn watch_tls(
     current: tokio::sync::watch::Sender<Tls>,
     cancel: CancellationToken,
 ) {
-    #[cfg(unix)]
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(error) => {
-            warn!(%error, "cannot listen for SIGHUP; TLS files reload on change only");
-            None
-        }
-    };
+    let mut hup = Hangup::listen("TLS files");
     // The state of the set in force; a failed load leaves it, so it is retried.
     let mut loaded = current.borrow().files.clone();
     let mut failures = 0u32;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = hangup => {}
+            _ = hup.recv() => {}
             _ = tick.tick() => {
                 if tls_files_state(&config) == loaded {
                     continue;
@@ -701,33 +683,56 @@ async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
     }
 }
 
+/// SIGHUP, for a reloader: one listener each (every listener gets the signal).
+/// Where it cannot be listened for, it never arrives and files reload on change.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn listen(what: &str) -> Self {
+        #[cfg(unix)]
+        {
+            let signal = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                Ok(s) => Some(s),
+                Err(error) => {
+                    warn!(%error, "cannot listen for SIGHUP; {what} reload on change only");
+                    None
+                }
+            };
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = what;
+            Hangup {}
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.signal.as_mut() {
+            if s.recv().await.is_some() {
+                return;
+            }
+            // The signal driver is gone (the runtime is shutting down).
+            self.signal = None;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Reloads the policy directory on SIGHUP and whenever its files change.
 async fn watch_policies(policy: Arc<CedarPolicy>, every: Duration, cancel: CancellationToken) {
-    #[cfg(unix)]
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(error) => {
-            warn!(%error, "cannot listen for SIGHUP; policies reload on file change only");
-            None
-        }
-    };
+    let mut hup = Hangup::listen("policies");
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = hangup => policy.reload().map(|_| true),
+            _ = hup.recv() => policy.reload().map(|_| true),
             _ = tick.tick() => policy.reload_if_changed(),
         };
         match result {
