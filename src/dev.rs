@@ -128,15 +128,11 @@ dir = "policies"
 environment = "{ENVIRONMENT}"
 "#
     );
-    std::fs::write(d.config(), config)
+    std::fs::write(d.config(), &config)
         .with_context(|| format!("writing {}", d.config().display()))?;
     // The environment's MAYFLY_DATABASE_URL and addresses are for `serve`: dev
     // keeps its own database and the addresses it was given.
-    let mut cfg = Config::parse(
-        &std::fs::read_to_string(d.config())
-            .with_context(|| format!("reading {}", d.config().display()))?,
-        &d.config().display().to_string(),
-    )?;
+    let mut cfg = Config::parse(&config, &d.config().display().to_string())?;
     cfg.resolve_paths(&d.root);
     cfg.validate()?;
     Ok((d, cfg))

@@ -79,7 +79,12 @@ impl PgStore {
     /// Applies the migrations this version has and the database has not; returns
     /// the versions applied now.
     pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
-        let before = self.applied_migrations().await.unwrap_or_default();
+        let before: Vec<i64> = self
+            .applied_checksums()
+            .await?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
         MIGRATOR
             .run(&self.pool)
             .await
@@ -133,16 +138,6 @@ impl PgStore {
     async fn migrations_table(&self) -> Result<bool, StoreError> {
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&self.pool)
-            .await
-            .map_err(map_err)
-    }
-
-    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
-        if !self.migrations_table().await? {
-            return Ok(vec![]);
-        }
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.pool)
             .await
             .map_err(map_err)
     }

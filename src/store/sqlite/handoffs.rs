@@ -60,6 +60,20 @@ fn approval_from_row(r: &SqliteRow) -> Result<Approval, StoreError> {
     })
 }
 
+async fn delegation(
+    conn: &mut SqliteConnection,
+    id: Uuid,
+) -> Result<Option<Delegation>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DELEGATION_COLUMNS} FROM delegations WHERE id = ?1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    row.as_ref().map(delegation_from_row).transpose()
+}
+
 #[async_trait]
 impl DelegationStore for SqliteStore {
     async fn insert_delegation(
@@ -106,14 +120,8 @@ impl DelegationStore for SqliteStore {
     }
 
     async fn get_delegation(&self, id: Uuid) -> Result<Option<Delegation>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELEGATION_COLUMNS} FROM delegations WHERE id = ?1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(map_err)?;
-        row.as_ref().map(delegation_from_row).transpose()
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        delegation(&mut conn, id).await
     }
 
     async fn redeem_delegation(
@@ -125,17 +133,9 @@ impl DelegationStore for SqliteStore {
     ) -> Result<Redeem, StoreError> {
         let now = child.issued_at;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let offer = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELEGATION_COLUMNS} FROM delegations WHERE id = ?1"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some(offer) = offer else {
+        let Some(offer) = delegation(&mut tx, id).await? else {
             return Ok(Redeem::NotFound);
         };
-        let offer = delegation_from_row(&offer)?;
         if offer.redeemed_at.is_some() {
             return Ok(Redeem::AlreadyRedeemed);
         }
