@@ -8,25 +8,27 @@ use crate::api::{AdminApi, TaskApi, TokenApi, VerifierApi, pb};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::identity::{TlsConn, TrustBundles};
+use crate::identity::TlsConn;
 use crate::policy::CedarPolicy;
 use crate::store::{PgStore, SqliteStore, Store};
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
+
+mod background;
+mod http;
+mod tls;
+
+use background::{every, watch_policies};
+use http::HttpState;
+use tls::{Tls, load_tls, watch_tls};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,135 +194,6 @@ mod redaction_tests {
     }
 }
 
-/// The broker's side of mTLS: its certificate and key, and the trust bundles its
-/// callers' SVIDs chain to. Swapped whole when the files change (SPIRE rotates
-/// them), for new connections; open connections keep what they were verified with.
-#[derive(Clone)]
-struct Tls {
-    acceptor: TlsAcceptor,
-    bundles: TrustBundles,
-    /// The files' state when they were read.
-    files: FilesState,
-}
-
-/// Loads the certificate, key and bundles the configuration names, with the
-/// files' state read before them (so a change during the load is seen later).
-fn load_tls(config: &Config) -> anyhow::Result<Tls> {
-    let files = tls_files_state(config);
-    let bundles = TrustBundles::load(
-        config
-            .trust_domains
-            .iter()
-            .map(|t| (t.name.as_str(), t.bundle.as_path())),
-    )?;
-    let acceptor = server_tls(config, &bundles)?;
-    Ok(Tls {
-        acceptor,
-        bundles,
-        files,
-    })
-}
-
-type FilesState = Vec<Option<(std::time::SystemTime, u64)>>;
-
-/// What changes when any TLS file is rewritten or replaced: each file's
-/// modification time and length (or its absence).
-fn tls_files_state(config: &Config) -> FilesState {
-    std::iter::once(&config.server.cert)
-        .chain(std::iter::once(&config.server.key))
-        .chain(config.trust_domains.iter().map(|t| &t.bundle))
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
-}
-
-/// Loads that may fail before one is logged as an error: a rotation writes the
-/// certificate, the key and the bundle one after another, and a check between
-/// them sees a certificate without its key.
-const QUIET_TLS_FAILURES: u32 = 2;
-
-/// Reloads the certificate, key and trust bundles when their files change (and
-/// on SIGHUP). A set that does not load (a half-written rotation, a key that does
-/// not match, a file not readable) is refused, the previous one stays in force,
-/// and the load is tried again at every check until one succeeds.
-async fn watch_tls(
-    config: Arc<Config>,
-    every: Duration,
-    current: tokio::sync::watch::Sender<Tls>,
-    cancel: CancellationToken,
-) {
-    let mut hup = Hangup::listen("TLS files");
-    // The state of the set in force; a failed load leaves it, so it is retried.
-    let mut loaded = current.borrow().files.clone();
-    let mut failures = 0u32;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = hup.recv() => {}
-            _ = tick.tick() => {
-                if tls_files_state(&config) == loaded {
-                    continue;
-                }
-            }
-        }
-        match load_tls(&config) {
-            Ok(tls) => {
-                loaded = tls.files.clone();
-                failures = 0;
-                let _ = current.send(tls);
-                crate::metrics::TLS_RELOADS.inc();
-                info!(cert = %config.server.cert.display(), "TLS certificate, key and trust bundles reloaded");
-            }
-            Err(error) => {
-                failures += 1;
-                crate::metrics::TLS_RELOAD_FAILURES.inc();
-                let error = format!("{error:#}");
-                if failures > QUIET_TLS_FAILURES {
-                    error!(%error, failures, "TLS reload failed; the previous certificate and bundles stay in force")
-                } else {
-                    warn!(%error, "TLS files changed but do not load yet; retrying")
-                }
-            }
-        }
-    }
-}
-
-fn server_tls(config: &Config, bundles: &TrustBundles) -> anyhow::Result<TlsAcceptor> {
-    let cert_path = &config.server.cert;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .with_context(|| format!("server.cert: cannot read {}", cert_path.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| {
-            format!(
-                "server.cert: {} is not a PEM certificate chain",
-                cert_path.display()
-            )
-        })?;
-    if chain.is_empty() {
-        anyhow::bail!("server.cert: {} holds no certificate", cert_path.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(&config.server.key).with_context(|| {
-        format!(
-            "server.key: cannot read a PEM private key from {}",
-            config.server.key.display()
-        )
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS protocol versions")?
-        .with_client_cert_verifier(bundles.handshake_verifier())
-        .with_single_cert(chain, key)
-        .context("server.cert and server.key do not form a usable pair")?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(tls)))
-}
-
 impl App {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
@@ -403,10 +276,10 @@ impl App {
         ));
 
         let http_router = Router::new()
-            .route("/.well-known/jwks.json", get(jwks))
+            .route("/.well-known/jwks.json", get(http::jwks))
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
+            .route("/readyz", get(http::readyz))
+            .route("/metrics", get(http::metrics))
             .with_state(HttpState {
                 broker: b.clone(),
                 store: self.store.clone(),
@@ -539,22 +412,6 @@ impl App {
     }
 }
 
-/// Runs `f` every `period` until cancelled.
-async fn every<F, Fut>(period: Duration, cancel: CancellationToken, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => f().await,
-        }
-    }
-}
-
 /// Accepts TCP connections and completes TLS handshakes in their own tasks, so a
 /// slow client never holds up others. Failed handshakes never reach tonic, so
 /// they are logged here with the reason.
@@ -609,140 +466,5 @@ async fn accept_loop(
                 Err(_) => warn!(%peer, "TLS handshake timed out"),
             }
         });
-    }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    broker: Arc<Broker>,
-    store: Arc<dyn Store>,
-    policy: Arc<CedarPolicy>,
-}
-
-async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
-    match s.broker.jwks().await {
-        Ok(jwks) => (
-            [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
-            Json(jwks),
-        )
-            .into_response(),
-        Err(error) => {
-            error!(%error, "JWKS: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
-        }
-    }
-}
-
-/// Prometheus text exposition. The active-task count is the store's; when the
-/// store does not answer in time it is left at its last reading.
-async fn metrics(State(s): State<HttpState>) -> axum::response::Response {
-    let active =
-        match tokio::time::timeout(Duration::from_secs(2), s.store.count_active_tasks()).await {
-            Ok(Ok(n)) => Some(n),
-            _ => None,
-        };
-    let body =
-        s.broker
-            .metrics()
-            .encode(active, s.broker.hub().watchers(), s.policy.status().reloads);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
-}
-
-async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
-    // A failed policy reload does not make the broker unready (the last good set
-    // keeps serving), but it is reported here for operators.
-    let status = s.policy.status();
-    let mut policy = format!(
-        "\npolicy: {} policies, {} reloads, {} failed reloads",
-        status.policies, status.reloads, status.failed_reloads
-    );
-    if let Some(e) = status.last_error {
-        policy.push_str(&format!(
-            "\npolicy reload failed, still serving the previous set:\n{e}"
-        ));
-    }
-    match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, format!("ready{policy}")).into_response(),
-        Ok(Err(error)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}{policy}"),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the store did not answer within 2s{policy}"),
-        )
-            .into_response(),
-    }
-}
-
-/// SIGHUP, for a reloader: one listener each (every listener gets the signal).
-/// Where it cannot be listened for, it never arrives and files reload on change.
-struct Hangup {
-    #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangup {
-    fn listen(what: &str) -> Self {
-        #[cfg(unix)]
-        {
-            let signal = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                Ok(s) => Some(s),
-                Err(error) => {
-                    warn!(%error, "cannot listen for SIGHUP; {what} reload on change only");
-                    None
-                }
-            };
-            Hangup { signal }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = what;
-            Hangup {}
-        }
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some(s) = self.signal.as_mut() {
-            if s.recv().await.is_some() {
-                return;
-            }
-            // The signal driver is gone (the runtime is shutting down).
-            self.signal = None;
-        }
-        std::future::pending::<()>().await
-    }
-}
-
-/// Reloads the policy directory on SIGHUP and whenever its files change.
-async fn watch_policies(policy: Arc<CedarPolicy>, every: Duration, cancel: CancellationToken) {
-    let mut hup = Hangup::listen("policies");
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = hup.recv() => policy.reload().map(|_| true),
-            _ = tick.tick() => policy.reload_if_changed(),
-        };
-        match result {
-            Ok(true) => {
-                info!(dir = %policy.dir().display(), policies = policy.status().policies, "policies reloaded")
-            }
-            Ok(false) => {}
-            Err(e) => {
-                error!(dir = %policy.dir().display(), error = %e, "policy reload failed; the previous policy set stays in force")
-            }
-        }
     }
 }
