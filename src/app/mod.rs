@@ -166,34 +166,6 @@ pub fn redacted(url: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod redaction_tests {
-    use super::redacted;
-
-    #[test]
-    fn no_password_survives_redaction() {
-        for (url, shown) in [
-            ("postgres://u:hunter2@db:5432/m", "postgres://***@db:5432/m"),
-            (
-                "postgres://db/m?password=hunter2&sslmode=require",
-                "postgres://db/m?password=***&sslmode=require",
-            ),
-            (
-                "postgres://u@db/m?PASSWORD=hunter2",
-                "postgres://***@db/m?PASSWORD=***",
-            ),
-            (
-                "host=db password=hunter2",
-                "<database URL, not shown: not a URL>",
-            ),
-            ("sqlite:///var/lib/mayfly.db", "sqlite:///var/lib/mayfly.db"),
-        ] {
-            assert_eq!(redacted(url), shown);
-            assert!(!redacted(url).contains("hunter2"));
-        }
-    }
-}
-
 impl App {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
@@ -466,5 +438,33 @@ async fn accept_loop(
                 Err(_) => warn!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted;
+
+    #[test]
+    fn no_password_survives_redaction() {
+        for (url, shown) in [
+            ("postgres://u:hunter2@db:5432/m", "postgres://***@db:5432/m"),
+            (
+                "postgres://db/m?password=hunter2&sslmode=require",
+                "postgres://db/m?password=***&sslmode=require",
+            ),
+            (
+                "postgres://u@db/m?PASSWORD=hunter2",
+                "postgres://***@db/m?PASSWORD=***",
+            ),
+            (
+                "host=db password=hunter2",
+                "<database URL, not shown: not a URL>",
+            ),
+            ("sqlite:///var/lib/mayfly.db", "sqlite:///var/lib/mayfly.db"),
+        ] {
+            assert_eq!(redacted(url), shown);
+            assert!(!redacted(url).contains("hunter2"));
+        }
     }
 }
