@@ -1,6 +1,8 @@
 //! Prometheus metrics, served on the HTTP port at `/metrics`. Counters are kept
-//! where the decisions are made (the broker); what the store or other parts know
-//! (active tasks, watch subscribers, policy reloads) is read at scrape time.
+//! where the decisions are made (the broker); what other parts know (watch
+//! subscribers, policy reloads) is read from memory at scrape time, and the
+//! store's active-task count is refreshed in the background: a scrape never
+//! queries the store.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,10 +16,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// the broker absorbs (an audit write of a refusal, a sweep it retries) are logged
 /// instead.
 pub static STORE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Times the store probe found the store down (calls then fail fast).
+pub static STORE_OUTAGES: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// The broker's certificate, key and trust bundles loaded again after a change.
 pub static TLS_RELOADS: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Attempts to load changed TLS files that were refused (the previous set stays).
 pub static TLS_RELOAD_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Connections the broker closed before the client did, by listener (`grpc`,
+/// `http`) and reason: `evicted` (room for a newer one at the connection cap),
+/// `handshake_timeout`, `handshake_failed`, `handshake_evicted`,
+/// `first_request_timeout`, `idle_timeout`.
+pub static CONNECTIONS_CLOSED: LazyLock<Family<Conn, Counter>> = LazyLock::new(Family::default);
+/// Connections refused at accept because the cap was full of connections that
+/// proved an identity, by listener (`reason` is `cap`).
+pub static CONNECTIONS_REFUSED: LazyLock<Family<Conn, Counter>> = LazyLock::new(Family::default);
+/// Completed handshakes without a valid X.509-SVID (every call on them is
+/// refused), by listener (`reason` is the SVID check that failed, in short).
+pub static CONNECTIONS_UNAUTHENTICATED: LazyLock<Family<Conn, Counter>> =
+    LazyLock::new(Family::default);
+/// Open connections, all listeners.
+pub static CONNECTIONS_OPEN: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// TLS handshakes in progress (after the ClientHello).
+pub static HANDSHAKES_IN_PROGRESS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Conn {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
@@ -100,6 +127,11 @@ impl Metrics {
             STORE_ERRORS.clone(),
         );
         registry.register(
+            "store_outages",
+            "Times the store probe found the store down (calls then fail fast until it answers)",
+            STORE_OUTAGES.clone(),
+        );
+        registry.register(
             "tls_reloads",
             "Certificate, key and trust bundle sets loaded after the first",
             TLS_RELOADS.clone(),
@@ -108,6 +140,31 @@ impl Metrics {
             "tls_reload_failures",
             "Changed TLS files that did not load (the previous set stayed in force)",
             TLS_RELOAD_FAILURES.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the broker closed, by listener and reason",
+            CONNECTIONS_CLOSED.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at accept: the cap was full of authenticated connections",
+            CONNECTIONS_REFUSED.clone(),
+        );
+        registry.register(
+            "connections_unauthenticated",
+            "Handshakes that completed without a valid X.509-SVID, by listener and reason",
+            CONNECTIONS_UNAUTHENTICATED.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Open connections, all listeners",
+            CONNECTIONS_OPEN.clone(),
+        );
+        registry.register(
+            "handshakes_in_progress",
+            "TLS handshakes in progress (after the ClientHello)",
+            HANDSHAKES_IN_PROGRESS.clone(),
         );
         registry.register(
             "active_tasks",
@@ -147,11 +204,13 @@ impl Metrics {
         self.mint_seconds.observe(d.as_secs_f64());
     }
 
-    /// The text exposition, with the scrape-time readings given.
-    pub fn encode(&self, active_tasks: Option<u64>, watchers: usize, reloads: u64) -> String {
-        if let Some(n) = active_tasks {
-            self.active_tasks.set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
+    /// The active tasks of all replicas, as last counted in the background.
+    pub fn set_active_tasks(&self, n: u64) {
+        self.active_tasks.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition, with the in-process readings given.
+    pub fn encode(&self, watchers: usize, reloads: u64) -> String {
         self.watch_subscribers
             .set(i64::try_from(watchers).unwrap_or(i64::MAX));
         let seen = self.policy_reloads_seen.swap(reloads, Ordering::SeqCst);

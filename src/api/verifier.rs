@@ -75,7 +75,7 @@ impl VerifierService for VerifierApi {
         self.auth
             .caller(&req, "mayfly.v1.VerifierService/GetJwks", ANYONE)
             .await?;
-        let jwks = self.broker.jwks().await?;
+        let jwks = self.broker.jwks();
         let jwks_json =
             serde_json::to_string(&jwks).map_err(|_| Status::internal("encoding JWKS"))?;
         Ok(Response::new(GetJwksResponse { jwks_json }))

@@ -1,47 +1,36 @@
 //! The plain-HTTP port: JWKS, liveness, readiness and metrics.
 use crate::broker::Broker;
 use crate::policy::CedarPolicy;
-use crate::store::Store;
+use crate::store::Health;
+use crate::store::gate::Status as HealthStatus;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use std::sync::Arc;
-use std::time::Duration;
-use tracing::error;
 
 #[derive(Clone)]
 pub(super) struct HttpState {
     pub broker: Arc<Broker>,
-    pub store: Arc<dyn Store>,
+    pub health: Arc<Health>,
     pub policy: Arc<CedarPolicy>,
 }
 
+/// From memory: the key set the broker last read (see `Broker::jwks`).
 pub(super) async fn jwks(State(s): State<HttpState>) -> axum::response::Response {
-    match s.broker.jwks().await {
-        Ok(jwks) => (
-            [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
-            Json(jwks),
-        )
-            .into_response(),
-        Err(error) => {
-            error!(%error, "JWKS: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
-        }
-    }
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+        Json(s.broker.jwks()),
+    )
+        .into_response()
 }
 
-/// Prometheus text exposition. The active-task count is the store's; when the
-/// store does not answer in time it is left at its last reading.
+/// Prometheus text exposition, from values kept in process (the active-task
+/// count is refreshed in the background, not read per scrape).
 pub(super) async fn metrics(State(s): State<HttpState>) -> axum::response::Response {
-    let active =
-        match tokio::time::timeout(Duration::from_secs(2), s.store.count_active_tasks()).await {
-            Ok(Ok(n)) => Some(n),
-            _ => None,
-        };
-    let body =
-        s.broker
-            .metrics()
-            .encode(active, s.broker.hub().watchers(), s.policy.status().reloads);
+    let body = s
+        .broker
+        .metrics()
+        .encode(s.broker.hub().watchers(), s.policy.status().reloads);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -52,6 +41,7 @@ pub(super) async fn metrics(State(s): State<HttpState>) -> axum::response::Respo
         .into_response()
 }
 
+/// Ready while the store probe finds the store answering (see `store::gate`).
 pub(super) async fn readyz(State(s): State<HttpState>) -> axum::response::Response {
     // A failed policy reload does not make the broker unready (the last good set
     // keeps serving), but it is reported here for operators.
@@ -65,16 +55,14 @@ pub(super) async fn readyz(State(s): State<HttpState>) -> axum::response::Respon
             "\npolicy reload failed, still serving the previous set:\n{e}"
         ));
     }
-    match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, format!("ready{policy}")).into_response(),
-        Ok(Err(error)) => (
+    match s.health.status() {
+        HealthStatus::Up => (StatusCode::OK, format!("ready{policy}")).into_response(),
+        HealthStatus::Down { since, error } => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}{policy}"),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the store did not answer within 2s{policy}"),
+            format!(
+                "not ready: the store has not answered for {}s: {error}{policy}",
+                since.elapsed().as_secs()
+            ),
         )
             .into_response(),
     }

@@ -8,9 +8,8 @@ use crate::api::{AdminApi, TaskApi, TokenApi, VerifierApi, pb};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::identity::TlsConn;
 use crate::policy::CedarPolicy;
-use crate::store::{PgStore, SqliteStore, Store};
+use crate::store::{Gated, Health, PgStore, SqliteStore, Store};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
@@ -20,26 +19,31 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 mod background;
 mod http;
+mod listener;
+mod slots;
 mod tls;
 
 use background::{every, watch_policies};
 use http::HttpState;
 use tls::{Tls, load_tls, watch_tls};
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; past this, accepting waits (back-pressure
-/// instead of unbounded tasks under a connection flood).
-const MAX_HANDSHAKES: usize = 512;
+/// How often the active-task gauge is recounted (a scrape never queries the store).
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 
 pub struct App {
     broker: Arc<Broker>,
     policy: Arc<CedarPolicy>,
+    /// The store behind the fail-fast gate (what the broker uses).
     store: Arc<dyn Store>,
+    /// The store itself, for the probe that keeps `health`.
+    raw_store: Arc<dyn Store>,
+    health: Arc<Health>,
+    /// The connection cap after fitting it to the file descriptor limit.
+    max_connections: usize,
     clock: Arc<dyn Clock>,
     config: Config,
     tls: Tls,
@@ -72,7 +76,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
             )
         })?,
     );
-    let store: Arc<dyn Store> = if crate::config::sqlite_path(url.expose()).is_some() {
+    let raw_store: Arc<dyn Store> = if crate::config::sqlite_path(url.expose()).is_some() {
         Arc::new(
             SqliteStore::connect(
                 url.expose(),
@@ -98,6 +102,25 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
         Arc::new(store)
     };
+    let health = Health::new();
+    let store: Arc<dyn Store> = Arc::new(Gated::new(raw_store.clone(), health.clone()));
+    let (max_connections, fd_limit) = listener::connection_cap(
+        config.limits.max_connections,
+        config.database.max_connections,
+    );
+    if let Some(fd_limit) = fd_limit {
+        if max_connections < 16 {
+            anyhow::bail!(
+                "the file descriptor limit ({fd_limit}) leaves room for {max_connections} connections after the database pool; raise it (ulimit -n) or lower database.max_connections"
+            );
+        }
+        warn!(
+            configured = config.limits.max_connections,
+            effective = max_connections,
+            fd_limit,
+            "limits.max_connections lowered to fit the file descriptor limit"
+        );
+    }
     let policy_dyn: Arc<dyn crate::policy::Policy> = policy.clone();
     let broker = Broker::new(
         store.clone(),
@@ -130,6 +153,9 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         broker: Arc::new(broker),
         policy,
         store,
+        raw_store,
+        health,
+        max_connections,
         clock,
         config,
         tls,
@@ -207,33 +233,44 @@ impl App {
             .context("building the reflection service")?;
 
         let b = &self.broker;
-        let router = tonic::transport::Server::builder()
-            // Find and drop dead peers, so their connections and streams do not linger.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(health_svc)
+        let l = &self.config.limits;
+        let grpc_router = tonic::service::Routes::new(health_svc)
             .add_service(reflection)
-            .add_service(TaskServiceServer::new(TaskApi {
-                broker: b.clone(),
-                auth: auth.clone(),
-            }))
-            .add_service(TokenServiceServer::new(TokenApi {
-                broker: b.clone(),
-                auth: auth.clone(),
-            }))
-            .add_service(AdminServiceServer::new(AdminApi {
-                broker: b.clone(),
-                auth: auth.clone(),
-            }))
-            .add_service(VerifierServiceServer::new(VerifierApi {
-                broker: b.clone(),
-                auth,
-                shutdown: cancel.clone(),
-                poll: self.config.revocation.poll_interval,
-                heartbeat: self.config.revocation.heartbeat,
-            }));
+            .add_service(
+                TaskServiceServer::new(TaskApi {
+                    broker: b.clone(),
+                    auth: auth.clone(),
+                })
+                .max_decoding_message_size(l.task_message_bytes),
+            )
+            .add_service(
+                TokenServiceServer::new(TokenApi {
+                    broker: b.clone(),
+                    auth: auth.clone(),
+                })
+                .max_decoding_message_size(l.token_message_bytes),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi {
+                    broker: b.clone(),
+                    auth: auth.clone(),
+                })
+                .max_decoding_message_size(l.admin_message_bytes),
+            )
+            .add_service(
+                VerifierServiceServer::new(VerifierApi {
+                    broker: b.clone(),
+                    auth,
+                    shutdown: cancel.clone(),
+                    poll: self.config.revocation.poll_interval,
+                    heartbeat: self.config.revocation.heartbeat,
+                })
+                .max_decoding_message_size(l.verifier_message_bytes),
+            )
+            .prepare()
+            .into_axum_router();
 
-        let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
+        let shared = listener::Shared::new(l.clone(), self.max_connections);
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(self.tls);
         let tls_reloader = tokio::spawn(watch_tls(
             Arc::new(self.config.clone()),
@@ -241,10 +278,12 @@ impl App {
             tls_tx,
             cancel.clone(),
         ));
-        let accept = tokio::spawn(accept_loop(self.grpc, tls_rx, conn_tx, cancel.clone()));
-        let grpc = tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(conn_rx),
-            cancel.clone().cancelled_owned(),
+        let grpc = tokio::spawn(listener::serve(
+            self.grpc,
+            listener::Kind::Grpc(tls_rx),
+            grpc_router,
+            shared.clone(),
+            cancel.clone(),
         ));
 
         let http_router = Router::new()
@@ -254,14 +293,38 @@ impl App {
             .route("/metrics", get(http::metrics))
             .with_state(HttpState {
                 broker: b.clone(),
-                store: self.store.clone(),
+                health: self.health.clone(),
                 policy: self.policy.clone(),
             });
-        let http = tokio::spawn(
-            axum::serve(self.http, http_router)
-                .with_graceful_shutdown(cancel.clone().cancelled_owned())
-                .into_future(),
-        );
+        let http = tokio::spawn(listener::serve(
+            self.http,
+            listener::Kind::Http,
+            http_router,
+            shared.clone(),
+            cancel.clone(),
+        ));
+        let summary = tokio::spawn(shared.clone().summarize(cancel.clone()));
+        let probe = tokio::spawn(crate::store::gate::probe(
+            self.raw_store.clone(),
+            self.health.clone(),
+            self.config.database.probe_interval,
+            self.config.database.connect_timeout,
+            cancel.clone(),
+        ));
+        let gauges = tokio::spawn(every(GAUGE_INTERVAL, cancel.clone(), {
+            let b = b.clone();
+            let store = self.store.clone();
+            move || {
+                let (b, store) = (b.clone(), store.clone());
+                async move {
+                    // Failing, the gauge keeps its last reading (the probe reports
+                    // the outage).
+                    if let Ok(n) = store.count_active_tasks().await {
+                        b.metrics().set_active_tasks(n);
+                    }
+                }
+            }
+        }));
 
         let sweeper = tokio::spawn(every(self.config.tasks.sweep_interval, cancel.clone(), {
             let b = b.clone();
@@ -303,6 +366,22 @@ impl App {
                 }
             }
         }));
+
+        // Another replica registered a key: the JWKS served from memory takes it in.
+        let key_notices = tokio::spawn({
+            let (b, cancel) = (b.clone(), cancel.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = b.hub().keys().notified() => {}
+                    }
+                    if let Err(error) = b.refresh_keys().await {
+                        warn!(%error, "could not read a newly announced signing key; the key heartbeat will retry");
+                    }
+                }
+            }
+        });
 
         let sealer = tokio::spawn(every(self.config.audit.seal_interval, cancel.clone(), {
             let b = b.clone();
@@ -358,22 +437,33 @@ impl App {
             .await;
         cancel.cancel();
         let drained = tokio::time::timeout(grace, async {
-            let _ = accept.await;
             let g = grpc.await;
             let h = http.await;
-            let _ = sweeper.await;
-            let _ = heartbeat.await;
-            let _ = sealer.await;
-            let _ = reloader.await;
-            let _ = tls_reloader.await;
-            let _ = follower.await;
+            // Every connection was asked to finish (GOAWAY, or closing after the
+            // response in flight); watch streams ended with `cancel`.
+            shared.tasks.close();
+            shared.tasks.wait().await;
+            for worker in [
+                sweeper,
+                heartbeat,
+                key_notices,
+                sealer,
+                reloader,
+                tls_reloader,
+                follower,
+                summary,
+                probe,
+                gauges,
+            ] {
+                let _ = worker.await;
+            }
             (g, h)
         })
         .await;
         match drained {
             Ok((g, h)) => {
-                g.context("gRPC server task")?.context("gRPC server")?;
-                h.context("HTTP server task")?.context("HTTP server")?;
+                g.context("gRPC listener task")?;
+                h.context("HTTP listener task")?;
                 info!("shut down cleanly");
             }
             Err(_) => {
@@ -381,63 +471,6 @@ impl App {
             }
         }
         Ok(())
-    }
-}
-
-/// Accepts TCP connections and completes TLS handshakes in their own tasks, so a
-/// slow client never holds up others. Failed handshakes never reach tonic, so
-/// they are logged here with the reason.
-async fn accept_loop(
-    listener: TcpListener,
-    tls: tokio::sync::watch::Receiver<Tls>,
-    out: tokio::sync::mpsc::Sender<Result<TlsConn, std::io::Error>>,
-    cancel: CancellationToken,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let slot = tokio::select! {
-            _ = cancel.cancelled() => return,
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(error) => {
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        // The certificate and bundles in force now: a reload applies to new
-        // connections.
-        let Tls {
-            acceptor, bundles, ..
-        } = tls.borrow().clone();
-        let out = out.clone();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(slot);
-            match handshake {
-                Ok(Ok(stream)) => {
-                    let conn = TlsConn::new(stream, &bundles);
-                    match &conn.info().identity {
-                        Ok(c) => debug!(%peer, caller = %c.id, "mTLS connection"),
-                        Err(why) => {
-                            warn!(%peer, %why, "connection without a valid X.509-SVID; its calls will be refused")
-                        }
-                    }
-                    let _ = out.send(Ok(conn)).await;
-                }
-                Ok(Err(why)) => warn!(%peer, %why, "TLS handshake failed"),
-                Err(_) => warn!(%peer, "TLS handshake timed out"),
-            }
-        });
     }
 }
 

@@ -136,6 +136,9 @@ struct Keys {
     /// Unix seconds until which the registration of `signing` is known to last.
     registered_until: AtomicI64,
     published: RwLock<Arc<KeySet>>,
+    /// The same keys as the JWKS document, served from memory (never a store
+    /// query per request: anyone may ask for it).
+    jwks: RwLock<Arc<Jwks>>,
     /// When `published` was last read from the store. Unknown kids refresh it at
     /// most once per `KEY_REFRESH_MIN` (one refresh at a time; a request waits for
     /// a refresh newer than itself), so random kids cannot flood the store.
@@ -182,6 +185,7 @@ impl Broker {
                 created_at: clock.now(),
                 registered_until: AtomicI64::new(i64::MIN),
                 published: RwLock::new(Arc::new(KeySet::default())),
+                jwks: RwLock::new(Arc::new(Jwks::default())),
                 refreshed: tokio::sync::Mutex::new(None),
             },
             store,
@@ -284,6 +288,8 @@ impl Broker {
             .published
             .write()
             .unwrap_or_else(|p| p.into_inner()) = set;
+        *self.keys.jwks.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Jwks::from_records(&live));
         Ok(())
     }
 
@@ -1068,9 +1074,15 @@ impl Broker {
         }
     }
 
-    pub async fn jwks(&self) -> Result<Jwks, BrokerError> {
-        let live = self.store.live_keys(self.now()).await?;
-        Ok(Jwks::from_records(&live))
+    /// Every replica's live keys as last read from the store (at start, every key
+    /// heartbeat, when another replica announces a new key, and when a token names
+    /// an unknown kid).
+    pub fn jwks(&self) -> Arc<Jwks> {
+        self.keys
+            .jwks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

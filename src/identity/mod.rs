@@ -74,7 +74,7 @@ pub struct ConnInfo {
     pub identity: Result<Caller, VerifyError>,
 }
 
-/// A server-side TLS connection carrying its verified identity into tonic.
+/// A server-side TLS connection with the identity its peer certificate proves.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: ConnInfo,
@@ -102,14 +102,6 @@ impl TlsConn {
 
     pub fn info(&self) -> &ConnInfo {
         &self.info
-    }
-}
-
-#[cfg(feature = "server")]
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = ConnInfo;
-    fn connect_info(&self) -> ConnInfo {
-        self.info.clone()
     }
 }
 

@@ -47,6 +47,25 @@ pub enum VerifyError {
     Chain { domain: String, why: String },
 }
 
+impl VerifyError {
+    /// A short fixed name of the check that failed, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::NoCertificate => "no_certificate",
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::NoUriSan | VerifyError::ManyUriSans(_) => "uri_san_count",
+            VerifyError::NotSpiffe(_) | VerifyError::BadSpiffeId(_) => "not_a_spiffe_id",
+            VerifyError::LeafIsCa
+            | VerifyError::NoKeyUsage
+            | VerifyError::NoDigitalSignature
+            | VerifyError::SigningKeyUsage => "key_usage",
+            VerifyError::OutsideValidity { .. } => "validity",
+            VerifyError::UnknownTrustDomain(_) => "unknown_trust_domain",
+            VerifyError::Chain { .. } => "chain",
+        }
+    }
+}
+
 /// A verified SVID: who the peer is and which certificate it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Svid {

@@ -38,11 +38,13 @@ pub async fn follow_store(store: Arc<dyn Store>, hub: Hub, cancel: CancellationT
                     match next {
                         Ok(Some(Notice::Revocation(seq))) => hub.committed(seq),
                         Ok(Some(Notice::ApprovalDecided)) => hub.approval_decided(),
+                        Ok(Some(Notice::KeysChanged)) => hub.keys_changed(),
                         Ok(None) => {
                             debug!("revocation feed reconnected; catching up from the store");
                             catch_up(store.as_ref(), &hub).await;
-                            // A decision may have been missed: waiters re-read.
+                            // A decision or a new key may have been missed.
                             hub.approval_decided();
+                            hub.keys_changed();
                         }
                         Err(error) => {
                             warn!(%error, "revocation feed lost; watch streams fall back to polling until it is back");

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, watch};
 pub struct Hub {
     latest: watch::Sender<u64>,
     approvals: Arc<Notify>,
+    keys: Arc<Notify>,
 }
 
 impl Hub {
@@ -17,7 +18,18 @@ impl Hub {
         Hub {
             latest: watch::Sender::new(latest),
             approvals: Arc::new(Notify::new()),
+            keys: Arc::new(Notify::new()),
         }
+    }
+
+    /// Called when another broker registered a new signing key.
+    pub fn keys_changed(&self) {
+        self.keys.notify_one();
+    }
+
+    /// Wakes the key refresher (one permit is kept if it is busy).
+    pub fn keys(&self) -> &Notify {
+        &self.keys
     }
 
     /// Called when an approval decision commits, here or on another replica.

@@ -3,9 +3,11 @@
 //! `sqlite` is the embedded one, for `mayfly dev` and a single broker. Both pass
 //! the same conformance suite (tests/api/store_conformance/). List limits are
 //! clamped to 1..=1000.
+pub mod gate;
 mod postgres;
 mod sqlite;
 
+pub use gate::{Gated, Health};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -458,6 +460,9 @@ pub enum Notice {
     Revocation(u64),
     /// A decision on a step-up approval.
     ApprovalDecided,
+    /// A new signing key was registered (another replica started): the JWKS
+    /// served from memory must include it.
+    KeysChanged,
 }
 
 /// Notices of committed revocations and approval decisions, from every broker on

@@ -108,7 +108,7 @@ impl Jwk {
 }
 
 /// A JWK set as served at `/.well-known/jwks.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwks {
     pub keys: Vec<Jwk>,
 }

@@ -121,6 +121,8 @@ pub struct Options {
     pub migrate: bool,
     /// `server.reload_interval`.
     pub tls_reload: &'static str,
+    /// Lines of the `[limits]` section.
+    pub limits: String,
 }
 
 impl Default for Options {
@@ -138,6 +140,7 @@ impl Default for Options {
             clock: None,
             migrate: true,
             tls_reload: "5s",
+            limits: String::new(),
         }
     }
 }
@@ -235,6 +238,9 @@ poll_interval = "{watch_poll}"
 dir = "{policies}"
 environment = "{environment}"
 reload_interval = "100ms"
+
+[limits]
+{limits}
 "#,
         cert = pki.path("broker.crt").display(),
         key = pki.path("broker.key").display(),
@@ -247,6 +253,7 @@ reload_interval = "100ms"
         environment = o.environment,
         watch_heartbeat = o.watch_heartbeat,
         watch_poll = o.watch_poll,
+        limits = o.limits,
     )
 }
 

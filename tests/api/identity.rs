@@ -4,6 +4,7 @@ use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::identity::devcerts::{DevCa, SvidSpec};
 use rcgen::KeyUsagePurpose;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::Code;
 
 async fn list_tasks_as(
@@ -381,11 +382,16 @@ async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
 }
 
 #[tokio::test]
-async fn refused_handshakes_are_logged_with_the_reason() {
+async fn refused_handshakes_are_counted_and_summed_up_in_a_line_per_interval_not_logged_one_by_one()
+{
     let pki = Pki::new();
     let db = fresh_database().await;
     let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, config_text(&pki, &db.url, &Options::default())).unwrap();
+    let o = Options {
+        limits: "log_summary_interval = \"1s\"".into(),
+        ..Options::default()
+    };
+    std::fs::write(&cfg, config_text(&pki, &db.url, &o)).unwrap();
     let served = Served::start(&cfg).await;
 
     let mut expired = SvidSpec::workload(ORCH);
@@ -394,27 +400,64 @@ async fn refused_handshakes_are_logged_with_the_reason() {
     let mut ca_leaf = SvidSpec::workload(ORCH);
     ca_leaf.is_ca = true;
     ca_leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let rogue = DevCa::new(TD).unwrap().svid(ORCH).unwrap();
+    let rogue_ca = DevCa::new(TD).unwrap();
+    let rogue = rogue_ca.svid(ORCH).unwrap();
     for id in [
         pki.ca.issue(&expired).unwrap(),
         pki.ca.issue(&ca_leaf).unwrap(),
-        rogue,
+        rogue_ca.svid(ORCH).unwrap(),
     ] {
         assert!(served.list_tasks_as(&pki.ca, Some(&id)).await.is_err());
+    }
+    // An attacker repeating a refused handshake.
+    const REPEATS: usize = 100;
+    for _ in 0..REPEATS {
+        assert!(served.list_tasks_as(&pki.ca, Some(&rogue)).await.is_err());
     }
     // And a well-formed SVID still gets through.
     let good = pki.ca.svid(ORCH).unwrap();
     served.list_tasks_as(&pki.ca, Some(&good)).await.unwrap();
+    let (_, metrics) = http_get(served.http, "/metrics").await;
+    let closed = metric(
+        &metrics,
+        "mayfly_connections_closed_total{listener=\"grpc\",reason=\"handshake_failed\"}",
+    );
+    assert!(closed >= (REPEATS + 3) as f64, "{closed}\n{metrics}");
+    // Past a summary interval.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let (_, log) = served.stop().await;
-    let refusals: Vec<&str> = log
+    assert!(!log.contains("TLS handshake failed"), "{log}");
+    let summaries: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("TLS handshake failed"))
+        .filter(|l| l.contains("connections refused or closed by the broker"))
         .collect();
-    assert!(refusals.len() >= 3, "{log}");
-    let all = refusals.join("\n");
+    // One line per interval with refusals, whatever their number.
+    assert!(
+        (1..=4).contains(&summaries.len()),
+        "{} summary lines:\n{log}",
+        summaries.len()
+    );
+    let counted: usize = summaries
+        .iter()
+        .filter_map(|l| l.split("handshake_failed=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse::<usize>().ok())
+        .sum();
+    // A client may retry a refused handshake: at least one each.
+    assert!(counted >= REPEATS + 3, "{counted}: {log}");
+    let all = summaries.join("\n");
     // The rogue CA has our CA's name, so the chain fails on its signature.
     for reason in ["certificate expired", "CaUsedAsEndEntity", "BadSignature"] {
         assert!(all.contains(reason), "no {reason:?} in:\n{all}");
     }
+    assert!(log.len() < 16 * 1024, "{} bytes of log", log.len());
+}
+
+/// The value of one sample line of a Prometheus exposition (0 when absent).
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

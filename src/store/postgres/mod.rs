@@ -299,6 +299,8 @@ async fn insert_revocation(
 /// number) and approval decisions (the payload is [`APPROVAL_NOTICE`]).
 const NOTIFY_CHANNEL: &str = "mayfly_revocations";
 const APPROVAL_NOTICE: &str = "approval";
+/// The payload of a new signing key's registration.
+const KEYS_NOTICE: &str = "keys";
 
 /// [`RevocationFeed`] over PostgreSQL LISTEN/NOTIFY, on a connection of its own.
 struct PgFeed {
@@ -314,6 +316,7 @@ impl RevocationFeed for PgFeed {
                 None => return Ok(None),
                 Some(n) => match n.payload() {
                     APPROVAL_NOTICE => return Ok(Some(Notice::ApprovalDecided)),
+                    KEYS_NOTICE => return Ok(Some(Notice::KeysChanged)),
                     p => match p.parse::<u64>() {
                         Ok(seq) => return Ok(Some(Notice::Revocation(seq))),
                         // Not ours (someone else NOTIFYing on the channel): ignore.
@@ -794,16 +797,24 @@ impl RevocationStore for PgStore {
 
 #[async_trait]
 impl KeyStore for PgStore {
+    /// A new key (not a renewal) is announced to every broker, whose JWKS is
+    /// served from memory.
     async fn register_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO signing_keys (kid, public_key, created_at, not_after) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (kid) DO UPDATE SET not_after = GREATEST(signing_keys.not_after, EXCLUDED.not_after)
-             WHERE signing_keys.public_key = EXCLUDED.public_key",
+            "WITH up AS (
+                 INSERT INTO signing_keys (kid, public_key, created_at, not_after) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kid) DO UPDATE SET not_after = GREATEST(signing_keys.not_after, EXCLUDED.not_after)
+                 WHERE signing_keys.public_key = EXCLUDED.public_key
+                 RETURNING (xmax = 0) AS inserted
+             )
+             SELECT pg_notify($5, $6) FROM up WHERE inserted",
         )
         .bind(&k.kid)
         .bind(&k.public_key)
         .bind(k.created_at)
         .bind(k.not_after)
+        .bind(NOTIFY_CHANNEL)
+        .bind(KEYS_NOTICE)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
@@ -972,11 +983,24 @@ impl AuditStore for PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    /// An idle pooled connection answers `SELECT 1`; failing that (none idle: the
+    /// pool is busy, or the one found is broken), a new connection does. So a busy
+    /// pool is not mistaken for a database that is down, nor one broken connection.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        if let Some(mut conn) = self.pool.try_acquire()
+            && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
+        {
+            return Ok(());
+        }
+        use sqlx::Connection as _;
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
             .await
             .map_err(map_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let _ = conn.close().await;
         Ok(())
     }
 }
