@@ -77,10 +77,11 @@ impl Shared {
 }
 
 /// The connection cap that fits the process's file descriptor limit: what is
-/// left after the database pool and a reserve for files and listeners. Returns
-/// the cap and, when it is below the configured one, the limit that forced it.
+/// left after the database pool, a reserve for files, listeners and the store's
+/// own connections, and the evictions that may be under way. Returns the cap
+/// and, when it is below the configured one, the limit that forced it.
 pub fn connection_cap(configured: usize, pool: u32) -> (usize, Option<u64>) {
-    const RESERVE: u64 = 64;
+    const RESERVE: u64 = 64 + super::slots::OVERSHOOT as u64;
     let Ok(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .ok_or(())

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-/// At most `max` members at once (an evicted member is counted until it has
-/// gone, so the count can pass `max` by the evictions still under way).
+/// At most `max` members at once. An evicted member is counted until it has
+/// gone, so the count can pass `max` by the evictions still under way, never by
+/// more than [`OVERSHOOT`]: past that, newcomers are refused until victims leave.
 pub struct Slots {
     max: usize,
     inner: Mutex<Inner>,
@@ -20,6 +21,9 @@ struct Inner {
     /// Members that may be evicted, oldest (lowest id) first.
     evictable: BTreeMap<u64, CancellationToken>,
 }
+
+/// How far evictions under way may take the count past the cap.
+pub const OVERSHOOT: usize = 32;
 
 /// What [`Slots::admit`] decided.
 pub enum Admit {
@@ -54,6 +58,9 @@ impl Slots {
     pub fn admit(self: &Arc<Self>) -> Admit {
         let mut inner = self.lock();
         let mut evicted = false;
+        if inner.count >= self.max + OVERSHOOT {
+            return Admit::Full;
+        }
         if inner.count >= self.max {
             match inner.evictable.pop_first() {
                 Some((_, victim)) => {

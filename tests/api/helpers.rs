@@ -600,8 +600,24 @@ impl Served {
     /// Starts `mayfly serve --config <config>` and waits until `/readyz` answers
     /// 200; stderr (the log) is piped.
     pub async fn start(config: &std::path::Path) -> Served {
+        Self::start_with(config, None).await
+    }
+
+    /// As [`Served::start`], with the process limited to `nofile` file
+    /// descriptors (by prlimit(1)).
+    pub async fn start_with(config: &std::path::Path, nofile: Option<u64>) -> Served {
         let (grpc, http) = (free_port(), free_port());
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = tokio::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_mayfly"));
+                c
+            }
+            None => tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly")),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .env_remove("MAYFLY_DATABASE_URL")
@@ -700,5 +716,106 @@ impl Served {
             .list_tasks(pb::ListTasksRequest::default())
             .await
             .map(|r| r.into_inner())
+    }
+}
+
+/// The value of one sample line of a Prometheus exposition (0 when absent).
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every connection
+/// through it is closed and new ones are closed at once, as when the database is
+/// down) and restore, counting the bytes the broker sends through it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    down: tokio::sync::watch::Sender<bool>,
+    /// Bytes from the broker to PostgreSQL.
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn to_postgres() -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (down, _) = tokio::sync::watch::channel(false);
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let upstream = {
+            let url = admin_url();
+            let after = url
+                .split_once('@')
+                .map(|(_, r)| r)
+                .unwrap_or("127.0.0.1:5432/");
+            after.split('/').next().unwrap().to_string()
+        };
+        let (d, counter) = (down.clone(), sent.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut = d.subscribe();
+                if *cut.borrow_and_update() {
+                    drop(client);
+                    continue;
+                }
+                let (upstream, counter) = (upstream.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut sr, &mut cw);
+                    tokio::select! {
+                        _ = cut.wait_for(|d| *d) => {}
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, down, sent }
+    }
+
+    /// The database `db`, reached through this proxy.
+    pub fn url_of(&self, db: &TestDb) -> String {
+        let name = db.url.rsplit('/').next().unwrap();
+        let user = admin_url()
+            .split_once("://")
+            .and_then(|(_, r)| r.split_once('@'))
+            .map(|(u, _)| u.to_string())
+            .unwrap_or("postgres".into());
+        format!("postgres://{user}@{}/{name}", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.down.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.down.send_replace(false);
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -453,11 +453,3 @@ async fn refused_handshakes_are_counted_and_summed_up_in_a_line_per_interval_not
     }
     assert!(log.len() < 16 * 1024, "{} bytes of log", log.len());
 }
-
-/// The value of one sample line of a Prometheus exposition (0 when absent).
-pub fn metric(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}

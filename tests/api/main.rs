@@ -10,6 +10,7 @@ mod deploy;
 mod dev;
 mod faulty;
 mod freeze;
+mod hardening;
 mod identity;
 mod operations;
 mod persistence;

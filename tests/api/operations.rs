@@ -60,58 +60,11 @@ async fn two_brokers_on_one_database_verify_each_others_tokens() {
     assert!(!introspect_active(&b, &from_b.token).await);
 }
 
-/// A TCP proxy in front of PostgreSQL that the test can cut.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    stop: tokio_util::sync::CancellationToken,
-}
-
-async fn proxy_to_postgres() -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let upstream = {
-        let url = admin_url();
-        let after = url
-            .split_once('@')
-            .map(|(_, r)| r)
-            .unwrap_or("127.0.0.1:5432/");
-        after.split('/').next().unwrap().to_string()
-    };
-    let s = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut client, _) = tokio::select! {
-                _ = s.cancelled() => return,
-                r = listener.accept() => r.unwrap(),
-            };
-            let upstream = upstream.clone();
-            let s = s.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = s.cancelled() => {}
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                }
-            });
-        }
-    });
-    Proxy { addr, stop }
-}
-
 #[tokio::test]
 async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
     let direct = fresh_database().await;
-    let proxy = proxy_to_postgres().await;
-    let name = direct.url.rsplit('/').next().unwrap();
-    let user = admin_url()
-        .split_once("://")
-        .and_then(|(_, r)| r.split_once('@'))
-        .map(|(u, _)| u.to_string())
-        .unwrap_or("postgres".into());
-    let via_proxy = format!("postgres://{user}@{}/{name}", proxy.addr);
+    let proxy = Proxy::to_postgres().await;
+    let via_proxy = proxy.url_of(&direct);
     let app = spawn_with(
         Arc::new(Pki::new()),
         Options {
@@ -129,7 +82,7 @@ async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
         .unwrap();
     assert_eq!(app.http_get("/readyz").await.0, 200);
 
-    proxy.stop.cancel();
+    proxy.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err = agent
         .mint_token(mint_request(&task.id, "customers/eu/2", 60))
