@@ -11,6 +11,7 @@ mod dev;
 mod faulty;
 mod freeze;
 mod identity;
+mod input;
 mod operations;
 mod persistence;
 mod policy;

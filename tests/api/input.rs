@@ -1,0 +1,270 @@
+//! Input that cannot fool a person or the transport, over the real server: text a
+//! person reads carries no invisible or bidirectional control characters; a
+//! refusal quotes only a short prefix of what it refuses; a body that is not
+//! protobuf is the client's fault.
+use crate::helpers::*;
+use mayfly::api::pb;
+use mayfly::api::pb::revocation_target::Target;
+use tonic::Code;
+
+const HIDDEN: &str = "invisible and bidirectional control characters are not accepted";
+
+/// `text` with `ch` inserted after its first `after` characters.
+fn with(text: &str, after: usize, ch: char) -> String {
+    let mut s: String = text.chars().take(after).collect();
+    s.push(ch);
+    s.extend(text.chars().skip(after));
+    s
+}
+
+fn freeze_target(t: pb::freeze_target::Target) -> Option<pb::FreezeTarget> {
+    Some(pb::FreezeTarget { target: Some(t) })
+}
+
+/// Sends a request with free text `text` in one field, as the caller that may
+/// make the call; the field's name as the refusal must give it.
+async fn send_text(app: &TestApp, field: &str, text: &str) -> Result<(), tonic::Status> {
+    let text = text.to_string();
+    match field {
+        "objective" => {
+            let mut req = start_request(AGENT, 600);
+            req.objective = text;
+            app.tasks(ORCH).await.start_task(req).await.map(drop)
+        }
+        "workflow" => {
+            let mut req = start_request(AGENT, 600);
+            req.workflow = text;
+            app.tasks(ORCH).await.start_task(req).await.map(drop)
+        }
+        "revoke reason" => app
+            .admin(ADMIN)
+            .await
+            .revoke(revoke_request(
+                Target::Task(uuid::Uuid::new_v4().to_string()),
+                &text,
+            ))
+            .await
+            .map(drop),
+        "revoke target.workflow" => app
+            .admin(ADMIN)
+            .await
+            .revoke(revoke_request(Target::Workflow(text), "incident 42"))
+            .await
+            .map(drop),
+        "freeze reason" => app
+            .admin(ADMIN)
+            .await
+            .freeze(pb::FreezeRequest {
+                target: freeze_target(pb::freeze_target::Target::Agent(AGENT.into())),
+                reason: text,
+            })
+            .await
+            .map(drop),
+        "freeze target.workflow" => app
+            .admin(ADMIN)
+            .await
+            .freeze(pb::FreezeRequest {
+                target: freeze_target(pb::freeze_target::Target::Workflow(text)),
+                reason: "incident 42".into(),
+            })
+            .await
+            .map(drop),
+        "unfreeze reason" => app
+            .admin(ADMIN)
+            .await
+            .unfreeze(pb::UnfreezeRequest {
+                target: freeze_target(pb::freeze_target::Target::Agent(AGENT.into())),
+                reason: text,
+            })
+            .await
+            .map(drop),
+        "decision reason" => app
+            .admin(ADMIN)
+            .await
+            .decide_approval(pb::DecideApprovalRequest {
+                approval_id: uuid::Uuid::new_v4().to_string(),
+                decision: pb::Decision::Deny as i32,
+                reason: text,
+            })
+            .await
+            .map(drop),
+        "evidence" => app
+            .verifier(VERIFIER)
+            .await
+            .report_misuse(pb::ReportMisuseRequest {
+                token: "not.a.token".into(),
+                kind: "binding_mismatch".into(),
+                evidence: text,
+            })
+            .await
+            .map(drop),
+        other => panic!("no request for {other}"),
+    }
+}
+
+/// Every free-text field a person reads, with the name its refusal gives it.
+const TEXT_FIELDS: &[(&str, &str)] = &[
+    ("objective", "objective"),
+    ("workflow", "workflow"),
+    ("revoke reason", "reason"),
+    ("revoke target.workflow", "target.workflow"),
+    ("freeze reason", "reason"),
+    ("freeze target.workflow", "target.workflow"),
+    ("unfreeze reason", "reason"),
+    ("decision reason", "reason"),
+    ("evidence", "evidence"),
+];
+
+#[tokio::test]
+async fn invisible_and_bidirectional_characters_are_refused_in_every_text_a_person_reads() {
+    let app = spawn_app().await;
+    // The characters that make text display other than it reads: overrides and
+    // isolates, marks, zero-width characters, a byte-order mark, a tag character
+    // (invisible "ASCII smuggling"), a soft hyphen, a line separator and an escape.
+    let cases = [
+        ('\u{202E}', "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ('\u{202A}', "U+202A (LEFT-TO-RIGHT EMBEDDING)"),
+        ('\u{2066}', "U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+        ('\u{2069}', "U+2069 (POP DIRECTIONAL ISOLATE)"),
+        ('\u{200F}', "U+200F (RIGHT-TO-LEFT MARK)"),
+        ('\u{061C}', "U+061C (ARABIC LETTER MARK)"),
+        ('\u{200B}', "U+200B (ZERO WIDTH SPACE)"),
+        ('\u{200D}', "U+200D (ZERO WIDTH JOINER)"),
+        ('\u{2060}', "U+2060 (WORD JOINER)"),
+        ('\u{FEFF}', "U+FEFF (ZERO WIDTH NO-BREAK SPACE)"),
+        ('\u{E0041}', "U+E0041 (a tag character)"),
+        ('\u{00AD}', "U+00AD (SOFT HYPHEN)"),
+        ('\u{2028}', "U+2028 (LINE SEPARATOR)"),
+        ('\u{001B}', "U+001B (ESCAPE)"),
+        ('\u{0085}', "U+0085 (NEXT LINE)"),
+    ];
+    for (name, field) in TEXT_FIELDS {
+        for (ch, described) in cases {
+            // "Refund-order-" is 13 characters: the character is the 14th.
+            let text = with("Refund-order-4711", 13, ch);
+            let err = send_text(&app, name, &text)
+                .await
+                .expect_err(&format!("{name} with {described} is refused"));
+            assert_eq!(
+                err.code(),
+                Code::InvalidArgument,
+                "{name}: {described}: {err:?}"
+            );
+            assert_eq!(
+                err.message(),
+                format!("{field}: contains {described} at character 14; {HIDDEN}"),
+                "{name}"
+            );
+        }
+    }
+    // The position counts characters, not bytes: after "Müller, " (8 characters,
+    // 9 bytes) the override is the 9th.
+    let err = send_text(&app, "objective", "Müller, \u{202E}fdp.exe")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        format!("objective: contains U+202E (RIGHT-TO-LEFT OVERRIDE) at character 9; {HIDDEN}")
+    );
+    // Nothing was opened, revoked or frozen.
+    let tasks = app
+        .tasks(ORCH)
+        .await
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let freezes = app
+        .admin(ADMIN)
+        .await
+        .list_freezes(pb::ListFreezesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .freezes;
+    assert!(freezes.is_empty(), "{freezes:?}");
+}
+
+#[tokio::test]
+async fn an_objective_may_span_lines_but_a_reason_or_evidence_is_one_line() {
+    let app = spawn_app().await;
+    let objective = "Answer ticket 4711:\n\t1. read the invoice\n\t2. comment on the ticket";
+    let mut req = start_request(AGENT, 600);
+    req.objective = objective.into();
+    let task = app.open_task_with(req).await;
+    assert_eq!(task.objective, objective);
+
+    for (name, field) in TEXT_FIELDS.iter().filter(|(n, _)| *n != "objective") {
+        for (ch, described) in [
+            ('\n', "U+000A (LINE FEED)"),
+            ('\t', "U+0009 (CHARACTER TABULATION)"),
+        ] {
+            let err = send_text(&app, name, &with("incident 42", 8, ch))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{name}");
+            assert_eq!(
+                err.message(),
+                format!(
+                    "{field}: contains {described} at character 9; this field is one line: line breaks and tabs are not accepted"
+                ),
+                "{name}"
+            );
+        }
+    }
+    // A carriage return rewrites what a terminal shows: refused even in an objective.
+    let err = send_text(&app, "objective", "pay 10 EUR\rpay 9999 EUR")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        format!("objective: contains U+000D (CARRIAGE RETURN) at character 11; {HIDDEN}")
+    );
+}
+
+#[tokio::test]
+async fn text_in_any_script_is_accepted_and_read_back_as_sent() {
+    let app = spawn_app().await;
+    // Accents, right-to-left scripts (their direction comes from the letters, not
+    // from control characters), CJK and an emoji with its presentation selector.
+    let objective = "Frau Müller: Rechnung über 40 € — سؤال عن الفاتورة — 請求書について ✔️";
+    let mut req = start_request(AGENT, 600);
+    req.objective = objective.into();
+    req.scopes.push(scope("tickets", "tickets/4711", "delete"));
+    let task = app.open_task_with(req).await;
+    assert_eq!(task.objective, objective);
+    assert_eq!(app.get_task(&task.id).await.objective, objective);
+
+    // The approver reads the same objective on the step-up approval.
+    let pending = app
+        .tokens(AGENT)
+        .await
+        .0
+        .mint_token(pb::MintTokenRequest {
+            task_id: task.id.clone(),
+            scope: Some(scope("tickets", "tickets/4711", "delete")),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .expect("a pending approval");
+    assert_eq!(pending.objective, objective);
+    let decided = app
+        .admin(ADMIN)
+        .await
+        .decide_approval(pb::DecideApprovalRequest {
+            approval_id: pending.id.clone(),
+            decision: pb::Decision::Deny as i32,
+            reason: "Kein Löschen ohne Rückfrage — لا".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(decided.decision_reason, "Kein Löschen ohne Rückfrage — لا");
+}
