@@ -2,7 +2,7 @@
 //! INVALID_ARGUMENT naming the field.
 use super::pb;
 use crate::broker::Minted;
-use crate::domain::text::{self, Lines};
+use crate::domain::text::{self, Lines, quote};
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::error::invalid;
 use crate::identity::SpiffeId;
@@ -34,7 +34,7 @@ pub fn task_id(field: &'static str, s: &str) -> Result<TaskId, Status> {
         return Err(invalid(field, "is required"));
     }
     s.parse()
-        .map_err(|_| invalid(field, format!("{s:?} is not a task id (a UUID)")))
+        .map_err(|_| invalid(field, format!("{} is not a task id (a UUID)", quote(s))))
 }
 
 /// Free text a person reads, in the request field `field`: at most `max` bytes,
@@ -92,7 +92,7 @@ pub fn declared_scopes(scopes: &[pb::Scope]) -> Result<Vec<Scope>, Status> {
         .enumerate()
         .map(|(i, s)| {
             Scope::declared(&s.audience, &s.resource, &s.action)
-                .map_err(|e| Status::invalid_argument(format!("scopes[{i}]: {e}")))
+                .map_err(|e| invalid(format_args!("scopes[{i}]"), e))
         })
         .collect()
 }
@@ -142,7 +142,7 @@ pub fn target(t: Option<&pb::RevocationTarget>) -> Result<Target, Status> {
         Some(T::Token(j)) => uuid::Uuid::parse_str(j).map(Target::Token).map_err(|_| {
             invalid(
                 "target.token",
-                format!("{j:?} is not a token id (a UUID jti)"),
+                format!("{} is not a token id (a UUID jti)", quote(j)),
             )
         }),
         Some(T::Task(t)) => task_id("target.task", t).map(Target::Task),
@@ -218,7 +218,7 @@ pub fn uuid(field: &'static str, s: &str) -> Result<uuid::Uuid, Status> {
     if s.is_empty() {
         return Err(invalid(field, "is required"));
     }
-    uuid::Uuid::parse_str(s).map_err(|_| invalid(field, format!("{s:?} is not a UUID")))
+    uuid::Uuid::parse_str(s).map_err(|_| invalid(field, format!("{} is not a UUID", quote(s))))
 }
 
 pub fn approval(a: &Approval, now: OffsetDateTime) -> pb::Approval {

@@ -3,6 +3,7 @@
 //! refusal quotes only a short prefix of what it refuses; a body that is not
 //! protobuf is the client's fault.
 use crate::helpers::*;
+use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use tonic::Code;
@@ -267,4 +268,195 @@ async fn text_in_any_script_is_accepted_and_read_back_as_sent() {
         .approval
         .unwrap();
     assert_eq!(decided.decision_reason, "Kein Löschen ohne Rückfrage — لا");
+}
+
+/// A token whose header names a `kid` of `len` characters: it reaches the
+/// broker's key lookup (an unknown key) before its signature is checked.
+fn token_with_kid(len: usize) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k".repeat(len)});
+    format!("{}.e30.c2ln", b64.encode(header.to_string()))
+}
+
+#[tokio::test]
+async fn refusals_quote_at_most_a_short_prefix_of_a_huge_value() {
+    let app = spawn_app().await;
+    const HUGE: usize = 20 * 1024;
+    let huge = "x".repeat(HUGE);
+    let mut tasks = app.tasks(ORCH).await;
+    let (mut agent, _) = app.tokens(AGENT).await;
+    let mut admin = app.admin(ADMIN).await;
+
+    let mut refusals: Vec<(&str, Result<(), tonic::Status>)> = vec![
+        (
+            "task_id",
+            tasks
+                .get_task(pb::GetTaskRequest {
+                    task_id: huge.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "task_id",
+            tasks
+                .complete_task(pb::CompleteTaskRequest {
+                    task_id: huge.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "task_id",
+            agent
+                .mint_token(mint_request(&huge, "customers/eu/1", 60))
+                .await
+                .map(drop),
+        ),
+        (
+            "delegation_id",
+            agent
+                .redeem_delegation(pb::RedeemDelegationRequest {
+                    delegation_id: huge.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "approval_id",
+            agent
+                .await_approval(pb::AwaitApprovalRequest {
+                    approval_id: huge.clone(),
+                    wait_seconds: 0,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "parent_token",
+            agent
+                .delegate(pb::DelegateRequest {
+                    parent_token: token_with_kid(HUGE),
+                    sub_agent: AGENT2.into(),
+                    scope: Some(scope("crm-api", "customers/eu/1", "read")),
+                    ttl_seconds: 60,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "target.token",
+            admin
+                .revoke(revoke_request(Target::Token(huge.clone()), "incident 42"))
+                .await
+                .map(drop),
+        ),
+        (
+            "target.task",
+            admin
+                .revoke(revoke_request(Target::Task(huge.clone()), "incident 42"))
+                .await
+                .map(drop),
+        ),
+        (
+            "task_id",
+            admin
+                .list_tokens(pb::ListTokensRequest {
+                    task_id: huge.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "action",
+            admin
+                .query_audit(pb::QueryAuditRequest {
+                    action: huge.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "agent",
+            admin
+                .list_tokens(pb::ListTokensRequest {
+                    agent: format!("spiffe://example.org/{huge}"),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "objective",
+            tasks
+                .start_task({
+                    let mut r = start_request(AGENT, 600);
+                    r.objective = huge.clone();
+                    r
+                })
+                .await
+                .map(drop),
+        ),
+    ];
+    // Scope parts are bounded (a resource is at most 512 bytes), but a refusal
+    // still quotes only a prefix of the segment it refuses.
+    let long_segment = format!("b*{}", "c".repeat(400));
+    for (field, resource) in [
+        ("scope", format!("customers/{long_segment}")),
+        ("scope", format!("customers/{}//1", "d".repeat(400))),
+    ] {
+        refusals.push((
+            field,
+            agent
+                .mint_token(mint_request(
+                    &uuid::Uuid::new_v4().to_string(),
+                    &resource,
+                    60,
+                ))
+                .await
+                .map(drop),
+        ));
+    }
+    for (field, result) in refusals {
+        let err = result.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().len() < 256,
+            "{field}: a {} byte message: {}",
+            err.message().len(),
+            err.message()
+        );
+    }
+    // What is quoted: a prefix, an ellipsis and the length.
+    let err = tasks
+        .get_task(pb::GetTaskRequest {
+            task_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        format!(
+            "task_id: \"{}…\" ({HUGE} bytes) is not a task id (a UUID)",
+            "x".repeat(32)
+        )
+    );
+    // A short value is quoted whole, and what it hides is shown escaped.
+    let err = tasks
+        .get_task(pb::GetTaskRequest {
+            task_id: "task-\u{202E}1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "task_id: \"task-\\u{202e}1\" is not a task id (a UUID)"
+    );
 }
