@@ -6,7 +6,10 @@ use crate::helpers::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
+use prost::bytes::{Buf, BufMut};
 use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 
 const HIDDEN: &str = "invisible and bidirectional control characters are not accepted";
 
@@ -459,4 +462,146 @@ async fn refusals_quote_at_most_a_short_prefix_of_a_huge_value() {
         err.message(),
         "task_id: \"task-\\u{202e}1\" is not a task id (a UUID)"
     );
+}
+
+/// Sends bytes as they are and reads the answer as bytes: a client that does not
+/// speak protobuf.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+async fn send_raw(
+    app: &TestApp,
+    identity: &str,
+    method: &'static str,
+    body: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    let (ch, _) = app.channel(identity).await;
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(body.to_vec()),
+        PathAndQuery::from_static(method),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_request_body_that_is_not_protobuf_is_an_invalid_argument() {
+    let app = spawn_app().await;
+    // Bytes no message decodes from: a truncated tag; a truncated varint; a
+    // length running past the end; a wire type protobuf does not have; field 0.
+    let bodies: [&[u8]; 5] = [
+        &[0x80],
+        &[0x08, 0xff],
+        &[0x0a, 0x7f, b'a'],
+        &[0x0f],
+        &[0x00],
+    ];
+    let calls = [
+        (
+            ORCH,
+            "/mayfly.v1.TaskService/StartTask",
+            "mayfly.v1.StartTaskRequest",
+        ),
+        (
+            AGENT,
+            "/mayfly.v1.TokenService/MintToken",
+            "mayfly.v1.MintTokenRequest",
+        ),
+        (
+            ADMIN,
+            "/mayfly.v1.AdminService/Revoke",
+            "mayfly.v1.RevokeRequest",
+        ),
+        (
+            VERIFIER,
+            "/mayfly.v1.VerifierService/ReportMisuse",
+            "mayfly.v1.ReportMisuseRequest",
+        ),
+        // A streaming call decodes its request the same way.
+        (
+            VERIFIER,
+            "/mayfly.v1.VerifierService/WatchRevocations",
+            "mayfly.v1.WatchRevocationsRequest",
+        ),
+    ];
+    for (who, method, message) in calls {
+        for body in bodies {
+            let err = send_raw(&app, who, method, body).await.expect_err(method);
+            assert_eq!(
+                err.code(),
+                Code::InvalidArgument,
+                "{method} {body:?}: {err:?}"
+            );
+            assert!(
+                err.message().starts_with(&format!(
+                    "request body is not a valid {message} protobuf message: "
+                )),
+                "{method}: {}",
+                err.message()
+            );
+        }
+    }
+    // A string field that is not UTF-8 (field 3, the objective) is not protobuf either.
+    let err = send_raw(
+        &app,
+        ORCH,
+        "/mayfly.v1.TaskService/StartTask",
+        &[0x1a, 0x02, 0xff, 0xfe],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with(
+            "request body is not a valid mayfly.v1.StartTaskRequest protobuf message: "
+        ),
+        "{}",
+        err.message()
+    );
+    // A well-formed body from the same raw client is served: the codec still speaks protobuf.
+    let ok = send_raw(
+        &app,
+        ORCH,
+        "/mayfly.v1.TaskService/ListTasks",
+        &prost::Message::encode_to_vec(&pb::ListTasksRequest::default()),
+    )
+    .await
+    .expect("a valid body is served");
+    let listed: pb::ListTasksResponse = prost::Message::decode(ok.as_slice()).unwrap();
+    assert!(listed.tasks.is_empty());
 }
