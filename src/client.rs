@@ -361,14 +361,12 @@ pub fn table(v: &Value) -> String {
         }
     }
     // Text from the broker (an objective, a reason) is shown escaped where it could
-    // fake rows or reorder what a person reads: control and bidi/format characters.
+    // fake rows or reorder what a person reads: the characters the broker refuses
+    // in such text (`domain::text`), which text stored before that rule may hold.
     fn safe(s: &str) -> String {
         s.chars()
             .flat_map(|c| {
-                let hide = c.is_control()
-                    || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-                        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}');
-                let shown: Vec<char> = if hide {
+                let shown: Vec<char> = if crate::domain::text::is_hidden(c) {
                     c.escape_default().collect()
                 } else {
                     vec![c]
@@ -922,6 +920,9 @@ mod tests {
         assert!(t.contains("pay\\nb"), "{t}");
         assert!(t.contains("x\\u{202e}gnp.exe"), "{t}");
         assert!(t.lines().nth(2).unwrap().starts_with("b "), "{t}");
+        // A tag character hides text from a reader; a Hangul filler shows as nothing.
+        let t = table(&json!([{"objective": "ok\u{E0041}\u{3164}"}]));
+        assert!(t.contains("ok\\u{e0041}\\u{3164}"), "{t}");
         assert_eq!(table(&json!([])), "(none)\n");
         assert_eq!(table(&json!({"k": [1, 2]})), "k  [1,2]\n");
     }

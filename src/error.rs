@@ -6,14 +6,34 @@ use crate::store::StoreError;
 use tonic::Status;
 use tracing::error;
 
+/// The longest status message sent, in bytes. Every value a message quotes is
+/// already a short prefix (`domain::text::quote`); this bounds what is left
+/// (reasons naming SPIFFE IDs, policy reasons), since a client may refuse a large
+/// `grpc-message` header outright (grpcio: "metadata exceeds hard limit") and
+/// then never learns why it was refused.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `message`, cut on a character boundary to at most [`MAX_MESSAGE`] bytes.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    const MORE: &str = "…";
+    let mut end = MAX_MESSAGE - MORE.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &message[..end])
+}
+
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {
         match e {
-            BrokerError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            BrokerError::PermissionDenied(m) => Status::permission_denied(m),
-            BrokerError::NotFound(m) => Status::not_found(m),
-            BrokerError::FailedPrecondition(m) => Status::failed_precondition(m),
-            BrokerError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            BrokerError::InvalidArgument { .. } => Status::invalid_argument(bounded(e.to_string())),
+            BrokerError::PermissionDenied(m) => Status::permission_denied(bounded(m)),
+            BrokerError::NotFound(m) => Status::not_found(bounded(m)),
+            BrokerError::FailedPrecondition(m) => Status::failed_precondition(bounded(m)),
+            BrokerError::ResourceExhausted(m) => Status::resource_exhausted(bounded(m)),
             BrokerError::Store(StoreError::Unavailable(cause)) => {
                 crate::metrics::STORE_ERRORS.inc();
                 error!(error = %cause, "store unavailable");
@@ -43,9 +63,34 @@ impl From<StoreError> for Status {
 }
 
 pub fn unauthenticated(e: &VerifyError) -> Status {
-    Status::unauthenticated(format!("invalid X.509-SVID: {e}"))
+    Status::unauthenticated(bounded(format!("invalid X.509-SVID: {e}")))
 }
 
-pub fn invalid(field: &'static str, why: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {why}"))
+/// INVALID_ARGUMENT naming the request field (`reason`, `scopes[2]`) and why.
+pub fn invalid(field: impl std::fmt::Display, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(bounded(format!("{field}: {why}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_message_is_cut_to_its_limit_on_a_character_boundary() {
+        let short = invalid("reason", "is required");
+        assert_eq!(short.message(), "reason: is required");
+        let at_limit = "x".repeat(MAX_MESSAGE);
+        assert_eq!(
+            Status::from(BrokerError::NotFound(at_limit.clone())).message(),
+            at_limit
+        );
+        for filler in ["x", "€", "👍"] {
+            let long = BrokerError::PermissionDenied(filler.repeat(MAX_MESSAGE + 1));
+            let status = Status::from(long);
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            assert!(status.message().len() <= MAX_MESSAGE, "{filler}");
+            assert!(status.message().len() > MAX_MESSAGE - 8, "{filler}");
+            assert!(status.message().ends_with('…'), "{filler}");
+        }
+    }
 }

@@ -3,6 +3,7 @@ use super::pb::admin_service_server::AdminService;
 use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::Broker;
+use crate::domain::text::quote;
 use crate::identity::Role;
 use crate::store::{ApprovalFilter, AuditFilter, TokenFilter};
 use std::sync::Arc;
@@ -244,7 +245,7 @@ impl AdminService for AdminApi {
                 let a = crate::audit::Action::parse(&r.action).ok_or_else(|| {
                     crate::error::invalid(
                         "action",
-                        format!("{:?} is not an audit action", r.action),
+                        format!("{} is not an audit action", quote(&r.action)),
                     )
                 })?;
                 Some(a.as_str().to_string())

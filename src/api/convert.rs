@@ -2,6 +2,7 @@
 //! INVALID_ARGUMENT naming the field.
 use super::pb;
 use crate::broker::Minted;
+use crate::domain::text::{self, Lines, quote};
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::error::invalid;
 use crate::identity::SpiffeId;
@@ -13,6 +14,8 @@ use tonic::Status;
 
 pub const MAX_OBJECTIVE: usize = 4096;
 pub const MAX_REASON: usize = 1024;
+/// Longest evidence text a misuse report keeps in the audit trail.
+pub const MAX_EVIDENCE: usize = 4096;
 pub const MAX_SCOPES: usize = 64;
 pub const MAX_TASK_SECONDS: u64 = 366 * 24 * 3600;
 pub const MAX_TTL_SECONDS: u64 = 24 * 3600;
@@ -31,20 +34,37 @@ pub fn task_id(field: &'static str, s: &str) -> Result<TaskId, Status> {
         return Err(invalid(field, "is required"));
     }
     s.parse()
-        .map_err(|_| invalid(field, format!("{s:?} is not a task id (a UUID)")))
+        .map_err(|_| invalid(field, format!("{} is not a task id (a UUID)", quote(s))))
 }
 
+/// Free text a person reads, in the request field `field`: at most `max` bytes,
+/// nothing invisible or bidirectional, one line unless `lines` says otherwise
+/// ([`text::check`] holds the rule).
+fn text(field: &'static str, s: &str, max: usize, lines: Lines) -> Result<String, Status> {
+    text::check(s, max, lines).map_err(|e| invalid(field, e))?;
+    Ok(s.to_string())
+}
+
+/// A required one-line text: a reason, a name.
 pub fn required_text(field: &'static str, s: &str, max: usize) -> Result<String, Status> {
     if s.trim().is_empty() {
         return Err(invalid(field, "is required"));
     }
-    if s.len() > max {
-        return Err(invalid(field, format!("is longer than {max} bytes")));
+    text(field, s, max, Lines::One)
+}
+
+/// A task's objective: required, and the one text that may span lines.
+pub fn objective(s: &str) -> Result<String, Status> {
+    if s.trim().is_empty() {
+        return Err(invalid("objective", "is required"));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(invalid(field, "contains control characters"));
-    }
-    Ok(s.to_string())
+    text("objective", s, MAX_OBJECTIVE, Lines::Many)
+}
+
+/// A misuse report's evidence: optional, one line (it becomes part of the
+/// revocation's reason).
+pub fn evidence(s: &str) -> Result<String, Status> {
+    text("evidence", s, MAX_EVIDENCE, Lines::One)
 }
 
 pub fn workflow_name(s: &str) -> Result<String, Status> {
@@ -72,7 +92,7 @@ pub fn declared_scopes(scopes: &[pb::Scope]) -> Result<Vec<Scope>, Status> {
         .enumerate()
         .map(|(i, s)| {
             Scope::declared(&s.audience, &s.resource, &s.action)
-                .map_err(|e| Status::invalid_argument(format!("scopes[{i}]: {e}")))
+                .map_err(|e| invalid(format_args!("scopes[{i}]"), e))
         })
         .collect()
 }
@@ -122,7 +142,7 @@ pub fn target(t: Option<&pb::RevocationTarget>) -> Result<Target, Status> {
         Some(T::Token(j)) => uuid::Uuid::parse_str(j).map(Target::Token).map_err(|_| {
             invalid(
                 "target.token",
-                format!("{j:?} is not a token id (a UUID jti)"),
+                format!("{} is not a token id (a UUID jti)", quote(j)),
             )
         }),
         Some(T::Task(t)) => task_id("target.task", t).map(Target::Task),
@@ -198,7 +218,7 @@ pub fn uuid(field: &'static str, s: &str) -> Result<uuid::Uuid, Status> {
     if s.is_empty() {
         return Err(invalid(field, "is required"));
     }
-    uuid::Uuid::parse_str(s).map_err(|_| invalid(field, format!("{s:?} is not a UUID")))
+    uuid::Uuid::parse_str(s).map_err(|_| invalid(field, format!("{} is not a UUID", quote(s))))
 }
 
 pub fn approval(a: &Approval, now: OffsetDateTime) -> pb::Approval {

@@ -1,9 +1,11 @@
 //! gRPC services, one file per caller role; `convert` turns proto messages into
-//! domain types (or INVALID_ARGUMENT naming the field) and back.
+//! domain types (or INVALID_ARGUMENT naming the field) and back; `codec` is their
+//! protobuf codec (a body that does not decode is INVALID_ARGUMENT too).
 #[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
 mod auth;
+pub mod codec;
 #[cfg(feature = "server")]
 pub mod convert;
 #[cfg(feature = "server")]

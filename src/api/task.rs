@@ -36,7 +36,7 @@ impl TaskService for TaskApi {
         let input = StartTask {
             agent: convert::spiffe_id("agent", &r.agent)?,
             workflow: convert::workflow_name(&r.workflow)?,
-            objective: convert::required_text("objective", &r.objective, convert::MAX_OBJECTIVE)?,
+            objective: convert::objective(&r.objective)?,
             scopes: convert::declared_scopes(&r.scopes)?,
             duration: convert::seconds(
                 "duration_seconds",

@@ -29,8 +29,6 @@ const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Ve
 const BATCH: u32 = 500;
 /// Only resource servers report misuse; the security team revokes directly.
 const REPORTERS: &[Role] = &[Role::Verifier];
-/// Longest evidence text kept in the audit trail.
-const MAX_EVIDENCE: usize = 4096;
 
 #[tonic::async_trait]
 impl VerifierService for VerifierApi {
@@ -96,15 +94,10 @@ impl VerifierService for VerifierApi {
         let kind = MisuseKind::parse(&r.kind).ok_or_else(|| {
             crate::error::invalid("kind", "must be \"binding_mismatch\" or \"out_of_scope\"")
         })?;
-        if r.evidence.len() > MAX_EVIDENCE {
-            return Err(crate::error::invalid(
-                "evidence",
-                format!("is longer than {MAX_EVIDENCE} bytes"),
-            ));
-        }
+        let evidence = convert::evidence(&r.evidence)?;
         let (task, seq) = self
             .broker
-            .report_misuse(&caller, &r.token, kind, &r.evidence)
+            .report_misuse(&caller, &r.token, kind, &evidence)
             .await?;
         Ok(Response::new(ReportMisuseResponse {
             task_id: task.to_string(),

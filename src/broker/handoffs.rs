@@ -155,7 +155,7 @@ impl Broker {
             .await);
         }
         let Some(limits) = self.policy.workflow(&task.workflow) else {
-            let reason = format!("workflow {:?} is no longer defined", task.workflow);
+            let reason = format!("workflow {} is no longer defined", quote(&task.workflow));
             return Err(refuse(BrokerError::PermissionDenied(reason)).await);
         };
         let depth = record.depth + 1;
@@ -376,14 +376,16 @@ fn not_delegable(
 ) -> Option<String> {
     if depth > limits.max_delegation_depth {
         return Some(format!(
-            "delegation depth {depth} exceeds workflow {workflow:?}'s limit of {}",
+            "delegation depth {depth} exceeds workflow {}'s limit of {}",
+            quote(workflow),
             limits.max_delegation_depth
         ));
     }
     if limits.step_up_actions.contains(&scope.action) {
         return Some(format!(
-            "action {:?} needs step-up approval in workflow {workflow:?}; step-up actions are not delegated",
-            scope.action
+            "action {} needs step-up approval in workflow {}; step-up actions are not delegated",
+            quote(&scope.action),
+            quote(workflow)
         ));
     }
     None
@@ -393,20 +395,23 @@ fn not_delegable(
 fn widening(held: &Scope, asked: &Scope) -> Option<String> {
     if asked.audience != held.audience {
         return Some(format!(
-            "scope.audience: {:?} is not the parent token's audience {:?}",
-            asked.audience, held.audience
+            "scope.audience: {} is not the parent token's audience {}",
+            quote(&asked.audience),
+            quote(&held.audience)
         ));
     }
     if asked.action != held.action {
         return Some(format!(
-            "scope.action: {:?} is not the parent token's action {:?}",
-            asked.action, held.action
+            "scope.action: {} is not the parent token's action {}",
+            quote(&asked.action),
+            quote(&held.action)
         ));
     }
     if !held.covers(asked) {
         return Some(format!(
-            "scope.resource: {:?} is not within the parent token's resource {:?}",
-            asked.resource, held.resource
+            "scope.resource: {} is not within the parent token's resource {}",
+            quote(&asked.resource),
+            quote(&held.resource)
         ));
     }
     None

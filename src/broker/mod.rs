@@ -3,6 +3,7 @@
 //! parsed into domain types.
 use crate::audit::{Action, AuditEvent};
 use crate::clock::{Clock, to_micros};
+use crate::domain::text::quote;
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
 use crate::identity::{Caller, Role, SpiffeId};
 use crate::policy::{
@@ -557,7 +558,7 @@ impl Broker {
             // The workflow's limits are read here only: a covered request takes
             // them from its decision's snapshot below, so a mint reads them once.
             let Some(limits) = self.policy.workflow(&task.workflow) else {
-                let reason = format!("workflow {:?} is no longer defined", task.workflow);
+                let reason = format!("workflow {} is no longer defined", quote(&task.workflow));
                 self.audit_denial(deny(&reason)).await;
                 return Err(BrokerError::PermissionDenied(reason));
             };

@@ -202,8 +202,10 @@ impl Broker {
         };
         if refusals > limits.step_up_retries {
             let reason = format!(
-                "deviation: task {} repeated refused step-up requests {refusals} times; workflow {:?} allows {}",
-                task.id, task.workflow, limits.step_up_retries
+                "deviation: task {} repeated refused step-up requests {refusals} times; workflow {} allows {}",
+                task.id,
+                quote(&task.workflow),
+                limits.step_up_retries
             );
             return Some(
                 self.respond_to_deviation(caller, task, limits.deviation, reason, deny)

@@ -1,5 +1,6 @@
 //! A scope is (audience, resource pattern, action); coverage decides whether a
 //! requested scope lies inside a declared one.
+use super::text::{quote, quote_char};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -15,12 +16,13 @@ pub enum ScopeError {
     Empty { field: &'static str },
     #[error("{field} is longer than {max} bytes")]
     TooLong { field: &'static str, max: usize },
-    #[error("{field} contains a character that is not allowed: {ch:?}")]
+    #[error("{field} contains a character that is not allowed: {}", quote_char(*.ch))]
     BadChar { field: &'static str, ch: char },
-    #[error("resource has an empty path segment: {0:?}")]
+    #[error("resource has an empty path segment: {}", quote(.0))]
     EmptySegment(String),
     #[error(
-        "resource segment {0:?} mixes '*' with other characters; a wildcard is a whole segment"
+        "resource segment {} mixes '*' with other characters; a wildcard is a whole segment",
+        quote(.0)
     )]
     PartialWildcard(String),
     #[error(
@@ -312,6 +314,31 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "resource has a \"..\" path segment; relative segments are not allowed, name the resource directly"
+        );
+    }
+
+    #[test]
+    fn a_refusal_quotes_a_short_escaped_prefix_of_what_it_refuses() {
+        let long = format!("customers/b*{}", "c".repeat(400));
+        let err = Scope::declared("crm-api", &long, "read")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "resource segment \"b*{}…\" (402 bytes) mixes '*' with other characters; a wildcard is a whole segment",
+                "c".repeat(30)
+            )
+        );
+        let err = Scope::declared("crm-api", format!("{}//x", "d".repeat(300)), "read")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("…\" (303 bytes)"), "{err}");
+        assert_eq!(
+            Scope::declared("crm-api", "a\u{202E}b", "read")
+                .unwrap_err()
+                .to_string(),
+            "resource contains a character that is not allowed: '\\u{202e}'"
         );
     }
 

@@ -1,5 +1,6 @@
 //! SPIFFE IDs (`spiffe://<trust-domain>/<path>`) parsed as the SPIFFE ID spec says,
 //! and the ID patterns that assign roles.
+use crate::domain::text::{quote, quote_char};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -16,7 +17,8 @@ pub enum SpiffeIdError {
     #[error("SPIFFE ID has an empty trust domain")]
     EmptyTrustDomain,
     #[error(
-        "trust domain contains {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed"
+        "trust domain contains {}; only lowercase letters, digits, '.', '-' and '_' are allowed",
+        quote_char(*.0)
     )]
     TrustDomainChar(char),
     #[error("a workload SPIFFE ID needs a path after the trust domain")]
@@ -25,7 +27,10 @@ pub enum SpiffeIdError {
     EmptySegment,
     #[error("SPIFFE ID path may not contain '.' or '..' segments")]
     DotSegment,
-    #[error("SPIFFE ID path contains {0:?}; only letters, digits, '.', '-' and '_' are allowed")]
+    #[error(
+        "SPIFFE ID path contains {}; only letters, digits, '.', '-' and '_' are allowed",
+        quote_char(*.0)
+    )]
     PathChar(char),
 }
 
@@ -129,7 +134,7 @@ pub struct IdPattern {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid SPIFFE ID pattern {pattern:?}: {why}")]
+#[error("invalid SPIFFE ID pattern {}: {why}", quote(.pattern))]
 pub struct PatternError {
     pub pattern: String,
     pub why: String,
@@ -295,6 +300,25 @@ mod tests {
         assert!(IdPattern::parse("spiffe://*/admin").is_err());
         assert!(IdPattern::parse("spiffe://**/admin").is_err());
         assert!(IdPattern::parse("spiffe://example.org").is_err());
+    }
+
+    #[test]
+    fn refusals_quote_a_short_escaped_prefix_of_what_they_refuse() {
+        let huge = format!("spiffe://example.org/{}?", "a".repeat(5000));
+        let err = IdPattern::parse(&huge).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "invalid SPIFFE ID pattern \"spiffe://example.org/aaaaaaaaaaa…\" (5022 bytes): "
+            ),
+            "{err}"
+        );
+        assert!(err.len() < 200, "{err}");
+        assert_eq!(
+            SpiffeId::parse("spiffe://example.org/a\u{202E}b")
+                .unwrap_err()
+                .to_string(),
+            "SPIFFE ID path contains '\\u{202e}'; only letters, digits, '.', '-' and '_' are allowed"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! against the bundle of the SVID's *own* trust domain, and the leaf must carry
 //! exactly one SPIFFE ID URI SAN, not be a CA, and allow digitalSignature.
 use super::spiffe::{SpiffeId, SpiffeIdError};
+use crate::domain::text::quote;
 use base64::Engine;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -24,7 +25,7 @@ pub enum VerifyError {
     NoUriSan,
     #[error("the certificate has {0} URI SANs; an X.509-SVID carries exactly one")]
     ManyUriSans(usize),
-    #[error("the URI SAN {0:?} is not a spiffe:// URI")]
+    #[error("the URI SAN {} is not a spiffe:// URI", quote(.0))]
     NotSpiffe(String),
     #[error("the URI SAN is not a valid SPIFFE ID: {0}")]
     BadSpiffeId(SpiffeIdError),
@@ -41,9 +42,12 @@ pub enum VerifyError {
         not_before: String,
         not_after: String,
     },
-    #[error("trust domain {0:?} is not configured")]
+    #[error("trust domain {} is not configured", quote(.0))]
     UnknownTrustDomain(String),
-    #[error("the certificate does not chain to the bundle of trust domain {domain:?}: {why}")]
+    #[error(
+        "the certificate does not chain to the bundle of trust domain {}: {why}",
+        quote(.domain)
+    )]
     Chain { domain: String, why: String },
 }
 

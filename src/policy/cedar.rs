@@ -4,6 +4,7 @@
 use super::load::*;
 use super::{Denied, MintInput, Permit, Policy, StartInput, WorkflowLimits};
 use crate::domain::Scope;
+use crate::domain::text::quote;
 use crate::identity::SpiffeId;
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicySet, Request,
@@ -66,8 +67,8 @@ impl Loaded {
             self.entities.get(&tool_uid),
         ) else {
             return Err(Denied::new(format!(
-                "audience {:?} is not a tool the policies know",
-                scope.audience
+                "audience {} is not a tool the policies know",
+                quote(&scope.audience)
             )));
         };
         // `resources` is sorted most specific first (deterministically), so the
@@ -545,13 +546,13 @@ impl CedarPolicy {
         let wf = set
             .workflows
             .get(i.workflow)
-            .ok_or_else(|| Denied::new(format!("workflow {:?} is not defined", i.workflow)))?;
+            .ok_or_else(|| Denied::new(format!("workflow {} is not defined", quote(i.workflow))))?;
         if i.duration > wf.max_task_duration {
             return Err(Denied {
                 reason: format!(
-                    "duration {}s exceeds workflow {:?} maximum of {}s",
+                    "duration {}s exceeds workflow {} maximum of {}s",
                     i.duration.as_secs(),
-                    i.workflow,
+                    quote(i.workflow),
                     wf.max_task_duration.as_secs()
                 ),
                 policies: vec![format!("workflow:{}", i.workflow)],
@@ -572,8 +573,10 @@ impl CedarPolicy {
             ),
             || {
                 format!(
-                    "{} opening workflow {:?} for {}",
-                    i.orchestrator, i.workflow, i.agent
+                    "{} opening workflow {} for {}",
+                    i.orchestrator,
+                    quote(i.workflow),
+                    i.agent
                 )
             },
         )?;
@@ -592,7 +595,7 @@ impl CedarPolicy {
                 resource.uid(),
                 declare_context(&wf_uid, i.orchestrator, scope, environment),
                 (vec![agent.clone(), orch.clone(), resource], file),
-                || format!("declaring scope {scope} in workflow {:?}", i.workflow),
+                || format!("declaring scope {scope} in workflow {}", quote(i.workflow)),
             )?;
             policies.extend(p);
         }
@@ -608,8 +611,8 @@ impl CedarPolicy {
         let set = self.current();
         let wf = set.workflows.get(&i.task.workflow).ok_or_else(|| {
             Denied::new(format!(
-                "workflow {:?} is no longer defined",
-                i.task.workflow
+                "workflow {} is no longer defined",
+                quote(&i.task.workflow)
             ))
         })?;
         let wf_uid = uid("Mayfly::Workflow", &i.task.workflow);

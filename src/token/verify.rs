@@ -4,6 +4,7 @@
 //! The compact JWS is taken apart by hand: the header is decoded once, the
 //! signature checked with ring over `header.payload`, and the claims decoded once.
 use super::{Claims, KeyRecord};
+use crate::domain::text::quote;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::signature::{ED25519, UnparsedPublicKey};
@@ -18,7 +19,7 @@ pub enum TokenError {
     Malformed(String),
     #[error("the token header must be alg EdDSA, typ at+jwt and carry a kid")]
     Header,
-    #[error("the token was signed by an unknown key {0:?}")]
+    #[error("the token was signed by an unknown key {}", quote(.0))]
     UnknownKey(String),
     #[error("the token signature does not verify")]
     Signature,
@@ -197,6 +198,18 @@ mod tests {
             created_at: now,
             not_after: now,
         }
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_by_a_short_prefix_of_its_kid() {
+        let err = TokenError::UnknownKey("k".repeat(20_000)).to_string();
+        assert_eq!(
+            err,
+            format!(
+                "the token was signed by an unknown key \"{}…\" (20000 bytes)",
+                "k".repeat(32)
+            )
+        );
     }
 
     #[test]

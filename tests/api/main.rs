@@ -12,6 +12,7 @@ mod faulty;
 mod freeze;
 mod hardening;
 mod identity;
+mod input;
 mod operations;
 mod persistence;
 mod policy;
