@@ -7,9 +7,10 @@
 //! - `broker`: the use cases: open, mint, complete, revoke, introspect, report.
 //! - `revocation`: events, the fan-out hub, following other replicas (NOTIFY).
 //! - `audit`: audit events.
-//! - `store`: the `Store` trait and its PostgreSQL implementation.
+//! - `store`: the `Store` traits, the fail-fast gate, PostgreSQL and SQLite.
 //! - [`api`]: the gRPC services and proto conversion; `error`: errors to statuses.
-//! - `app`: building and running the broker; `config`: settings.
+//! - `app`: building and running the broker, serving connections under caps and
+//!   deadlines; `config`: settings.
 //! - `cli`, `client`: the `mayfly` command line and its client commands.
 //! - `verifier` (feature `verifier`): the library resource servers embed.
 //!
