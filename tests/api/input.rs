@@ -284,7 +284,9 @@ fn token_with_kid(len: usize) -> String {
 #[tokio::test]
 async fn refusals_quote_at_most_a_short_prefix_of_a_huge_value() {
     let app = spawn_app().await;
-    const HUGE: usize = 20 * 1024;
+    // As large as fits the smallest per-service message limit (16 KiB); a 20 KB
+    // value is refused by that limit, from the message's length, before it is read.
+    const HUGE: usize = 15 * 1024;
     let huge = "x".repeat(HUGE);
     let mut tasks = app.tasks(ORCH).await;
     let (mut agent, _) = app.tokens(AGENT).await;
@@ -339,7 +341,7 @@ async fn refusals_quote_at_most_a_short_prefix_of_a_huge_value() {
             "parent_token",
             agent
                 .delegate(pb::DelegateRequest {
-                    parent_token: token_with_kid(HUGE),
+                    parent_token: token_with_kid(HUGE * 2 / 3),
                     sub_agent: AGENT2.into(),
                     scope: Some(scope("crm-api", "customers/eu/1", "read")),
                     ttl_seconds: 60,
@@ -462,6 +464,14 @@ async fn refusals_quote_at_most_a_short_prefix_of_a_huge_value() {
         err.message(),
         "task_id: \"task-\\u{202e}1\" is not a task id (a UUID)"
     );
+    // Past the limit: a short refusal naming the size, not the value.
+    let err = agent
+        .mint_token(mint_request(&"x".repeat(20 * 1024), "customers/eu/1", 60))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+    assert!(err.message().len() < 256, "{err:?}");
 }
 
 /// Sends bytes as they are and reads the answer as bytes: a client that does not
