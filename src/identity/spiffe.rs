@@ -310,3 +310,214 @@ mod tests {
         assert!(!p("spiffe://e.org/agent/*").overlaps(&p("spiffe://o.org/agent/*")));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{any_text, matching};
+    use proptest::prelude::*;
+
+    /// A path segment of a generated pattern: a literal from a small alphabet (so
+    /// that patterns and IDs often meet) or a `*`.
+    #[derive(Debug, Clone)]
+    enum Seg {
+        Lit(String),
+        Star,
+    }
+
+    /// Segments, and whether a trailing `**` follows; never empty.
+    #[derive(Debug, Clone)]
+    struct Pattern {
+        segments: Vec<Seg>,
+        double_star: bool,
+    }
+
+    impl Pattern {
+        fn text(&self, td: &str) -> String {
+            let mut parts: Vec<&str> = self
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Seg::Lit(l) => l.as_str(),
+                    Seg::Star => "*",
+                })
+                .collect();
+            if self.double_star {
+                parts.push("**");
+            }
+            format!("spiffe://{td}/{}", parts.join("/"))
+        }
+
+        /// An ID the pattern matches: each `*` takes one of `fill`, a `**` the
+        /// next `extra` (1 to 3) of them.
+        fn instance(&self, td: &str, fill: &[String], extra: usize) -> String {
+            let mut fill = fill.iter().cycle();
+            let mut parts: Vec<String> = self
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Seg::Lit(l) => l.clone(),
+                    Seg::Star => fill.next().cloned().unwrap_or_default(),
+                })
+                .collect();
+            if self.double_star {
+                parts.extend(fill.take(extra).cloned());
+            }
+            format!("spiffe://{td}/{}", parts.join("/"))
+        }
+
+        /// The same pattern with its first wildcard made narrower: a `*` becomes a
+        /// literal, or else the `**` becomes a `*` (or a literal) followed by `**`.
+        fn narrowed(&self, lit: &str) -> Option<Pattern> {
+            let mut p = self.clone();
+            if let Some(s) = p.segments.iter_mut().find(|s| matches!(s, Seg::Star)) {
+                *s = Seg::Lit(lit.to_string());
+                return Some(p);
+            }
+            if p.double_star {
+                p.segments.push(Seg::Lit(lit.to_string()));
+                return Some(p);
+            }
+            None
+        }
+    }
+
+    fn small_segment() -> impl Strategy<Value = String> {
+        matching("[ab]{1,2}")
+    }
+
+    fn pattern() -> impl Strategy<Value = Pattern> {
+        let seg = prop_oneof![3 => small_segment().prop_map(Seg::Lit), 1 => Just(Seg::Star)];
+        (prop::collection::vec(seg, 0..4), any::<bool>())
+            .prop_filter("a pattern has a path", |(s, dd)| !s.is_empty() || *dd)
+            .prop_map(|(segments, double_star)| Pattern {
+                segments,
+                double_star,
+            })
+    }
+
+    fn small_id() -> impl Strategy<Value = String> {
+        prop::collection::vec(small_segment(), 1..6)
+            .prop_map(|segs| format!("spiffe://e.org/{}", segs.join("/")))
+    }
+
+    /// Text near SPIFFE IDs: a scheme (or a near miss), then characters the
+    /// parsers treat specially.
+    fn near_id() -> impl Strategy<Value = String> {
+        matching("(spiffe://|SPIFFE://|spiffe:/|https://|)[a-zA-Z0-9./_:@%?#* -]{0,40}")
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).expect("a generated ID is valid")
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panicking(s in any_text()) {
+            let _ = SpiffeId::parse(&s);
+            let _ = IdPattern::parse(&s);
+        }
+
+        #[test]
+        fn an_accepted_id_is_its_own_canonical_form(s in near_id()) {
+            if let Ok(parsed) = SpiffeId::parse(&s) {
+                prop_assert_eq!(parsed.as_str(), s.as_str());
+                prop_assert!(parsed.path().starts_with('/'));
+                prop_assert_eq!(
+                    format!("spiffe://{}{}", parsed.trust_domain(), parsed.path()),
+                    s.clone()
+                );
+                prop_assert_eq!(SpiffeId::parse(&parsed.to_string()), Ok(parsed.clone()));
+                let json = serde_json::to_string(&parsed).expect("an ID serialises");
+                prop_assert_eq!(serde_json::from_str::<SpiffeId>(&json).ok(), Some(parsed.clone()));
+                // An ID is a pattern that matches itself.
+                let p = IdPattern::parse(&s).expect("an ID is a valid pattern");
+                prop_assert!(p.matches(&parsed));
+            }
+            if let Ok(p) = IdPattern::parse(&s) {
+                prop_assert_eq!(p.as_str(), s.as_str());
+                prop_assert!(p.overlaps(&p));
+            }
+        }
+
+        #[test]
+        fn a_well_formed_id_is_accepted_and_split_where_it_was_built(
+            td in matching("[a-z0-9._-]{1,16}"),
+            segs in prop::collection::vec(
+                matching("[A-Za-z0-9._-]{1,8}").prop_filter("dot segments are refused", |s| s != "." && s != ".."),
+                1..6,
+            ),
+        ) {
+            let text = format!("spiffe://{td}/{}", segs.join("/"));
+            let parsed = SpiffeId::parse(&text);
+            prop_assert!(parsed.is_ok(), "{text}: {parsed:?}");
+            let parsed = parsed.expect("checked above");
+            prop_assert_eq!(parsed.trust_domain(), td.as_str());
+            prop_assert_eq!(parsed.path(), format!("/{}", segs.join("/")));
+        }
+
+        #[test]
+        fn a_pattern_matches_every_id_made_from_it_and_overlaps_itself(
+            p in pattern(),
+            fill in prop::collection::vec(small_segment(), 4),
+            extra in 1usize..=3,
+        ) {
+            let parsed = IdPattern::parse(&p.text("e.org"));
+            prop_assert!(parsed.is_ok(), "{:?}", parsed);
+            let parsed = parsed.expect("checked above");
+            prop_assert!(parsed.overlaps(&parsed));
+            prop_assert!(parsed.matches(&id(&p.instance("e.org", &fill, extra))));
+            // Never across trust domains.
+            prop_assert!(!parsed.matches(&id(&p.instance("o.org", &fill, extra))));
+            let other = IdPattern::parse(&p.text("o.org")).expect("valid in any domain");
+            prop_assert!(!parsed.overlaps(&other));
+        }
+
+        #[test]
+        fn patterns_that_match_one_id_overlap_both_ways(
+            p in pattern(),
+            q in pattern(),
+            s in small_id(),
+        ) {
+            let (p, q) = (
+                IdPattern::parse(&p.text("e.org")).expect("valid"),
+                IdPattern::parse(&q.text("e.org")).expect("valid"),
+            );
+            prop_assert_eq!(p.overlaps(&q), q.overlaps(&p));
+            let s = id(&s);
+            if p.matches(&s) && q.matches(&s) {
+                prop_assert!(p.overlaps(&q), "{} and {} both match {}", p.as_str(), q.as_str(), s);
+            }
+        }
+
+        #[test]
+        fn narrowing_a_pattern_never_widens_it(
+            p in pattern(),
+            lit in small_segment(),
+            s in small_id(),
+        ) {
+            if let Some(n) = p.narrowed(&lit) {
+                let (wide, narrow) = (
+                    IdPattern::parse(&p.text("e.org")).expect("valid"),
+                    IdPattern::parse(&n.text("e.org")).expect("valid"),
+                );
+                let s = id(&s);
+                prop_assert!(!narrow.matches(&s) || wide.matches(&s),
+                    "{} matches {} but {} does not", narrow.as_str(), s, wide.as_str());
+                prop_assert!(wide.overlaps(&narrow));
+            }
+        }
+
+        #[test]
+        fn a_pattern_without_wildcards_matches_only_its_own_id(
+            segs in prop::collection::vec(small_segment(), 1..4),
+            s in small_id(),
+        ) {
+            let text = format!("spiffe://e.org/{}", segs.join("/"));
+            let p = IdPattern::parse(&text).expect("valid");
+            prop_assert_eq!(p.matches(&id(&s)), s == text);
+        }
+    }
+}
