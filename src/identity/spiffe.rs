@@ -314,101 +314,32 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::testing::{any_text, matching};
+    use crate::testing::{
+        PathPattern, any_text, matching, path_pattern, small_path, small_segment,
+    };
     use proptest::prelude::*;
 
-    /// A path segment of a generated pattern: a literal from a small alphabet (so
-    /// that patterns and IDs often meet) or a `*`.
-    #[derive(Debug, Clone)]
-    enum Seg {
-        Lit(String),
-        Star,
+    fn text(p: &PathPattern, td: &str) -> String {
+        format!("spiffe://{td}/{}", p.text())
     }
 
-    /// Segments, and whether a trailing `**` follows; never empty.
-    #[derive(Debug, Clone)]
-    struct Pattern {
-        segments: Vec<Seg>,
-        double_star: bool,
+    fn instance(p: &PathPattern, td: &str, fill: &[String], extra: usize) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://{td}/{}", p.instance(fill, extra)))
+            .expect("a generated ID is valid")
     }
 
-    impl Pattern {
-        fn text(&self, td: &str) -> String {
-            let mut parts: Vec<&str> = self
-                .segments
-                .iter()
-                .map(|s| match s {
-                    Seg::Lit(l) => l.as_str(),
-                    Seg::Star => "*",
-                })
-                .collect();
-            if self.double_star {
-                parts.push("**");
-            }
-            format!("spiffe://{td}/{}", parts.join("/"))
-        }
-
-        /// An ID the pattern matches: each `*` takes one of `fill`, a `**` the
-        /// next `extra` (1 to 3) of them.
-        fn instance(&self, td: &str, fill: &[String], extra: usize) -> String {
-            let mut fill = fill.iter().cycle();
-            let mut parts: Vec<String> = self
-                .segments
-                .iter()
-                .map(|s| match s {
-                    Seg::Lit(l) => l.clone(),
-                    Seg::Star => fill.next().cloned().unwrap_or_default(),
-                })
-                .collect();
-            if self.double_star {
-                parts.extend(fill.take(extra).cloned());
-            }
-            format!("spiffe://{td}/{}", parts.join("/"))
-        }
-
-        /// The same pattern with its first wildcard made narrower: a `*` becomes a
-        /// literal, or else the `**` becomes a `*` (or a literal) followed by `**`.
-        fn narrowed(&self, lit: &str) -> Option<Pattern> {
-            let mut p = self.clone();
-            if let Some(s) = p.segments.iter_mut().find(|s| matches!(s, Seg::Star)) {
-                *s = Seg::Lit(lit.to_string());
-                return Some(p);
-            }
-            if p.double_star {
-                p.segments.push(Seg::Lit(lit.to_string()));
-                return Some(p);
-            }
-            None
-        }
+    fn pattern(p: &PathPattern) -> IdPattern {
+        IdPattern::parse(&text(p, "e.org")).expect("a generated pattern is valid")
     }
 
-    fn small_segment() -> impl Strategy<Value = String> {
-        matching("[ab]{1,2}")
-    }
-
-    fn pattern() -> impl Strategy<Value = Pattern> {
-        let seg = prop_oneof![3 => small_segment().prop_map(Seg::Lit), 1 => Just(Seg::Star)];
-        (prop::collection::vec(seg, 0..4), any::<bool>())
-            .prop_filter("a pattern has a path", |(s, dd)| !s.is_empty() || *dd)
-            .prop_map(|(segments, double_star)| Pattern {
-                segments,
-                double_star,
-            })
-    }
-
-    fn small_id() -> impl Strategy<Value = String> {
-        prop::collection::vec(small_segment(), 1..6)
-            .prop_map(|segs| format!("spiffe://e.org/{}", segs.join("/")))
+    fn id(path: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://e.org/{path}")).expect("a generated ID is valid")
     }
 
     /// Text near SPIFFE IDs: a scheme (or a near miss), then characters the
     /// parsers treat specially.
     fn near_id() -> impl Strategy<Value = String> {
         matching("(spiffe://|SPIFFE://|spiffe:/|https://|)[a-zA-Z0-9./_:@%?#* -]{0,40}")
-    }
-
-    fn id(s: &str) -> SpiffeId {
-        SpiffeId::parse(s).expect("a generated ID is valid")
     }
 
     proptest! {
@@ -460,33 +391,30 @@ mod properties {
 
         #[test]
         fn a_pattern_matches_every_id_made_from_it_and_overlaps_itself(
-            p in pattern(),
+            p in path_pattern(),
             fill in prop::collection::vec(small_segment(), 4),
             extra in 1usize..=3,
         ) {
-            let parsed = IdPattern::parse(&p.text("e.org"));
+            let parsed = IdPattern::parse(&text(&p, "e.org"));
             prop_assert!(parsed.is_ok(), "{:?}", parsed);
             let parsed = parsed.expect("checked above");
+            prop_assert_eq!(parsed.as_str(), text(&p, "e.org"));
             prop_assert!(parsed.overlaps(&parsed));
-            prop_assert!(parsed.matches(&id(&p.instance("e.org", &fill, extra))));
+            prop_assert!(parsed.matches(&instance(&p, "e.org", &fill, extra)));
             // Never across trust domains.
-            prop_assert!(!parsed.matches(&id(&p.instance("o.org", &fill, extra))));
-            let other = IdPattern::parse(&p.text("o.org")).expect("valid in any domain");
+            prop_assert!(!parsed.matches(&instance(&p, "o.org", &fill, extra)));
+            let other = IdPattern::parse(&text(&p, "o.org")).expect("valid in any domain");
             prop_assert!(!parsed.overlaps(&other));
         }
 
         #[test]
         fn patterns_that_match_one_id_overlap_both_ways(
-            p in pattern(),
-            q in pattern(),
-            s in small_id(),
+            p in path_pattern(),
+            q in path_pattern(),
+            s in small_path(),
         ) {
-            let (p, q) = (
-                IdPattern::parse(&p.text("e.org")).expect("valid"),
-                IdPattern::parse(&q.text("e.org")).expect("valid"),
-            );
+            let (p, q, s) = (pattern(&p), pattern(&q), id(&s));
             prop_assert_eq!(p.overlaps(&q), q.overlaps(&p));
-            let s = id(&s);
             if p.matches(&s) && q.matches(&s) {
                 prop_assert!(p.overlaps(&q), "{} and {} both match {}", p.as_str(), q.as_str(), s);
             }
@@ -494,16 +422,12 @@ mod properties {
 
         #[test]
         fn narrowing_a_pattern_never_widens_it(
-            p in pattern(),
+            p in path_pattern(),
             lit in small_segment(),
-            s in small_id(),
+            s in small_path(),
         ) {
             if let Some(n) = p.narrowed(&lit) {
-                let (wide, narrow) = (
-                    IdPattern::parse(&p.text("e.org")).expect("valid"),
-                    IdPattern::parse(&n.text("e.org")).expect("valid"),
-                );
-                let s = id(&s);
+                let (wide, narrow, s) = (pattern(&p), pattern(&n), id(&s));
                 prop_assert!(!narrow.matches(&s) || wide.matches(&s),
                     "{} matches {} but {} does not", narrow.as_str(), s, wide.as_str());
                 prop_assert!(wide.overlaps(&narrow));
@@ -512,12 +436,11 @@ mod properties {
 
         #[test]
         fn a_pattern_without_wildcards_matches_only_its_own_id(
-            segs in prop::collection::vec(small_segment(), 1..4),
-            s in small_id(),
+            exact in small_path(),
+            s in small_path(),
         ) {
-            let text = format!("spiffe://e.org/{}", segs.join("/"));
-            let p = IdPattern::parse(&text).expect("valid");
-            prop_assert_eq!(p.matches(&id(&s)), s == text);
+            let p = IdPattern::parse(&format!("spiffe://e.org/{exact}")).expect("valid");
+            prop_assert_eq!(p.matches(&id(&s)), s == exact);
         }
     }
 }
