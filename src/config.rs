@@ -597,7 +597,7 @@ environment = "prod-eu"
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::testing::{any_text, matching};
+    use crate::testing::{any_text, matching, toml_string as quoted};
     use proptest::prelude::*;
 
     /// Every key of the file, by section, with the value the base document gives
@@ -670,20 +670,6 @@ mod properties {
         let c = Config::parse(text, "mayfly.toml")?;
         c.validate()?;
         Ok(c)
-    }
-
-    /// A TOML basic string holding `s`.
-    fn quoted(s: &str) -> String {
-        let mut out = String::from("\"");
-        for c in s.chars() {
-            match c {
-                '"' => out += "\\\"",
-                '\\' => out += "\\\\",
-                c if c.is_control() => out += &format!("\\u{:04X}", u32::from(c)),
-                c => out.push(c),
-            }
-        }
-        out + "\""
     }
 
     /// Durations as humantime reads them, and near misses.

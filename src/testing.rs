@@ -120,3 +120,18 @@ pub fn small_path() -> impl proptest::strategy::Strategy<Value = String> {
     use proptest::prelude::*;
     prop::collection::vec(small_segment(), 1..6).prop_map(|segs| segs.join("/"))
 }
+
+/// A TOML basic string holding `s`, escaped as TOML wants (control characters,
+/// DEL included, as `\uXXXX`).
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            c if c.is_control() => out += &format!("\\u{:04X}", u32::from(c)),
+            c => out.push(c),
+        }
+    }
+    out + "\""
+}
