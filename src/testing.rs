@@ -123,6 +123,7 @@ pub fn small_path() -> impl proptest::strategy::Strategy<Value = String> {
 
 /// A TOML basic string holding `s`, escaped as TOML wants (control characters,
 /// DEL included, as `\uXXXX`).
+#[cfg(feature = "server")]
 pub fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
