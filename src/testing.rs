@@ -1,4 +1,5 @@
-//! Test-only support shared by the inline unit tests: the property tests' settings.
+//! Test-only support shared by the inline unit tests: the property tests' settings
+//! and the generators several of them use (text, path patterns, TOML strings).
 use proptest::test_runner::Config;
 
 /// Cases per property when `PROPTEST_CASES` is not set.
