@@ -385,3 +385,102 @@ pub enum RevokeTarget {
     },
     All,
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{any_text, matching};
+    use clap::{CommandFactory, FromArgMatches};
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// The command tree, built once per thread: clap builds (and a clone
+        /// copies) it on every parse, which costs more than the parsing.
+        static COMMAND: RefCell<clap::Command> = RefCell::new(Cli::command());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let matches = COMMAND.with(|c| c.borrow_mut().try_get_matches_from_mut(args))?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    /// Every duration flag, in a command line that is valid but for it.
+    fn with_duration(which: usize, d: &str) -> Vec<&str> {
+        let mut args = vec!["mayfly"];
+        args.extend(match which {
+            0 => vec!["token", "mint", "--task", "t", "--scope", "a b c", "--ttl"],
+            1 => vec!["token", "await", "ap", "--wait"],
+            2 => vec![
+                "token", "delegate", "--token", "x", "--to", "y", "--scope", "a b c", "--ttl",
+            ],
+            3 => vec![
+                "task",
+                "start",
+                "--agent",
+                "a",
+                "--workflow",
+                "w",
+                "--objective",
+                "o",
+                "--scope",
+                "a b c",
+                "--duration",
+            ],
+            _ => vec![
+                "migrate",
+                "--database-url",
+                "postgres://x",
+                "--connect-timeout",
+            ],
+        });
+        args.push(d);
+        args
+    }
+
+    /// The duration a parsed command line carries.
+    fn duration_of(cli: &Cli) -> Option<Duration> {
+        match &cli.command {
+            Command::Migrate {
+                connect_timeout, ..
+            } => Some(*connect_timeout),
+            Command::Client(ClientCommand::Token(TokenCommand::Mint { ttl, .. }))
+            | Command::Client(ClientCommand::Token(TokenCommand::Delegate { ttl, .. })) => {
+                Some(*ttl)
+            }
+            Command::Client(ClientCommand::Token(TokenCommand::Await { wait, .. })) => Some(*wait),
+            Command::Client(ClientCommand::Task(TaskCommand::Start { duration, .. })) => {
+                Some(*duration)
+            }
+            _ => None,
+        }
+    }
+
+    fn duration_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (any::<u64>(), matching("( ?)(ns|us|ms|s|m|min|h|d|w|M|y|years|parsecs|)"))
+                .prop_map(|(n, unit)| format!("{}{unit}", n >> (n % 64))),
+            1 => matching("[0-9 hmsd.-]{0,12}"),
+            1 => any_text(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn a_duration_argument_is_read_as_humantime_reads_it_or_refused(
+            which in 0usize..5,
+            d in duration_text(),
+        ) {
+            let parsed = parse(&with_duration(which, &d));
+            match humantime::parse_duration(&d) {
+                Ok(want) => {
+                    let cli = parsed.map_err(|e| TestCaseError::fail(format!("{d:?}: {e}")))?;
+                    prop_assert_eq!(duration_of(&cli), Some(want));
+                }
+                Err(_) => prop_assert!(parsed.is_err(), "{d:?} was accepted"),
+            }
+        }
+    }
+}

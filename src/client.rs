@@ -118,6 +118,17 @@ pub fn parse_scope(s: &str) -> anyhow::Result<pb::Scope> {
     }
 }
 
+/// `--checkpoint "<sequence>:<hash>"`, as `mayfly audit verify` printed it.
+fn parse_checkpoint(c: &str) -> anyhow::Result<(u64, String)> {
+    let (seq, hash) = c
+        .split_once(':')
+        .ok_or_else(|| usage("--checkpoint must be \"<sequence>:<hash>\"".into()))?;
+    let seq = seq
+        .parse()
+        .map_err(|_| usage(format!("--checkpoint sequence {seq:?} is not a number")))?;
+    Ok((seq, hash.to_string()))
+}
+
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     match t {
         Some(t) => time::OffsetDateTime::from_unix_timestamp(t.seconds)
@@ -272,7 +283,16 @@ fn when(flag: &str, s: &Option<String>) -> anyhow::Result<Option<prost_types::Ti
                     "{flag} {s:?} is neither an RFC 3339 time nor a duration ago (e.g. 1h)"
                 ))
             })?;
-            time::OffsetDateTime::now_utc() - ago
+            // humantime reads up to 584 billion years; time's calendar starts in
+            // year -9999.
+            time::Duration::try_from(ago)
+                .ok()
+                .and_then(|ago| time::OffsetDateTime::now_utc().checked_sub(ago))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "{flag} {s:?} reaches before the earliest time there is"
+                    ))
+                })?
         }
     };
     Ok(Some(prost_types::Timestamp {
@@ -603,15 +623,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
         ClientCommand::Audit(AuditCommand::Verify { checkpoint }) => {
             let (checkpoint_sequence, checkpoint_hash) = match checkpoint {
                 None => (0, String::new()),
-                Some(c) => {
-                    let (seq, hash) = c.split_once(':').ok_or_else(|| {
-                        usage("--checkpoint must be \"<sequence>:<hash>\"".into())
-                    })?;
-                    let seq = seq.parse().map_err(|_| {
-                        usage(format!("--checkpoint sequence {seq:?} is not a number"))
-                    })?;
-                    (seq, hash.to_string())
-                }
+                Some(c) => parse_checkpoint(c)?,
             };
             let r = AdminServiceClient::new(ch)
                 .verify_audit(pb::VerifyAuditRequest {
@@ -907,8 +919,32 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
 
 #[cfg(test)]
 mod tests {
-    use super::table;
+    use super::*;
     use serde_json::json;
+
+    fn usage_code(e: &anyhow::Error) -> Option<u8> {
+        e.downcast_ref::<Failed>().map(|f| f.code)
+    }
+
+    #[test]
+    fn an_audit_window_reaching_before_the_calendar_is_a_usage_error_not_a_panic() {
+        for ago in ["100000years", "500000000000years"] {
+            let e = when("--since", &Some(ago.into())).expect_err(ago);
+            assert_eq!(usage_code(&e), Some(exit::USAGE), "{e}");
+            assert!(e.to_string().starts_with("--since "), "{e}");
+        }
+        assert!(when("--until", &Some("1h".into())).is_ok_and(|t| t.is_some()));
+    }
+
+    #[test]
+    fn a_checkpoint_is_a_sequence_and_a_hash() {
+        assert_eq!(parse_checkpoint("12:ab").ok(), Some((12, "ab".into())));
+        assert_eq!(parse_checkpoint("12:a:b").ok(), Some((12, "a:b".into())));
+        for bad in ["12", "x:ab", ":ab", "-1:ab", ""] {
+            let e = parse_checkpoint(bad).expect_err(bad);
+            assert_eq!(usage_code(&e), Some(exit::USAGE), "{e}");
+        }
+    }
 
     #[test]
     fn tables_escape_text_that_could_fake_rows_or_reorder_what_is_read() {
@@ -925,5 +961,106 @@ mod tests {
         assert!(t.contains("ok\\u{e0041}\\u{3164}"), "{t}");
         assert_eq!(table(&json!([])), "(none)\n");
         assert_eq!(table(&json!({"k": [1, 2]})), "k  [1,2]\n");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{any_text, matching};
+    use proptest::prelude::*;
+
+    fn usage_message(e: &anyhow::Error) -> Option<&str> {
+        e.downcast_ref::<Failed>()
+            .filter(|f| f.code == exit::USAGE)
+            .map(|f| f.message.as_str())
+    }
+
+    /// Words and the whitespace between them, as a shell passes one argument.
+    fn spaced_words() -> impl Strategy<Value = String> {
+        let word = prop_oneof![matching("[a-z0-9/*.:-]{1,10}"), any_text()];
+        let gap = prop::sample::select(vec![" ", "  ", "\t", " \n ", "\u{3000}", "\u{a0}"]);
+        (
+            matching("[ \t]{0,2}"),
+            prop::collection::vec((word, gap), 0..5),
+        )
+            .prop_map(|(lead, parts)| {
+                let mut s = lead;
+                for (w, g) in parts {
+                    s += &w;
+                    s += g;
+                }
+                s
+            })
+    }
+
+    /// A time for `--since`/`--until`: RFC 3339, a duration ago (up to
+    /// humantime's limit), or neither.
+    fn window() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => (any::<u64>(), prop::sample::select(vec!["s", "m", "h", "d", "w", "M", "y", "years", "ms", "ns"]))
+                .prop_map(|(n, unit)| format!("{}{unit}", n >> (n % 64))),
+            1 => matching("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"),
+            1 => any_text(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn a_scope_argument_is_three_words_or_a_usage_error(s in spaced_words()) {
+            let words: Vec<&str> = s.split_whitespace().collect();
+            match parse_scope(&s) {
+                Ok(scope) => {
+                    prop_assert_eq!(words.len(), 3);
+                    let parsed = [scope.audience.as_str(), scope.resource.as_str(), scope.action.as_str()];
+                    prop_assert_eq!(&parsed[..], &words[..]);
+                    // The canonical form, one space apart, reads back the same.
+                    let again = parse_scope(&words.join(" "))
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(again, scope);
+                }
+                Err(e) => {
+                    prop_assert_ne!(words.len(), 3);
+                    let message = usage_message(&e);
+                    prop_assert!(message.is_some_and(|m| m.starts_with("scope ")), "{e}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_time_window_argument_is_a_time_or_a_usage_error_naming_the_flag(s in window()) {
+            match when("--since", &Some(s.clone())) {
+                Ok(t) => prop_assert!(t.is_some_and(|t| (0..1_000_000_000).contains(&t.nanos))),
+                Err(e) => {
+                    let message = usage_message(&e);
+                    prop_assert!(message.is_some_and(|m| m.starts_with("--since ")), "{e}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_checkpoint_argument_reads_back_as_it_was_printed(
+            seq in any::<u64>(),
+            hash in prop_oneof![matching("[0-9a-f]{0,64}"), any_text()],
+            other in any_text(),
+        ) {
+            let parsed = parse_checkpoint(&format!("{seq}:{hash}"))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(parsed, (seq, hash));
+            if let Err(e) = parse_checkpoint(&other) {
+                let message = usage_message(&e);
+                prop_assert!(message.is_some_and(|m| m.starts_with("--checkpoint ")), "{e}");
+            }
+        }
+
+        #[test]
+        fn a_field_path_finds_a_field_or_nothing_without_panicking(
+            path in prop_oneof![matching("[a-z0-9.]{0,16}"), any_text()],
+        ) {
+            let v = serde_json::json!({"a": {"b": [1, {"c": "x"}]}, "n": null});
+            let _ = field_text(&v, &path);
+        }
     }
 }

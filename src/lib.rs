@@ -13,6 +13,7 @@
 //!   deadlines; `config`: settings.
 //! - `cli`, `client`: the `mayfly` command line and its client commands.
 //! - `verifier` (feature `verifier`): the library resource servers embed.
+//! - `testing` (tests only): what the inline unit and property tests share.
 //!
 //! Feature `server` (default) is the broker; without it (`default-features = false,
 //! features = ["verifier"]`) the crate is the verifier library and what it needs:
@@ -47,6 +48,8 @@ pub mod policy;
 pub mod revocation;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod token;
 #[cfg(feature = "verifier")]
 pub mod verifier;

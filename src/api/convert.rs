@@ -357,3 +357,81 @@ pub fn audit_event(seq: u64, e: &crate::audit::AuditEvent) -> pb::AuditEventInfo
         detail_json: e.detail.to_string(),
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{any_text, matching};
+    use proptest::prelude::*;
+
+    /// A refusal must be INVALID_ARGUMENT naming the request field.
+    fn names(r: Result<impl Sized, Status>, field: &str) -> Result<(), TestCaseError> {
+        if let Err(s) = r {
+            prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            prop_assert!(
+                s.message().starts_with(field),
+                "{:?} does not name {}",
+                s.message(),
+                field
+            );
+        }
+        Ok(())
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            matching("(spiffe://e\\.org/|)[a-z0-9 /*.:-]{0,12}"),
+            matching("[0-9a-f-]{36}"),
+            Just(uuid::Uuid::new_v4().to_string()),
+            any_text(),
+        ]
+    }
+
+    fn pb_scope() -> impl Strategy<Value = pb::Scope> {
+        (
+            text(),
+            text(),
+            prop_oneof![Just("read".to_string()), Just("*".to_string()), text()],
+        )
+            .prop_map(|(audience, resource, action)| pb::Scope {
+                audience,
+                resource,
+                action,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn every_request_field_is_parsed_or_refused_naming_it(
+            s in text(),
+            n in any::<u64>(),
+            v in any::<i32>(),
+            scopes in prop::collection::vec(pb_scope(), 0..3),
+            scope in prop::option::of(pb_scope()),
+            at in prop::option::of((any::<i64>(), any::<i32>())),
+            revoke in prop::option::of(prop_oneof![
+                text().prop_map(pb::revocation_target::Target::Token),
+                text().prop_map(pb::revocation_target::Target::Task),
+                text().prop_map(pb::revocation_target::Target::Agent),
+                text().prop_map(pb::revocation_target::Target::Workflow),
+                any::<bool>().prop_map(pb::revocation_target::Target::All),
+            ]),
+        ) {
+            names(spiffe_id("agent", &s), "agent")?;
+            names(task_id("task_id", &s), "task_id")?;
+            names(required_text("objective", &s, 16), "objective")?;
+            names(workflow_name(&s), "workflow")?;
+            names(declared_scopes(&scopes), "scopes")?;
+            names(requested_scope(scope.as_ref()), "scope")?;
+            names(seconds("ttl_seconds", n, MAX_TTL_SECONDS), "ttl_seconds")?;
+            names(limit(u32::try_from(n % (2 * u64::from(MAX_LIMIT))).unwrap_or(0)), "limit")?;
+            names(task_state_filter(v), "state")?;
+            let at = at.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos });
+            names(time_opt("since", at.as_ref()), "since")?;
+            let revoke = revoke.map(|t| pb::RevocationTarget { target: Some(t) });
+            names(target(revoke.as_ref()), "target")?;
+        }
+    }
+}

@@ -89,6 +89,12 @@ impl DevCa {
 
     /// Issues a certificate as `spec` says, whatever it says.
     pub fn issue(&self, spec: &SvidSpec) -> Result<Issued, rcgen::Error> {
+        self.issue_for(spec, &KeyPair::generate()?)
+    }
+
+    /// Issues a certificate as `spec` says for an existing key pair (tests that
+    /// issue many certificates generate one key, not one per certificate).
+    pub fn issue_for(&self, spec: &SvidSpec, key: &KeyPair) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(spec.dns.clone())?;
         for uri in &spec.uris {
             params
@@ -108,8 +114,7 @@ impl DevCa {
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),

@@ -334,3 +334,137 @@ mod tests {
         assert!(!p("spiffe://e.org/agent/*").overlaps(&p("spiffe://o.org/agent/*")));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{
+        PathPattern, any_text, matching, path_pattern, small_path, small_segment,
+    };
+    use proptest::prelude::*;
+
+    fn text(p: &PathPattern, td: &str) -> String {
+        format!("spiffe://{td}/{}", p.text())
+    }
+
+    fn instance(p: &PathPattern, td: &str, fill: &[String], extra: usize) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://{td}/{}", p.instance(fill, extra)))
+            .expect("a generated ID is valid")
+    }
+
+    fn pattern(p: &PathPattern) -> IdPattern {
+        IdPattern::parse(&text(p, "e.org")).expect("a generated pattern is valid")
+    }
+
+    fn id(path: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://e.org/{path}")).expect("a generated ID is valid")
+    }
+
+    /// Text near SPIFFE IDs: a scheme (or a near miss), then characters the
+    /// parsers treat specially.
+    fn near_id() -> impl Strategy<Value = String> {
+        matching("(spiffe://|SPIFFE://|spiffe:/|https://|)[a-zA-Z0-9./_:@%?#* -]{0,40}")
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panicking(s in any_text()) {
+            let _ = SpiffeId::parse(&s);
+            let _ = IdPattern::parse(&s);
+        }
+
+        #[test]
+        fn an_accepted_id_is_its_own_canonical_form(s in near_id()) {
+            if let Ok(parsed) = SpiffeId::parse(&s) {
+                prop_assert_eq!(parsed.as_str(), s.as_str());
+                prop_assert!(parsed.path().starts_with('/'));
+                prop_assert_eq!(
+                    format!("spiffe://{}{}", parsed.trust_domain(), parsed.path()),
+                    s.clone()
+                );
+                prop_assert_eq!(SpiffeId::parse(&parsed.to_string()), Ok(parsed.clone()));
+                let json = serde_json::to_string(&parsed).expect("an ID serialises");
+                prop_assert_eq!(serde_json::from_str::<SpiffeId>(&json).ok(), Some(parsed.clone()));
+                // An ID is a pattern that matches itself.
+                let p = IdPattern::parse(&s).expect("an ID is a valid pattern");
+                prop_assert!(p.matches(&parsed));
+            }
+            if let Ok(p) = IdPattern::parse(&s) {
+                prop_assert_eq!(p.as_str(), s.as_str());
+                prop_assert!(p.overlaps(&p));
+            }
+        }
+
+        #[test]
+        fn a_well_formed_id_is_accepted_and_split_where_it_was_built(
+            td in matching("[a-z0-9._-]{1,16}"),
+            segs in prop::collection::vec(
+                matching("[A-Za-z0-9._-]{1,8}").prop_filter("dot segments are refused", |s| s != "." && s != ".."),
+                1..6,
+            ),
+        ) {
+            let text = format!("spiffe://{td}/{}", segs.join("/"));
+            let parsed = SpiffeId::parse(&text);
+            prop_assert!(parsed.is_ok(), "{text}: {parsed:?}");
+            let parsed = parsed.expect("checked above");
+            prop_assert_eq!(parsed.trust_domain(), td.as_str());
+            prop_assert_eq!(parsed.path(), format!("/{}", segs.join("/")));
+        }
+
+        #[test]
+        fn a_pattern_matches_every_id_made_from_it_and_overlaps_itself(
+            p in path_pattern(),
+            fill in prop::collection::vec(small_segment(), 4),
+            extra in 1usize..=3,
+        ) {
+            let parsed = IdPattern::parse(&text(&p, "e.org"));
+            prop_assert!(parsed.is_ok(), "{:?}", parsed);
+            let parsed = parsed.expect("checked above");
+            prop_assert_eq!(parsed.as_str(), text(&p, "e.org"));
+            prop_assert!(parsed.overlaps(&parsed));
+            prop_assert!(parsed.matches(&instance(&p, "e.org", &fill, extra)));
+            // Never across trust domains.
+            prop_assert!(!parsed.matches(&instance(&p, "o.org", &fill, extra)));
+            let other = IdPattern::parse(&text(&p, "o.org")).expect("valid in any domain");
+            prop_assert!(!parsed.overlaps(&other));
+        }
+
+        #[test]
+        fn patterns_that_match_one_id_overlap_both_ways(
+            p in path_pattern(),
+            q in path_pattern(),
+            s in small_path(),
+        ) {
+            let (p, q, s) = (pattern(&p), pattern(&q), id(&s));
+            prop_assert_eq!(p.overlaps(&q), q.overlaps(&p));
+            if p.matches(&s) && q.matches(&s) {
+                prop_assert!(p.overlaps(&q), "{} and {} both match {}", p.as_str(), q.as_str(), s);
+            }
+        }
+
+        #[test]
+        fn narrowing_a_pattern_never_widens_it(
+            p in path_pattern(),
+            lit in small_segment(),
+            s in small_path(),
+        ) {
+            if let Some(n) = p.narrowed(&lit) {
+                let (wide, narrow, s) = (pattern(&p), pattern(&n), id(&s));
+                prop_assert!(!narrow.matches(&s) || wide.matches(&s),
+                    "{} matches {} but {} does not", narrow.as_str(), s, wide.as_str());
+                prop_assert!(wide.overlaps(&narrow));
+            }
+        }
+
+        #[test]
+        fn a_pattern_without_wildcards_matches_only_its_own_id(
+            exact in small_path(),
+            s in small_path(),
+        ) {
+            let p = IdPattern::parse(&format!("spiffe://e.org/{exact}")).expect("valid");
+            prop_assert_eq!(p.matches(&id(&s)), s == exact);
+        }
+    }
+}

@@ -242,3 +242,117 @@ mod tests {
         assert!(cache.current().contains(k.kid()));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{any_text, matching};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// A JWK member: absent, one of the values that matter, or another string.
+    fn member(values: &'static [&'static str]) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            1 => Just(None),
+            4 => prop::sample::select(values).prop_map(|v| Some(json!(v))),
+            1 => matching("[A-Za-z0-9]{0,8}").prop_map(|v| Some(json!(v))),
+            // A member of the wrong type makes the document invalid.
+            1 => prop_oneof![Just(json!(1)), Just(json!(null)), Just(json!([])), Just(json!({}))]
+                .prop_map(Some),
+        ]
+    }
+
+    /// The `x` of a JWK: a 32-byte key, a key of another length, or not base64url.
+    fn x() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            4 => prop::collection::vec(any::<u8>(), 32).prop_map(|b| Some(json!(B64.encode(b)))),
+            1 => prop::collection::vec(any::<u8>(), 0..48).prop_map(|b| Some(json!(B64.encode(b)))),
+            1 => matching("[A-Za-z0-9+/=%_-]{0,48}").prop_map(|s| Some(json!(s))),
+            1 => Just(None),
+            1 => Just(Some(json!(32))),
+        ]
+    }
+
+    fn jwk() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+        (
+            member(&["OKP", "EC", "RSA"]),
+            member(&["Ed25519", "X25519", "P-256"]),
+            x(),
+            member(&["k1", "k2", "k3", ""]),
+            member(&["EdDSA", "ES256", "RS256"]),
+            member(&["sig", "enc"]),
+        )
+            .prop_map(|(kty, crv, x, kid, alg, use_)| {
+                let mut m = serde_json::Map::new();
+                for (name, v) in [
+                    ("kty", kty),
+                    ("crv", crv),
+                    ("x", x),
+                    ("kid", kid),
+                    ("alg", alg),
+                    ("use", use_),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(name.into(), v);
+                    }
+                }
+                m
+            })
+    }
+
+    /// What RFC 7517 and Mayfly's rules say of one JWK: `Err` when the document
+    /// is not a key set, else the kid it contributes, if any.
+    fn usable(k: &serde_json::Map<String, Value>) -> Result<Option<String>, ()> {
+        let s = |name: &str| -> Result<Option<&str>, ()> {
+            match k.get(name) {
+                None => Ok(None),
+                Some(Value::String(v)) => Ok(Some(v.as_str())),
+                // `alg` and `use` are Options: null is absent.
+                Some(Value::Null) if name == "alg" || name == "use" => Ok(None),
+                Some(_) => Err(()),
+            }
+        };
+        let kty = s("kty")?.ok_or(())?;
+        let (crv, x, kid) = (s("crv")?, s("x")?, s("kid")?.unwrap_or(""));
+        let (alg, use_) = (s("alg")?, s("use")?);
+        let key_len = x.and_then(|x| B64.decode(x).ok()).map(|b| b.len());
+        let ok = kty == "OKP"
+            && crv == Some("Ed25519")
+            && !kid.is_empty()
+            && alg.is_none_or(|a| a == "EdDSA")
+            && use_.is_none_or(|u| u == "sig")
+            && key_len == Some(32);
+        Ok(ok.then(|| kid.to_string()))
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn any_text_is_a_key_set_or_an_error_without_panicking(s in any_text()) {
+            let _ = key_set_from_jwks(&s);
+        }
+
+        #[test]
+        fn exactly_the_usable_ed25519_signing_keys_are_kept(
+            keys in prop::collection::vec(jwk(), 0..5),
+        ) {
+            let doc = json!({ "keys": keys }).to_string();
+            let got = key_set_from_jwks(&doc);
+            let want: Result<Vec<Option<String>>, ()> = keys.iter().map(usable).collect();
+            match want {
+                Err(()) => prop_assert!(got.is_err(), "{doc} was accepted"),
+                Ok(kids) => {
+                    let set = got.map_err(|e| TestCaseError::fail(format!("{doc}: {e}")))?;
+                    for kid in ["k1", "k2", "k3", ""] {
+                        prop_assert_eq!(
+                            set.contains(kid),
+                            kids.iter().flatten().any(|k| k == kid),
+                            "{} in {}", kid, doc
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

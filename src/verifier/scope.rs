@@ -109,3 +109,60 @@ mod tests {
         assert_eq!((r.action(), r.resource()), ("read", "customers/eu/42"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::testing::{any_text, matching, path_pattern, small_segment};
+    use proptest::prelude::*;
+
+    fn near_field() -> impl Strategy<Value = String> {
+        prop_oneof![matching("[a-z0-9_.:/*@+=, -]{0,24}"), any_text()]
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn any_required_scope_and_claim_are_handled_without_panicking(
+            action in near_field(),
+            resource in near_field(),
+            claim in near_field(),
+        ) {
+            let r = RequiredScope::new(action.as_str(), resource.as_str());
+            let as_request = Scope::requested(ANY_AUDIENCE, resource.as_str(), action.as_str());
+            match &r {
+                Ok(r) => {
+                    prop_assert_eq!((r.action(), r.resource()), (action.as_str(), resource.as_str()));
+                    prop_assert!(!r.resource().split('/').any(|s| s == "*" || s == "**"));
+                    let _ = r.is_covered_by(&claim);
+                    // A token for exactly this action on exactly this resource.
+                    let exact = format!("{action}:{resource}");
+                    prop_assert!(r.is_covered_by(&exact));
+                }
+                Err(RequiredScopeError::Pattern) => prop_assert!(as_request.is_ok()),
+                Err(RequiredScopeError::Scope(e)) => {
+                    let refused = as_request.err();
+                    prop_assert_eq!(refused.as_ref(), Some(e));
+                }
+            }
+        }
+
+        #[test]
+        fn a_claim_covers_a_required_scope_exactly_as_the_broker_decides(
+            pattern in path_pattern(),
+            granted in prop::sample::select(vec!["read", "write", "*"]),
+            wanted in prop::sample::select(vec!["read", "write"]),
+            resource in prop::collection::vec(small_segment(), 1..6),
+        ) {
+            let resource = resource.join("/");
+            let declared = Scope::declared("crm-api", pattern.text(), granted)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let requested = Scope::requested("crm-api", resource.as_str(), wanted)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let r = RequiredScope::new(wanted, resource.as_str())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(r.is_covered_by(&declared.claim()), declared.covers(&requested));
+        }
+    }
+}
