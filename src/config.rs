@@ -819,6 +819,7 @@ mod properties {
         ("database", "max_connections", "16"),
         ("database", "connect_timeout", "\"5s\""),
         ("database", "migrate", "true"),
+        ("database", "probe_interval", "\"1s\""),
         ("trust_domains", "name", "\"example.org\""),
         ("trust_domains", "bundle", "\"ca.pem\""),
         ("roles", "agent", "[\"spiffe://example.org/agent/*\"]"),
@@ -838,6 +839,21 @@ mod properties {
         ("policy", "environment", "\"prod-eu\""),
         ("policy", "reload_interval", "\"2s\""),
         ("audit", "seal_interval", "\"100ms\""),
+        ("limits", "max_connections", "4096"),
+        ("limits", "max_handshakes", "128"),
+        ("limits", "handshake_timeout", "\"5s\""),
+        ("limits", "first_request_timeout", "\"5s\""),
+        ("limits", "idle_timeout", "\"5m\""),
+        ("limits", "header_read_timeout", "\"5s\""),
+        ("limits", "keepalive_interval", "\"30s\""),
+        ("limits", "keepalive_timeout", "\"10s\""),
+        ("limits", "max_concurrent_streams", "128"),
+        ("limits", "max_header_bytes", "16384"),
+        ("limits", "task_message_bytes", "65536"),
+        ("limits", "token_message_bytes", "16384"),
+        ("limits", "admin_message_bytes", "16384"),
+        ("limits", "verifier_message_bytes", "16384"),
+        ("limits", "log_summary_interval", "\"60s\""),
     ];
 
     /// The base document with key `over.0` of [`KEYS`] set to the TOML text `over.1`.
@@ -926,6 +942,15 @@ mod properties {
                 (ms(10), Duration::MAX)
             }
             ("audit", "seal_interval") => (ms(10), ms(60_000)),
+            ("database", "probe_interval") => (ms(100), ms(60_000)),
+            ("limits", "handshake_timeout") | ("limits", "header_read_timeout") => {
+                (ms(100), ms(60_000))
+            }
+            ("limits", "first_request_timeout") => (ms(100), ms(300_000)),
+            ("limits", "idle_timeout") => (ms(1000), day),
+            ("limits", "keepalive_interval") => (ms(1000), ms(3_600_000)),
+            ("limits", "keepalive_timeout") => (ms(100), ms(300_000)),
+            ("limits", "log_summary_interval") => (ms(1000), ms(3_600_000)),
             _ => return None,
         })
     }
@@ -942,6 +967,14 @@ mod properties {
             ("revocation", "poll_interval") => &mut c.revocation.poll_interval,
             ("policy", "reload_interval") => &mut c.policy.reload_interval,
             ("audit", "seal_interval") => &mut c.audit.seal_interval,
+            ("database", "probe_interval") => &mut c.database.probe_interval,
+            ("limits", "handshake_timeout") => &mut c.limits.handshake_timeout,
+            ("limits", "first_request_timeout") => &mut c.limits.first_request_timeout,
+            ("limits", "idle_timeout") => &mut c.limits.idle_timeout,
+            ("limits", "header_read_timeout") => &mut c.limits.header_read_timeout,
+            ("limits", "keepalive_interval") => &mut c.limits.keepalive_interval,
+            ("limits", "keepalive_timeout") => &mut c.limits.keepalive_timeout,
+            ("limits", "log_summary_interval") => &mut c.limits.log_summary_interval,
             _ => unreachable!("{section}.{key} is not a duration"),
         }
     }
