@@ -9,7 +9,7 @@
 //! deadlines. On the gRPC port a call without a valid SVID is refused before its
 //! body is read (only `grpc.health.v1.Health/Check` is public). Closes and
 //! refusals are counted in metrics and summed up in one log line per interval.
-use super::slots::{Admit, Slot, Slots};
+use super::slots::{Admit, Slot, Slots, Standing};
 use super::tls::Tls;
 use crate::config::LimitsConfig;
 use crate::identity::{ConnInfo, TlsConn};
@@ -214,7 +214,7 @@ impl Connection {
         self.shared.log.count(reason);
     }
 
-    async fn serve_tls(self, tcp: TcpStream, tls: Tls) {
+    async fn serve_tls(mut self, tcp: TcpStream, tls: Tls) {
         let deadline = Instant::now() + self.shared.limits.handshake_timeout;
         // The ClientHello first, holding no handshake slot: a client that never
         // sends one costs a file descriptor until the deadline, nothing more.
@@ -236,6 +236,8 @@ impl Connection {
             }
             Err(_) => return self.closed(Reason::HandshakeTimeout),
         };
+        // Getting somewhere: outlasts connections that sent nothing.
+        self.slot.stand(Standing::Handshaking);
         let handshake = match self.shared.handshakes.admit() {
             Admit::Admitted(s) => s,
             Admit::Evicted(s) => {
@@ -280,6 +282,8 @@ impl Connection {
                 debug!(peer = %self.peer, caller = %caller.id, "mTLS connection");
             }
             Err(why) => {
+                // The first to go when room is needed.
+                self.slot.stand(Standing::Anonymous);
                 metrics::CONNECTIONS_UNAUTHENTICATED
                     .get_or_create(&Conn {
                         listener: self.listener,
@@ -331,7 +335,7 @@ impl Connection {
                 .initial_stream_window_size(64 * 1024)
                 .initial_connection_window_size(256 * 1024);
             let conn = b.serve_connection(io, service);
-            self.drive(HttpConn::H2(conn), idle).await
+            self.drive(HttpConn::H2(conn), activity, idle).await
         } else {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -339,13 +343,13 @@ impl Connection {
                 .max_buf_size((limits.max_header_bytes as usize).max(8192))
                 .keep_alive(true);
             let conn = b.serve_connection(io, service);
-            self.drive(HttpConn::H1(conn), idle).await
+            self.drive(HttpConn::H1(conn), activity, idle).await
         }
     }
 
     /// Runs the connection until it ends, is evicted, idles out or the broker
     /// shuts down (then it is asked to finish and given [`CLOSE_GRACE`]).
-    async fn drive<C>(self, conn: C, idle: impl Future<Output = Reason>)
+    async fn drive<C>(self, conn: C, activity: Activity, idle: impl Future<Output = Reason>)
     where
         C: Future<Output = Result<(), hyper::Error>> + GracefulShutdown,
     {
@@ -372,7 +376,14 @@ impl Connection {
                     // Calls in flight get the broker's own shutdown grace.
                     closing = Some(Instant::now() + Duration::from_secs(3600));
                 }
-                _ = tokio::time::sleep_until(force_at), if closing.is_some() => return,
+                // A client that ignores the GOAWAY is dropped once it has no call
+                // in flight (calls it still made are left to finish).
+                _ = tokio::time::sleep_until(force_at), if closing.is_some() => {
+                    if activity.in_flight() == 0 {
+                        return;
+                    }
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                }
             }
         }
     }
@@ -424,6 +435,10 @@ struct Activity(Arc<watch::Sender<(usize, bool)>>);
 impl Activity {
     fn new() -> Self {
         Activity(Arc::new(watch::Sender::new((0, false))))
+    }
+
+    fn in_flight(&self) -> usize {
+        self.0.borrow().0
     }
 
     fn begin(&self) -> InFlight {

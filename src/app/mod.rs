@@ -31,6 +31,8 @@ use background::{every, watch_policies};
 use http::HttpState;
 use tls::{Tls, load_tls, watch_tls};
 
+/// The largest `grpc.health.v1` request (a service name).
+const HEALTH_MESSAGE_BYTES: usize = 1024;
 /// How often the active-task gauge is recounted (a scrape never queries the store).
 const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -234,41 +236,44 @@ impl App {
 
         let b = &self.broker;
         let l = &self.config.limits;
-        let grpc_router = tonic::service::Routes::new(health_svc)
-            .add_service(reflection)
-            .add_service(
-                TaskServiceServer::new(TaskApi {
-                    broker: b.clone(),
-                    auth: auth.clone(),
-                })
-                .max_decoding_message_size(l.task_message_bytes),
-            )
-            .add_service(
-                TokenServiceServer::new(TokenApi {
-                    broker: b.clone(),
-                    auth: auth.clone(),
-                })
-                .max_decoding_message_size(l.token_message_bytes),
-            )
-            .add_service(
-                AdminServiceServer::new(AdminApi {
-                    broker: b.clone(),
-                    auth: auth.clone(),
-                })
-                .max_decoding_message_size(l.admin_message_bytes),
-            )
-            .add_service(
-                VerifierServiceServer::new(VerifierApi {
-                    broker: b.clone(),
-                    auth,
-                    shutdown: cancel.clone(),
-                    poll: self.config.revocation.poll_interval,
-                    heartbeat: self.config.revocation.heartbeat,
-                })
-                .max_decoding_message_size(l.verifier_message_bytes),
-            )
-            .prepare()
-            .into_axum_router();
+        // Health answers callers without an SVID (app/listener.rs): its requests
+        // are a service name, so its limit is tiny.
+        let grpc_router =
+            tonic::service::Routes::new(health_svc.max_decoding_message_size(HEALTH_MESSAGE_BYTES))
+                .add_service(reflection.max_decoding_message_size(l.admin_message_bytes))
+                .add_service(
+                    TaskServiceServer::new(TaskApi {
+                        broker: b.clone(),
+                        auth: auth.clone(),
+                    })
+                    .max_decoding_message_size(l.task_message_bytes),
+                )
+                .add_service(
+                    TokenServiceServer::new(TokenApi {
+                        broker: b.clone(),
+                        auth: auth.clone(),
+                    })
+                    .max_decoding_message_size(l.token_message_bytes),
+                )
+                .add_service(
+                    AdminServiceServer::new(AdminApi {
+                        broker: b.clone(),
+                        auth: auth.clone(),
+                    })
+                    .max_decoding_message_size(l.admin_message_bytes),
+                )
+                .add_service(
+                    VerifierServiceServer::new(VerifierApi {
+                        broker: b.clone(),
+                        auth,
+                        shutdown: cancel.clone(),
+                        poll: self.config.revocation.poll_interval,
+                        heartbeat: self.config.revocation.heartbeat,
+                    })
+                    .max_decoding_message_size(l.verifier_message_bytes),
+                )
+                .prepare()
+                .into_axum_router();
 
         let shared = listener::Shared::new(l.clone(), self.max_connections);
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(self.tls);

@@ -1,7 +1,9 @@
-//! Bounded sets of connections (or handshakes) that make room by evicting the
-//! oldest member that has not proved an identity, so that a flood of
-//! anonymous connections can neither exhaust file descriptors nor lock out a
-//! client that can prove who it is.
+//! Bounded sets of connections (or handshakes) that make room by evicting a
+//! member that has not proved an identity, so that a flood of anonymous
+//! connections can neither exhaust file descriptors nor lock out a client that
+//! can prove who it is. Members are evicted by [`Standing`], lowest first, and
+//! oldest first within a standing: a connection that is getting somewhere (its
+//! ClientHello came in) outlasts the ones that are not.
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -18,8 +20,21 @@ pub struct Slots {
 struct Inner {
     next: u64,
     count: usize,
-    /// Members that may be evicted, oldest (lowest id) first.
-    evictable: BTreeMap<u64, CancellationToken>,
+    /// Members that may be evicted, by standing, then oldest (lowest id) first.
+    evictable: BTreeMap<(Standing, u64), CancellationToken>,
+}
+
+/// How far an evictable member has got, lowest evicted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Finished TLS without a valid X.509-SVID: it can never make a call that
+    /// is not refused.
+    Anonymous,
+    /// Nothing yet: no ClientHello (gRPC port), or any connection to the HTTP
+    /// port, whose documents are public.
+    New,
+    /// A TLS handshake under way (its ClientHello came in).
+    Handshaking,
 }
 
 /// How far evictions under way may take the count past the cap.
@@ -74,10 +89,11 @@ impl Slots {
         inner.next += 1;
         inner.count += 1;
         let cancel = CancellationToken::new();
-        inner.evictable.insert(id, cancel.clone());
+        inner.evictable.insert((Standing::New, id), cancel.clone());
         drop(inner);
         let slot = Slot {
             id,
+            standing: Some(Standing::New),
             slots: self.clone(),
             cancel,
         };
@@ -92,14 +108,29 @@ impl Slots {
 /// Membership of a [`Slots`] set; leaving is dropping it.
 pub struct Slot {
     id: u64,
+    /// `None` once protected.
+    standing: Option<Standing>,
     slots: Arc<Slots>,
     cancel: CancellationToken,
 }
 
 impl Slot {
+    /// Moves to another standing (keeping its age within it).
+    pub fn stand(&mut self, standing: Standing) {
+        let Some(was) = self.standing else { return };
+        let mut inner = self.slots.lock();
+        // Gone from the map: it was evicted meanwhile, and stays so.
+        if let Some(cancel) = inner.evictable.remove(&(was, self.id)) {
+            inner.evictable.insert((standing, self.id), cancel);
+            self.standing = Some(standing);
+        }
+    }
+
     /// Never evicted from now on (it proved an identity).
-    pub fn protect(&self) {
-        self.slots.lock().evictable.remove(&self.id);
+    pub fn protect(&mut self) {
+        if let Some(was) = self.standing.take() {
+            self.slots.lock().evictable.remove(&(was, self.id));
+        }
     }
 
     /// Resolves when this member was evicted to make room for another.
@@ -117,7 +148,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut inner = self.slots.lock();
         inner.count -= 1;
-        inner.evictable.remove(&self.id);
+        if let Some(was) = self.standing {
+            inner.evictable.remove(&(was, self.id));
+        }
     }
 }
 
@@ -133,9 +166,37 @@ mod tests {
     }
 
     #[test]
+    fn a_full_set_evicts_the_lowest_standing_first_and_the_oldest_within_it() {
+        let slots = Slots::new(3);
+        let mut hello = slot(slots.admit());
+        hello.stand(Standing::Handshaking);
+        let mut anonymous = slot(slots.admit());
+        let new = slot(slots.admit());
+        anonymous.stand(Standing::Anonymous);
+        // The anonymous one goes first, though younger than the handshake.
+        let d = slot(slots.admit());
+        assert!(anonymous.is_evicted() && !new.is_evicted() && !hello.is_evicted());
+        drop(anonymous);
+        // Then those that sent nothing, oldest first; the handshake outlasts them.
+        let e = slot(slots.admit());
+        assert!(new.is_evicted() && !hello.is_evicted());
+        drop(new);
+        let _f = slot(slots.admit());
+        assert!(d.is_evicted() && !e.is_evicted() && !hello.is_evicted());
+        drop(d);
+        // An evicted member stays evicted when it moves on: it is not offered
+        // for eviction again.
+        let mut e = e;
+        let _g = slot(slots.admit());
+        assert!(e.is_evicted());
+        e.stand(Standing::Handshaking);
+        assert_eq!(slots.lock().evictable.len(), 3, "hello, _f and _g");
+    }
+
+    #[test]
     fn a_full_set_evicts_its_oldest_unprotected_member_and_refuses_once_all_are_protected() {
         let slots = Slots::new(2);
-        let a = slot(slots.admit());
+        let mut a = slot(slots.admit());
         let b = slot(slots.admit());
         a.protect();
         // Full: b (the oldest evictable) makes room.
@@ -146,6 +207,7 @@ mod tests {
         assert!(b.is_evicted() && !a.is_evicted());
         drop(b);
         assert_eq!(slots.len(), 2);
+        let mut c = c;
         c.protect();
         assert!(matches!(slots.admit(), Admit::Full));
         drop(a);

@@ -216,6 +216,34 @@ async fn anonymous_calls_are_refused_before_their_bodies_are_read_and_messages_a
     println!("peak RSS: {before} kB at start, {peak} kB after 4 x 256 anonymous 4 MiB calls");
     assert!(peak < 100 * 1024, "peak RSS {peak} kB");
 
+    // The one call open to anonymous callers takes a service name, no more.
+    let anonymous = Channel::from_shared(format!("https://{}", served.grpc))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pki.ca.cert_pem()))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(anonymous)
+        .max_encoding_message_size(8 << 20);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers without an SVID");
+    let err = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "x".repeat(4 << 20),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("too large"), "{err:?}");
+
     // An authenticated caller's oversized message is refused by its size, early.
     let orch = pki.ca.svid(ORCH).unwrap();
     let mut tasks = TaskServiceClient::new(served.channel(&pki.ca, &orch).await)
