@@ -211,6 +211,7 @@ impl Follow {
         let mut client = VerifierServiceClient::new(self.channel.clone());
         let request = pb::WatchRevocationsRequest {
             after_sequence: after,
+            ..Default::default()
         };
         let opened = tokio::select! {
             _ = self.stop.cancelled() => return Ended::Stopped,
