@@ -890,6 +890,7 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             let mut stream = VerifierServiceClient::new(ch)
                 .watch_revocations(pb::WatchRevocationsRequest {
                     after_sequence: *after,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status)?

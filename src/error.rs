@@ -2,6 +2,7 @@
 //! never internals; the cause is logged once, here.
 use crate::broker::BrokerError;
 use crate::identity::VerifyError;
+use crate::revocation::Resync;
 use crate::store::StoreError;
 use tonic::Status;
 use tracing::error;
@@ -59,6 +60,15 @@ impl From<BrokerError> for Status {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         BrokerError::Store(e).into()
+    }
+}
+
+/// FAILED_PRECONDITION, not OUT_OF_RANGE: OUT_OF_RANGE says the same call may
+/// succeed once the state changes, and a cursor that the store's sequence catches
+/// up with again names other events. The verifier must resync, not retry.
+impl From<Resync> for Status {
+    fn from(e: Resync) -> Status {
+        Status::failed_precondition(e.to_string())
     }
 }
 

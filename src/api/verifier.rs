@@ -5,6 +5,7 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::{Broker, MisuseKind};
 use crate::identity::Role;
+use crate::revocation::{Anchor, Resync, ResyncReason};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -120,7 +121,9 @@ impl VerifierService for VerifierApi {
                 VERIFIERS,
             )
             .await?;
-        let mut cursor = req.get_ref().after_sequence;
+        let r = req.get_ref();
+        let after = r.after_sequence;
+        let after_at = convert::time_opt("after_event_at", r.after_event_at.as_ref())?;
         let broker = self.broker.clone();
         let shutdown = self.shutdown.clone();
         let poll = self.poll;
@@ -131,8 +134,24 @@ impl VerifierService for VerifierApi {
         let valid_until = caller.valid_until;
         // Subscribe before the first read, so nothing committed in between is missed.
         let mut wake = broker.hub().subscribe();
-        tracing::info!(caller = %caller.id, after = cursor, "revocation watch opened");
+        // A cursor past the store's head (a restored store, a lagging standby) is
+        // refused: the events later committed under its numbers would never be
+        // sent, while heartbeats would say they had been.
+        let head = broker.store().last_revocation_seq().await?;
+        if after > head {
+            let refused = Resync {
+                cursor: after,
+                head,
+                why: ResyncReason::Ahead,
+            };
+            tracing::warn!(caller = %caller.id, after, head, "revocation watch refused: the cursor is ahead of the store; the verifier must resync");
+            return Err(refused.into());
+        }
+        tracing::info!(caller = %caller.id, after, "revocation watch opened");
         let stream = async_stream::try_stream! {
+            // The event the stream stands on; every read starts at it again, so a
+            // store whose history was replaced under the stream is noticed.
+            let mut anchor = Anchor::claimed(after, after_at);
             // Quiet since: a heartbeat goes out once the stream has sent nothing
             // for `heartbeat`, so the verifier can tell quiet from cut off.
             let mut quiet_since = tokio::time::Instant::now();
@@ -140,16 +159,31 @@ impl VerifierService for VerifierApi {
                 // Always read from the store by cursor: a watcher that fell behind is
                 // caught up from there, never skipped.
                 loop {
-                    let batch = broker.store().revocations_after(cursor, BATCH).await.map_err(Status::from)?;
+                    let batch = broker.store().revocations_after(anchor.read_after(), BATCH).await.map_err(Status::from)?;
                     let full = batch.len() as u32 == BATCH;
-                    for ev in batch {
-                        cursor = ev.seq;
+                    let seen = match anchor.check(&batch) {
+                        Ok(n) => n,
+                        Err(diverged) => {
+                            let head = broker.store().last_revocation_seq().await.map_err(Status::from)?;
+                            tracing::warn!(caller = %caller.id, cursor = anchor.seq(), head, ?diverged, "revocation watch ended: the store no longer holds what the stream sent; the verifier must resync");
+                            Err::<usize, Status>(Resync { cursor: anchor.seq(), head, why: diverged.into() }.into())?
+                        }
+                    };
+                    for ev in batch.into_iter().skip(seen) {
                         quiet_since = tokio::time::Instant::now();
                         yield convert::watch_event(&ev);
+                        anchor = Anchor::Sent(ev);
                     }
                     if !full {
                         break;
                     }
+                }
+                // Caught up: the read above found the anchor and nothing after it,
+                // so the anchor is the store's head. Only now may a heartbeat say
+                // so; one due while waiting below comes back here first.
+                if quiet_since.elapsed() >= heartbeat {
+                    quiet_since = tokio::time::Instant::now();
+                    yield convert::heartbeat(anchor.seq(), clock.now());
                 }
                 let left = valid_until - clock.now().unix_timestamp();
                 if left <= 0 {
@@ -162,11 +196,8 @@ impl VerifierService for VerifierApi {
                     _ = shutdown.cancelled() => break,
                     changed = wake.changed() => if changed.is_err() { break },
                     _ = tokio::time::sleep(poll.min(Duration::from_secs(left as u64))) => {}
-                    _ = tokio::time::sleep_until(beat_at) => {
-                        // Caught up (the reads above found nothing more): say so.
-                        quiet_since = tokio::time::Instant::now();
-                        yield convert::heartbeat(cursor, clock.now());
-                    }
+                    // Due: read the store again, then send it (above).
+                    _ = tokio::time::sleep_until(beat_at) => {}
                 }
             }
         };

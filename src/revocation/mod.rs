@@ -1,7 +1,10 @@
-//! Revocation events and their fan-out to watch streams.
+//! Revocation events, their fan-out to watch streams, and where a watch stream
+//! stands in the store's history.
+mod cursor;
 mod feed;
 mod hub;
 
+pub use cursor::{Anchor, Diverged, Resync, ResyncReason};
 pub use feed::follow_store;
 pub use hub::Hub;
 

@@ -14,7 +14,15 @@
 //! Until the first heartbeat has arrived (the broker replayed the revocation
 //! history and is caught up), and whenever nothing — event or heartbeat — has been
 //! heard for longer than [`VerifierConfig::staleness`], every check is
-//! [`Verdict::Stale`]. Set the staleness well above the broker's
+//! [`Verdict::Stale`]. When the broker answers that its store cannot serve the
+//! verifier's cursor (`FAILED_PRECONDITION`: the store was restored from a backup
+//! or failed over to a lagging standby, so sequence numbers the verifier has
+//! passed may now name other revocations), the verifier resyncs: checks are
+//! `Stale` again, the store's whole history is replayed from sequence 0 into the
+//! set, and the next heartbeat makes it fresh. Entries it already had stay until
+//! they expire (they only ever refuse tokens, so a revocation the restore lost
+//! stays in force here); the sequence such an entry reports in
+//! [`Verdict::Revoked`] is one of the history before the restore. Set the staleness well above the broker's
 //! `[revocation] heartbeat` (5 s by default): three heartbeats is a good bound.
 //!
 //! The module sits behind the cargo feature `verifier` (on by default). The feature
@@ -223,8 +231,9 @@ pub enum Verdict {
     /// Presented with a client certificate other than the one it is bound to.
     NotBoundToClient,
     ScopeNotCovered,
-    /// The revocation stream has not caught up yet, or has been silent past the
-    /// staleness bound: every token is refused.
+    /// The revocation stream has not caught up yet (at start, or resyncing after
+    /// the broker's store was restored or failed over), or has been silent past
+    /// the staleness bound: every token is refused.
     Stale,
 }
 
@@ -435,18 +444,20 @@ impl Verifier {
         Verdict::Valid(claims)
     }
 
-    /// The sequence of the last revocation event applied.
+    /// The sequence of the last revocation event applied since the last
+    /// (re)sync: 0 right after a resync, until the history is replayed.
     pub fn cursor(&self) -> u64 {
         self.inner.shared.cursor()
     }
 
-    /// True once the broker has said the revocation history is fully replayed.
+    /// True once the broker has said the revocation history is fully replayed
+    /// (a heartbeat), until a resync starts it again.
     pub fn is_synced(&self) -> bool {
         self.inner.shared.is_synced()
     }
 
-    /// Resolves once the revocation history is replayed (the first heartbeat);
-    /// checks are [`Verdict::Stale`] until then.
+    /// Resolves once the revocation history is replayed (a heartbeat since the
+    /// start or the last resync); checks are [`Verdict::Stale`] until then.
     pub async fn synced(&self) {
         self.inner.shared.wait_synced().await
     }

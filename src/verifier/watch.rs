@@ -1,13 +1,17 @@
 //! Following `WatchRevocations` in the background: apply each event once, in
 //! order, remember the cursor and when the broker was last heard, reconnect with
-//! backoff and resume from the cursor.
+//! backoff and resume from the cursor. When the broker says its store cannot
+//! serve the cursor (FAILED_PRECONDITION: the store was restored or failed over,
+//! and its sequence numbers may now name other events), resync: the set is
+//! incomplete until the whole history has been applied again from sequence 0 and
+//! a heartbeat has come, and checks are stale meanwhile.
 use super::revocations::{Revocation, RevocationSet, Revoked};
 use crate::api::pb;
 use crate::api::pb::verifier_service_client::VerifierServiceClient;
 use crate::api::pb::watch_revocations_response::Kind;
 use crate::clock::Clock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -22,11 +26,15 @@ pub(super) struct Shared {
     pub revocations: RwLock<RevocationSet>,
     /// The sequence of the last event applied: where a reconnect resumes.
     cursor: AtomicU64,
+    /// The `at` of that event as received, sent back on a reconnect so that the
+    /// broker can tell whether its event at the cursor is still the same one.
+    cursor_at: Mutex<Option<prost_types::Timestamp>>,
     /// When the broker was last heard from, in milliseconds after `base`, plus one
     /// (0: never).
     heard: AtomicU64,
     base: Instant,
-    /// Becomes true with the first heartbeat: the history has been replayed.
+    /// True from a heartbeat on: the history has been replayed. False again while
+    /// resyncing.
     synced: watch::Sender<bool>,
 }
 
@@ -35,6 +43,7 @@ impl Shared {
         Shared {
             revocations: RwLock::new(revocations),
             cursor: AtomicU64::new(0),
+            cursor_at: Mutex::new(None),
             heard: AtomicU64::new(0),
             base: Instant::now(),
             synced: watch::Sender::new(false),
@@ -43,6 +52,10 @@ impl Shared {
 
     pub fn cursor(&self) -> u64 {
         self.cursor.load(Ordering::Acquire)
+    }
+
+    fn cursor_at(&self) -> Option<prost_types::Timestamp> {
+        *self.cursor_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_synced(&self) -> bool {
@@ -66,7 +79,21 @@ impl Shared {
         );
     }
 
-    /// Caught up once, and heard from within `staleness`.
+    /// The broker's store no longer holds the history the set was built from:
+    /// the set stops claiming completeness (checks are stale) and the next stream
+    /// replays the store's whole history into it, from sequence 0, because the
+    /// numbers past what the store kept may now name other events. The entries
+    /// already kept stay until they expire: an entry only ever refuses tokens, so
+    /// a revocation the restore lost stays in force here rather than being
+    /// forgotten, and none the store holds can be hidden by it.
+    pub fn resync(&self) {
+        self.synced
+            .send_if_modified(|s| std::mem::replace(s, false));
+        *self.cursor_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.cursor.store(0, Ordering::Release);
+    }
+
+    /// Caught up since the last (re)sync, and heard from within `staleness`.
     pub fn is_fresh(&self, staleness: Duration) -> bool {
         let heard = self.heard.load(Ordering::Acquire);
         if heard == 0 || !self.is_synced() {
@@ -77,8 +104,8 @@ impl Shared {
     }
 
     /// Applies one message of the stream. `Err` means the stream cannot be trusted
-    /// any more and must be reopened from the cursor.
-    pub fn handle(&self, msg: pb::WatchRevocationsResponse, now: i64) -> Result<(), String> {
+    /// any more: it must be reopened, from the cursor or from the start.
+    pub fn handle(&self, msg: pb::WatchRevocationsResponse, now: i64) -> Result<(), OutOfStep> {
         match msg.kind {
             Some(Kind::Event(ev)) => {
                 let cursor = self.cursor();
@@ -100,6 +127,7 @@ impl Shared {
                 let mut set = self.revocations.write().unwrap_or_else(|p| p.into_inner());
                 set.apply(r, now);
                 // The cursor moves only once the event is in the set.
+                *self.cursor_at.lock().unwrap_or_else(|p| p.into_inner()) = ev.at;
                 self.cursor.store(ev.sequence, Ordering::Release);
                 drop(set);
                 self.heard_now();
@@ -108,10 +136,18 @@ impl Shared {
             Some(Kind::Heartbeat(hb)) => {
                 let cursor = self.cursor();
                 if hb.sequence > cursor {
-                    return Err(format!(
+                    return Err(OutOfStep::Reopen(format!(
                         "heartbeat at sequence {} but the last event received is {cursor}",
                         hb.sequence
-                    ));
+                    )));
+                }
+                if hb.sequence < cursor {
+                    // The broker's store ends before what was applied (a broker
+                    // of this version refuses such a cursor instead).
+                    return Err(OutOfStep::Resync(format!(
+                        "heartbeat at sequence {} but the last event applied is {cursor}",
+                        hb.sequence
+                    )));
                 }
                 self.heard_now();
                 self.synced
@@ -132,6 +168,15 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .prune(now);
     }
+}
+
+/// Why a stream cannot be followed further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum OutOfStep {
+    /// Something was missed: reopen from the cursor.
+    Reopen(String),
+    /// The broker's history no longer holds what was applied: resync.
+    Resync(String),
 }
 
 /// The event as the revocation set keeps it. A target this library does not know
@@ -206,11 +251,23 @@ impl Follow {
         }
     }
 
+    /// The broker cannot serve the cursor (FAILED_PRECONDITION on
+    /// `WatchRevocations`): start again from sequence 0, stale until caught up.
+    fn resync(&self, why: &str) {
+        tracing::warn!(
+            after = self.shared.cursor(),
+            %why,
+            "revocation stream: the broker's store cannot serve the cursor; tokens are refused as stale until the history is replayed from 0"
+        );
+        self.shared.resync();
+    }
+
     async fn stream_once(&self, next_prune: &mut i64) -> Ended {
         let after = self.shared.cursor();
         let mut client = VerifierServiceClient::new(self.channel.clone());
         let request = pb::WatchRevocationsRequest {
             after_sequence: after,
+            after_event_at: self.shared.cursor_at(),
         };
         let opened = tokio::select! {
             _ = self.stop.cancelled() => return Ended::Stopped,
@@ -218,6 +275,10 @@ impl Follow {
         };
         let mut stream = match opened {
             Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                self.resync(status.message());
+                return Ended::Lost { progressed: false };
+            }
             Ok(Err(status)) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), after, "revocation stream refused");
                 return Ended::Lost { progressed: false };
@@ -247,6 +308,10 @@ impl Follow {
                     );
                     return Ended::Lost { progressed };
                 }
+                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                    self.resync(status.message());
+                    return Ended::Lost { progressed };
+                }
                 Ok(Err(status)) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream broke");
                     return Ended::Lost { progressed };
@@ -257,9 +322,16 @@ impl Follow {
                 }
             };
             let now = self.clock.now().unix_timestamp();
-            if let Err(why) = self.shared.handle(msg, now) {
-                tracing::warn!(%why, "revocation stream out of step; reopening from the cursor");
-                return Ended::Lost { progressed };
+            match self.shared.handle(msg, now) {
+                Ok(()) => {}
+                Err(OutOfStep::Reopen(why)) => {
+                    tracing::warn!(%why, "revocation stream out of step; reopening from the cursor");
+                    return Ended::Lost { progressed };
+                }
+                Err(OutOfStep::Resync(why)) => {
+                    self.resync(&why);
+                    return Ended::Lost { progressed };
+                }
             }
             progressed = true;
             if now >= *next_prune {
@@ -363,6 +435,54 @@ mod tests {
         assert!(!s.is_fresh(bound));
         s.handle(heartbeat(1), 1000).unwrap();
         assert!(s.is_synced() && s.is_fresh(bound));
+    }
+
+    #[test]
+    fn a_heartbeat_below_the_cursor_asks_for_a_resync_and_one_above_for_a_reopen() {
+        let s = shared();
+        s.handle(event(1, Target::All(true), 1000), 1000).unwrap();
+        s.handle(event(2, Target::All(true), 1000), 1000).unwrap();
+        assert!(matches!(
+            s.handle(heartbeat(1), 1000),
+            Err(OutOfStep::Resync(_))
+        ));
+        assert!(matches!(
+            s.handle(heartbeat(3), 1000),
+            Err(OutOfStep::Reopen(_))
+        ));
+        assert!(!s.is_synced());
+    }
+
+    #[test]
+    fn a_resync_is_stale_until_the_replayed_history_is_caught_up_and_forgets_no_entry() {
+        let s = shared();
+        let bound = Duration::from_secs(10);
+        s.handle(event(1, Target::Token("j1".into()), 1000), 1000)
+            .unwrap();
+        s.handle(event(2, Target::Task("t2".into()), 1001), 1001)
+            .unwrap();
+        s.handle(heartbeat(2), 1001).unwrap();
+        assert!(s.is_fresh(bound));
+        assert_eq!(s.cursor(), 2);
+        assert_eq!(s.cursor_at().map(|t| t.seconds), Some(1001));
+
+        // The store was restored to event 1; event 2 is now another one.
+        s.resync();
+        assert!(!s.is_fresh(bound) && !s.is_synced());
+        assert_eq!((s.cursor(), s.cursor_at()), (0, None));
+        s.handle(event(1, Target::Token("j1".into()), 1000), 1002)
+            .unwrap();
+        s.handle(event(2, Target::Task("t9".into()), 1002), 1002)
+            .unwrap();
+        assert!(!s.is_fresh(bound), "replayed, not caught up yet");
+        s.handle(heartbeat(2), 1002).unwrap();
+        assert!(s.is_fresh(bound));
+        // The event under the reused number is applied, not taken for a replay;
+        // the entry of the event the restore lost stays in force.
+        assert_eq!(revoked(&s, &claims("j", "t9")), Some(2));
+        assert_eq!(revoked(&s, &claims("j", "t2")), Some(2));
+        assert_eq!(revoked(&s, &claims("j1", "t")), Some(1));
+        assert_eq!(s.cursor_at().map(|t| t.seconds), Some(1002));
     }
 
     #[tokio::test]

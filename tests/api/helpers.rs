@@ -418,6 +418,7 @@ impl TestApp {
             .await
             .watch_revocations(pb::WatchRevocationsRequest {
                 after_sequence: after,
+                ..Default::default()
             })
             .await
             .expect("watch")

@@ -355,7 +355,10 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
         .unwrap();
     let verifier = client("verifier").connect().await.unwrap();
     let mut watch = pb::verifier_service_client::VerifierServiceClient::new(verifier)
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

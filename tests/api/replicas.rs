@@ -233,7 +233,10 @@ async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
             .active
     );
     let mut watch = on_b
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -2,7 +2,7 @@ use crate::helpers::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
-use mayfly::store::AuditStore;
+use mayfly::store::{AuditStore, RevocationStore};
 use std::collections::HashSet;
 use std::time::Duration;
 use tonic::Code;
@@ -95,7 +95,10 @@ async fn the_watch_resumes_from_a_cursor_with_concurrent_revokers_missing_nothin
 
     let mut v = app.verifier(VERIFIER).await;
     let mut stream = v
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -122,6 +125,7 @@ async fn the_watch_resumes_from_a_cursor_with_concurrent_revokers_missing_nothin
     let mut resumed = v
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: cursor,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -272,4 +276,292 @@ async fn bad_misuse_reports_are_refused_naming_what_is_wrong() {
         app.get_task(&task.id).await.state,
         pb::TaskState::Active as i32
     );
+}
+
+// --- A revocation stream that never lies (issue 13) ---------------------------
+
+/// Heartbeats every 100 ms, so a stream reads the store often.
+fn fast_heartbeats() -> Options {
+    Options {
+        watch_heartbeat: "100ms",
+        ..Default::default()
+    }
+}
+
+/// Opens a revocation watch as the verifier, refused or not.
+async fn open_watch(
+    app: &TestApp,
+    req: pb::WatchRevocationsRequest,
+) -> Result<tonic::Streaming<pb::WatchRevocationsResponse>, tonic::Status> {
+    app.verifier(VERIFIER)
+        .await
+        .watch_revocations(req)
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn after(after_sequence: u64) -> pb::WatchRevocationsRequest {
+    pb::WatchRevocationsRequest {
+        after_sequence,
+        ..Default::default()
+    }
+}
+
+/// Commits `n` agent revocations; their sequence numbers.
+async fn revoke_agents(app: &TestApp, tag: &str, n: usize) -> Vec<u64> {
+    let mut admin = app.admin(ADMIN).await;
+    let mut seqs = vec![];
+    for i in 0..n {
+        let agent = format!("spiffe://example.org/agent/{tag}-{i}");
+        let r = admin
+            .revoke(revoke_request(Target::Agent(agent), "drill"))
+            .await
+            .expect("revoke")
+            .into_inner();
+        seqs.push(r.event.expect("the event").sequence);
+    }
+    seqs
+}
+
+/// The next message that is not an event: `Ok(heartbeat sequence)`, or the
+/// status the stream ended with (failing after 10 s, or if it just closes).
+async fn next_heartbeat(
+    stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
+) -> Result<u64, tonic::Status> {
+    use pb::watch_revocations_response::Kind;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a heartbeat or an error within 10 s")?
+            .expect("the stream stays open");
+        if let Some(Kind::Heartbeat(hb)) = msg.kind {
+            return Ok(hb.sequence);
+        }
+    }
+}
+
+fn agent_of(e: &pb::RevocationEvent) -> String {
+    match e.target.clone().and_then(|t| t.target) {
+        Some(Target::Agent(a)) => a,
+        other => panic!("not an agent revocation: {other:?}"),
+    }
+}
+
+/// Asserts a resync refusal naming the cursor and the store's head.
+#[track_caller]
+fn assert_resync(status: &tonic::Status, cursor: u64, head: u64) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let m = status.message();
+    assert!(
+        m.contains(&format!("revocation cursor {cursor} "))
+            && m.contains(&format!("last revocation is {head}"))
+            && m.contains("resync"),
+        "{m}"
+    );
+}
+
+/// Rolls the store's revocations back to what it held at sequence `to`, as a
+/// restore from a backup or a failover to a lagging standby would (as the
+/// database's superuser, behind the broker's back). Tokens and tasks are left
+/// as they are: the watch stream reads revocations only.
+pub async fn roll_back_revocations(db_url: &str, to: u64) {
+    use sqlx::Connection;
+    let statements = [
+        format!("DELETE FROM revocations WHERE seq > {to}"),
+        format!(
+            "UPDATE revocation_counter SET last_seq = {to},
+             last_at = coalesce((SELECT at FROM revocations WHERE seq = {to}), last_at)"
+        ),
+    ];
+    if db_url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(db_url).await.unwrap();
+        for s in statements {
+            sqlx::query(sqlx::AssertSqlSafe(s))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    } else {
+        let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+        for s in statements {
+            sqlx::query(sqlx::AssertSqlSafe(s))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_ahead_of_the_store_is_refused_and_no_heartbeat_claims_more_than_the_store_holds()
+{
+    let app = spawn_with(std::sync::Arc::new(Pki::new()), fast_heartbeats()).await;
+    revoke_agents(&app, "a", 2).await;
+    let head = app.store().await.last_revocation_seq().await.unwrap();
+    assert_eq!(head, 2);
+    for cursor in [0, 1, 2, 3, 677, u64::MAX] {
+        match open_watch(&app, after(cursor)).await {
+            Ok(mut stream) => {
+                let beat = next_heartbeat(&mut stream).await;
+                assert_eq!(beat.ok(), Some(head), "opened at {cursor}");
+                assert!(cursor <= head, "a cursor ahead of the head was accepted");
+            }
+            Err(status) => {
+                assert!(cursor > head, "refused at {cursor}: {status:?}");
+                assert_resync(&status, cursor, head);
+            }
+        }
+    }
+    // Events committed later are delivered to streams opened at the head, and
+    // heartbeats follow the head.
+    let mut stream = open_watch(&app, after(head)).await.unwrap();
+    let seqs = revoke_agents(&app, "b", 2).await;
+    let got: Vec<u64> = next_events(&mut stream, 2)
+        .await
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(got, seqs);
+    assert_eq!(next_heartbeat(&mut stream).await.ok(), Some(4));
+}
+
+/// A stream at sequence 5 whose store is rolled back to 2 ends with the resync
+/// status; its cursor is refused; from 0 the store's history is served.
+async fn a_rolled_back_store_ends_the_stream_and_refuses_its_cursor(app: &TestApp) {
+    revoke_agents(app, "before", 5).await;
+    let mut stream = open_watch(app, after(0)).await.unwrap();
+    let sent = next_events(&mut stream, 5).await;
+    assert_eq!(next_heartbeat(&mut stream).await.ok(), Some(5));
+
+    roll_back_revocations(&app.db_url, 2).await;
+    let rolled_back = tokio::time::Instant::now();
+    let status = loop {
+        match next_heartbeat(&mut stream).await {
+            // One read before the rollback may still be on its way.
+            Ok(5) if rolled_back.elapsed() < Duration::from_millis(500) => continue,
+            Ok(other) => panic!("a heartbeat at {other} after the rollback to 2"),
+            Err(status) => break status,
+        }
+    };
+    assert_resync(&status, 5, 2);
+    let refused = open_watch(app, after(5))
+        .await
+        .expect_err("cursor 5 refused");
+    assert_resync(&refused, 5, 2);
+
+    // Revocations committed after the restore reuse 3..5: served from 0.
+    let reused = revoke_agents(app, "after", 4).await;
+    assert_eq!(reused, [3, 4, 5, 6]);
+    let mut again = open_watch(app, after(0)).await.unwrap();
+    let history = next_events(&mut again, 6).await;
+    assert_eq!(history[..2], sent[..2], "what the store kept, as it was");
+    let agents: Vec<String> = history[2..].iter().map(agent_of).collect();
+    let new: Vec<String> = (0..4)
+        .map(|i| format!("spiffe://example.org/agent/after-{i}"))
+        .collect();
+    assert_eq!(
+        agents, new,
+        "the events under the reused numbers are the new ones"
+    );
+    assert_eq!(next_heartbeat(&mut again).await.ok(), Some(6));
+}
+
+#[tokio::test]
+async fn a_store_rolled_back_under_an_open_stream_ends_it_with_the_resync_status() {
+    let app = spawn_with(std::sync::Arc::new(Pki::new()), fast_heartbeats()).await;
+    a_rolled_back_store_ends_the_stream_and_refuses_its_cursor(&app).await;
+}
+
+#[tokio::test]
+async fn a_sqlite_store_rolled_back_under_an_open_stream_ends_it_with_the_resync_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/mayfly.db", dir.path().display());
+    let app = spawn_with(
+        std::sync::Arc::new(Pki::new()),
+        Options {
+            db_url: Some(url),
+            ..fast_heartbeats()
+        },
+    )
+    .await;
+    a_rolled_back_store_ends_the_stream_and_refuses_its_cursor(&app).await;
+}
+
+#[tokio::test]
+async fn a_store_rolled_back_and_grown_past_the_cursor_again_ends_the_stream_instead_of_skipping() {
+    // No heartbeat and no poll: the stream reads only when woken by a commit.
+    let app = spawn_with(
+        std::sync::Arc::new(Pki::new()),
+        Options {
+            watch_heartbeat: "1h",
+            watch_poll: "1h",
+            ..Default::default()
+        },
+    )
+    .await;
+    revoke_agents(&app, "before", 5).await;
+    let mut stream = open_watch(&app, after(0)).await.unwrap();
+    next_events(&mut stream, 5).await;
+
+    roll_back_revocations(&app.db_url, 2).await;
+    // 3..5 under reused numbers, then 6, which wakes the stream: sending 6 alone
+    // would skip the new 3..5 for good.
+    assert_eq!(revoke_agents(&app, "after", 4).await, [3, 4, 5, 6]);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an answer within 10 s");
+    match end {
+        Err(status) => assert_resync(&status, 5, 6),
+        Ok(msg) => panic!("the stream went on after the store's history was replaced: {msg:?}"),
+    }
+}
+
+/// How a watch opened with `req` answers first: the status it is refused or
+/// ended with, or `None` when it serves (an event or a heartbeat).
+async fn refusal(app: &TestApp, req: pb::WatchRevocationsRequest) -> Option<tonic::Status> {
+    let mut stream = match open_watch(app, req).await {
+        Ok(s) => s,
+        Err(status) => return Some(status),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an answer within 10 s")
+    {
+        Ok(Some(_)) => None,
+        Ok(None) => panic!("the stream closed without an answer"),
+        Err(status) => Some(status),
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_whose_event_the_store_replaced_is_refused_when_the_verifier_names_its_time() {
+    let app = spawn_with(std::sync::Arc::new(Pki::new()), fast_heartbeats()).await;
+    revoke_agents(&app, "before", 5).await;
+    let mut stream = open_watch(&app, after(0)).await.unwrap();
+    let old = next_events(&mut stream, 5).await.remove(4);
+    drop(stream);
+
+    // Restored to 2, then grown past 5 again (time has moved on meanwhile).
+    roll_back_revocations(&app.db_url, 2).await;
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(revoke_agents(&app, "after", 4).await, [3, 4, 5, 6]);
+    let new = next_events(&mut open_watch(&app, after(4)).await.unwrap(), 1)
+        .await
+        .remove(0);
+    assert_ne!(old.at, new.at);
+
+    let claim = |at| pb::WatchRevocationsRequest {
+        after_sequence: 5,
+        after_event_at: at,
+    };
+    let status = refusal(&app, claim(old.at)).await.expect("refused");
+    assert_resync(&status, 5, 6);
+    assert!(
+        status.message().contains("names another event"),
+        "{status:?}"
+    );
+    // The event as the store holds it, or no time (only its presence can then be
+    // checked): served.
+    assert!(refusal(&app, claim(new.at)).await.is_none());
+    assert!(refusal(&app, claim(None)).await.is_none());
 }

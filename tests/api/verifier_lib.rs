@@ -585,3 +585,123 @@ fn the_verifier_feature_alone_pulls_in_none_of_the_brokers_dependencies() {
         assert!(has(&lib, krate), "the verifier library needs {krate}");
     }
 }
+
+/// Waits until the verifier's cursor is `seq` (at most 10 s).
+async fn cursor_reaches(v: &Verifier, seq: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while v.cursor() != seq {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cursor {} never reached {seq}",
+            v.cursor()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_verifier_whose_brokers_store_is_restored_turns_stale_resyncs_and_applies_reused_numbers()
+{
+    // Heartbeats every second: a resync stays stale for at least that long.
+    let app = spawn_with(
+        Arc::new(Pki::new()),
+        Options {
+            watch_heartbeat: "1s",
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = verifier_with(&app, config(&app)).await;
+    let (task1, t1, c1) = task_and_token(&app, AGENT, 1).await;
+    let (task2, t2, c2) = task_and_token(&app, AGENT, 2).await;
+    let (task3, t3, c3) = task_and_token(&app, AGENT2, 3).await;
+    let (r1, r2, r3) = (
+        read("customers/eu/1"),
+        read("customers/eu/2"),
+        read("customers/eu/3"),
+    );
+    // The backup holds event 1; events 2 and 3 are lost by the restore.
+    assert_eq!(revoke(&app, Target::Task(task1.id.clone())).await, 1);
+    assert_eq!(revoke(&app, Target::Task(task2.id.clone())).await, 2);
+    let gone = "spiffe://example.org/agent/gone";
+    assert_eq!(revoke(&app, Target::Agent(gone.into())).await, 3);
+    let verdict = check_until(&v, &t2, &c2.cert_der, &r2, is_revoked).await;
+    assert_eq!(verdict, Verdict::Revoked { sequence: 2 });
+    cursor_reaches(&v, 3).await;
+    assert!(v.check(&t3, &c3.cert_der, &r3).await.is_valid());
+
+    crate::verifier::roll_back_revocations(&app.db_url, 1).await;
+    let verdict = check_until(&v, &t3, &c3.cert_der, &r3, |v| *v == Verdict::Stale).await;
+    assert_eq!(
+        verdict,
+        Verdict::Stale,
+        "fails closed once the broker says so"
+    );
+
+    // Committed after the restore, under the numbers 2 and 3 the verifier had
+    // passed, and one past them.
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(revoke(&app, Target::Task(task3.id.clone())).await, 2);
+    let x = "spiffe://example.org/agent/x";
+    assert_eq!(revoke(&app, Target::Agent(x.into())).await, 3);
+    let y = "spiffe://example.org/agent/y";
+    assert_eq!(revoke(&app, Target::Agent(y.into())).await, 4);
+    let verdict = check_until(&v, &t3, &c3.cert_der, &r3, is_revoked).await;
+    assert_eq!(verdict, Verdict::Revoked { sequence: 2 });
+    cursor_reaches(&v, 4).await;
+    synced(&v).await;
+
+    // The store's history is applied, and the revocation the restore lost stays
+    // in force (under its number of the old history).
+    assert_eq!(
+        v.check(&t1, &c1.cert_der, &r1).await,
+        Verdict::Revoked { sequence: 1 }
+    );
+    assert_eq!(
+        v.check(&t2, &c2.cert_der, &r2).await,
+        Verdict::Revoked { sequence: 2 }
+    );
+    // Fresh again: a token nothing revoked is valid.
+    let (_, t5, c5) = task_and_token(&app, AGENT, 5).await;
+    let verdict = v.check(&t5, &c5.cert_der, &read("customers/eu/5")).await;
+    assert!(verdict.is_valid(), "{verdict:?}");
+}
+
+#[tokio::test]
+async fn a_verifier_reconnecting_to_a_restored_store_that_has_passed_its_cursor_resyncs() {
+    let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
+    let proxy = Proxy::to(app.grpc).await;
+    let v = Verifier::connect(proxy.channel(&app).await, config(&app))
+        .await
+        .unwrap();
+    synced(&v).await;
+    let (task1, t1, c1) = task_and_token(&app, AGENT, 1).await;
+    let (task2, t2, c2) = task_and_token(&app, AGENT, 2).await;
+    let (r1, r2) = (read("customers/eu/1"), read("customers/eu/2"));
+    let kept = "spiffe://example.org/agent/kept";
+    assert_eq!(revoke(&app, Target::Agent(kept.into())).await, 1);
+    assert_eq!(revoke(&app, Target::Task(task1.id.clone())).await, 2);
+    let verdict = check_until(&v, &t1, &c1.cert_der, &r1, is_revoked).await;
+    assert_eq!(verdict, Verdict::Revoked { sequence: 2 });
+    cursor_reaches(&v, 2).await;
+
+    // While the verifier is cut off (a failover), the store goes back to event
+    // 1 and then past 2 again with other events.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    crate::verifier::roll_back_revocations(&app.db_url, 1).await;
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(revoke(&app, Target::Task(task2.id.clone())).await, 2);
+    let z = "spiffe://example.org/agent/z";
+    assert_eq!(revoke(&app, Target::Agent(z.into())).await, 3);
+    assert!(v.check(&t2, &c2.cert_der, &r2).await.is_valid());
+
+    // Resuming after 2 would skip the new event 2: the broker refuses the cursor,
+    // whose event (by its time) is another one now, and the verifier replays
+    // from the start.
+    proxy.restore();
+    let verdict = check_until(&v, &t2, &c2.cert_der, &r2, is_revoked).await;
+    assert_eq!(verdict, Verdict::Revoked { sequence: 2 });
+    cursor_reaches(&v, 3).await;
+    assert!(is_revoked(&v.check(&t1, &c1.cert_der, &r1).await));
+}

@@ -92,6 +92,7 @@ macro_rules! every_case {
             revocations::revoking_everything_revokes_every_token_and_stops_every_task,
             revocations::revoking_an_unknown_token_or_task_is_none_and_writes_nothing,
             revocations::revocation_sequence_numbers_are_gap_free_in_commit_order,
+            revocations::an_event_reads_back_unchanged_from_its_predecessor_up_to_the_last_sequence,
             revocations::a_revocation_is_never_dated_before_the_previous_one,
             revocations::the_feed_announces_revocations_committed_after_it_started,
             revocations::the_feed_announces_approval_decisions,

@@ -200,6 +200,43 @@ pub async fn revocation_sequence_numbers_are_gap_free_in_commit_order<S: Store>(
     assert_eq!(s.last_revocation_seq().await.unwrap(), 6);
 }
 
+/// What a watch stream relies on to tell that the store still holds the event it
+/// stands on (and so, that it may say it is caught up): the last sequence is the
+/// newest event's, and a read from an event's predecessor returns that event
+/// again, to the microsecond of its time, as recorded.
+pub async fn an_event_reads_back_unchanged_from_its_predecessor_up_to_the_last_sequence<
+    S: Store,
+>(
+    s: &S,
+) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let (mut r, audit) = admin_revocation(Target::Task(t.id), 20);
+    r.at += Duration::from_micros(123_456);
+    let first = s
+        .revoke(&r, &audit)
+        .await
+        .unwrap()
+        .expect("the task exists")
+        .event;
+    assert_eq!(first.revocation.at, r.at, "microseconds are kept");
+    let last = revoke_ok(s, Target::All, 21).await.event;
+
+    assert_eq!(s.last_revocation_seq().await.unwrap(), last.seq);
+    assert_eq!(
+        s.revocations_after(last.seq - 1, 100).await.unwrap(),
+        vec![last.clone()],
+        "caught up: the anchor and nothing after it"
+    );
+    assert_eq!(
+        s.revocations_after(first.seq - 1, 1).await.unwrap(),
+        vec![first.clone()]
+    );
+    assert_eq!(
+        s.revocations_after(first.seq - 1, 100).await.unwrap(),
+        vec![first, last]
+    );
+}
+
 pub async fn a_revocation_is_never_dated_before_the_previous_one<S: Store>(s: &S) {
     let t = open(s, task(AGENT, 0, 600)).await;
     let tok = mint(s, &t, 10).await;
