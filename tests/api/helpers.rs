@@ -728,31 +728,34 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A TCP proxy in front of PostgreSQL that the test can cut (every connection
-/// through it is closed and new ones are closed at once, as when the database is
-/// down) and restore, counting the bytes the broker sends through it.
+/// A TCP proxy (in front of PostgreSQL, or of a broker) that the test can cut
+/// (every connection through it is closed and new ones are closed at once, as
+/// when the far end is down) and restore, counting the bytes sent through it.
 pub struct Proxy {
     pub addr: SocketAddr,
     down: tokio::sync::watch::Sender<bool>,
-    /// Bytes from the broker to PostgreSQL.
+    /// Bytes from the near end to the far end.
     pub sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
+    /// In front of the PostgreSQL server of `DATABASE_URL`.
     pub async fn to_postgres() -> Proxy {
+        let url = admin_url();
+        let after = url
+            .split_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or("127.0.0.1:5432/");
+        Self::to(after.split('/').next().unwrap().to_string()).await
+    }
+
+    /// In front of `upstream` (host:port).
+    pub async fn to(upstream: String) -> Proxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (down, _) = tokio::sync::watch::channel(false);
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let upstream = {
-            let url = admin_url();
-            let after = url
-                .split_once('@')
-                .map(|(_, r)| r)
-                .unwrap_or("127.0.0.1:5432/");
-            after.split('/').next().unwrap().to_string()
-        };
         let (d, counter) = (down.clone(), sent.clone());
         tokio::spawn(async move {
             loop {

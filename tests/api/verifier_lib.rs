@@ -6,12 +6,8 @@ use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use mayfly::identity::devcerts::Issued;
 use mayfly::verifier::{RequiredScope, Verdict, Verifier, VerifierConfig};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const ISSUER: &str = "https://mayfly.test";
@@ -403,87 +399,28 @@ async fn a_key_of_another_replica_is_fetched_when_a_token_first_names_it() {
     }
 }
 
-/// A TCP proxy between the verifier and the broker that the test can cut and
-/// restore.
-struct Proxy {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    /// Cancelled to drop every connection through the proxy.
-    epoch: Arc<Mutex<CancellationToken>>,
-    _stop: DropGuard,
-}
-
-impl Proxy {
-    async fn to(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = Arc::new(AtomicBool::new(true));
-        let epoch = Arc::new(Mutex::new(CancellationToken::new()));
-        let stop = CancellationToken::new();
-        let (o, e, s) = (open.clone(), epoch.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut client, _) = tokio::select! {
-                    _ = s.cancelled() => return,
-                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                };
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: the broker is "unreachable"
-                }
-                let cut = e.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            open,
-            epoch,
-            _stop: stop.drop_guard(),
-        }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        let mut epoch = self.epoch.lock().unwrap();
-        epoch.cancel();
-        *epoch = CancellationToken::new();
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-
-    /// A channel through the proxy, as VERIFIER.
-    async fn channel(&self, app: &TestApp) -> Channel {
-        let id = app.pki.ca.svid(VERIFIER).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(app.pki.ca.cert_pem()))
-            .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
-            .domain_name("localhost");
-        Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .unwrap()
-    }
+/// A channel through `proxy`, as VERIFIER.
+async fn channel_through(proxy: &Proxy, app: &TestApp) -> Channel {
+    let id = app.pki.ca.svid(VERIFIER).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(app.pki.ca.cert_pem()))
+        .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
+        .domain_name("localhost");
+    Channel::from_shared(format!("https://{}", proxy.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn revocations_made_while_the_stream_was_cut_are_applied_after_it_reconnects() {
     let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
-    let proxy = Proxy::to(app.grpc).await;
-    let v = Verifier::connect(proxy.channel(&app).await, config(&app))
+    let proxy = Proxy::to(app.grpc.to_string()).await;
+    let v = Verifier::connect(channel_through(&proxy, &app).await, config(&app))
         .await
         .unwrap();
     synced(&v).await;
@@ -526,10 +463,10 @@ async fn revocations_made_while_the_stream_was_cut_are_applied_after_it_reconnec
 #[tokio::test]
 async fn a_verifier_cut_off_turns_stale_and_recovers_when_the_broker_is_back() {
     let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
-    let proxy = Proxy::to(app.grpc).await;
+    let proxy = Proxy::to(app.grpc.to_string()).await;
     let mut c = config(&app);
     c.staleness = Duration::from_millis(300);
-    let v = Verifier::connect(proxy.channel(&app).await, c)
+    let v = Verifier::connect(channel_through(&proxy, &app).await, c)
         .await
         .unwrap();
     synced(&v).await;
@@ -670,8 +607,8 @@ async fn a_verifier_whose_brokers_store_is_restored_turns_stale_resyncs_and_appl
 #[tokio::test]
 async fn a_verifier_reconnecting_to_a_restored_store_that_has_passed_its_cursor_resyncs() {
     let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
-    let proxy = Proxy::to(app.grpc).await;
-    let v = Verifier::connect(proxy.channel(&app).await, config(&app))
+    let proxy = Proxy::to(app.grpc.to_string()).await;
+    let v = Verifier::connect(channel_through(&proxy, &app).await, config(&app))
         .await
         .unwrap();
     synced(&v).await;
