@@ -509,19 +509,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         {
             // Refused on its headers: the body is never read, and dropping it
             // tells the client to stop sending (RST_STREAM).
-            let status = crate::error::unauthenticated(why);
-            let resp = status.into_http::<Body>();
+            let resp = crate::error::unauthenticated(why).into_http::<Body>();
             drop(req);
-            return Box::pin(async move {
-                let (parts, body) = resp.into_parts();
-                Ok(hyper::Response::from_parts(
-                    parts,
-                    Body::new(Tracked {
-                        inner: body,
-                        _in_flight: in_flight,
-                    }),
-                ))
-            });
+            return Box::pin(std::future::ready(Ok(Tracked::response(resp, in_flight))));
         }
         req.extensions_mut().insert((*self.info).clone());
         let mut router = self.router.clone();
@@ -530,14 +520,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            let (parts, body) = resp.into_parts();
-            Ok(hyper::Response::from_parts(
-                parts,
-                Body::new(Tracked {
-                    inner: body,
-                    _in_flight: in_flight,
-                }),
-            ))
+            Ok(Tracked::response(resp, in_flight))
         })
     }
 }
@@ -546,6 +529,17 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 struct Tracked {
     inner: Body,
     _in_flight: InFlight,
+}
+
+impl Tracked {
+    fn response(resp: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
+        resp.map(|inner| {
+            Body::new(Tracked {
+                inner,
+                _in_flight: in_flight,
+            })
+        })
+    }
 }
 
 impl http_body::Body for Tracked {

@@ -34,7 +34,7 @@ use tls::{Tls, load_tls, watch_tls};
 /// The largest `grpc.health.v1` request (a service name).
 const HEALTH_MESSAGE_BYTES: usize = 1024;
 /// How often the active-task gauge is recounted (a scrape never queries the store).
-const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct App {
     broker: Arc<Broker>,

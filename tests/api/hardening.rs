@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A TLS client that trusts the test CA and presents no certificate.
 fn anonymous_tls(pki: &Pki) -> tokio_rustls::TlsConnector {
@@ -159,20 +158,9 @@ async fn anonymous_big_calls(
     streams: usize,
     rounds: usize,
 ) {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.ca.cert_pem()))
-        .domain_name("localhost");
     let mut channels = vec![];
     for _ in 0..conns {
-        channels.push(
-            Channel::from_shared(format!("https://{}", served.grpc))
-                .unwrap()
-                .tls_config(tls.clone())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
+        channels.push(mtls_channel(served.grpc, &pki.ca, None).await.unwrap());
     }
     let big = "x".repeat(4 << 20);
     for _ in 0..rounds {
@@ -217,17 +205,7 @@ async fn anonymous_calls_are_refused_before_their_bodies_are_read_and_messages_a
     assert!(peak < 100 * 1024, "peak RSS {peak} kB");
 
     // The one call open to anonymous callers takes a service name, no more.
-    let anonymous = Channel::from_shared(format!("https://{}", served.grpc))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pki.ca.cert_pem()))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let anonymous = mtls_channel(served.grpc, &pki.ca, None).await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(anonymous)
         .max_encoding_message_size(8 << 20);
     health
@@ -395,17 +373,7 @@ async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or
         if Instant::now() >= next_connect {
             next_connect = Instant::now() + Duration::from_millis(200);
             let t = Instant::now();
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pki.ca.cert_pem()))
-                .identity(Identity::from_pem(&agent.cert_pem, &agent.key_pem))
-                .domain_name("localhost");
-            let fresh = Channel::from_shared(format!("https://{}", served.grpc))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect_timeout(Duration::from_secs(5))
-                .connect()
-                .await;
+            let fresh = mtls_channel(served.grpc, &pki.ca, Some(&agent)).await;
             let first = match fresh {
                 Ok(ch) => TokenServiceClient::new(ch)
                     .mint_token(mint_request(&task.id, "customers/eu/1", 60))
@@ -505,14 +473,7 @@ async fn with_the_store_down_calls_fail_fast_and_the_broker_recovers_by_itself()
     println!("recovered {:?} after the store came back", back.elapsed());
     assert_eq!(app.http_get("/readyz").await.0, 200);
     // Only the two mints the store answered produced tokens.
-    let store = mayfly::store::PgStore::connect(&direct.url, 1, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tokens")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(count, 2);
+    assert_eq!(tokens_stored(&direct.url).await, 2);
 }
 
 #[tokio::test]

@@ -324,18 +324,7 @@ impl TestApp {
         &self,
         identity: Option<&Issued>,
     ) -> Result<Channel, tonic::transport::Error> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.pki.ca.cert_pem()))
-            .domain_name("localhost");
-        if let Some(id) = identity {
-            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
-        }
-        Channel::from_shared(format!("https://{}", self.grpc))
-            .unwrap()
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
+        mtls_channel(self.grpc, &self.pki.ca, identity).await
     }
 
     /// A channel authenticated as a fresh, well-formed SVID for `spiffe_id`.
@@ -679,18 +668,7 @@ impl Served {
 
     /// An mTLS channel to the process as `identity`.
     pub async fn channel(&self, ca: &DevCa, identity: &Issued) -> Channel {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
-            .domain_name("localhost");
-        Channel::from_shared(format!("https://{}", self.grpc))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap()
+        mtls_channel(self.grpc, ca, Some(identity)).await.unwrap()
     }
 
     /// A call as `identity` (none: no client certificate).
@@ -699,18 +677,7 @@ impl Served {
         ca: &DevCa,
         identity: Option<&Issued>,
     ) -> Result<pb::ListTasksResponse, tonic::Status> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-            .domain_name("localhost");
-        if let Some(id) = identity {
-            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
-        }
-        let ch = Channel::from_shared(format!("https://{}", self.grpc))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
+        let ch = mtls_channel(self.grpc, ca, identity)
             .await
             .map_err(|e| tonic::Status::unavailable(format!("connect failed: {e}")))?;
         TaskServiceClient::new(ch)
@@ -822,4 +789,34 @@ impl Proxy {
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// A channel to the broker at `addr` over TLS trusting `ca`, presenting
+/// `identity` (none: no client certificate).
+pub async fn mtls_channel(
+    addr: SocketAddr,
+    ca: &DevCa,
+    identity: Option<&Issued>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// Tokens stored in the database at `url`.
+pub async fn tokens_stored(url: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM tokens")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
 }

@@ -8,7 +8,7 @@ use mayfly::identity::devcerts::Issued;
 use mayfly::verifier::{RequiredScope, Verdict, Verifier, VerifierConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 const ISSUER: &str = "https://mayfly.test";
 
@@ -402,16 +402,7 @@ async fn a_key_of_another_replica_is_fetched_when_a_token_first_names_it() {
 /// A channel through `proxy`, as VERIFIER.
 async fn channel_through(proxy: &Proxy, app: &TestApp) -> Channel {
     let id = app.pki.ca.svid(VERIFIER).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(app.pki.ca.cert_pem()))
-        .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
-        .domain_name("localhost");
-    Channel::from_shared(format!("https://{}", proxy.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
+    mtls_channel(proxy.addr, &app.pki.ca, Some(&id))
         .await
         .unwrap()
 }
