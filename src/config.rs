@@ -126,7 +126,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 4096,
-            max_handshakes: 128,
+            max_handshakes: 512,
             handshake_timeout: Duration::from_secs(5),
             first_request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
@@ -840,7 +840,7 @@ mod properties {
         ("policy", "reload_interval", "\"2s\""),
         ("audit", "seal_interval", "\"100ms\""),
         ("limits", "max_connections", "4096"),
-        ("limits", "max_handshakes", "128"),
+        ("limits", "max_handshakes", "512"),
         ("limits", "handshake_timeout", "\"5s\""),
         ("limits", "first_request_timeout", "\"5s\""),
         ("limits", "idle_timeout", "\"5m\""),

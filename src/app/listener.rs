@@ -37,6 +37,9 @@ use tracing::{debug, warn};
 /// How long a connection told to close (idle, shutdown) may take to finish what
 /// it has in flight before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long an HTTP-port connection may live, whatever it is doing (its clients
+/// fetch small public documents; a client that stops reading one is let go).
+const HTTP_LIFETIME: Duration = Duration::from_secs(60);
 /// The one gRPC method a client without an SVID may call.
 const PUBLIC_GRPC: &[&str] = &["/grpc.health.v1.Health/Check"];
 
@@ -125,6 +128,10 @@ pub async fn serve(
 ) {
     let name = kind.name();
     loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = shared.connections.room() => {}
+        }
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
@@ -315,27 +322,35 @@ impl Connection {
             activity: activity.clone(),
         };
         let io = TokioIo::new(io);
-        // After the first call, a connection that proved nothing gets no more
-        // idle time than it had to make its first call.
-        let idle_after = if authenticated {
-            limits.idle_timeout
-        } else {
-            limits.first_request_timeout
+        // A connection that proved nothing gets one call and a short life: on
+        // the gRPC port it is closed once its (refused, or health) call is done,
+        // and on either port it is closed at a fixed age, calls in flight or not.
+        let (idle_after, lifetime) = match (grpc, authenticated) {
+            (_, true) => (limits.idle_timeout, None),
+            // Time for its first call, and as long again for that call.
+            (true, false) => (Duration::ZERO, Some(limits.first_request_timeout * 2)),
+            (false, false) => (limits.first_request_timeout, Some(HTTP_LIFETIME)),
         };
         let idle = activity.idle(limits.first_request_timeout, idle_after);
         if grpc {
+            let (streams, stream_window, conn_window) = if authenticated {
+                (limits.max_concurrent_streams, 64 * 1024, 256 * 1024)
+            } else {
+                (2, 16 * 1024, 32 * 1024)
+            };
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .keep_alive_interval(limits.keepalive_interval)
                 .keep_alive_timeout(limits.keepalive_timeout)
-                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_concurrent_streams(streams)
                 .max_header_list_size(limits.max_header_bytes)
                 // Requests are small: a client cannot make the broker buffer much
                 // of a body before it is read (or refused).
-                .initial_stream_window_size(64 * 1024)
-                .initial_connection_window_size(256 * 1024);
+                .initial_stream_window_size(stream_window)
+                .initial_connection_window_size(conn_window);
             let conn = b.serve_connection(io, service);
-            self.drive(HttpConn::H2(conn), activity, idle).await
+            self.drive(HttpConn::H2(conn), activity, idle, lifetime)
+                .await
         } else {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -343,21 +358,32 @@ impl Connection {
                 .max_buf_size((limits.max_header_bytes as usize).max(8192))
                 .keep_alive(true);
             let conn = b.serve_connection(io, service);
-            self.drive(HttpConn::H1(conn), activity, idle).await
+            self.drive(HttpConn::H1(conn), activity, idle, lifetime)
+                .await
         }
     }
 
-    /// Runs the connection until it ends, is evicted, idles out or the broker
-    /// shuts down (then it is asked to finish and given [`CLOSE_GRACE`]).
-    async fn drive<C>(self, conn: C, activity: Activity, idle: impl Future<Output = Reason>)
-    where
+    /// Runs the connection until it ends, is evicted, idles out, reaches its
+    /// `lifetime` or the broker shuts down. Asked to finish, it gets
+    /// [`CLOSE_GRACE`]; then it is dropped, at once if it has a `lifetime` (it
+    /// proved nothing), else once no call is in flight (the broker's shutdown
+    /// grace bounds that).
+    async fn drive<C>(
+        self,
+        conn: C,
+        activity: Activity,
+        idle: impl Future<Output = Reason>,
+        lifetime: Option<Duration>,
+    ) where
         C: Future<Output = Result<(), hyper::Error>> + GracefulShutdown,
     {
         let mut conn = pin!(conn);
         let mut idle = pin!(idle);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let end_at = lifetime.map_or(far, |d| Instant::now() + d);
         let mut closing: Option<Instant> = None;
         loop {
-            let force_at = closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let force_at = closing.unwrap_or(far);
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(error) = r {
@@ -367,19 +393,26 @@ impl Connection {
                 }
                 _ = self.slot.evicted() => return,
                 reason = &mut idle, if closing.is_none() => {
-                    self.closed(reason);
+                    // A connection closed after its one anonymous call is routine.
+                    if reason != Reason::IdleTimeout || lifetime.is_none() {
+                        self.closed(reason);
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                }
+                _ = tokio::time::sleep_until(end_at), if closing.is_none() => {
+                    self.closed(Reason::Lifetime);
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now() + CLOSE_GRACE);
                 }
                 _ = self.shutdown.cancelled(), if closing.is_none() => {
                     conn.as_mut().graceful_shutdown();
-                    // Calls in flight get the broker's own shutdown grace.
-                    closing = Some(Instant::now() + Duration::from_secs(3600));
+                    closing = Some(Instant::now() + CLOSE_GRACE);
                 }
-                // A client that ignores the GOAWAY is dropped once it has no call
-                // in flight (calls it still made are left to finish).
+                // A client that ignores the GOAWAY (or never acknowledges its
+                // PING) is dropped.
                 _ = tokio::time::sleep_until(force_at), if closing.is_some() => {
-                    if activity.in_flight() == 0 {
+                    if lifetime.is_some() || activity.in_flight() == 0 {
                         return;
                     }
                     closing = Some(Instant::now() + CLOSE_GRACE);
@@ -573,10 +606,11 @@ enum Reason {
     Unauthenticated,
     FirstRequestTimeout,
     IdleTimeout,
+    Lifetime,
     AcceptFailed,
 }
 
-const REASONS: [Reason; 9] = [
+const REASONS: [Reason; 10] = [
     Reason::Refused,
     Reason::Evicted,
     Reason::HandshakeTimeout,
@@ -585,6 +619,7 @@ const REASONS: [Reason; 9] = [
     Reason::Unauthenticated,
     Reason::FirstRequestTimeout,
     Reason::IdleTimeout,
+    Reason::Lifetime,
     Reason::AcceptFailed,
 ];
 
@@ -599,13 +634,14 @@ impl Reason {
             Reason::Unauthenticated => "without_valid_svid",
             Reason::FirstRequestTimeout => "first_request_timeout",
             Reason::IdleTimeout => "idle_timeout",
+            Reason::Lifetime => "lifetime",
             Reason::AcceptFailed => "accept_failed",
         }
     }
 
     /// Worth a warning in the summary: idle connections closing is routine.
     fn is_refusal(self) -> bool {
-        !matches!(self, Reason::IdleTimeout)
+        !matches!(self, Reason::IdleTimeout | Reason::Lifetime)
     }
 }
 
@@ -615,6 +651,9 @@ impl Reason {
 #[derive(Default)]
 struct RefusalLog {
     counts: [AtomicU64; REASONS.len()],
+    /// Examples offered this interval: past [`EXAMPLE_TRIES`] of a kind, no more
+    /// are looked at (nor formatted).
+    tries: [AtomicU64; REASONS.len()],
     /// (kind, what went wrong, who): at most [`EXAMPLES`] per kind.
     examples: Mutex<Vec<(Reason, String, String)>>,
 }
@@ -623,6 +662,7 @@ struct RefusalLog {
 /// kind are kept per interval.
 const EXAMPLE_CHARS: usize = 160;
 const EXAMPLES: usize = 3;
+const EXAMPLE_TRIES: u64 = 32;
 
 impl RefusalLog {
     fn count(&self, r: Reason) {
@@ -639,6 +679,9 @@ impl RefusalLog {
     }
 
     fn keep(&self, r: Reason, who: String, why: impl FnOnce() -> String) {
+        if self.tries[r as usize].fetch_add(1, Ordering::Relaxed) >= EXAMPLE_TRIES {
+            return;
+        }
         let mut ex = self.examples.lock().unwrap_or_else(|p| p.into_inner());
         if ex.iter().filter(|(k, ..)| *k == r).count() >= EXAMPLES {
             return;
@@ -651,6 +694,9 @@ impl RefusalLog {
 
     /// One line for everything refused in the last `every`, if anything was.
     fn flush(&self, every: Duration) {
+        for t in &self.tries {
+            t.store(0, Ordering::Relaxed);
+        }
         let counts: Vec<(Reason, u64)> = REASONS
             .iter()
             .map(|r| (*r, self.counts[*r as usize].swap(0, Ordering::Relaxed)))

@@ -372,7 +372,8 @@ impl App {
             }
         }));
 
-        // Another replica registered a key: the JWKS served from memory takes it in.
+        // Another replica registered a key: the JWKS served from memory takes it
+        // in, retrying (with backoff) until the store answers.
         let key_notices = tokio::spawn({
             let (b, cancel) = (b.clone(), cancel.clone());
             async move {
@@ -381,8 +382,16 @@ impl App {
                         _ = cancel.cancelled() => return,
                         _ = b.hub().keys().notified() => {}
                     }
-                    if let Err(error) = b.refresh_keys().await {
-                        warn!(%error, "could not read a newly announced signing key; the key heartbeat will retry");
+                    let mut retry = Duration::from_millis(100);
+                    while let Err(error) = b.refresh_keys().await {
+                        if retry == Duration::from_millis(100) {
+                            warn!(%error, "could not read a newly announced signing key; retrying");
+                        }
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(retry) => {}
+                        }
+                        retry = (retry * 2).min(Duration::from_secs(5));
                     }
                 }
             }

@@ -10,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 /// At most `max` members at once. An evicted member is counted until it has
 /// gone, so the count can pass `max` by the evictions still under way, never by
-/// more than [`OVERSHOOT`]: past that, newcomers are refused until victims leave.
+/// more than [`OVERSHOOT`]: past that, [`Slots::room`] waits for victims to leave.
 pub struct Slots {
     max: usize,
     inner: Mutex<Inner>,
+    /// A member left.
+    left: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -55,7 +57,23 @@ impl Slots {
         Arc::new(Slots {
             max,
             inner: Mutex::new(Inner::default()),
+            left: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolves once a newcomer could be admitted without passing the cap by more
+    /// than [`OVERSHOOT`]: the acceptor waits here (new connections wait in the
+    /// kernel's backlog) while evicted members are still leaving, instead of
+    /// refusing the newcomer.
+    pub async fn room(&self) {
+        loop {
+            let left = self.left.notified();
+            if self.lock().count < self.max + OVERSHOOT {
+                return;
+            }
+            // A missed wake-up costs at most this long.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), left).await;
+        }
     }
 
     #[cfg(test)]
@@ -73,6 +91,8 @@ impl Slots {
     pub fn admit(self: &Arc<Self>) -> Admit {
         let mut inner = self.lock();
         let mut evicted = false;
+        // Past the overshoot (the caller did not wait for `room`): no more
+        // evictions until victims have left.
         if inner.count >= self.max + OVERSHOOT {
             return Admit::Full;
         }
@@ -151,6 +171,8 @@ impl Drop for Slot {
         if let Some(was) = self.standing {
             inner.evictable.remove(&(was, self.id));
         }
+        drop(inner);
+        self.slots.left.notify_one();
     }
 }
 

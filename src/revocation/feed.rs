@@ -30,6 +30,11 @@ pub async fn follow_store(store: Arc<dyn Store>, hub: Hub, cancel: CancellationT
                 }
                 backoff = BACKOFF_MIN;
                 catch_up(store.as_ref(), &hub).await;
+                if was_down {
+                    // Deaf meanwhile: a decision or a new key may have been missed.
+                    hub.approval_decided();
+                    hub.keys_changed();
+                }
                 loop {
                     let next = tokio::select! {
                         _ = cancel.cancelled() => return,

@@ -1,12 +1,16 @@
 //! Failing fast while the store is down. A background probe keeps the store's
 //! [`Health`]; [`Gated`] wraps a store so that, once the probe has found it down,
-//! every call answers `Unavailable` at once (and calls already waiting on it are
-//! given up) instead of each waiting out the connect timeout. A call that fails as
-//! unavailable makes the probe look at once; the probe backs off while the store
-//! stays down and reopens the gate by itself when it answers again.
+//! every new call answers `Unavailable` at once instead of each waiting out the
+//! connect timeout. A call that fails as unavailable makes the probe look soon
+//! (at most every [`SUSPECT_SPACING`]); the probe needs two failures in a row to
+//! call the store down, backs off while it stays down, and reopens the gate by
+//! itself when it answers again.
 //!
-//! Nothing here changes what a call does when it runs: a token is still returned
-//! only after its row committed. The gate only refuses sooner.
+//! Calls already under way are left to finish or time out by themselves: one may
+//! have committed (a budget counted, an approval spent, a revocation made), and
+//! giving it up would report a change that happened as one that did not. Nothing
+//! here changes what a call does when it runs: a token is still returned only
+//! after its row committed. The gate only refuses sooner.
 use super::*;
 use std::future::Future;
 use std::sync::Arc;
@@ -80,28 +84,25 @@ impl Gated {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let mut state = self.health.state.subscribe();
-        if !matches!(*state.borrow_and_update(), Status::Up) {
+        if !self.health.is_up() {
             return Err(self.health.refusal());
         }
-        tokio::select! {
-            biased;
-            r = call => {
-                if matches!(r, Err(StoreError::Unavailable(_))) {
-                    self.health.suspect.notify_one();
-                }
-                r
-            }
-            // The probe found the store down while this call waited on it.
-            Ok(_) = state.wait_for(|s| !matches!(s, Status::Up)) => Err(self.health.refusal()),
+        let r = call.await;
+        if matches!(r, Err(StoreError::Unavailable(_))) {
+            self.health.suspect.notify_one();
         }
+        r
     }
 }
 
-/// Probes the store every `every` while it answers; once it does not (a probe
-/// failed or timed out), marks it down and probes again after 50 ms, doubling up
-/// to `every`, until it answers. A call that met an unavailable store makes it
-/// probe at once.
+/// The least time between probes that calls' failures ask for, so a store that
+/// is merely overloaded is not also flooded with probes.
+pub const SUSPECT_SPACING: Duration = Duration::from_millis(100);
+
+/// Probes the store every `every` while it answers; once two probes in a row do
+/// not (failed or timed out), marks it down and probes again after 50 ms,
+/// doubling up to `every`, until it answers. A call that met an unavailable store
+/// makes it probe sooner.
 pub async fn probe(
     store: Arc<dyn Store>,
     health: Arc<Health>,
@@ -111,6 +112,8 @@ pub async fn probe(
 ) {
     const FIRST_RETRY: Duration = Duration::from_millis(50);
     let mut retry = FIRST_RETRY;
+    // A failure while up: confirmed by the next probe before the gate closes.
+    let mut doubt: Option<StoreError> = None;
     loop {
         let answer = match tokio::time::timeout(timeout, store.ping()).await {
             Ok(r) => r,
@@ -120,7 +123,10 @@ pub async fn probe(
             ))),
         };
         let wait = match (answer, health.status()) {
-            (Ok(()), Status::Up) => every,
+            (Ok(()), Status::Up) => {
+                doubt = None;
+                every
+            }
             (Ok(()), Status::Down { since, .. }) => {
                 health.set(Status::Up);
                 retry = FIRST_RETRY;
@@ -130,7 +136,12 @@ pub async fn probe(
                 );
                 every
             }
+            (Err(error), Status::Up) if doubt.is_none() => {
+                doubt = Some(error);
+                FIRST_RETRY
+            }
             (Err(error), Status::Up) => {
+                doubt = None;
                 warn!(%error, "the store does not answer; calls fail fast (UNAVAILABLE) until it does");
                 crate::metrics::STORE_OUTAGES.inc();
                 health.set(Status::Down {
@@ -149,10 +160,16 @@ pub async fn probe(
                 retry
             }
         };
+        let at = tokio::time::Instant::now() + wait;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = health.suspect.notified(), if health.is_up() => {}
+            _ = tokio::time::sleep_until(at) => {}
+            _ = health.suspect.notified(), if health.is_up() && doubt.is_none() => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(SUSPECT_SPACING.min(wait)) => {}
+                }
+            }
         }
     }
 }

@@ -145,7 +145,8 @@ async fn a_changed_policy_set_applies_without_a_restart_and_an_invalid_one_keeps
     })
     .await;
 
-    // A broken edit is refused: the freeze stays in force, /readyz says why.
+    // A broken edit is refused: the freeze stays in force, /readyz says so (and
+    // only that: anyone may read it; the reason is logged).
     std::fs::write(
         policy_dir(&app).join("broken.cedar"),
         "permit (principal, action, resource) when {",
@@ -153,7 +154,7 @@ async fn a_changed_policy_set_applies_without_a_restart_and_an_invalid_one_keeps
     .unwrap();
     eventually("/readyz reporting the failed reload", async || {
         let (status, body) = app.http_get("/readyz").await;
-        status == 200 && body.contains("policy reload failed") && body.contains("broken.cedar:1:")
+        status == 200 && body.contains("policy reload failed") && !body.contains("broken.cedar")
     })
     .await;
     let err = tokens

@@ -983,19 +983,33 @@ impl AuditStore for PgStore {
 
 #[async_trait]
 impl Store for PgStore {
-    /// An idle pooled connection answers `SELECT 1`; failing that (none idle: the
-    /// pool is busy, or the one found is broken), a new connection does. So a busy
-    /// pool is not mistaken for a database that is down, nor one broken connection.
+    /// An idle pooled connection answers `SELECT 1`; with none idle, a pool with
+    /// room makes one (and keeps it); a pool that is full and busy, or whose idle
+    /// connection was broken, is checked with a connection of the probe's own. So
+    /// a busy pool is not mistaken for a database that is down, nor is one broken
+    /// connection, nor a server that is only at its connection limit.
     async fn ping(&self) -> Result<(), StoreError> {
-        if let Some(mut conn) = self.pool.try_acquire()
+        let pooled = match self.pool.try_acquire() {
+            Some(conn) => Some(conn),
+            None if self.pool.size() < self.pool.options().get_max_connections() => {
+                self.pool.acquire().await.ok()
+            }
+            None => None,
+        };
+        if let Some(mut conn) = pooled
             && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
         {
             return Ok(());
         }
         use sqlx::Connection as _;
-        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
-            .await
-            .map_err(map_err)?;
+        let mut conn = match PgConnection::connect_with(&self.pool.connect_options()).await {
+            Ok(c) => c,
+            // too_many_connections: the server answers; it is only full.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("53300") => {
+                return Ok(());
+            }
+            Err(e) => return Err(map_err(e)),
+        };
         sqlx::query("SELECT 1")
             .execute(&mut conn)
             .await
