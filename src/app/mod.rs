@@ -31,6 +31,10 @@ use background::{every, watch_policies};
 use http::HttpState;
 use tls::{Tls, load_tls, watch_tls};
 
+/// The longest the store probe waits for an answer (less if
+/// `database.connect_timeout` is shorter): `SELECT 1` on a live database takes
+/// milliseconds, and a dead one should be found out soon.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest `grpc.health.v1` request (a service name).
 const HEALTH_MESSAGE_BYTES: usize = 1024;
 /// How often the active-task gauge is recounted (a scrape never queries the store).
@@ -313,7 +317,7 @@ impl App {
             self.raw_store.clone(),
             self.health.clone(),
             self.config.database.probe_interval,
-            self.config.database.connect_timeout,
+            self.config.database.connect_timeout.min(PROBE_TIMEOUT),
             cancel.clone(),
         ));
         let gauges = tokio::spawn(every(GAUGE_INTERVAL, cancel.clone(), {

@@ -6,11 +6,13 @@
 //! call the store down, backs off while it stays down, and reopens the gate by
 //! itself when it answers again.
 //!
-//! Calls already under way are left to finish or time out by themselves: one may
-//! have committed (a budget counted, an approval spent, a revocation made), and
-//! giving it up would report a change that happened as one that did not. Nothing
-//! here changes what a call does when it runs: a token is still returned only
-//! after its row committed. The gate only refuses sooner.
+//! Reads already under way when the store is found down are given up (they
+//! change nothing, and may otherwise wait on a dead connection for as long as
+//! TCP takes to notice). Writes under way are left to finish or fail by
+//! themselves: one may have committed (a budget counted, an approval spent, a
+//! revocation made), and giving it up would report a change that happened as one
+//! that did not. Nothing here changes what a call does when it runs: a token is
+//! still returned only after its row committed. The gate only refuses sooner.
 use super::*;
 use std::future::Future;
 use std::sync::Arc;
@@ -80,14 +82,36 @@ impl Gated {
         Gated { inner, health }
     }
 
-    async fn run<T>(
+    /// A call that changes something: refused while down, never given up.
+    async fn write<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         if !self.health.is_up() {
             return Err(self.health.refusal());
         }
-        let r = call.await;
+        self.watch(call.await)
+    }
+
+    /// A call that only reads: refused while down, and given up if the probe
+    /// finds the store down while it waits.
+    async fn read<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut state = self.health.state.subscribe();
+        if !matches!(*state.borrow_and_update(), Status::Up) {
+            return Err(self.health.refusal());
+        }
+        tokio::select! {
+            biased;
+            r = call => self.watch(r),
+            Ok(_) = state.wait_for(|s| !matches!(s, Status::Up)) => Err(self.health.refusal()),
+        }
+    }
+
+    /// A call that met an unavailable store makes the probe look.
+    fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if matches!(r, Err(StoreError::Unavailable(_))) {
             self.health.suspect.notify_one();
         }
@@ -177,16 +201,16 @@ pub async fn probe(
 #[async_trait]
 impl TaskStore for Gated {
     async fn insert_task(&self, task: &Task, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.run(self.inner.insert_task(task, audit)).await
+        self.write(self.inner.insert_task(task, audit)).await
     }
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.run(self.inner.get_task(id)).await
+        self.read(self.inner.get_task(id)).await
     }
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
-        self.run(self.inner.list_tasks(filter)).await
+        self.read(self.inner.list_tasks(filter)).await
     }
     async fn count_active_tasks(&self) -> Result<u64, StoreError> {
-        self.run(self.inner.count_active_tasks()).await
+        self.read(self.inner.count_active_tasks()).await
     }
     async fn end_task(
         &self,
@@ -195,7 +219,7 @@ impl TaskStore for Gated {
         revocation: &Revocation,
         audit: &[AuditEvent],
     ) -> Result<EndOutcome, StoreError> {
-        self.run(self.inner.end_task(id, to, revocation, audit))
+        self.write(self.inner.end_task(id, to, revocation, audit))
             .await
     }
     async fn overdue_tasks(
@@ -204,7 +228,7 @@ impl TaskStore for Gated {
         after: Option<(OffsetDateTime, TaskId)>,
         limit: u32,
     ) -> Result<Vec<(OffsetDateTime, TaskId)>, StoreError> {
-        self.run(self.inner.overdue_tasks(now, after, limit)).await
+        self.read(self.inner.overdue_tasks(now, after, limit)).await
     }
 }
 
@@ -216,17 +240,17 @@ impl TokenStore for Gated {
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        self.run(self.inner.insert_token(token, budget, audit))
+        self.write(self.inner.insert_token(token, budget, audit))
             .await
     }
     async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
-        self.run(self.inner.token_status(jti)).await
+        self.read(self.inner.token_status(jti)).await
     }
     async fn get_token(&self, jti: Uuid) -> Result<Option<TokenRecord>, StoreError> {
-        self.run(self.inner.get_token(jti)).await
+        self.read(self.inner.get_token(jti)).await
     }
     async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
-        self.run(self.inner.list_tokens(filter)).await
+        self.read(self.inner.list_tokens(filter)).await
     }
 }
 
@@ -238,11 +262,11 @@ impl DelegationStore for Gated {
         open_limit: u32,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        self.run(self.inner.insert_delegation(delegation, open_limit, audit))
+        self.write(self.inner.insert_delegation(delegation, open_limit, audit))
             .await
     }
     async fn get_delegation(&self, id: Uuid) -> Result<Option<Delegation>, StoreError> {
-        self.run(self.inner.get_delegation(id)).await
+        self.read(self.inner.get_delegation(id)).await
     }
     async fn redeem_delegation(
         &self,
@@ -251,7 +275,7 @@ impl DelegationStore for Gated {
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<Redeem, StoreError> {
-        self.run(self.inner.redeem_delegation(id, child, budget, audit))
+        self.write(self.inner.redeem_delegation(id, child, budget, audit))
             .await
     }
 }
@@ -265,7 +289,7 @@ impl ApprovalStore for Gated {
         scope: &Scope,
         now: OffsetDateTime,
     ) -> Result<Option<Approval>, StoreError> {
-        self.run(self.inner.standing_approval(task, requester, scope, now))
+        self.read(self.inner.standing_approval(task, requester, scope, now))
             .await
     }
     async fn insert_approval(
@@ -273,13 +297,14 @@ impl ApprovalStore for Gated {
         approval: &Approval,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
-        self.run(self.inner.insert_approval(approval, audit)).await
+        self.write(self.inner.insert_approval(approval, audit))
+            .await
     }
     async fn get_approval(&self, id: Uuid) -> Result<Option<Approval>, StoreError> {
-        self.run(self.inner.get_approval(id)).await
+        self.read(self.inner.get_approval(id)).await
     }
     async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
-        self.run(self.inner.list_approvals(filter)).await
+        self.read(self.inner.list_approvals(filter)).await
     }
     async fn decide_approval(
         &self,
@@ -290,7 +315,7 @@ impl ApprovalStore for Gated {
         now: OffsetDateTime,
         audit: &AuditEvent,
     ) -> Result<Decide, StoreError> {
-        self.run(
+        self.write(
             self.inner
                 .decide_approval(id, approve, by, reason, now, audit),
         )
@@ -303,7 +328,7 @@ impl ApprovalStore for Gated {
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<Spend, StoreError> {
-        self.run(self.inner.spend_approval(id, token, budget, audit))
+        self.write(self.inner.spend_approval(id, token, budget, audit))
             .await
     }
     async fn count_step_up_refusal(
@@ -313,7 +338,7 @@ impl ApprovalStore for Gated {
         now: OffsetDateTime,
         audit: &AuditEvent,
     ) -> Result<Option<u32>, StoreError> {
-        self.run(self.inner.count_step_up_refusal(task, approval, now, audit))
+        self.write(self.inner.count_step_up_refusal(task, approval, now, audit))
             .await
     }
 }
@@ -321,24 +346,25 @@ impl ApprovalStore for Gated {
 #[async_trait]
 impl FreezeStore for Gated {
     async fn freeze(&self, freeze: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
-        self.run(self.inner.freeze(freeze, audit)).await
+        self.write(self.inner.freeze(freeze, audit)).await
     }
     async fn unfreeze(
         &self,
         target: &FreezeTarget,
         audit: &AuditEvent,
     ) -> Result<Option<Freeze>, StoreError> {
-        self.run(self.inner.unfreeze(target, audit)).await
+        self.write(self.inner.unfreeze(target, audit)).await
     }
     async fn list_freezes(&self) -> Result<Vec<Freeze>, StoreError> {
-        self.run(self.inner.list_freezes()).await
+        self.read(self.inner.list_freezes()).await
     }
     async fn freeze_covering(
         &self,
         agents: &[&str],
         workflow: &str,
     ) -> Result<Option<Freeze>, StoreError> {
-        self.run(self.inner.freeze_covering(agents, workflow)).await
+        self.read(self.inner.freeze_covering(agents, workflow))
+            .await
     }
 }
 
@@ -349,13 +375,13 @@ impl RevocationStore for Gated {
         revocation: &Revocation,
         audit: &AuditEvent,
     ) -> Result<Option<Revoked>, StoreError> {
-        self.run(self.inner.revoke(revocation, audit)).await
+        self.write(self.inner.revoke(revocation, audit)).await
     }
     async fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        self.run(self.inner.revocations_after(after, limit)).await
+        self.read(self.inner.revocations_after(after, limit)).await
     }
     async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
-        self.run(self.inner.last_revocation_seq()).await
+        self.read(self.inner.last_revocation_seq()).await
     }
     /// Not gated: the follower reconnects the feed by itself, and must be able to
     /// start listening the moment the store is back.
@@ -367,20 +393,20 @@ impl RevocationStore for Gated {
 #[async_trait]
 impl KeyStore for Gated {
     async fn register_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.run(self.inner.register_key(key)).await
+        self.write(self.inner.register_key(key)).await
     }
     async fn live_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError> {
-        self.run(self.inner.live_keys(now)).await
+        self.read(self.inner.live_keys(now)).await
     }
 }
 
 #[async_trait]
 impl AuditStore for Gated {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.run(self.inner.append_audit(event)).await
+        self.write(self.inner.append_audit(event)).await
     }
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
-        self.run(self.inner.audit_for_task(task)).await
+        self.read(self.inner.audit_for_task(task)).await
     }
     async fn audit_chain(
         &self,
@@ -388,19 +414,19 @@ impl AuditStore for Gated {
         upto: u64,
         limit: u32,
     ) -> Result<Vec<Sealed>, StoreError> {
-        self.run(self.inner.audit_chain(after, upto, limit)).await
+        self.read(self.inner.audit_chain(after, upto, limit)).await
     }
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
-        self.run(self.inner.audit_head()).await
+        self.read(self.inner.audit_head()).await
     }
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
-        self.run(self.inner.seal_audit(batch)).await
+        self.write(self.inner.seal_audit(batch)).await
     }
     async fn query_audit(
         &self,
         filter: &AuditFilter,
     ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
-        self.run(self.inner.query_audit(filter)).await
+        self.read(self.inner.query_audit(filter)).await
     }
     async fn token_access(
         &self,
@@ -408,7 +434,7 @@ impl AuditStore for Gated {
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
     ) -> Result<Vec<Access>, StoreError> {
-        self.run(self.inner.token_access(audience, since, until))
+        self.read(self.inner.token_access(audience, since, until))
             .await
     }
 }

@@ -577,6 +577,8 @@ pub struct Served {
     pub child: tokio::process::Child,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The log, read as it is written (a full pipe would stall the broker).
+    log: tokio::task::JoinHandle<String>,
 }
 
 fn free_port() -> SocketAddr {
@@ -617,7 +619,28 @@ impl Served {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let served = Served { child, grpc, http };
+        let mut child = child;
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let log = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            // Kept up to 8 MiB; past that it is read and dropped.
+            let (mut kept, mut buf) = (Vec::new(), vec![0u8; 64 * 1024]);
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if kept.len() < 8 << 20 {
+                    kept.extend_from_slice(&buf[..n]);
+                }
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        });
+        let served = Served {
+            child,
+            grpc,
+            http,
+            log,
+        };
         for _ in 0..200 {
             if !served.readyz().await.is_empty() {
                 return served;
@@ -651,19 +674,13 @@ impl Served {
 
     /// SIGTERM, then the exit status and everything it logged.
     pub async fn stop(mut self) -> (std::process::ExitStatus, String) {
-        use tokio::io::AsyncReadExt;
         self.signal("TERM");
-        let mut log = String::new();
-        let mut stderr = self.child.stderr.take().unwrap();
-        let read = async {
-            stderr.read_to_string(&mut log).await.unwrap();
-        };
-        let (_, status) = tokio::time::timeout(Duration::from_secs(15), async {
-            tokio::join!(read, self.child.wait())
+        let (log, status) = tokio::time::timeout(Duration::from_secs(15), async {
+            tokio::join!(self.log, self.child.wait())
         })
         .await
         .expect("mayfly serve exits after SIGTERM");
-        (status.unwrap(), log)
+        (status.unwrap(), log.unwrap())
     }
 
     /// An mTLS channel to the process as `identity`.
@@ -697,12 +714,21 @@ pub fn metric(exposition: &str, series: &str) -> f64 {
 
 /// A TCP proxy (in front of PostgreSQL, or of a broker) that the test can cut
 /// (every connection through it is closed and new ones are closed at once, as
-/// when the far end is down) and restore, counting the bytes sent through it.
+/// when the far end is down), black-hole (connections stay open and nothing goes
+/// through, as when the far end's host or network is gone) and restore, counting
+/// the bytes sent through it.
 pub struct Proxy {
     pub addr: SocketAddr,
-    down: tokio::sync::watch::Sender<bool>,
+    state: tokio::sync::watch::Sender<Far>,
     /// Bytes from the near end to the far end.
     pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Far {
+    Up,
+    Down,
+    Gone,
 }
 
 impl Proxy {
@@ -721,18 +747,27 @@ impl Proxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (down, _) = tokio::sync::watch::channel(false);
+        let (state, _) = tokio::sync::watch::channel(Far::Up);
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (d, counter) = (down.clone(), sent.clone());
+        let (st, counter) = (state.clone(), sent.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let mut cut = d.subscribe();
-                if *cut.borrow_and_update() {
-                    drop(client);
-                    continue;
+                let mut far = st.subscribe();
+                let now = *far.borrow_and_update();
+                match now {
+                    Far::Down => continue, // closed at once
+                    Far::Gone => {
+                        // Held open, never answered, until the far end is back.
+                        tokio::spawn(async move {
+                            let _client = client;
+                            let _ = far.wait_for(|f| *f == Far::Up).await;
+                        });
+                        continue;
+                    }
+                    Far::Up => {}
                 }
                 let (upstream, counter) = (upstream.clone(), counter.clone());
                 tokio::spawn(async move {
@@ -756,15 +791,19 @@ impl Proxy {
                         }
                     };
                     let down = tokio::io::copy(&mut sr, &mut cw);
-                    tokio::select! {
-                        _ = cut.wait_for(|d| *d) => {}
-                        _ = up => {}
-                        _ = down => {}
+                    let ended = tokio::select! {
+                        f = far.wait_for(|f| *f != Far::Up) => f.map(|f| *f).ok(),
+                        _ = up => None,
+                        _ = down => None,
+                    };
+                    if ended == Some(Far::Gone) {
+                        // Nothing goes through any more; the sockets stay open.
+                        let _ = far.wait_for(|f| *f == Far::Up).await;
                     }
                 });
             }
         });
-        Proxy { addr, down, sent }
+        Proxy { addr, state, sent }
     }
 
     /// The database `db`, reached through this proxy.
@@ -778,12 +817,18 @@ impl Proxy {
         format!("postgres://{user}@{}/{name}", self.addr)
     }
 
+    /// The far end is down: connections are closed.
     pub fn cut(&self) {
-        self.down.send_replace(true);
+        self.state.send_replace(Far::Down);
+    }
+
+    /// The far end is gone: connections stay open and nothing answers.
+    pub fn black_hole(&self) {
+        self.state.send_replace(Far::Gone);
     }
 
     pub fn restore(&self) {
-        self.down.send_replace(false);
+        self.state.send_replace(Far::Up);
     }
 
     pub fn bytes_sent(&self) -> u64 {
