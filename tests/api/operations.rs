@@ -105,8 +105,16 @@ async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let (status, body) = app.http_get("/readyz").await;
-    assert_eq!(status, 503, "{body}");
+    // Unready once the store probe has confirmed the outage.
+    let t = std::time::Instant::now();
+    loop {
+        let (status, body) = app.http_get("/readyz").await;
+        if status == 503 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         app.http_get("/healthz").await.0,
         200,
