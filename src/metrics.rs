@@ -26,7 +26,7 @@ pub static TLS_RELOAD_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::defau
 /// Connections the broker closed before the client did, by listener (`grpc`,
 /// `http`) and reason: `evicted` (room for a newer one at the connection cap),
 /// `handshake_timeout`, `handshake_failed`, `handshake_evicted`,
-/// `first_request_timeout`, `idle_timeout`.
+/// `first_request_timeout`, `idle_timeout`, `lifetime`.
 pub static CONNECTIONS_CLOSED: LazyLock<Family<Conn, Counter>> = LazyLock::new(Family::default);
 /// Connections refused at accept because the cap was full of connections that
 /// proved an identity, by listener (`reason` is `cap`).
