@@ -429,18 +429,12 @@ async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or
 
 #[tokio::test]
 async fn with_the_stores_host_gone_calls_fail_fast_and_the_broker_recovers_by_itself() {
-    let direct = fresh_database().await;
-    let proxy = Proxy::to_postgres().await;
-    let app = spawn_with(
-        Arc::new(Pki::new()),
-        Options {
-            db_url: Some(proxy.url_of(&direct)),
-            // As shipped: a call that waits for the store waits this long.
-            connect_timeout: "5s",
-            max_tokens: 100,
-            ..Default::default()
-        },
-    )
+    let (app, proxy, direct) = spawn_behind_proxy(Options {
+        // As shipped: a call that waits for the store waits this long.
+        connect_timeout: "5s",
+        max_tokens: 100,
+        ..Default::default()
+    })
     .await;
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
@@ -504,16 +498,10 @@ async fn with_the_stores_host_gone_calls_fail_fast_and_the_broker_recovers_by_it
 
 #[tokio::test]
 async fn public_endpoints_never_query_the_store_per_request() {
-    let direct = fresh_database().await;
-    let proxy = Proxy::to_postgres().await;
-    let app = spawn_with(
-        Arc::new(Pki::new()),
-        Options {
-            db_url: Some(proxy.url_of(&direct)),
-            sweep: "1s",
-            ..Default::default()
-        },
-    )
+    let (app, proxy, _db) = spawn_behind_proxy(Options {
+        sweep: "1s",
+        ..Default::default()
+    })
     .await;
     const REQUESTS: u64 = 1000;
     for path in ["/.well-known/jwks.json", "/readyz", "/metrics"] {

@@ -836,6 +836,18 @@ impl Proxy {
     }
 }
 
+/// A broker whose database (a fresh one) it reaches through a [`Proxy`] the test
+/// can cut; `o.db_url` is set here.
+pub async fn spawn_behind_proxy(o: Options) -> (TestApp, Proxy, TestDb) {
+    let direct = fresh_database().await;
+    let proxy = Proxy::to_postgres().await;
+    let o = Options {
+        db_url: Some(proxy.url_of(&direct)),
+        ..o
+    };
+    (spawn_with(Arc::new(Pki::new()), o).await, proxy, direct)
+}
+
 /// A channel to the broker at `addr` over TLS trusting `ca`, presenting
 /// `identity` (none: no client certificate).
 pub async fn mtls_channel(

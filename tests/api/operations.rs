@@ -62,17 +62,10 @@ async fn two_brokers_on_one_database_verify_each_others_tokens() {
 
 #[tokio::test]
 async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
-    let direct = fresh_database().await;
-    let proxy = Proxy::to_postgres().await;
-    let via_proxy = proxy.url_of(&direct);
-    let app = spawn_with(
-        Arc::new(Pki::new()),
-        Options {
-            db_url: Some(via_proxy),
-            connect_timeout: "1s",
-            ..Default::default()
-        },
-    )
+    let (app, proxy, direct) = spawn_behind_proxy(Options {
+        connect_timeout: "1s",
+        ..Default::default()
+    })
     .await;
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;

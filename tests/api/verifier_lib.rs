@@ -8,7 +8,6 @@ use mayfly::identity::devcerts::Issued;
 use mayfly::verifier::{RequiredScope, Verdict, Verifier, VerifierConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 const ISSUER: &str = "https://mayfly.test";
 
@@ -399,22 +398,27 @@ async fn a_key_of_another_replica_is_fetched_when_a_token_first_names_it() {
     }
 }
 
-/// A channel through `proxy`, as VERIFIER.
-async fn channel_through(proxy: &Proxy, app: &TestApp) -> Channel {
+/// A broker with fast heartbeats, and a verifier following it through a proxy
+/// the test can cut, synced.
+async fn synced_through_proxy(
+    tune: impl FnOnce(&mut VerifierConfig),
+) -> (TestApp, Proxy, Verifier) {
+    let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
+    let proxy = Proxy::to(app.grpc.to_string()).await;
     let id = app.pki.ca.svid(VERIFIER).unwrap();
-    mtls_channel(proxy.addr, &app.pki.ca, Some(&id))
+    let channel = mtls_channel(proxy.addr, &app.pki.ca, Some(&id))
         .await
-        .unwrap()
+        .unwrap();
+    let mut c = config(&app);
+    tune(&mut c);
+    let v = Verifier::connect(channel, c).await.unwrap();
+    synced(&v).await;
+    (app, proxy, v)
 }
 
 #[tokio::test]
 async fn revocations_made_while_the_stream_was_cut_are_applied_after_it_reconnects() {
-    let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
-    let proxy = Proxy::to(app.grpc.to_string()).await;
-    let v = Verifier::connect(channel_through(&proxy, &app).await, config(&app))
-        .await
-        .unwrap();
-    synced(&v).await;
+    let (app, proxy, v) = synced_through_proxy(|_| {}).await;
     let (_, t1, cert) = task_and_token(&app, AGENT, 1).await;
     let (task2, t2, cert2) = task_and_token(&app, AGENT, 2).await;
     let (r1, r2) = (read("customers/eu/1"), read("customers/eu/2"));
@@ -453,14 +457,7 @@ async fn revocations_made_while_the_stream_was_cut_are_applied_after_it_reconnec
 
 #[tokio::test]
 async fn a_verifier_cut_off_turns_stale_and_recovers_when_the_broker_is_back() {
-    let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
-    let proxy = Proxy::to(app.grpc.to_string()).await;
-    let mut c = config(&app);
-    c.staleness = Duration::from_millis(300);
-    let v = Verifier::connect(channel_through(&proxy, &app).await, c)
-        .await
-        .unwrap();
-    synced(&v).await;
+    let (app, proxy, v) = synced_through_proxy(|c| c.staleness = Duration::from_millis(300)).await;
     let (_, token, cert) = task_and_token(&app, AGENT, 1).await;
     let r = read("customers/eu/1");
     assert!(v.check(&token, &cert.cert_der, &r).await.is_valid());
@@ -597,12 +594,7 @@ async fn a_verifier_whose_brokers_store_is_restored_turns_stale_resyncs_and_appl
 
 #[tokio::test]
 async fn a_verifier_reconnecting_to_a_restored_store_that_has_passed_its_cursor_resyncs() {
-    let app = spawn_with(Arc::new(Pki::new()), fast_heartbeats()).await;
-    let proxy = Proxy::to(app.grpc.to_string()).await;
-    let v = Verifier::connect(channel_through(&proxy, &app).await, config(&app))
-        .await
-        .unwrap();
-    synced(&v).await;
+    let (app, proxy, v) = synced_through_proxy(|_| {}).await;
     let (task1, t1, c1) = task_and_token(&app, AGENT, 1).await;
     let (task2, t2, c2) = task_and_token(&app, AGENT, 2).await;
     let (r1, r2) = (read("customers/eu/1"), read("customers/eu/2"));
