@@ -11,6 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 
+/// The flood and the timings do not run at once: the flood loads both cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A TLS client that trusts the test CA and presents no certificate.
 fn anonymous_tls(pki: &Pki) -> tokio_rustls::TlsConnector {
     mayfly::app::install_crypto();
@@ -46,6 +49,7 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Durati
 
 #[tokio::test]
 async fn connections_that_prove_nothing_are_closed_at_their_deadlines_on_both_ports() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let pki = Arc::new(Pki::new());
     let app = spawn_with(
         pki.clone(),
@@ -303,6 +307,7 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test]
 async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or_connecting() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // The test process holds the attackers' 2,000 sockets.
     let rlim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     if rlim.current.unwrap_or(u64::MAX) < 4096 {
@@ -429,6 +434,7 @@ async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or
 
 #[tokio::test]
 async fn with_the_stores_host_gone_calls_fail_fast_and_the_broker_recovers_by_itself() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (app, proxy, direct) = spawn_behind_proxy(Options {
         // As shipped: a call that waits for the store waits this long.
         connect_timeout: "5s",
