@@ -145,18 +145,9 @@ pub async fn serve(
                 }
             },
         };
+        // An evicted connection counts itself, under its own listener.
         let slot = match shared.connections.admit() {
-            Admit::Admitted(s) => s,
-            Admit::Evicted(s) => {
-                metrics::CONNECTIONS_CLOSED
-                    .get_or_create(&Conn {
-                        listener: name,
-                        reason: "evicted",
-                    })
-                    .inc();
-                shared.log.count(Reason::Evicted);
-                s
-            }
+            Admit::Admitted(s) | Admit::Evicted(s) => s,
             Admit::Full => {
                 metrics::CONNECTIONS_REFUSED
                     .get_or_create(&Conn {
@@ -230,7 +221,7 @@ impl Connection {
                 deadline,
                 tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
             ) => r,
-            _ = self.slot.evicted() => return,
+            _ = self.slot.evicted() => return self.closed(Reason::Evicted),
         };
         let start = match hello {
             Ok(Ok(start)) => start,
@@ -246,39 +237,33 @@ impl Connection {
         // Getting somewhere: outlasts connections that sent nothing.
         self.slot.stand(Standing::Handshaking);
         let handshake = match self.shared.handshakes.admit() {
-            Admit::Admitted(s) => s,
-            Admit::Evicted(s) => {
-                metrics::CONNECTIONS_CLOSED
-                    .get_or_create(&Conn {
-                        listener: self.listener,
-                        reason: Reason::HandshakeEvicted.label(),
-                    })
-                    .inc();
-                self.shared.log.count(Reason::HandshakeEvicted);
-                s
-            }
+            Admit::Admitted(s) | Admit::Evicted(s) => s,
             // Handshake slots are never protected: there is always an oldest.
             Admit::Full => return self.closed(Reason::HandshakeEvicted),
         };
         metrics::HANDSHAKES_IN_PROGRESS.inc();
-        let stream = tokio::select! {
-            r = tokio::time::timeout_at(deadline, start.into_stream(tls.acceptor.config().clone())) => Some(r),
-            _ = handshake.evicted() => None,
-            _ = self.slot.evicted() => None,
+        let outcome = tokio::select! {
+            r = tokio::time::timeout_at(deadline, start.into_stream(tls.acceptor.config().clone())) => match r {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(error)) => Err((Reason::HandshakeFailed, Some(error))),
+                Err(_) => Err((Reason::HandshakeTimeout, None)),
+            },
+            _ = handshake.evicted() => Err((Reason::HandshakeEvicted, None)),
+            _ = self.slot.evicted() => Err((Reason::Evicted, None)),
         };
         metrics::HANDSHAKES_IN_PROGRESS.dec();
         drop(handshake);
-        let stream = match stream {
-            Some(Ok(Ok(s))) => s,
-            Some(Ok(Err(error))) => {
-                self.closed(Reason::HandshakeFailed);
-                self.shared
-                    .log
-                    .sample(Reason::HandshakeFailed, self.peer, || error.to_string());
+        let stream = match outcome {
+            Ok(stream) => stream,
+            Err((reason, error)) => {
+                self.closed(reason);
+                if let Some(error) = error {
+                    self.shared
+                        .log
+                        .sample(reason, self.peer, || error.to_string());
+                }
                 return;
             }
-            Some(Err(_)) => return self.closed(Reason::HandshakeTimeout),
-            None => return, // evicted: counted by whoever evicted it
         };
         let conn = TlsConn::new(stream, &tls.bundles);
         let info = conn.info().clone();
@@ -391,7 +376,7 @@ impl Connection {
                     }
                     return;
                 }
-                _ = self.slot.evicted() => return,
+                _ = self.slot.evicted() => return self.closed(Reason::Evicted),
                 reason = &mut idle, if closing.is_none() => {
                     // A connection closed after its one anonymous call is routine.
                     if reason != Reason::IdleTimeout || lifetime.is_none() {
