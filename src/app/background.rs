@@ -1,4 +1,8 @@
-//! Background workers: periodic jobs, SIGHUP, the policy reloader.
+//! Background workers: periodic jobs (expiry sweep, key heartbeat, audit sealing,
+//! the active-task gauge), new keys announced by other replicas, SIGHUP, the
+//! policy reloader. Each runs until the broker's cancellation, and logs a
+//! failure once, not once per interval.
+use crate::broker::Broker;
 use crate::policy::CedarPolicy;
 use std::future::Future;
 use std::sync::Arc;
@@ -7,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Runs `f` every `period` until cancelled.
-pub(super) async fn every<F, Fut>(period: Duration, cancel: CancellationToken, f: F)
+async fn every<F, Fut>(period: Duration, cancel: CancellationToken, f: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = ()>,
@@ -88,4 +92,94 @@ pub(super) async fn watch_policies(
             }
         }
     }
+}
+
+/// Recounts the active tasks (all replicas) for `/metrics`; failing, the gauge
+/// keeps its last reading (the store probe reports the outage).
+pub(super) async fn active_task_gauge(b: Arc<Broker>, period: Duration, cancel: CancellationToken) {
+    every(period, cancel, || async {
+        if let Ok(n) = b.store().count_active_tasks().await {
+            b.metrics().set_active_tasks(n);
+        }
+    })
+    .await
+}
+
+/// Ends tasks past their deadline and revokes their tokens. At most one line per
+/// sweep beyond the per-task errors, so an outage does not flood the log.
+pub(super) async fn expiry_sweeper(b: Arc<Broker>, period: Duration, cancel: CancellationToken) {
+    every(period, cancel, || async {
+        let s = b.sweep_expired().await;
+        if let Some(error) = &s.stopped {
+            warn!(%error, ended = s.ended, failed = s.failed, "expiry sweep stopped early; will retry");
+        } else if s.failed > 0 {
+            warn!(
+                ended = s.ended,
+                failed = s.failed,
+                "expiry sweep could not end some tasks; will retry"
+            );
+        } else if s.ended > 0 {
+            info!(
+                tasks = s.ended,
+                "expired tasks ended and their tokens revoked"
+            );
+        }
+    })
+    .await
+}
+
+/// Renews the signing key's registration and re-reads every replica's keys
+/// (forgetting those that stopped being published).
+pub(super) async fn key_heartbeat(b: Arc<Broker>, period: Duration, cancel: CancellationToken) {
+    every(period, cancel, || async {
+        if let Err(error) = b.renew_key().await {
+            warn!(%error, "could not renew the signing key registration; will retry");
+        }
+        if let Err(error) = b.refresh_keys().await {
+            warn!(%error, "could not refresh the published keys; will retry");
+        }
+    })
+    .await
+}
+
+/// Another replica registered a key: the JWKS served from memory takes it in,
+/// retrying (with backoff) until the store answers.
+pub(super) async fn key_notices(b: Arc<Broker>, cancel: CancellationToken) {
+    const FIRST: Duration = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = b.hub().keys().notified() => {}
+        }
+        let mut retry = FIRST;
+        while let Err(error) = b.refresh_keys().await {
+            if retry == FIRST {
+                warn!(%error, "could not read a newly announced signing key; retrying");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Seals committed audit events into the hash chain: one line when sealing starts
+/// failing and one when it recovers, not one per interval.
+pub(super) async fn audit_sealer(b: Arc<Broker>, period: Duration, cancel: CancellationToken) {
+    let failing = std::sync::atomic::AtomicBool::new(false);
+    every(period, cancel, || async {
+        use std::sync::atomic::Ordering::SeqCst;
+        match b.seal_audit().await {
+            Err(error) if !failing.swap(true, SeqCst) => {
+                warn!(%error, "cannot seal audit events into the chain; will retry");
+            }
+            Ok(_) if failing.swap(false, SeqCst) => {
+                info!("sealing audit events into the chain again");
+            }
+            _ => {}
+        }
+    })
+    .await
 }

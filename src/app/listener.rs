@@ -9,20 +9,18 @@
 //! deadlines. On the gRPC port a call without a valid SVID is refused before its
 //! body is read (only `grpc.health.v1.Health/Check` is public). Closes and
 //! refusals are counted in metrics and summed up in one log line per interval.
+use super::calls::{Activity, ConnService};
+use super::refusals::{Reason, RefusalLog};
 use super::slots::{Admit, Slot, Slots, Standing};
 use super::tls::Tls;
 use crate::config::LimitsConfig;
 use crate::identity::{ConnInfo, TlsConn};
 use crate::metrics::{self, Conn};
-use axum::body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,8 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// How long a connection told to close (idle, shutdown) may take to finish what
 /// it has in flight before it is dropped.
@@ -40,8 +37,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long an HTTP-port connection may live, whatever it is doing (its clients
 /// fetch small public documents; a client that stops reading one is let go).
 const HTTP_LIFETIME: Duration = Duration::from_secs(60);
-/// The one gRPC method a client without an SVID may call.
-const PUBLIC_GRPC: &[&str] = &["/grpc.health.v1.Health/Check"];
 
 /// What every listener of one broker shares: the limits, the connection and
 /// handshake caps, the refusal counts, and the connection tasks (for draining).
@@ -443,297 +438,5 @@ where
             HttpConn::H2(c) => Pin::new(c).graceful_shutdown(),
             HttpConn::H1(c) => Pin::new(c).graceful_shutdown(),
         }
-    }
-}
-
-/// The calls in flight on one connection, and whether it has had one.
-#[derive(Clone)]
-struct Activity(Arc<watch::Sender<(usize, bool)>>);
-
-impl Activity {
-    fn new() -> Self {
-        Activity(Arc::new(watch::Sender::new((0, false))))
-    }
-
-    fn in_flight(&self) -> usize {
-        self.0.borrow().0
-    }
-
-    fn begin(&self) -> InFlight {
-        self.0.send_modify(|(n, any)| {
-            *n += 1;
-            *any = true;
-        });
-        InFlight(self.clone())
-    }
-
-    /// Resolves once the connection has had no call in flight for
-    /// `first` (before its first call) or `after` (since its last one).
-    fn idle(&self, first: Duration, after: Duration) -> impl Future<Output = Reason> + use<> {
-        let mut rx = self.0.subscribe();
-        async move {
-            loop {
-                let (n, any) = *rx.borrow_and_update();
-                if n > 0 {
-                    if rx.changed().await.is_err() {
-                        return std::future::pending().await;
-                    }
-                    continue;
-                }
-                let (wait, reason) = if any {
-                    (after, Reason::IdleTimeout)
-                } else {
-                    (first, Reason::FirstRequestTimeout)
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => return reason,
-                    r = rx.changed() => if r.is_err() { return std::future::pending().await },
-                }
-            }
-        }
-    }
-}
-
-/// One call in flight; it ends when the response body is dropped (for a
-/// stream, when the stream ends).
-struct InFlight(Activity);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.0.send_modify(|(n, _)| *n = n.saturating_sub(1));
-    }
-}
-
-/// The per-connection hyper service: attaches what the transport knows, refuses
-/// anonymous gRPC calls unread, and tracks calls in flight.
-#[derive(Clone)]
-struct ConnService {
-    router: axum::Router,
-    info: Arc<ConnInfo>,
-    refuse_anonymous: bool,
-    activity: Activity,
-}
-
-impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
-    type Response = hyper::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        let in_flight = self.activity.begin();
-        if self.refuse_anonymous
-            && let Err(why) = &self.info.identity
-            && !PUBLIC_GRPC.contains(&req.uri().path())
-        {
-            // Refused on its headers: the body is never read, and dropping it
-            // tells the client to stop sending (RST_STREAM).
-            let resp = crate::error::unauthenticated(why).into_http::<Body>();
-            drop(req);
-            return Box::pin(std::future::ready(Ok(Tracked::response(resp, in_flight))));
-        }
-        req.extensions_mut().insert((*self.info).clone());
-        let mut router = self.router.clone();
-        Box::pin(async move {
-            let resp = match router.call(req.map(Body::new)).await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            };
-            Ok(Tracked::response(resp, in_flight))
-        })
-    }
-}
-
-/// A response body that keeps its call counted as in flight until it is done.
-struct Tracked {
-    inner: Body,
-    _in_flight: InFlight,
-}
-
-impl Tracked {
-    fn response(resp: hyper::Response<Body>, in_flight: InFlight) -> hyper::Response<Body> {
-        resp.map(|inner| {
-            Body::new(Tracked {
-                inner,
-                _in_flight: in_flight,
-            })
-        })
-    }
-}
-
-impl http_body::Body for Tracked {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Why the broker closed or refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    Refused,
-    Evicted,
-    HandshakeTimeout,
-    HandshakeFailed,
-    HandshakeEvicted,
-    Unauthenticated,
-    FirstRequestTimeout,
-    IdleTimeout,
-    Lifetime,
-    AcceptFailed,
-}
-
-const REASONS: [Reason; 10] = [
-    Reason::Refused,
-    Reason::Evicted,
-    Reason::HandshakeTimeout,
-    Reason::HandshakeFailed,
-    Reason::HandshakeEvicted,
-    Reason::Unauthenticated,
-    Reason::FirstRequestTimeout,
-    Reason::IdleTimeout,
-    Reason::Lifetime,
-    Reason::AcceptFailed,
-];
-
-impl Reason {
-    fn label(self) -> &'static str {
-        match self {
-            Reason::Refused => "refused_at_cap",
-            Reason::Evicted => "evicted",
-            Reason::HandshakeTimeout => "handshake_timeout",
-            Reason::HandshakeFailed => "handshake_failed",
-            Reason::HandshakeEvicted => "handshake_evicted",
-            Reason::Unauthenticated => "without_valid_svid",
-            Reason::FirstRequestTimeout => "first_request_timeout",
-            Reason::IdleTimeout => "idle_timeout",
-            Reason::Lifetime => "lifetime",
-            Reason::AcceptFailed => "accept_failed",
-        }
-    }
-
-    /// Worth a warning in the summary: idle connections closing is routine.
-    fn is_refusal(self) -> bool {
-        !matches!(self, Reason::IdleTimeout | Reason::Lifetime)
-    }
-}
-
-/// Refusals since the last summary, and a few distinct examples of each kind
-/// with a reason worth showing (a handshake error, an SVID check), so the log
-/// says what is going on without growing with the attack.
-#[derive(Default)]
-struct RefusalLog {
-    counts: [AtomicU64; REASONS.len()],
-    /// Examples offered this interval: past [`EXAMPLE_TRIES`] of a kind, no more
-    /// are looked at (nor formatted).
-    tries: [AtomicU64; REASONS.len()],
-    /// (kind, what went wrong, who): at most [`EXAMPLES`] per kind.
-    examples: Mutex<Vec<(Reason, String, String)>>,
-}
-
-/// The longest example quoted in a summary, and how many distinct ones of a
-/// kind are kept per interval.
-const EXAMPLE_CHARS: usize = 160;
-const EXAMPLES: usize = 3;
-const EXAMPLE_TRIES: u64 = 32;
-
-impl RefusalLog {
-    fn count(&self, r: Reason) {
-        self.counts[r as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn note(&self, r: Reason, why: impl FnOnce() -> String) {
-        self.count(r);
-        self.keep(r, String::new(), why);
-    }
-
-    fn sample(&self, r: Reason, peer: SocketAddr, why: impl FnOnce() -> String) {
-        self.keep(r, peer.to_string(), why);
-    }
-
-    fn keep(&self, r: Reason, who: String, why: impl FnOnce() -> String) {
-        if self.tries[r as usize].fetch_add(1, Ordering::Relaxed) >= EXAMPLE_TRIES {
-            return;
-        }
-        let mut ex = self.examples.lock().unwrap_or_else(|p| p.into_inner());
-        if ex.iter().filter(|(k, ..)| *k == r).count() >= EXAMPLES {
-            return;
-        }
-        let why: String = why().chars().take(EXAMPLE_CHARS).collect();
-        if !ex.iter().any(|(k, w, _)| *k == r && *w == why) {
-            ex.push((r, why, who));
-        }
-    }
-
-    /// One line for everything refused in the last `every`, if anything was.
-    fn flush(&self, every: Duration) {
-        for t in &self.tries {
-            t.store(0, Ordering::Relaxed);
-        }
-        let counts: Vec<(Reason, u64)> = REASONS
-            .iter()
-            .map(|r| (*r, self.counts[*r as usize].swap(0, Ordering::Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let examples =
-            std::mem::take(&mut *self.examples.lock().unwrap_or_else(|p| p.into_inner()));
-        if !counts.iter().any(|(r, _)| r.is_refusal()) {
-            return;
-        }
-        let counts = counts
-            .iter()
-            .map(|(r, n)| format!("{}={n}", r.label()))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let examples = examples
-            .iter()
-            .map(|(r, why, who)| format!("{} ({who}): {why}", r.label()))
-            .collect::<Vec<_>>()
-            .join("; ");
-        warn!(
-            period_s = every.as_secs(),
-            %counts,
-            %examples,
-            "connections refused or closed by the broker (details in mayfly_connections_* metrics)"
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_summary_counts_every_refusal_and_keeps_a_few_short_distinct_examples() {
-        let log = RefusalLog::default();
-        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for i in 0..1000 {
-            log.count(Reason::HandshakeFailed);
-            let why = format!("{} {}", i % 2, "x".repeat(500));
-            log.sample(Reason::HandshakeFailed, peer, || why);
-        }
-        let failed = || log.counts[Reason::HandshakeFailed as usize].load(Ordering::Relaxed);
-        assert_eq!(failed(), 1000);
-        let ex = log.examples.lock().unwrap().clone();
-        // Two distinct reasons: kept once each.
-        assert_eq!(ex.len(), 2);
-        assert!(ex[0].1.starts_with("0 x") && ex[1].1.starts_with("1 x"));
-        assert_eq!(ex[0].1.chars().count(), EXAMPLE_CHARS);
-        assert_eq!(ex[0].2, "127.0.0.1:9");
-        log.flush(Duration::from_secs(60));
-        assert_eq!(failed(), 0);
-        assert!(log.examples.lock().unwrap().is_empty());
     }
 }

@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod background;
+mod calls;
 mod http;
 mod listener;
+mod refusals;
 mod slots;
 mod tls;
 
-use background::{every, watch_policies};
+use background::watch_policies;
 use http::HttpState;
 use tls::{Tls, load_tls, watch_tls};
 
@@ -320,108 +322,30 @@ impl App {
             self.config.database.connect_timeout.min(PROBE_TIMEOUT),
             cancel.clone(),
         ));
-        let gauges = tokio::spawn(every(GAUGE_INTERVAL, cancel.clone(), {
-            let b = b.clone();
-            let store = self.store.clone();
-            move || {
-                let (b, store) = (b.clone(), store.clone());
-                async move {
-                    // Failing, the gauge keeps its last reading (the probe reports
-                    // the outage).
-                    if let Ok(n) = store.count_active_tasks().await {
-                        b.metrics().set_active_tasks(n);
-                    }
-                }
-            }
-        }));
-
-        let sweeper = tokio::spawn(every(self.config.tasks.sweep_interval, cancel.clone(), {
-            let b = b.clone();
-            move || {
-                let b = b.clone();
-                async move {
-                    // At most one line per sweep beyond the per-task errors, so an
-                    // outage does not flood the log.
-                    let s = b.sweep_expired().await;
-                    if let Some(error) = &s.stopped {
-                        warn!(%error, ended = s.ended, failed = s.failed, "expiry sweep stopped early; will retry");
-                    } else if s.failed > 0 {
-                        warn!(
-                            ended = s.ended,
-                            failed = s.failed,
-                            "expiry sweep could not end some tasks; will retry"
-                        );
-                    } else if s.ended > 0 {
-                        info!(
-                            tasks = s.ended,
-                            "expired tasks ended and their tokens revoked"
-                        );
-                    }
-                }
-            }
-        }));
-        let heartbeat = tokio::spawn(every(self.config.keys.heartbeat, cancel.clone(), {
-            let b = b.clone();
-            move || {
-                let b = b.clone();
-                async move {
-                    if let Err(error) = b.renew_key().await {
-                        warn!(%error, "could not renew the signing key registration; will retry");
-                    }
-                    // Also forget keys that other replicas stopped publishing.
-                    if let Err(error) = b.refresh_keys().await {
-                        warn!(%error, "could not refresh the published keys; will retry");
-                    }
-                }
-            }
-        }));
-
-        // Another replica registered a key: the JWKS served from memory takes it
-        // in, retrying (with backoff) until the store answers.
-        let key_notices = tokio::spawn({
-            let (b, cancel) = (b.clone(), cancel.clone());
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = b.hub().keys().notified() => {}
-                    }
-                    let mut retry = Duration::from_millis(100);
-                    while let Err(error) = b.refresh_keys().await {
-                        if retry == Duration::from_millis(100) {
-                            warn!(%error, "could not read a newly announced signing key; retrying");
-                        }
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(retry) => {}
-                        }
-                        retry = (retry * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-
-        let sealer = tokio::spawn(every(self.config.audit.seal_interval, cancel.clone(), {
-            let b = b.clone();
-            // One line when sealing starts failing and one when it recovers, not
-            // one per interval.
-            let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            move || {
-                let (b, failing) = (b.clone(), failing.clone());
-                async move {
-                    use std::sync::atomic::Ordering::SeqCst;
-                    match b.seal_audit().await {
-                        Err(error) if !failing.swap(true, SeqCst) => {
-                            warn!(%error, "cannot seal audit events into the chain; will retry");
-                        }
-                        Ok(_) if failing.swap(false, SeqCst) => {
-                            info!("sealing audit events into the chain again");
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }));
+        let c = &self.config;
+        let workers = [
+            tokio::spawn(background::active_task_gauge(
+                b.clone(),
+                GAUGE_INTERVAL,
+                cancel.clone(),
+            )),
+            tokio::spawn(background::expiry_sweeper(
+                b.clone(),
+                c.tasks.sweep_interval,
+                cancel.clone(),
+            )),
+            tokio::spawn(background::key_heartbeat(
+                b.clone(),
+                c.keys.heartbeat,
+                cancel.clone(),
+            )),
+            tokio::spawn(background::key_notices(b.clone(), cancel.clone())),
+            tokio::spawn(background::audit_sealer(
+                b.clone(),
+                c.audit.seal_interval,
+                cancel.clone(),
+            )),
+        ];
 
         let reloader = tokio::spawn(watch_policies(
             self.policy.clone(),
@@ -461,18 +385,11 @@ impl App {
             // response in flight); watch streams ended with `cancel`.
             shared.tasks.close();
             shared.tasks.wait().await;
-            for worker in [
-                sweeper,
-                heartbeat,
-                key_notices,
-                sealer,
-                reloader,
-                tls_reloader,
-                follower,
-                summary,
-                probe,
-                gauges,
-            ] {
+            for worker in
+                workers
+                    .into_iter()
+                    .chain([reloader, tls_reloader, follower, summary, probe])
+            {
                 let _ = worker.await;
             }
             (g, h)
