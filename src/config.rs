@@ -1,6 +1,7 @@
 //! Settings: a TOML file, then `MAYFLY_*` environment overrides, then `validate()`
 //! with messages that name the key and what is wrong.
 use crate::identity::{IdPattern, Role, RoleMap};
+use crate::store::DatabaseUrl;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -402,7 +403,7 @@ impl Default for TasksConfig {
 }
 
 fn default_approval_ttl() -> Duration {
-    crate::broker::DEFAULT_APPROVAL_TTL
+    crate::domain::DEFAULT_APPROVAL_TTL
 }
 
 fn default_sweep() -> Duration {
@@ -482,16 +483,6 @@ pub const ENV_DATABASE_URL: &str = "MAYFLY_DATABASE_URL";
 pub const ENV_GRPC_ADDR: &str = "MAYFLY_GRPC_ADDR";
 pub const ENV_HTTP_ADDR: &str = "MAYFLY_HTTP_ADDR";
 
-/// The file a `sqlite://path` (or `sqlite:path`) URL names, without its query.
-pub fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    // `file:` URIs (SQLite opens names as URIs) could name an in-memory database.
-    (!path.is_empty() && path != ":memory:" && !path.starts_with("file:")).then_some(path)
-}
-
 impl Config {
     /// Reads the file, applies the environment, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -531,11 +522,9 @@ impl Config {
         }
         // A SQLite file named in the file is relative to the file too.
         if let Some(url) = &self.database.url
-            && let Some(path) = sqlite_path(url.expose())
-            && Path::new(path).is_relative()
+            && let Ok(parsed @ DatabaseUrl::Sqlite(_)) = DatabaseUrl::parse(url.expose())
         {
-            let joined = dir.join(path);
-            self.database.url = Some(Secret::new(format!("sqlite://{}", joined.display())));
+            self.database.url = Some(Secret::new(parsed.relative_to(dir).to_url()));
         }
     }
 
@@ -566,17 +555,9 @@ impl Config {
                     format!("is not set (set it in the file or with {ENV_DATABASE_URL})"),
                 ));
             }
-            Some(u)
-                if !u.expose().starts_with("postgres://")
-                    && !u.expose().starts_with("postgresql://")
-                    && sqlite_path(u.expose()).is_none() =>
-            {
-                return Err(invalid(
-                    "database.url",
-                    "must be a postgres:// URL (PostgreSQL) or a sqlite:// URL naming a file (embedded SQLite)",
-                ));
+            Some(u) => {
+                DatabaseUrl::parse(u.expose()).map_err(|why| invalid("database.url", why))?;
             }
-            _ => {}
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));

@@ -1,11 +1,12 @@
 //! Mayfly: a just-in-time credential broker for autonomous AI agents.
 //!
 //! - [`identity`]: SPIFFE IDs, X.509-SVID verification, roles, the caller.
-//! - [`domain`]: scopes and coverage, task states, token lifetimes (pure rules).
+//! - [`domain`]: every aggregate type (tasks, tokens as recorded, delegations,
+//!   approvals, freezes, revocations) and the pure rules.
 //! - `policy`: Cedar decisions to open a task or mint a token, and reload.
 //! - [`token`]: claims, Ed25519 signing, JWKS, verification.
 //! - `broker`: the use cases: open, mint, complete, revoke, introspect, report.
-//! - `revocation`: events, the fan-out hub, following other replicas (NOTIFY).
+//! - `revocation`: the fan-out hub, following other replicas (NOTIFY), cursors.
 //! - `audit`: audit events.
 //! - `store`: the `Store` traits, the fail-fast gate, PostgreSQL and SQLite.
 //! - [`api`]: the gRPC services and proto conversion; `error`: errors to statuses.

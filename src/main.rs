@@ -66,9 +66,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             database_url,
             connect_timeout,
         } => {
-            let shown = mayfly::app::redacted(&database_url);
-            if mayfly::config::sqlite_path(&database_url).is_some() {
-                mayfly::store::SqliteStore::connect(&database_url, 1, connect_timeout)
+            let shown = mayfly::store::redacted(&database_url);
+            let parsed = mayfly::store::DatabaseUrl::parse(&database_url)
+                .map_err(|why| anyhow::anyhow!("--database-url {why}"))?;
+            if let mayfly::store::DatabaseUrl::Sqlite(path) = parsed {
+                mayfly::store::SqliteStore::open(&path, 1, connect_timeout)
                     .await
                     .with_context(|| format!("migrating {shown}"))?;
                 println!("{shown}: schema is current");
@@ -101,9 +103,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         // Exit codes scripts can trust: 0 valid / all cases pass, 1 a case
         // mismatched, 2 the policy set or the cases file is invalid.
         Command::Policy(cmd) => {
-            return Ok(std::process::ExitCode::from(
-                mayfly::policy::cases::run_command(&cmd),
-            ));
+            use mayfly::cli::PolicyCommand;
+            use mayfly::policy::cases;
+            return Ok(std::process::ExitCode::from(match cmd {
+                PolicyCommand::Validate { dir } => cases::validate(&dir),
+                PolicyCommand::Test {
+                    dir,
+                    cases: file,
+                    environment,
+                } => cases::test(&dir, &file, &environment),
+            }));
         }
         Command::Client(call) => mayfly::client::run(&cli.client, cli.output, &call).await,
     };

@@ -3,11 +3,11 @@
 use super::pb;
 use crate::broker::Minted;
 use crate::domain::text::{self, Lines, quote};
+use crate::domain::{Approval, ApprovalState, Freeze, FreezeTarget, TokenRecord};
+use crate::domain::{Event, Target};
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::error::invalid;
 use crate::identity::SpiffeId;
-use crate::revocation::{Event, Target};
-use crate::store::{Approval, ApprovalState, Freeze, FreezeTarget, TokenRecord};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::Status;

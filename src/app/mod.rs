@@ -9,7 +9,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::policy::CedarPolicy;
-use crate::store::{Gated, Health, PgStore, SqliteStore, Store};
+use crate::store::{DatabaseUrl, Gated, Health, PgStore, SqliteStore, Store, redacted};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
@@ -84,31 +84,35 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
             )
         })?,
     );
-    let raw_store: Arc<dyn Store> = if crate::config::sqlite_path(url.expose()).is_some() {
-        Arc::new(
-            SqliteStore::connect(
-                url.expose(),
+    let raw_store: Arc<dyn Store> = match DatabaseUrl::parse(url.expose())
+        .map_err(|why| anyhow::anyhow!("database.url {why}"))?
+    {
+        DatabaseUrl::Sqlite(path) => Arc::new(
+            SqliteStore::open(
+                &path,
                 config.database.max_connections,
                 config.database.connect_timeout,
             )
             .await
-            .with_context(|| format!("cannot use the SQLite database {}", url.expose()))?,
-        )
-    } else {
-        let store = PgStore::connect_only(
-            url.expose(),
-            config.database.max_connections,
-            config.database.connect_timeout,
-        )
-        .await
-        .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
-        if config.database.migrate {
-            store.migrate().await.map(drop)
-        } else {
-            store.check_schema().await
+            .with_context(|| format!("cannot use the SQLite database {}", path.display()))?,
+        ),
+        DatabaseUrl::Postgres(url) => {
+            let shown = redacted(&url);
+            let store = PgStore::connect_only(
+                &url,
+                config.database.max_connections,
+                config.database.connect_timeout,
+            )
+            .await
+            .with_context(|| format!("cannot use the database at {shown}"))?;
+            if config.database.migrate {
+                store.migrate().await.map(drop)
+            } else {
+                store.check_schema().await
+            }
+            .with_context(|| format!("cannot use the database at {shown}"))?;
+            Arc::new(store)
         }
-        .with_context(|| format!("cannot use the database at {}", redacted(url.expose())))?;
-        Arc::new(store)
     };
     let health = Health::new();
     let store: Arc<dyn Store> = Arc::new(Gated::new(raw_store.clone(), health.clone()));
@@ -170,34 +174,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         grpc,
         http,
     })
-}
-
-/// A database URL without its password, for messages.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL (a key=value DSN, say): it may hold a password anywhere.
-        return "<database URL, not shown: not a URL>".into();
-    };
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let mut out = match rest.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}"),
-        None => format!("{scheme}://{rest}"),
-    };
-    if let Some(q) = query {
-        let kept: Vec<String> = q
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&kept.join("&"));
-    }
-    out
 }
 
 impl App {
@@ -406,33 +382,5 @@ impl App {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod redaction_tests {
-    use super::redacted;
-
-    #[test]
-    fn no_password_survives_redaction() {
-        for (url, shown) in [
-            ("postgres://u:hunter2@db:5432/m", "postgres://***@db:5432/m"),
-            (
-                "postgres://db/m?password=hunter2&sslmode=require",
-                "postgres://db/m?password=***&sslmode=require",
-            ),
-            (
-                "postgres://u@db/m?PASSWORD=hunter2",
-                "postgres://***@db/m?PASSWORD=***",
-            ),
-            (
-                "host=db password=hunter2",
-                "<database URL, not shown: not a URL>",
-            ),
-            ("sqlite:///var/lib/mayfly.db", "sqlite:///var/lib/mayfly.db"),
-        ] {
-            assert_eq!(redacted(url), shown);
-            assert!(!redacted(url).contains("hunter2"));
-        }
     }
 }

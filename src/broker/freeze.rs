@@ -2,7 +2,7 @@
 //! or everything, until it lifts the freeze. Both are audited; tokens already
 //! issued live on (revoke them to end them).
 use super::*;
-use crate::store::{Freeze, FreezeTarget};
+use crate::domain::{Freeze, FreezeTarget};
 
 impl Broker {
     /// Freezes `target`; a freeze already standing is returned as it is (the

@@ -4,16 +4,15 @@
 use crate::audit::{Action, AuditEvent};
 use crate::clock::{Clock, to_micros};
 use crate::domain::text::quote;
+use crate::domain::{Approval, Delegation, TokenRecord};
+use crate::domain::{Event, Revocation, Target, Trigger};
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
 use crate::identity::{Caller, Role, SpiffeId};
 use crate::policy::{
     Denied, DeviationResponse, MintInput, Permit, Policy, StartInput, WorkflowLimits,
 };
-use crate::revocation::{Event, Hub, Revocation, Target, Trigger};
-use crate::store::{
-    Approval, Delegation, EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter,
-    TokenRecord,
-};
+use crate::revocation::Hub;
+use crate::store::{EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter};
 use crate::token::{Claims, Confirmation, Jwks, KeyRecord, KeySet, SigningKey, TokenError};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -165,9 +164,6 @@ pub struct Broker {
     notice_poll: Duration,
 }
 
-/// How long a step-up approval stands unless configured otherwise.
-pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(15 * 60);
-
 impl Broker {
     /// Generates this process's signing key and registers its public half.
     pub async fn new(
@@ -196,7 +192,7 @@ impl Broker {
             issuer,
             key_heartbeat,
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            approval_ttl: DEFAULT_APPROVAL_TTL,
+            approval_ttl: crate::domain::DEFAULT_APPROVAL_TTL,
             notice_poll: Duration::from_secs(2),
         };
         broker.renew_key().await?;

@@ -3,7 +3,8 @@
 //! is pending or after it was denied is refused without a new approval, and more
 //! than the workflow allows is a deviation.
 use super::*;
-use crate::store::{ApprovalFilter, ApprovalState, Decide, Spend};
+use crate::domain::ApprovalState;
+use crate::store::{ApprovalFilter, Decide, Spend};
 
 impl Broker {
     /// The step-up branch of a permitted mint: spend a standing approval, refuse a

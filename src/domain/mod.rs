@@ -1,8 +1,21 @@
-//! Pure types and rules: scopes and their coverage, task states, token lifetimes,
-//! text a person reads and how errors quote values. No I/O.
+//! Every aggregate type and the pure rules: tasks and their states, scopes and
+//! their coverage, tokens as recorded, delegations, step-up approvals, freezes,
+//! revocations, token lifetimes, text a person reads and how errors quote
+//! values. No I/O; every other module may depend on it, it on none of them but
+//! `identity`.
+mod approval;
+mod delegation;
+mod freeze;
+pub mod revocation;
 mod scope;
 mod task;
 pub mod text;
+mod token;
 
+pub use approval::{Approval, ApprovalState, DEFAULT_APPROVAL_TTL};
+pub use delegation::Delegation;
+pub use freeze::{Freeze, FreezeTarget};
+pub use revocation::{Event, Revocation, Target, Trigger};
 pub use scope::{Scope, ScopeError};
 pub use task::{Task, TaskId, TaskState, TransitionError, grant_ttl};
+pub use token::TokenRecord;

@@ -1,7 +1,6 @@
 //! `mayfly policy test`: decision cases for policy authors. Each case names a
 //! principal, an action, a resource and context, and the decision it expects.
 use super::{CedarPolicy, MintInput, StartInput};
-use crate::cli::PolicyCommand;
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::identity::SpiffeId;
 use serde::Deserialize;
@@ -200,62 +199,59 @@ pub fn run_case(
     })
 }
 
-/// `mayfly policy validate|test`: prints its report and returns the exit code
-/// (0 valid / every case passed, 1 some case mismatched, 2 could not run: an
-/// invalid policy set or cases file).
-pub fn run_command(cmd: &PolicyCommand) -> u8 {
-    match cmd {
-        PolicyCommand::Validate { dir } => match CedarPolicy::load(dir, "validate") {
-            Ok(p) => {
-                println!("{}: {} policies valid", dir.display(), p.status().policies);
-                0
-            }
-            Err(e) => {
-                eprintln!("error: {} is not a valid policy set:\n{e}", dir.display());
-                2
-            }
-        },
-        PolicyCommand::Test {
-            dir,
-            cases,
-            environment,
-        } => {
-            let policy = match CedarPolicy::load(dir, environment) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("error: {} is not a valid policy set:\n{e}", dir.display());
-                    return 2;
-                }
-            };
-            let set: CaseFile = match std::fs::read_to_string(cases)
-                .map_err(|e| e.to_string())
-                .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {} is not a valid cases file: {e}", cases.display());
-                    return 2;
-                }
-            };
-            let mut failed = 0;
-            for c in &set.cases {
-                match run_case(&policy, environment, c) {
-                    Ok(None) => println!("ok    {}", c.name),
-                    Ok(Some(diff)) => {
-                        failed += 1;
-                        println!("FAIL  {}\n      {diff}", c.name);
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        println!("ERROR {}\n      {e}", c.name);
-                    }
-                }
-            }
-            let total = set.cases.len();
-            println!("{total} cases, {} passed, {failed} failed", total - failed);
-            u8::from(failed > 0)
+/// `mayfly policy validate`: prints its report and returns the exit code (0
+/// valid, 2 an invalid policy set).
+pub fn validate(dir: &std::path::Path) -> u8 {
+    match CedarPolicy::load(dir, "validate") {
+        Ok(p) => {
+            println!("{}: {} policies valid", dir.display(), p.status().policies);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {} is not a valid policy set:\n{e}", dir.display());
+            2
         }
     }
+}
+
+/// `mayfly policy test`: runs every case, prints its report and returns the exit
+/// code (0 every case passed, 1 some case mismatched, 2 could not run: an
+/// invalid policy set or cases file).
+pub fn test(dir: &std::path::Path, cases: &std::path::Path, environment: &str) -> u8 {
+    let policy = match CedarPolicy::load(dir, environment) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {} is not a valid policy set:\n{e}", dir.display());
+            return 2;
+        }
+    };
+    let set: CaseFile = match std::fs::read_to_string(cases)
+        .map_err(|e| e.to_string())
+        .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {} is not a valid cases file: {e}", cases.display());
+            return 2;
+        }
+    };
+    let mut failed = 0;
+    for c in &set.cases {
+        match run_case(&policy, environment, c) {
+            Ok(None) => println!("ok    {}", c.name),
+            Ok(Some(diff)) => {
+                failed += 1;
+                println!("FAIL  {}\n      {diff}", c.name);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("ERROR {}\n      {e}", c.name);
+            }
+        }
+    }
+    let total = set.cases.len();
+    println!("{total} cases, {} passed, {failed} failed", total - failed);
+    u8::from(failed > 0)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! noticed even once its sequence has grown past the cursor again with other
 //! events under the same numbers. No extra query: the anchor is one more row of a
 //! read the stream makes anyway.
-use super::Event;
+use crate::domain::Event;
 use time::OffsetDateTime;
 
 /// The event a watch stream stands on.
@@ -129,7 +129,7 @@ impl From<Diverged> for ResyncReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::revocation::{Revocation, Target, Trigger};
+    use crate::domain::{Revocation, Target, Trigger};
 
     fn ev(seq: u64, secs: i64) -> Event {
         Event {

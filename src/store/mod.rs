@@ -6,15 +6,19 @@
 pub mod gate;
 mod postgres;
 mod sqlite;
+mod url;
 
 pub use gate::{Gated, Health};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 
 use crate::audit::AuditEvent;
 use crate::audit::chain::Sealed;
-use crate::domain::{Scope, Task, TaskId, TaskState};
-use crate::revocation::{Event, Revocation};
+use crate::domain::{
+    Approval, ApprovalState, Delegation, Event, Freeze, FreezeTarget, Revocation, Scope, Task,
+    TaskId, TaskState, TokenRecord,
+};
 use crate::token::KeyRecord;
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -32,49 +36,6 @@ pub enum StoreError {
     Other(String),
 }
 
-/// A token as recorded (never the token string itself).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenRecord {
-    pub jti: Uuid,
-    pub task: TaskId,
-    pub agent: String,
-    pub workflow: String,
-    pub scope: Scope,
-    pub kid: String,
-    pub cert_thumbprint: String,
-    pub issued_at: OffsetDateTime,
-    pub expires_at: OffsetDateTime,
-    pub revoked_at: Option<OffsetDateTime>,
-    /// The token it was delegated from; `None` for a token minted directly.
-    pub parent: Option<Uuid>,
-    /// 0 for a token minted directly; a delegated token is its parent's plus one.
-    pub depth: u32,
-}
-
-/// An offer from a token's holder of a narrower token to a named sub-agent,
-/// redeemable once, by that sub-agent only (RFC 8693 delegation).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delegation {
-    pub id: Uuid,
-    pub task: TaskId,
-    pub parent_jti: Uuid,
-    /// The parent token's holder.
-    pub delegator: String,
-    pub sub_agent: String,
-    pub scope: Scope,
-    pub depth: u32,
-    /// The child token's RFC 8693 `act` claim: the sub-agent, then every earlier
-    /// actor nested inside.
-    pub act: serde_json::Value,
-    /// The jtis of every ancestor of the child token, root first.
-    pub ancestors: Vec<Uuid>,
-    pub created_at: OffsetDateTime,
-    /// The child token expires then, at the latest; unredeemed, the offer lapses.
-    pub expires_at: OffsetDateTime,
-    pub redeemed_at: Option<OffsetDateTime>,
-    pub child_jti: Option<Uuid>,
-}
-
 /// Redeeming a delegation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redeem {
@@ -89,84 +50,6 @@ pub enum Redeem {
     /// The task is not active, past its deadline or out of budget, or a freeze
     /// covers the child token: nothing written.
     TaskRefused,
-}
-
-/// A step-up approval's state as stored; [`Approval::state_at`] adds expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApprovalState {
-    Pending,
-    Approved,
-    Denied,
-    /// Approved and spent on its one token.
-    Used,
-    /// Not decided, or approved and not used, before its deadline.
-    Expired,
-}
-
-impl ApprovalState {
-    pub const ALL: [ApprovalState; 5] = [
-        ApprovalState::Pending,
-        ApprovalState::Approved,
-        ApprovalState::Denied,
-        ApprovalState::Used,
-        ApprovalState::Expired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalState::Pending => "pending",
-            ApprovalState::Approved => "approved",
-            ApprovalState::Denied => "denied",
-            ApprovalState::Used => "used",
-            ApprovalState::Expired => "expired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for ApprovalState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A request for a security-team decision on one mint of a high-impact action.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Approval {
-    pub id: Uuid,
-    pub task: TaskId,
-    /// The agent that asked.
-    pub requester: String,
-    /// The task's workflow and objective, as the approver saw them.
-    pub workflow: String,
-    pub objective: String,
-    pub scope: Scope,
-    /// The lifetime the agent asked for its token.
-    pub ttl: std::time::Duration,
-    pub state: ApprovalState,
-    pub created_at: OffsetDateTime,
-    /// Undecided or unused by then, it lapses.
-    pub expires_at: OffsetDateTime,
-    pub decided_by: Option<String>,
-    pub decided_at: Option<OffsetDateTime>,
-    pub decision_reason: Option<String>,
-    /// The token it was spent on.
-    pub used_jti: Option<Uuid>,
-}
-
-impl Approval {
-    /// The state at `now`: pending or approved past the deadline is expired.
-    pub fn state_at(&self, now: OffsetDateTime) -> ApprovalState {
-        match self.state {
-            ApprovalState::Pending | ApprovalState::Approved if self.expires_at <= now => {
-                ApprovalState::Expired
-            }
-            s => s,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -196,58 +79,6 @@ pub enum Spend {
     /// The task is not active, past its deadline or out of budget, or a freeze
     /// covers the token: nothing written.
     TaskRefused,
-}
-
-/// What a freeze stops issuance to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum FreezeTarget {
-    Agent(String),
-    Workflow(String),
-    All,
-}
-
-impl FreezeTarget {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FreezeTarget::Agent(_) => "agent",
-            FreezeTarget::Workflow(_) => "workflow",
-            FreezeTarget::All => "all",
-        }
-    }
-
-    pub fn value(&self) -> &str {
-        match self {
-            FreezeTarget::Agent(v) | FreezeTarget::Workflow(v) => v,
-            FreezeTarget::All => "",
-        }
-    }
-
-    pub fn from_parts(kind: &str, value: &str) -> Option<Self> {
-        match (kind, value) {
-            ("agent", v) if !v.is_empty() => Some(FreezeTarget::Agent(v.into())),
-            ("workflow", v) if !v.is_empty() => Some(FreezeTarget::Workflow(v.into())),
-            ("all", "") => Some(FreezeTarget::All),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for FreezeTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FreezeTarget::All => f.write_str("all issuance"),
-            t => write!(f, "{} {}", t.kind(), t.value()),
-        }
-    }
-}
-
-/// A standing freeze: the kill switch, until lifted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Freeze {
-    pub target: FreezeTarget,
-    pub reason: String,
-    pub actor: String,
-    pub at: OffsetDateTime,
 }
 
 /// What introspection needs besides the signature.

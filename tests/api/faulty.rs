@@ -2,8 +2,9 @@
 //! an outage.
 use async_trait::async_trait;
 use mayfly::audit::AuditEvent;
+use mayfly::domain::*;
+use mayfly::domain::{Event, Revocation};
 use mayfly::domain::{Scope, Task, TaskId, TaskState};
-use mayfly::revocation::{Event, Revocation};
 use mayfly::store::*;
 use mayfly::token::KeyRecord;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,6 +4,7 @@ use crate::faulty::Faulty;
 use crate::helpers::*;
 use mayfly::broker::{Broker, BrokerError, DelegateRequest, Mint, MintRequest, StartTask};
 use mayfly::clock::{Clock, ManualClock};
+use mayfly::domain::*;
 use mayfly::domain::{Scope, TaskId};
 use mayfly::identity::{Caller, SpiffeId};
 use mayfly::policy::CedarPolicy;

@@ -3,7 +3,7 @@
 //! always lock in the same order (counter, then tasks, then tokens).
 use super::*;
 use crate::audit::Action;
-use crate::revocation::{Target, Trigger};
+use crate::domain::{Target, Trigger};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, Row};

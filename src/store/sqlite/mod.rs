@@ -8,7 +8,7 @@
 use super::*;
 use crate::audit::Action;
 use crate::audit::chain;
-use crate::revocation::{Target, Trigger};
+use crate::domain::{Target, Trigger};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -119,13 +119,13 @@ fn seq_param(n: u64) -> i64 {
 
 /// The database file a `sqlite:` URL names.
 fn database_path(url: &str) -> Result<PathBuf, StoreError> {
-    crate::config::sqlite_path(url)
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            StoreError::Other(format!(
-                "{url:?} does not name a database file: use sqlite://path/to/mayfly.db (an in-memory database would lose every token's record on restart)"
-            ))
-        })
+    match super::DatabaseUrl::parse(url) {
+        Ok(super::DatabaseUrl::Sqlite(path)) => Ok(path),
+        _ => Err(StoreError::Other(format!(
+            "{:?} does not name a database file: use sqlite://path/to/mayfly.db (an in-memory database would lose every token's record on restart)",
+            crate::domain::text::quote(url)
+        ))),
+    }
 }
 
 impl SqliteStore {

@@ -2,6 +2,7 @@
 //! of deciders, spending on exactly one token, and counting refused repeats.
 use super::fixtures::*;
 use mayfly::audit::{Action, AuditEvent};
+use mayfly::domain::*;
 use mayfly::domain::{Scope, Task, TaskId};
 use mayfly::store::*;
 use uuid::Uuid;

@@ -4,8 +4,9 @@
 use super::fixtures::*;
 use mayfly::audit::chain::{GENESIS, Verifier};
 use mayfly::audit::{Action, AuditEvent};
+use mayfly::domain::Target;
+use mayfly::domain::*;
 use mayfly::domain::{Task, TaskId};
-use mayfly::revocation::Target;
 use mayfly::store::*;
 use serde_json::json;
 use uuid::Uuid;

@@ -1,8 +1,9 @@
 //! Delegations: offers under their open limit, and the one-time redemption with
 //! each of its refusals (none of which writes anything).
 use super::fixtures::*;
+use mayfly::domain::Target;
+use mayfly::domain::*;
 use mayfly::domain::{Task, TaskState};
-use mayfly::revocation::Target;
 use mayfly::store::*;
 use uuid::Uuid;
 

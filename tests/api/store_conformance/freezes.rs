@@ -3,6 +3,7 @@
 //! `delegations` and `approvals`.
 use super::fixtures::*;
 use mayfly::audit::Action;
+use mayfly::domain::*;
 use mayfly::store::*;
 
 pub async fn a_freeze_stands_until_lifted_and_both_are_audited<S: Store>(s: &S) {

@@ -2,7 +2,8 @@
 //! chains), the gap-free sequence and its times, and the feed of notices.
 use super::fixtures::*;
 use mayfly::domain::TaskState;
-use mayfly::revocation::{Event, Target};
+use mayfly::domain::*;
+use mayfly::domain::{Event, Target};
 use mayfly::store::*;
 use std::time::Duration;
 use uuid::Uuid;

@@ -1,8 +1,8 @@
 //! Tasks: insert and read, list, count, end (with the revocation of every token),
 //! and the sweeper's pages of overdue tasks.
 use super::fixtures::*;
+use mayfly::domain::{Target, Trigger};
 use mayfly::domain::{Task, TaskId, TaskState};
-use mayfly::revocation::{Target, Trigger};
 use mayfly::store::*;
 
 fn ids(tasks: Vec<Task>) -> Vec<TaskId> {

@@ -1,8 +1,9 @@
 //! Tokens: the budgeted, freeze-aware insert, reading back, status (through the
 //! delegation chain) and listing.
 use super::fixtures::*;
+use mayfly::domain::Target;
 use mayfly::domain::TaskState;
-use mayfly::revocation::Target;
+use mayfly::domain::*;
 use mayfly::store::*;
 use std::collections::BTreeSet;
 use uuid::Uuid;

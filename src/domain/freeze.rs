@@ -1,0 +1,54 @@
+//! Freezes: the kill switch, stopping issuance to an agent, a workflow or all.
+use time::OffsetDateTime;
+
+/// What a freeze stops issuance to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FreezeTarget {
+    Agent(String),
+    Workflow(String),
+    All,
+}
+
+impl FreezeTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FreezeTarget::Agent(_) => "agent",
+            FreezeTarget::Workflow(_) => "workflow",
+            FreezeTarget::All => "all",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            FreezeTarget::Agent(v) | FreezeTarget::Workflow(v) => v,
+            FreezeTarget::All => "",
+        }
+    }
+
+    pub fn from_parts(kind: &str, value: &str) -> Option<Self> {
+        match (kind, value) {
+            ("agent", v) if !v.is_empty() => Some(FreezeTarget::Agent(v.into())),
+            ("workflow", v) if !v.is_empty() => Some(FreezeTarget::Workflow(v.into())),
+            ("all", "") => Some(FreezeTarget::All),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FreezeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreezeTarget::All => f.write_str("all issuance"),
+            t => write!(f, "{} {}", t.kind(), t.value()),
+        }
+    }
+}
+
+/// A standing freeze: the kill switch, until lifted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freeze {
+    pub target: FreezeTarget,
+    pub reason: String,
+    pub actor: String,
+    pub at: OffsetDateTime,
+}
