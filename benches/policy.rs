@@ -7,8 +7,8 @@
 //! Besides criterion's estimates it prints p50/p99/p99.9 over 200,000 single
 //! decisions timed one by one, which is what the target is stated in.
 use criterion::{Criterion, criterion_group};
+use mayfly::domain::SpiffeId;
 use mayfly::domain::{Scope, Task, TaskId, TaskState};
-use mayfly::identity::SpiffeId;
 use mayfly::policy::{CedarPolicy, MintInput, Policy, StartInput};
 use std::hint::black_box;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! Settings: a TOML file, then `MAYFLY_*` environment overrides, then `validate()`
 //! with messages that name the key and what is wrong.
-use crate::identity::{IdPattern, Role, RoleMap};
+use crate::domain::IdPattern;
+use crate::identity::{Role, RoleMap};
 use crate::store::DatabaseUrl;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -589,7 +590,7 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, td) in self.trust_domains.iter().enumerate() {
             let probe = format!("spiffe://{}/x", td.name);
-            if let Err(e) = crate::identity::SpiffeId::parse(&probe) {
+            if let Err(e) = crate::domain::SpiffeId::parse(&probe) {
                 return Err(invalid(format!("trust_domains[{i}].name"), e.to_string()));
             }
             if !seen.insert(td.name.as_str()) {

@@ -1,8 +1,8 @@
 //! Mayfly: a just-in-time credential broker for autonomous AI agents.
 //!
-//! - [`identity`]: SPIFFE IDs, X.509-SVID verification, roles, the caller.
+//! - [`identity`]: X.509-SVID verification, roles, the caller.
 //! - [`domain`]: every aggregate type (tasks, tokens as recorded, delegations,
-//!   approvals, freezes, revocations) and the pure rules.
+//!   approvals, freezes, revocations, SPIFFE IDs) and the pure rules.
 //! - `policy`: Cedar decisions to open a task or mint a token, and reload.
 //! - [`token`]: claims, Ed25519 signing, JWKS, verification.
 //! - `broker`: the use cases: open, mint, complete, revoke, introspect, report.

@@ -93,7 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(())
         }
         Command::DevCerts { dir, trust_domain } => {
-            mayfly::identity::SpiffeId::parse(&format!("spiffe://{trust_domain}/x"))
+            mayfly::domain::SpiffeId::parse(&format!("spiffe://{trust_domain}/x"))
                 .with_context(|| format!("--trust-domain {trust_domain:?}"))?;
             for path in mayfly::identity::devcerts::write_dev_certs(&dir, &trust_domain)? {
                 println!("wrote {path}");

@@ -2,12 +2,12 @@
 //! INVALID_ARGUMENT naming the field.
 use super::pb;
 use crate::broker::Minted;
+use crate::domain::SpiffeId;
 use crate::domain::text::{self, Lines, quote};
 use crate::domain::{Approval, ApprovalState, Freeze, FreezeTarget, TokenRecord};
 use crate::domain::{Event, Target};
 use crate::domain::{Scope, Task, TaskId, TaskState};
 use crate::error::invalid;
-use crate::identity::SpiffeId;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::Status;

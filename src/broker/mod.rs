@@ -3,11 +3,12 @@
 //! parsed into domain types.
 use crate::audit::{Action, AuditEvent};
 use crate::clock::{Clock, to_micros};
+use crate::domain::SpiffeId;
 use crate::domain::text::quote;
 use crate::domain::{Approval, Delegation, TokenRecord};
 use crate::domain::{Event, Revocation, Target, Trigger};
 use crate::domain::{Scope, Task, TaskId, TaskState, grant_ttl};
-use crate::identity::{Caller, Role, SpiffeId};
+use crate::identity::{Caller, Role};
 use crate::policy::{
     Denied, DeviationResponse, MintInput, Permit, Policy, StartInput, WorkflowLimits,
 };

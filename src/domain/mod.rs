@@ -1,13 +1,14 @@
 //! Every aggregate type and the pure rules: tasks and their states, scopes and
 //! their coverage, tokens as recorded, delegations, step-up approvals, freezes,
-//! revocations, token lifetimes, text a person reads and how errors quote
-//! values. No I/O; every other module may depend on it, it on none of them but
-//! `identity`.
+//! revocations, SPIFFE IDs and ID patterns, token lifetimes, text a person reads
+//! and how errors quote values. No I/O; every other module may depend on it, it
+//! on none of them.
 mod approval;
 mod delegation;
 mod freeze;
 pub mod revocation;
 mod scope;
+mod spiffe;
 mod task;
 pub mod text;
 mod token;
@@ -17,5 +18,6 @@ pub use delegation::Delegation;
 pub use freeze::{Freeze, FreezeTarget};
 pub use revocation::{Event, Revocation, Target, Trigger};
 pub use scope::{Scope, ScopeError};
+pub use spiffe::{IdPattern, PatternError, SpiffeId, SpiffeIdError};
 pub use task::{Task, TaskId, TaskState, TransitionError, grant_ttl};
 pub use token::TokenRecord;

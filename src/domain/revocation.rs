@@ -1,7 +1,7 @@
 //! Revocations: what one applies to, why it happened, and its place in the
 //! global, gap-free sequence once recorded.
 use super::TaskId;
-use crate::identity::SpiffeId;
+use crate::domain::SpiffeId;
 use std::fmt;
 use time::OffsetDateTime;
 use uuid::Uuid;

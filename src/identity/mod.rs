@@ -1,11 +1,11 @@
-//! Who is calling: SPIFFE IDs, X.509-SVID verification, roles, and the caller that
-//! travels with every request from the verified peer certificate.
+//! Who is calling: X.509-SVID verification, roles, and the caller that travels
+//! with every request from the verified peer certificate (`SpiffeId` itself is a
+//! domain type).
 #[cfg(feature = "server")]
 pub mod devcerts;
-mod spiffe;
 mod svid;
 
-pub use spiffe::{IdPattern, PatternError, SpiffeId, SpiffeIdError};
+use crate::domain::{IdPattern, SpiffeId};
 pub use svid::{BundleError, Svid, TrustBundles, VerifyError, thumbprint};
 
 use std::fmt;

@@ -1,8 +1,8 @@
 //! X.509-SVID verification as the SPIFFE X509-SVID spec says: the chain is checked
 //! against the bundle of the SVID's *own* trust domain, and the leaf must carry
 //! exactly one SPIFFE ID URI SAN, not be a CA, and allow digitalSignature.
-use super::spiffe::{SpiffeId, SpiffeIdError};
 use crate::domain::text::quote;
+use crate::domain::{SpiffeId, SpiffeIdError};
 use base64::Engine;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;

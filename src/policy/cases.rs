@@ -1,8 +1,8 @@
 //! `mayfly policy test`: decision cases for policy authors. Each case names a
 //! principal, an action, a resource and context, and the decision it expects.
 use super::{CedarPolicy, MintInput, StartInput};
+use crate::domain::SpiffeId;
 use crate::domain::{Scope, Task, TaskId, TaskState};
-use crate::identity::SpiffeId;
 use serde::Deserialize;
 use std::time::Duration;
 use time::OffsetDateTime;

@@ -4,8 +4,8 @@
 use super::load::*;
 use super::{Denied, MintInput, Permit, Policy, StartInput, WorkflowLimits};
 use crate::domain::Scope;
+use crate::domain::SpiffeId;
 use crate::domain::text::quote;
-use crate::identity::SpiffeId;
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicySet, Request,
     RestrictedExpression,

@@ -4,7 +4,7 @@
 //! sliced per action and tool or workflow.
 use super::{Denied, DeviationResponse, WorkflowLimits};
 use crate::domain::Scope;
-use crate::identity::SpiffeId;
+use crate::domain::SpiffeId;
 use cedar_policy::{
     ActionConstraint, Entities, Entity, EntityId, EntityTypeName, EntityUid, EvalResult, PolicyId,
     PolicySet, ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,

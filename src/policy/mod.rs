@@ -9,8 +9,8 @@ mod tests;
 pub use cedar::{CedarPolicy, PolicyStatus};
 pub use load::{LoadError, PolicyFiles};
 
+use crate::domain::SpiffeId;
 use crate::domain::{Scope, Task};
-use crate::identity::SpiffeId;
 use std::time::Duration;
 use time::OffsetDateTime;
 

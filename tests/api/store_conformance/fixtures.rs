@@ -2,10 +2,10 @@
 //! offers, approvals, freezes, revocations and their audit events. Times are whole
 //! seconds after a fixed instant, so every backend stores them exactly.
 use mayfly::audit::{Action, AuditEvent};
+use mayfly::domain::SpiffeId;
 use mayfly::domain::*;
 use mayfly::domain::{Revocation, Target, Trigger};
 use mayfly::domain::{Scope, Task, TaskId, TaskState};
-use mayfly::identity::SpiffeId;
 use mayfly::store::*;
 use serde_json::json;
 use time::OffsetDateTime;

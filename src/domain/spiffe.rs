@@ -1,6 +1,6 @@
 //! SPIFFE IDs (`spiffe://<trust-domain>/<path>`) parsed as the SPIFFE ID spec says,
 //! and the ID patterns that assign roles.
-use crate::domain::text::{quote, quote_char};
+use super::text::{quote, quote_char};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::str::FromStr;
