@@ -40,6 +40,14 @@ pub static CONNECTIONS_OPEN: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// TLS handshakes in progress (after the ClientHello).
 pub static HANDSHAKES_IN_PROGRESS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 
+/// Background workers started again after a panic, by worker.
+pub static WORKER_RESTARTS: LazyLock<Family<Worker, Counter>> = LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Worker {
+    pub worker: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Conn {
     pub listener: &'static str,
@@ -140,6 +148,11 @@ impl Metrics {
             "tls_reload_failures",
             "Changed TLS files that did not load (the previous set stayed in force)",
             TLS_RELOAD_FAILURES.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Background workers started again after a panic, by worker",
+            WORKER_RESTARTS.clone(),
         );
         registry.register(
             "connections_closed",

@@ -7,8 +7,58 @@ use crate::policy::CedarPolicy;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// How long a panicked worker waits before it starts again.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+
+/// Runs a background worker made by `make` until `cancel`; one that panics is
+/// logged, counted (`mayfly_worker_restarts_total{worker}`) and started again,
+/// never left to vanish while the broker goes on without it.
+pub(super) fn supervise<F, Fut>(
+    worker: &'static str,
+    cancel: CancellationToken,
+    make: F,
+) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(make()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    let why = panic_message(e.into_panic());
+                    error!(worker, panic = %why, "background worker panicked; restarting it");
+                    crate::metrics::WORKER_RESTARTS
+                        .get_or_create(&crate::metrics::Worker { worker })
+                        .inc();
+                }
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RESTART_AFTER) => {}
+            }
+        }
+    })
+}
+
+/// What a panic said, in short.
+pub(super) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    let s = if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    };
+    s.chars().take(200).collect()
+}
 
 /// Runs `f` every `period` until cancelled.
 async fn every<F, Fut>(period: Duration, cancel: CancellationToken, f: F)
@@ -182,4 +232,42 @@ pub(super) async fn audit_sealer(b: Arc<Broker>, period: Duration, cancel: Cance
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_panics_is_started_again_and_counted() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let cancel = CancellationToken::new();
+        let before = crate::metrics::WORKER_RESTARTS
+            .get_or_create(&crate::metrics::Worker { worker: "test" })
+            .get();
+        let handle = supervise("test", cancel.clone(), {
+            let runs = runs.clone();
+            move || {
+                let runs = runs.clone();
+                async move {
+                    if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                        panic!("boom");
+                    }
+                    // The third run works until cancelled.
+                    std::future::pending::<()>().await
+                }
+            }
+        });
+        tokio::time::sleep(RESTART_AFTER * 3).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        let after = crate::metrics::WORKER_RESTARTS
+            .get_or_create(&crate::metrics::Worker { worker: "test" })
+            .get();
+        assert_eq!(after - before, 2);
+        cancel.cancel();
+        // The worker itself does not watch `cancel`: the supervisor stops with it
+        // only between runs, so end the run by aborting.
+        handle.abort();
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 mod background;
 mod calls;
@@ -29,7 +29,7 @@ mod refusals;
 mod slots;
 mod tls;
 
-use background::watch_policies;
+use background::{supervise, watch_policies};
 use http::HttpState;
 use tls::{Tls, load_tls, watch_tls};
 
@@ -259,13 +259,18 @@ impl App {
 
         let shared = listener::Shared::new(l.clone(), self.max_connections);
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(self.tls);
-        let tls_reloader = tokio::spawn(watch_tls(
-            Arc::new(self.config.clone()),
-            self.config.server.reload_interval,
-            tls_tx,
-            cancel.clone(),
-        ));
-        let grpc = tokio::spawn(listener::serve(
+        let tls_reloader = supervise("tls_reloader", cancel.clone(), {
+            let (config, tls_tx, cancel) = (
+                Arc::new(self.config.clone()),
+                Arc::new(tls_tx),
+                cancel.clone(),
+            );
+            move || {
+                let every = config.server.reload_interval;
+                watch_tls(config.clone(), every, tls_tx.clone(), cancel.clone())
+            }
+        });
+        let mut grpc = tokio::spawn(listener::serve(
             self.grpc,
             listener::Kind::Grpc(tls_rx),
             grpc_router,
@@ -283,60 +288,90 @@ impl App {
                 health: self.health.clone(),
                 policy: self.policy.clone(),
             });
-        let http = tokio::spawn(listener::serve(
+        let mut http = tokio::spawn(listener::serve(
             self.http,
             listener::Kind::Http,
             http_router,
             shared.clone(),
             cancel.clone(),
         ));
-        let summary = tokio::spawn(shared.clone().summarize(cancel.clone()));
-        let probe = tokio::spawn(crate::store::gate::probe(
-            self.raw_store.clone(),
-            self.health.clone(),
-            self.config.database.probe_interval,
-            self.config.database.connect_timeout.min(PROBE_TIMEOUT),
-            cancel.clone(),
-        ));
+        // Every worker is supervised: one that panics is logged, counted and
+        // started again (background::supervise).
         let c = &self.config;
         let workers = [
-            tokio::spawn(background::active_task_gauge(
-                b.clone(),
-                GAUGE_INTERVAL,
-                cancel.clone(),
-            )),
-            tokio::spawn(background::expiry_sweeper(
-                b.clone(),
-                c.tasks.sweep_interval,
-                cancel.clone(),
-            )),
-            tokio::spawn(background::key_heartbeat(
-                b.clone(),
-                c.keys.heartbeat,
-                cancel.clone(),
-            )),
-            tokio::spawn(background::key_notices(b.clone(), cancel.clone())),
-            tokio::spawn(background::audit_sealer(
-                b.clone(),
-                c.audit.seal_interval,
-                cancel.clone(),
-            )),
+            supervise("refusal_summary", cancel.clone(), {
+                let (shared, cancel) = (shared.clone(), cancel.clone());
+                move || shared.clone().summarize(cancel.clone())
+            }),
+            supervise("store_probe", cancel.clone(), {
+                let (store, health, cancel) =
+                    (self.raw_store.clone(), self.health.clone(), cancel.clone());
+                let (every, timeout) = (
+                    c.database.probe_interval,
+                    c.database.connect_timeout.min(PROBE_TIMEOUT),
+                );
+                move || {
+                    crate::store::gate::probe(
+                        store.clone(),
+                        health.clone(),
+                        every,
+                        timeout,
+                        cancel.clone(),
+                    )
+                }
+            }),
+            supervise("active_task_gauge", cancel.clone(), {
+                let (b, cancel) = (b.clone(), cancel.clone());
+                move || background::active_task_gauge(b.clone(), GAUGE_INTERVAL, cancel.clone())
+            }),
+            supervise("expiry_sweeper", cancel.clone(), {
+                let (b, cancel, every) = (b.clone(), cancel.clone(), c.tasks.sweep_interval);
+                move || background::expiry_sweeper(b.clone(), every, cancel.clone())
+            }),
+            supervise("key_heartbeat", cancel.clone(), {
+                let (b, cancel, every) = (b.clone(), cancel.clone(), c.keys.heartbeat);
+                move || background::key_heartbeat(b.clone(), every, cancel.clone())
+            }),
+            supervise("key_notices", cancel.clone(), {
+                let (b, cancel) = (b.clone(), cancel.clone());
+                move || background::key_notices(b.clone(), cancel.clone())
+            }),
+            supervise("audit_sealer", cancel.clone(), {
+                let (b, cancel, every) = (b.clone(), cancel.clone(), c.audit.seal_interval);
+                move || background::audit_sealer(b.clone(), every, cancel.clone())
+            }),
+            supervise("policy_reloader", cancel.clone(), {
+                let (policy, cancel, every) = (
+                    self.policy.clone(),
+                    cancel.clone(),
+                    c.policy.reload_interval,
+                );
+                move || watch_policies(policy.clone(), every, cancel.clone())
+            }),
+            supervise("revocation_follower", cancel.clone(), {
+                let (store, hub, cancel) = (self.store.clone(), b.hub().clone(), cancel.clone());
+                move || crate::revocation::follow_store(store.clone(), hub.clone(), cancel.clone())
+            }),
+            tls_reloader,
         ];
 
-        let reloader = tokio::spawn(watch_policies(
-            self.policy.clone(),
-            self.config.policy.reload_interval,
-            cancel.clone(),
-        ));
-
-        let follower = tokio::spawn(crate::revocation::follow_store(
-            self.store.clone(),
-            b.hub().clone(),
-            cancel.clone(),
-        ));
-
         info!(grpc = %self.config.server.grpc_addr, http = %self.config.server.http_addr, kid = b.kid(), "mayfly serving");
-        shutdown.await;
+        // A listener ends only at shutdown: one that stops before (it panicked)
+        // stops the broker, rather than leaving a process that accepts nothing.
+        let stopped = tokio::select! {
+            _ = shutdown => None,
+            r = &mut grpc => Some(("gRPC", r)),
+            r = &mut http => Some(("HTTP", r)),
+        };
+        if let Some((which, r)) = stopped {
+            cancel.cancel();
+            let why = match r {
+                Err(e) if e.is_panic() => background::panic_message(e.into_panic()),
+                _ => "it ended".to_string(),
+            };
+            error!(listener = which, %why, "a listener stopped; the broker stops");
+            anyhow::bail!("the {which} listener stopped: {why}");
+        }
         info!("shutting down: draining open calls and streams");
         // Probes and load balancers stop routing here before the listener closes:
         // every service and the server as a whole ("") report NOT_SERVING.
@@ -361,11 +396,7 @@ impl App {
             // response in flight); watch streams ended with `cancel`.
             shared.tasks.close();
             shared.tasks.wait().await;
-            for worker in
-                workers
-                    .into_iter()
-                    .chain([reloader, tls_reloader, follower, summary, probe])
-            {
+            for worker in workers {
                 let _ = worker.await;
             }
             (g, h)

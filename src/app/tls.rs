@@ -69,7 +69,7 @@ const QUIET_TLS_FAILURES: u32 = 2;
 pub(super) async fn watch_tls(
     config: Arc<Config>,
     every: Duration,
-    current: tokio::sync::watch::Sender<Tls>,
+    current: Arc<tokio::sync::watch::Sender<Tls>>,
     cancel: CancellationToken,
 ) {
     let mut hup = Hangup::listen("TLS files");
