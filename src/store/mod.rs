@@ -129,7 +129,8 @@ pub trait TaskStore {
     /// Active tasks, all replicas'.
     async fn count_active_tasks(&self) -> Result<u64, StoreError>;
     /// Moves an active task to `to`, revokes all its tokens with one revocation event
-    /// and records `audit`, all in one transaction.
+    /// and records `audit`, all in one transaction. `to` must be a final state
+    /// (`TaskState::transition`); anything else is an error and writes nothing.
     async fn end_task(
         &self,
         id: TaskId,

@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use mayfly::api::pb;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -101,7 +102,15 @@ fn delete_tokens(tokens: &[pb::TokenInfo]) -> usize {
 
 #[tokio::test]
 async fn an_approved_request_yields_exactly_one_token_to_the_waiting_agent() {
-    let app = spawn_app().await;
+    // No re-reading on a timer: only the decision's wake-up can deliver in time.
+    let app = spawn_with(
+        Arc::new(Pki::new()),
+        Options {
+            watch_poll: "1h",
+            ..Options::default()
+        },
+    )
+    .await;
     let (task, mut agent) = task_with_delete(&app).await;
     let a = pending(ask(&mut agent, &task.id).await.unwrap());
     // What the security team sees: what is asked, by whom, under which task.
@@ -132,7 +141,7 @@ async fn an_approved_request_yields_exactly_one_token_to_the_waiting_agent() {
         .unwrap();
     assert_eq!(decided.state, pb::ApprovalState::Approved as i32);
     assert_eq!(decided.decided_by, ADMIN);
-    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the decision wakes the waiter")
         .unwrap();

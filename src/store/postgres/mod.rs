@@ -142,10 +142,6 @@ impl PgStore {
             .map_err(map_err)
     }
 
-    pub fn from_pool(pool: PgPool) -> Self {
-        PgStore { pool }
-    }
-
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -554,6 +550,10 @@ impl TaskStore for PgStore {
         revocation: &Revocation,
         audit: &[AuditEvent],
     ) -> Result<EndOutcome, StoreError> {
+        // Only a final state ends a task: anything else is refused unwritten.
+        TaskState::Active
+            .transition(to)
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let (seq, revocation) = next_seq(&mut tx, revocation).await.map_err(map_err)?;
         let revocation = &revocation;

@@ -589,6 +589,10 @@ impl TaskStore for SqliteStore {
         revocation: &Revocation,
         audit: &[AuditEvent],
     ) -> Result<EndOutcome, StoreError> {
+        // Only a final state ends a task: anything else is refused unwritten.
+        TaskState::Active
+            .transition(to)
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let (seq, revocation) = next_seq(&mut tx, revocation).await?;
         let revocation = &revocation;

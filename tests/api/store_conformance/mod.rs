@@ -67,6 +67,7 @@ macro_rules! every_case {
             tasks::count_active_tasks_counts_only_active_tasks,
             tasks::end_task_ends_the_task_and_revokes_every_token_in_one_event,
             tasks::end_task_of_an_ended_task_is_not_active_and_writes_nothing,
+            tasks::end_task_to_a_state_that_is_not_final_is_refused_and_writes_nothing,
             tasks::end_task_of_an_unknown_task_is_not_found_and_writes_nothing,
             tasks::overdue_tasks_are_active_tasks_at_or_past_their_deadline_in_order,
             tasks::overdue_tasks_page_by_cursor_through_equal_deadlines,
