@@ -167,15 +167,15 @@ pub async fn end_task_of_an_ended_task_is_not_active_and_writes_nothing<S: Store
     assert_eq!(s.audit_for_task(t.id).await.unwrap().len(), events);
 }
 
-pub async fn end_task_to_a_state_that_is_not_final_is_refused_and_writes_nothing<S: Store>(
-    s: &S,
-) {
+pub async fn end_task_to_a_state_that_is_not_final_is_refused_and_writes_nothing<S: Store>(s: &S) {
     let t = open(s, task(AGENT, 0, 600)).await;
     mint(s, &t, 10).await;
     let seq = s.last_revocation_seq().await.unwrap();
     let events = s.audit_for_task(t.id).await.unwrap().len();
     let (revocation, audit) = ending(&t, TaskState::Active, 20);
-    let refused = s.end_task(t.id, TaskState::Active, &revocation, &audit).await;
+    let refused = s
+        .end_task(t.id, TaskState::Active, &revocation, &audit)
+        .await;
     assert!(
         matches!(&refused, Err(StoreError::Other(m)) if m.contains("cannot become active")),
         "{refused:?}"
