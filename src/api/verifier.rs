@@ -137,7 +137,7 @@ impl VerifierService for VerifierApi {
         // A cursor past the store's head (a restored store, a lagging standby) is
         // refused: the events later committed under its numbers would never be
         // sent, while heartbeats would say they had been.
-        let head = broker.store().last_revocation_seq().await?;
+        let head = broker.revocation_head().await?;
         if after > head {
             let refused = Resync {
                 cursor: after,
@@ -159,12 +159,12 @@ impl VerifierService for VerifierApi {
                 // Always read from the store by cursor: a watcher that fell behind is
                 // caught up from there, never skipped.
                 loop {
-                    let batch = broker.store().revocations_after(anchor.read_after(), BATCH).await.map_err(Status::from)?;
+                    let batch = broker.revocations_after(anchor.read_after(), BATCH).await.map_err(Status::from)?;
                     let full = batch.len() as u32 == BATCH;
                     let seen = match anchor.check(&batch) {
                         Ok(n) => n,
                         Err(diverged) => {
-                            let head = broker.store().last_revocation_seq().await.map_err(Status::from)?;
+                            let head = broker.revocation_head().await.map_err(Status::from)?;
                             tracing::warn!(caller = %caller.id, cursor = anchor.seq(), head, ?diverged, "revocation watch ended: the store no longer holds what the stream sent; the verifier must resync");
                             Err::<usize, Status>(Resync { cursor: anchor.seq(), head, why: diverged.into() }.into())?
                         }

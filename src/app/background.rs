@@ -148,7 +148,7 @@ pub(super) async fn watch_policies(
 /// keeps its last reading (the store probe reports the outage).
 pub(super) async fn active_task_gauge(b: Arc<Broker>, period: Duration, cancel: CancellationToken) {
     every(period, cancel, || async {
-        if let Ok(n) = b.store().count_active_tasks().await {
+        if let Ok(n) = b.count_active_tasks().await {
             b.metrics().set_active_tasks(n);
         }
     })

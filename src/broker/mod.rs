@@ -27,6 +27,7 @@ mod audit;
 mod freeze;
 mod handoffs;
 mod step_up;
+mod watch;
 
 pub use audit::{AgentAccess, AuditCheck};
 pub use handoffs::{DelegateRequest, Delegated, MAX_OPEN_OFFERS};
@@ -224,10 +225,6 @@ impl Broker {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
     }
 
     pub fn kid(&self) -> &str {
