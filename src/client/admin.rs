@@ -1,0 +1,321 @@
+//! `mayfly tokens|revoke|approvals|freeze|unfreeze|freezes|audit …`:
+//! AdminService, for the security team.
+use super::*;
+
+pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Verify { checkpoint } => {
+            let (checkpoint_sequence, checkpoint_hash) = match checkpoint {
+                None => (0, String::new()),
+                Some(c) => parse_checkpoint(c)?,
+            };
+            let r = AdminServiceClient::new(ch)
+                .verify_audit(pb::VerifyAuditRequest {
+                    checkpoint_sequence,
+                    checkpoint_hash,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let printed = out.print(&json!({
+                "intact": r.intact, "events_checked": r.events_checked,
+                "head_sequence": r.head_sequence, "head_hash": r.head_hash,
+                "checkpoint": format!("{}:{}", r.head_sequence, r.head_hash),
+                "first_broken": (!r.intact).then_some(r.first_broken),
+                "problem": (!r.intact).then_some(&r.problem),
+            }));
+            // A broken chain fails the command whatever became of its output.
+            if !r.intact {
+                return Err(Failed {
+                    code: 1,
+                    message: format!(
+                        "the audit chain is broken at event {}: {}",
+                        r.first_broken, r.problem
+                    ),
+                }
+                .into());
+            }
+            printed?;
+        }
+        AuditCommand::Events {
+            agent,
+            task,
+            action,
+            since,
+            until,
+            limit,
+            jsonl,
+        } => {
+            let mut client = AdminServiceClient::new(ch);
+            let mut req = pb::QueryAuditRequest {
+                agent: agent.clone().unwrap_or_default(),
+                task_id: task.clone().unwrap_or_default(),
+                action: action.clone().unwrap_or_default(),
+                since: when("--since", since)?,
+                until: when("--until", until)?,
+                after_sequence: 0,
+                limit: *limit,
+            };
+            let mut all = vec![];
+            loop {
+                let r = client
+                    .query_audit(req.clone())
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for e in &r.events {
+                    if *jsonl {
+                        if !out.emit_line(&audit_event_json(e).to_string())? {
+                            return Ok(());
+                        }
+                    } else {
+                        all.push(audit_event_json(e));
+                    }
+                }
+                // A page, or with --jsonl every page.
+                if !*jsonl || r.next_after == 0 {
+                    break;
+                }
+                req.after_sequence = r.next_after;
+            }
+            if !*jsonl {
+                out.print(&Value::Array(all))?;
+            }
+        }
+        AuditCommand::Task { task } => {
+            let t = TaskServiceClient::new(ch.clone())
+                .get_task(pb::GetTaskRequest {
+                    task_id: task.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut admin = AdminServiceClient::new(ch);
+            let tokens = admin
+                .list_tokens(pb::ListTokensRequest {
+                    task_id: task.clone(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut events = vec![];
+            let mut after = 0;
+            loop {
+                let r = admin
+                    .query_audit(pb::QueryAuditRequest {
+                        task_id: task.clone(),
+                        after_sequence: after,
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                events.extend(r.events.iter().map(audit_event_json));
+                if r.next_after == 0 {
+                    break;
+                }
+                after = r.next_after;
+            }
+            let revocations: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["action"] == "revocation" || e["action"] == "task_revoked")
+                .collect();
+            out.print(&json!({
+                "task": t.task.as_ref().map(task_json),
+                "tokens": tokens.tokens.iter().map(|t| json!({"jti": t.jti, "agent": t.agent,
+                    "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
+                    "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at),
+                    "parent_jti": t.parent_jti, "depth": t.depth})).collect::<Vec<_>>(),
+                "revocations": revocations,
+                "events": events,
+            }))?;
+        }
+        AuditCommand::Access {
+            audience,
+            resource,
+            since,
+            until,
+        } => {
+            let r = AdminServiceClient::new(ch)
+                .audit_access(pb::AuditAccessRequest {
+                    audience: audience.clone(),
+                    resource: resource.clone().unwrap_or_default(),
+                    since: when("--since", since)?,
+                    until: when("--until", until)?,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            out.print(&Value::Array(
+                r.agents
+                    .iter()
+                    .map(|a| {
+                        json!({"agent": a.agent, "tokens": a.tokens, "first": ts(&a.first),
+                           "last": ts(&a.last), "resources": a.resources})
+                    })
+                    .collect(),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn approvals(
+    ch: Channel,
+    out: &Printer,
+    cmd: &ApprovalsCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        ApprovalsCommand::List { task, all, limit } => {
+            let r = AdminServiceClient::new(ch)
+                .list_approvals(pb::ListApprovalsRequest {
+                    task_id: task.clone().unwrap_or_default(),
+                    pending_only: !*all,
+                    limit: *limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            out.print(&Value::Array(
+                r.approvals.iter().map(approval_json).collect(),
+            ))?;
+        }
+        cmd @ (ApprovalsCommand::Approve { approval, reason }
+        | ApprovalsCommand::Deny { approval, reason }) => {
+            let decision = match cmd {
+                ApprovalsCommand::Approve { .. } => pb::Decision::Approve,
+                _ => pb::Decision::Deny,
+            };
+            let r = AdminServiceClient::new(ch)
+                .decide_approval(pb::DecideApprovalRequest {
+                    approval_id: approval.clone(),
+                    decision: decision as i32,
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            out.print(
+                &r.approval
+                    .as_ref()
+                    .map(approval_json)
+                    .unwrap_or(Value::Null),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn freeze(
+    ch: Channel,
+    out: &Printer,
+    target: &FreezeTargetArg,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let r = AdminServiceClient::new(ch)
+        .freeze(pb::FreezeRequest {
+            target: Some(freeze_target(target)),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    out.print(
+        &json!({"freeze": r.freeze.as_ref().map(freeze_json), "already_frozen": r.already_frozen}),
+    )?;
+    Ok(())
+}
+
+pub(super) async fn unfreeze(
+    ch: Channel,
+    out: &Printer,
+    target: &FreezeTargetArg,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let r = AdminServiceClient::new(ch)
+        .unfreeze(pb::UnfreezeRequest {
+            target: Some(freeze_target(target)),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    out.print(&json!({"lifted": r.lifted.as_ref().map(freeze_json)}))?;
+    Ok(())
+}
+
+pub(super) async fn freezes(ch: Channel, out: &Printer) -> anyhow::Result<()> {
+    let r = AdminServiceClient::new(ch)
+        .list_freezes(pb::ListFreezesRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    out.print(&Value::Array(r.freezes.iter().map(freeze_json).collect()))?;
+    Ok(())
+}
+
+pub(super) async fn tokens(
+    ch: Channel,
+    out: &Printer,
+    task: &Option<String>,
+    agent: &Option<String>,
+    active: &bool,
+    limit: &u32,
+) -> anyhow::Result<()> {
+    let r = AdminServiceClient::new(ch)
+        .list_tokens(pb::ListTokensRequest {
+            task_id: task.clone().unwrap_or_default(),
+            agent: agent.clone().unwrap_or_default(),
+            active_only: *active,
+            limit: *limit,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let rows: Vec<Value> = r
+        .tokens
+        .iter()
+        .map(|t| {
+            json!({"jti": t.jti, "task": t.task_id, "agent": t.agent, "workflow": t.workflow,
+                   "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
+                   "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at), "active": t.active,
+                   "parent_jti": t.parent_jti, "depth": t.depth})
+        })
+        .collect();
+    out.print(&Value::Array(rows))?;
+    Ok(())
+}
+
+pub(super) async fn revoke(
+    ch: Channel,
+    out: &Printer,
+    target: &RevokeTarget,
+    reason: &str,
+) -> anyhow::Result<()> {
+    use pb::revocation_target::Target as T;
+    let target = match target {
+        RevokeTarget::Token { jti } => T::Token(jti.clone()),
+        RevokeTarget::Task { task } => T::Task(task.clone()),
+        RevokeTarget::Agent { agent } => T::Agent(agent.clone()),
+        RevokeTarget::Workflow { workflow } => T::Workflow(workflow.clone()),
+        RevokeTarget::All => T::All(true),
+    };
+    let r = AdminServiceClient::new(ch)
+        .revoke(pb::RevokeRequest {
+            target: Some(pb::RevocationTarget {
+                target: Some(target),
+            }),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    out.print(
+        &json!({"event": r.event.as_ref().map(event_json), "tokens_revoked": r.tokens_revoked,
+                  "tasks_stopped": r.tasks_stopped}),
+    )?;
+    Ok(())
+}
