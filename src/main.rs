@@ -70,14 +70,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let parsed = mayfly::store::DatabaseUrl::parse(&database_url)
                 .map_err(|why| anyhow::anyhow!("--database-url {why}"))?;
             if let mayfly::store::DatabaseUrl::Sqlite(path) = parsed {
-                mayfly::store::SqliteStore::open(&path, 1, connect_timeout)
+                mayfly::store::SqlStore::sqlite(&path, 1, connect_timeout)
                     .await
                     .with_context(|| format!("migrating {shown}"))?;
                 println!("{shown}: schema is current");
             } else {
-                let store = mayfly::store::PgStore::connect_only(&database_url, 1, connect_timeout)
-                    .await
-                    .with_context(|| format!("cannot use the database at {shown}"))?;
+                let store =
+                    mayfly::store::SqlStore::postgres_unmigrated(&database_url, 1, connect_timeout)
+                        .await
+                        .with_context(|| format!("cannot use the database at {shown}"))?;
                 let applied = store
                     .migrate()
                     .await

@@ -9,7 +9,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::policy::CedarPolicy;
-use crate::store::{DatabaseUrl, Gated, Health, PgStore, SqliteStore, Store, redacted};
+use crate::store::{DatabaseUrl, Health, SqlStore, Store, redacted};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
@@ -45,10 +45,8 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 pub struct App {
     broker: Arc<Broker>,
     policy: Arc<CedarPolicy>,
-    /// The store behind the fail-fast gate (what the broker uses).
+    /// The store behind the fail-fast gate (its ping, the probe's, is not gated).
     store: Arc<dyn Store>,
-    /// The store itself, for the probe that keeps `health`.
-    raw_store: Arc<dyn Store>,
     health: Arc<Health>,
     /// The connection cap after fitting it to the file descriptor limit.
     max_connections: usize,
@@ -84,21 +82,19 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
             )
         })?,
     );
-    let raw_store: Arc<dyn Store> = match DatabaseUrl::parse(url.expose())
+    let store = match DatabaseUrl::parse(url.expose())
         .map_err(|why| anyhow::anyhow!("database.url {why}"))?
     {
-        DatabaseUrl::Sqlite(path) => Arc::new(
-            SqliteStore::open(
-                &path,
-                config.database.max_connections,
-                config.database.connect_timeout,
-            )
-            .await
-            .with_context(|| format!("cannot use the SQLite database {}", path.display()))?,
-        ),
+        DatabaseUrl::Sqlite(path) => SqlStore::sqlite(
+            &path,
+            config.database.max_connections,
+            config.database.connect_timeout,
+        )
+        .await
+        .with_context(|| format!("cannot use the SQLite database {}", path.display()))?,
         DatabaseUrl::Postgres(url) => {
             let shown = redacted(&url);
-            let store = PgStore::connect_only(
+            let store = SqlStore::postgres_unmigrated(
                 &url,
                 config.database.max_connections,
                 config.database.connect_timeout,
@@ -111,11 +107,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
                 store.check_schema().await
             }
             .with_context(|| format!("cannot use the database at {shown}"))?;
-            Arc::new(store)
+            store
         }
     };
     let health = Health::new();
-    let store: Arc<dyn Store> = Arc::new(Gated::new(raw_store.clone(), health.clone()));
+    // Every call fails fast while the probe finds the store down; the probe's
+    // own ping is not gated.
+    let store: Arc<dyn Store> = Arc::new(store.gated(health.clone()));
     let (max_connections, fd_limit) = listener::connection_cap(
         config.limits.max_connections,
         config.database.max_connections,
@@ -165,7 +163,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         broker: Arc::new(broker),
         policy,
         store,
-        raw_store,
         health,
         max_connections,
         clock,
@@ -305,7 +302,7 @@ impl App {
             }),
             supervise("store_probe", cancel.clone(), {
                 let (store, health, cancel) =
-                    (self.raw_store.clone(), self.health.clone(), cancel.clone());
+                    (self.store.clone(), self.health.clone(), cancel.clone());
                 let (every, timeout) = (
                     c.database.probe_interval,
                     c.database.connect_timeout.min(PROBE_TIMEOUT),

@@ -358,8 +358,10 @@ impl Broker {
                 "the parent token {} of delegation {id} (or a token above it) was revoked",
                 offer.parent_jti
             )),
-            Redeem::TaskRefused => {
-                return Err(self.task_refused(caller, task.id, limits, now, deny).await);
+            Redeem::Refused(refusal) => {
+                return Err(self
+                    .task_refused(caller, &task, refusal, limits, deny)
+                    .await);
             }
         };
         Err(refuse(err).await)

@@ -13,7 +13,7 @@ use crate::policy::{
     Denied, DeviationResponse, MintInput, Permit, Policy, StartInput, WorkflowLimits,
 };
 use crate::revocation::Hub;
-use crate::store::{EndOutcome, Revoked, Store, StoreError, TaskFilter, TokenFilter};
+use crate::store::{EndOutcome, Refusal, Revoked, Store, StoreError, TaskFilter, TokenFilter};
 use crate::token::{Claims, Confirmation, Jwks, KeyRecord, KeySet, SigningKey, TokenError};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -600,12 +600,14 @@ impl Broker {
         }
         let (token, record) = self.sign(caller, &task, &req.scope, now, now + ttl, None)?;
         let audit = self.minted_audit(caller, &task, &record, &req, &permit.policies);
-        if !self
+        if let Err(refusal) = self
             .store
             .insert_token(&record, limits.max_tokens, &audit)
             .await?
         {
-            return Err(self.task_refused(caller, req.task, limits, now, deny).await);
+            return Err(self
+                .task_refused(caller, &task, refusal, limits, deny)
+                .await);
         }
         self.metrics.token_issued("direct");
         Ok(Mint::Minted(Minted {
@@ -705,37 +707,41 @@ impl Broker {
         ))
     }
 
-    /// A token write the store refused because the task changed after it was
-    /// read: out of budget (a deviation), or no longer mintable.
+    /// A token write the store refused: the task changed after it was read, or a
+    /// freeze came in between. Out of budget is a deviation; anything else is
+    /// refused as the checks before the write refuse it.
     async fn task_refused(
         &self,
         caller: &Caller,
-        id: TaskId,
+        task: &Task,
+        refusal: Refusal,
         limits: &WorkflowLimits,
-        now: OffsetDateTime,
         deny: impl Fn(&str) -> AuditEvent,
     ) -> BrokerError {
-        let task = match self.get_task(id).await {
-            Ok(t) => t,
-            Err(e) => return e,
+        let err = match refusal {
+            Refusal::OutOfBudget => return self.over_budget(caller, task, limits, deny).await,
+            Refusal::Frozen => {
+                let holders = [caller.id.as_str(), task.agent.as_str()];
+                if let Err(e) = self.refuse_if_frozen(&holders, &task.workflow, &deny).await {
+                    return e;
+                }
+                // Lifted again since the write.
+                BrokerError::FailedPrecondition(format!(
+                    "task {} changed while minting; retry",
+                    task.id
+                ))
+            }
+            Refusal::NotActive(state) => {
+                BrokerError::FailedPrecondition(format!("task {} is {state}, not active", task.id))
+            }
+            Refusal::PastDeadline => {
+                BrokerError::FailedPrecondition(format!("task {} passed its deadline", task.id))
+            }
+            Refusal::NotOwner => {
+                BrokerError::PermissionDenied(format!("task {} belongs to another agent", task.id))
+            }
+            Refusal::NoTask => return BrokerError::NotFound(format!("task {} not found", task.id)),
         };
-        // A freeze that came in between.
-        let holders = [caller.id.as_str(), task.agent.as_str()];
-        if let Err(e) = self.refuse_if_frozen(&holders, &task.workflow, &deny).await {
-            return e;
-        }
-        if task.state == TaskState::Active
-            && task.tokens_minted >= limits.max_tokens
-            && task.expires_at > now
-        {
-            return self.over_budget(caller, &task, limits, deny).await;
-        }
-        let err = self.not_mintable(&task, now).unwrap_or_else(|| {
-            BrokerError::FailedPrecondition(format!(
-                "task {} changed while minting; retry",
-                task.id
-            ))
-        });
         self.audit_denial(deny(&err.to_string())).await;
         err
     }

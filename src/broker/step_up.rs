@@ -153,8 +153,8 @@ impl Broker {
                 self.audit_denial(deny(&reason)).await;
                 Err(BrokerError::FailedPrecondition(reason))
             }
-            Spend::TaskRefused => Err(self
-                .task_refused(caller, task.id, &permit.limits, now, deny)
+            Spend::Refused(refusal) => Err(self
+                .task_refused(caller, task, refusal, &permit.limits, deny)
                 .await),
         }
     }

@@ -1,5 +1,5 @@
 //! Failing fast while the store is down. A background probe keeps the store's
-//! [`Health`]; [`Gated`] wraps a store so that, once the probe has found it down,
+//! [`Health`]; a store gated by it (`SqlStore::gated`) makes sure that, once the probe has found it down,
 //! every new call answers `Unavailable` at once instead of each waiting out the
 //! connect timeout. A call that fails as unavailable makes the probe look soon
 //! (at most every [`SUSPECT_SPACING`]); the probe needs two failures in a row to
@@ -71,49 +71,39 @@ impl Health {
     }
 }
 
-/// A store whose calls fail fast while [`Health`] says it is down.
-pub struct Gated {
-    inner: Arc<dyn Store>,
-    health: Arc<Health>,
-}
-
-impl Gated {
-    pub fn new(inner: Arc<dyn Store>, health: Arc<Health>) -> Self {
-        Gated { inner, health }
-    }
-
+impl Health {
     /// A call that changes something: refused while down, never given up.
-    async fn write<T>(
+    pub(super) async fn write<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if !self.health.is_up() {
-            return Err(self.health.refusal());
+        if !self.is_up() {
+            return Err(self.refusal());
         }
         self.watch(call.await)
     }
 
     /// A call that only reads: refused while down, and given up if the probe
     /// finds the store down while it waits.
-    async fn read<T>(
+    pub(super) async fn read<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let mut state = self.health.state.subscribe();
+        let mut state = self.state.subscribe();
         if !matches!(*state.borrow_and_update(), Status::Up) {
-            return Err(self.health.refusal());
+            return Err(self.refusal());
         }
         tokio::select! {
             biased;
             r = call => self.watch(r),
-            Ok(_) = state.wait_for(|s| !matches!(s, Status::Up)) => Err(self.health.refusal()),
+            Ok(_) = state.wait_for(|s| !matches!(s, Status::Up)) => Err(self.refusal()),
         }
     }
 
     /// A call that met an unavailable store makes the probe look.
     fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if matches!(r, Err(StoreError::Unavailable(_))) {
-            self.health.suspect.notify_one();
+            self.suspect.notify_one();
         }
         r
     }
@@ -195,254 +185,5 @@ pub async fn probe(
                 }
             }
         }
-    }
-}
-
-#[async_trait]
-impl TaskStore for Gated {
-    async fn insert_task(&self, task: &Task, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.write(self.inner.insert_task(task, audit)).await
-    }
-    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.read(self.inner.get_task(id)).await
-    }
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
-        self.read(self.inner.list_tasks(filter)).await
-    }
-    async fn count_active_tasks(&self) -> Result<u64, StoreError> {
-        self.read(self.inner.count_active_tasks()).await
-    }
-    async fn end_task(
-        &self,
-        id: TaskId,
-        to: TaskState,
-        revocation: &Revocation,
-        audit: &[AuditEvent],
-    ) -> Result<EndOutcome, StoreError> {
-        self.write(self.inner.end_task(id, to, revocation, audit))
-            .await
-    }
-    async fn overdue_tasks(
-        &self,
-        now: OffsetDateTime,
-        after: Option<(OffsetDateTime, TaskId)>,
-        limit: u32,
-    ) -> Result<Vec<(OffsetDateTime, TaskId)>, StoreError> {
-        self.read(self.inner.overdue_tasks(now, after, limit)).await
-    }
-}
-
-#[async_trait]
-impl TokenStore for Gated {
-    async fn insert_token(
-        &self,
-        token: &TokenRecord,
-        budget: u32,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        self.write(self.inner.insert_token(token, budget, audit))
-            .await
-    }
-    async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
-        self.read(self.inner.token_status(jti)).await
-    }
-    async fn get_token(&self, jti: Uuid) -> Result<Option<TokenRecord>, StoreError> {
-        self.read(self.inner.get_token(jti)).await
-    }
-    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(self.inner.list_tokens(filter)).await
-    }
-}
-
-#[async_trait]
-impl DelegationStore for Gated {
-    async fn insert_delegation(
-        &self,
-        delegation: &Delegation,
-        open_limit: u32,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        self.write(self.inner.insert_delegation(delegation, open_limit, audit))
-            .await
-    }
-    async fn get_delegation(&self, id: Uuid) -> Result<Option<Delegation>, StoreError> {
-        self.read(self.inner.get_delegation(id)).await
-    }
-    async fn redeem_delegation(
-        &self,
-        id: Uuid,
-        child: &TokenRecord,
-        budget: u32,
-        audit: &AuditEvent,
-    ) -> Result<Redeem, StoreError> {
-        self.write(self.inner.redeem_delegation(id, child, budget, audit))
-            .await
-    }
-}
-
-#[async_trait]
-impl ApprovalStore for Gated {
-    async fn standing_approval(
-        &self,
-        task: TaskId,
-        requester: &str,
-        scope: &Scope,
-        now: OffsetDateTime,
-    ) -> Result<Option<Approval>, StoreError> {
-        self.read(self.inner.standing_approval(task, requester, scope, now))
-            .await
-    }
-    async fn insert_approval(
-        &self,
-        approval: &Approval,
-        audit: &AuditEvent,
-    ) -> Result<bool, StoreError> {
-        self.write(self.inner.insert_approval(approval, audit))
-            .await
-    }
-    async fn get_approval(&self, id: Uuid) -> Result<Option<Approval>, StoreError> {
-        self.read(self.inner.get_approval(id)).await
-    }
-    async fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
-        self.read(self.inner.list_approvals(filter)).await
-    }
-    async fn decide_approval(
-        &self,
-        id: Uuid,
-        approve: bool,
-        by: &str,
-        reason: &str,
-        now: OffsetDateTime,
-        audit: &AuditEvent,
-    ) -> Result<Decide, StoreError> {
-        self.write(
-            self.inner
-                .decide_approval(id, approve, by, reason, now, audit),
-        )
-        .await
-    }
-    async fn spend_approval(
-        &self,
-        id: Uuid,
-        token: &TokenRecord,
-        budget: u32,
-        audit: &AuditEvent,
-    ) -> Result<Spend, StoreError> {
-        self.write(self.inner.spend_approval(id, token, budget, audit))
-            .await
-    }
-    async fn count_step_up_refusal(
-        &self,
-        task: TaskId,
-        approval: Uuid,
-        now: OffsetDateTime,
-        audit: &AuditEvent,
-    ) -> Result<Option<u32>, StoreError> {
-        self.write(self.inner.count_step_up_refusal(task, approval, now, audit))
-            .await
-    }
-}
-
-#[async_trait]
-impl FreezeStore for Gated {
-    async fn freeze(&self, freeze: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
-        self.write(self.inner.freeze(freeze, audit)).await
-    }
-    async fn unfreeze(
-        &self,
-        target: &FreezeTarget,
-        audit: &AuditEvent,
-    ) -> Result<Option<Freeze>, StoreError> {
-        self.write(self.inner.unfreeze(target, audit)).await
-    }
-    async fn list_freezes(&self) -> Result<Vec<Freeze>, StoreError> {
-        self.read(self.inner.list_freezes()).await
-    }
-    async fn freeze_covering(
-        &self,
-        agents: &[&str],
-        workflow: &str,
-    ) -> Result<Option<Freeze>, StoreError> {
-        self.read(self.inner.freeze_covering(agents, workflow))
-            .await
-    }
-}
-
-#[async_trait]
-impl RevocationStore for Gated {
-    async fn revoke(
-        &self,
-        revocation: &Revocation,
-        audit: &AuditEvent,
-    ) -> Result<Option<Revoked>, StoreError> {
-        self.write(self.inner.revoke(revocation, audit)).await
-    }
-    async fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        self.read(self.inner.revocations_after(after, limit)).await
-    }
-    async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
-        self.read(self.inner.last_revocation_seq()).await
-    }
-    /// Not gated: the follower reconnects the feed by itself, and must be able to
-    /// start listening the moment the store is back.
-    async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
-        self.inner.revocation_feed().await
-    }
-}
-
-#[async_trait]
-impl KeyStore for Gated {
-    async fn register_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.write(self.inner.register_key(key)).await
-    }
-    async fn live_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read(self.inner.live_keys(now)).await
-    }
-}
-
-#[async_trait]
-impl AuditStore for Gated {
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.write(self.inner.append_audit(event)).await
-    }
-    async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
-        self.read(self.inner.audit_for_task(task)).await
-    }
-    async fn audit_chain(
-        &self,
-        after: u64,
-        upto: u64,
-        limit: u32,
-    ) -> Result<Vec<Sealed>, StoreError> {
-        self.read(self.inner.audit_chain(after, upto, limit)).await
-    }
-    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
-        self.read(self.inner.audit_head()).await
-    }
-    async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
-        self.write(self.inner.seal_audit(batch)).await
-    }
-    async fn query_audit(
-        &self,
-        filter: &AuditFilter,
-    ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
-        self.read(self.inner.query_audit(filter)).await
-    }
-    async fn token_access(
-        &self,
-        audience: &str,
-        since: Option<OffsetDateTime>,
-        until: Option<OffsetDateTime>,
-    ) -> Result<Vec<Access>, StoreError> {
-        self.read(self.inner.token_access(audience, since, until))
-            .await
-    }
-}
-
-#[async_trait]
-impl Store for Gated {
-    /// The store itself, past the gate: this is what the probe asks.
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
     }
 }

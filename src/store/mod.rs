@@ -1,16 +1,14 @@
-//! Persistence behind one trait grouped by aggregate (tasks, tokens, revocations,
-//! keys, audit). `postgres` is the production backend (replicas share it);
-//! `sqlite` is the embedded one, for `mayfly dev` and a single broker. Both pass
-//! the same conformance suite (tests/api/store_conformance/). List limits are
-//! clamped to 1..=1000.
+//! Persistence behind one trait grouped by aggregate (tasks, tokens, delegations,
+//! approvals, freezes, revocations, keys, audit), implemented once in `sql` for
+//! PostgreSQL (production; replicas share it) and SQLite (`mayfly dev`, a single
+//! broker). Both pass the same conformance suite (tests/api/store_conformance/).
+//! List limits are clamped to 1..=1000.
 pub mod gate;
-mod postgres;
-mod sqlite;
+mod sql;
 mod url;
 
-pub use gate::{Gated, Health};
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use gate::Health;
+pub use sql::{FaultHook, PG_MIGRATOR, SQLITE_MIGRATOR, SqlStore, Write};
 pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 
 use crate::audit::AuditEvent;
@@ -36,6 +34,26 @@ pub enum StoreError {
     Other(String),
 }
 
+/// Why a write that records a token (a mint, a redemption, a spent approval)
+/// refused it, judged on the task's row as the write found it: nothing was
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoTask,
+    /// The task is another agent's.
+    NotOwner,
+    /// A freeze covers the token (its holder, the task's agent or workflow).
+    Frozen,
+    /// The task is not active: its state now.
+    NotActive(TaskState),
+    PastDeadline,
+    /// The task has recorded its budget of tokens.
+    OutOfBudget,
+}
+
+/// A token recorded, or why not.
+pub type Recorded = Result<(), Refusal>;
+
 /// Redeeming a delegation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redeem {
@@ -47,9 +65,8 @@ pub enum Redeem {
     Expired,
     /// The parent token was revoked (directly or through an ancestor).
     ParentRevoked,
-    /// The task is not active, past its deadline or out of budget, or a freeze
-    /// covers the child token: nothing written.
-    TaskRefused,
+    /// The task refused the child token: nothing written.
+    Refused(Refusal),
 }
 
 #[derive(Debug, Clone)]
@@ -76,9 +93,8 @@ pub enum Spend {
     Spent,
     /// Not approved (any more): as it stands.
     NotApproved(Box<Approval>),
-    /// The task is not active, past its deadline or out of budget, or a freeze
-    /// covers the token: nothing written.
-    TaskRefused,
+    /// The task refused the token: nothing written.
+    Refused(Refusal),
 }
 
 /// What introspection needs besides the signature.
@@ -151,16 +167,16 @@ pub trait TaskStore {
 
 #[async_trait]
 pub trait TokenStore {
-    /// Records a token and its audit event in one statement, counting it against the
-    /// task's budget. Returns false (and writes nothing) unless the task is still
-    /// active, owned by the token's agent, before its deadline and under `budget`,
-    /// and no freeze covers the token.
+    /// Records a token and its audit event, counting it against the task's
+    /// budget, unless the task refuses it (then nothing is written and the
+    /// refusal says why): it must be active, owned by the token's agent, before
+    /// its deadline and under `budget`, and no freeze may cover the token.
     async fn insert_token(
         &self,
         token: &TokenRecord,
         budget: u32,
         audit: &AuditEvent,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Recorded, StoreError>;
     async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError>;
     async fn get_token(&self, jti: Uuid) -> Result<Option<TokenRecord>, StoreError>;
     async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError>;

@@ -8,7 +8,7 @@ use mayfly::api::pb::verifier_service_client::VerifierServiceClient;
 use mayfly::clock::ManualClock;
 use mayfly::config::Config;
 use mayfly::identity::devcerts::{DevCa, Issued, SvidSpec};
-use mayfly::store::PgStore;
+use mayfly::store::SqlStore;
 use sqlx::Connection;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -349,8 +349,8 @@ impl TestApp {
     }
 
     /// A store handle on the app's database, for checking what was persisted.
-    pub async fn store(&self) -> PgStore {
-        PgStore::connect(&self.db_url, 2, Duration::from_secs(5))
+    pub async fn store(&self) -> SqlStore {
+        SqlStore::postgres(&self.db_url, 2, Duration::from_secs(5))
             .await
             .unwrap()
     }
@@ -451,14 +451,14 @@ pub struct AuditRow {
 
 /// The audit events `actor` caused, oldest first. (The store reads audit events by
 /// task only; refusals of calls carry no task.)
-pub async fn audit_by(store: &PgStore, actor: &str) -> Vec<AuditRow> {
+pub async fn audit_by(store: &SqlStore, actor: &str) -> Vec<AuditRow> {
     use sqlx::Row;
     sqlx::query(
         "SELECT action, outcome, task_id, jti, reason, detail FROM audit_events
          WHERE actor = $1 ORDER BY id",
     )
     .bind(actor)
-    .fetch_all(store.pool())
+    .fetch_all(store.postgres_pool().expect("a PostgreSQL store"))
     .await
     .unwrap()
     .iter()

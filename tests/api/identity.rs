@@ -315,7 +315,7 @@ async fn a_call_without_a_valid_svid_is_not_audited() {
     assert_eq!(err.code(), Code::Unauthenticated);
     let store = app.store().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
-        .fetch_one(store.pool())
+        .fetch_one(store.postgres_pool().expect("a PostgreSQL store"))
         .await
         .unwrap();
     assert_eq!(n, 0, "there is no trustworthy caller to record");

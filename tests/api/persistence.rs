@@ -1,6 +1,6 @@
 //! No token leaves the broker unless it is persisted: a mint whose write fails hands
 //! back no token, driven directly on a broker over a store that can refuse the write.
-use crate::faulty::Faulty;
+use crate::faulty::Faults;
 use crate::helpers::*;
 use mayfly::broker::{Broker, BrokerError, DelegateRequest, Mint, MintRequest, StartTask};
 use mayfly::clock::{Clock, ManualClock};
@@ -24,10 +24,10 @@ fn caller(id: &str, clock: &ManualClock) -> Caller {
     }
 }
 
-async fn tokens_of(store: &PgStore, task: TaskId) -> Vec<uuid::Uuid> {
+async fn tokens_of(store: &SqlStore, task: TaskId) -> Vec<uuid::Uuid> {
     sqlx::query_scalar("SELECT jti FROM tokens WHERE task_id = $1")
         .bind(task.0)
-        .fetch_all(store.pool())
+        .fetch_all(store.postgres_pool().expect("a PostgreSQL store"))
         .await
         .unwrap()
 }
@@ -43,11 +43,11 @@ fn read_customer() -> MintRequest {
 #[tokio::test]
 async fn a_token_whose_insert_fails_is_never_returned() {
     let db = fresh_database().await;
-    let pg = PgStore::connect(&db.url, 4, Duration::from_secs(5))
+    let pg = SqlStore::postgres(&db.url, 4, Duration::from_secs(5))
         .await
         .unwrap();
-    let store = Arc::new(Faulty::new(pg.clone()));
-    store.fail_inserts.store(true, Ordering::SeqCst);
+    let (store, faults) = Faults::over(pg.clone());
+    faults.fail_inserts.store(true, Ordering::SeqCst);
     let clock = ManualClock::new();
     let dir = tempfile::tempdir().unwrap();
     let policy = Arc::new(CedarPolicy::load(&write_policies(dir.path(), 5), "test").unwrap());
@@ -93,7 +93,7 @@ async fn a_token_whose_insert_fails_is_never_returned() {
         "{err:?}"
     );
     assert_eq!(
-        store.insert_calls.load(Ordering::SeqCst),
+        faults.insert_calls.load(Ordering::SeqCst),
         1,
         "the refusal came from the failed insert, not from an earlier check"
     );
@@ -106,7 +106,7 @@ async fn a_token_whose_insert_fails_is_never_returned() {
     );
 
     // The store is back: the next mint is persisted and returned.
-    store.fail_inserts.store(false, Ordering::SeqCst);
+    faults.fail_inserts.store(false, Ordering::SeqCst);
     let minted = broker
         .mint(
             &agent,
@@ -126,12 +126,12 @@ async fn a_token_whose_insert_fails_is_never_returned() {
 }
 
 /// A broker over a store that can refuse token writes, with the test policies.
-async fn faulty_broker(clock: &ManualClock) -> (Broker, Arc<Faulty>, PgStore, TestDb) {
+async fn faulty_broker(clock: &ManualClock) -> (Broker, Arc<Faults>, SqlStore, TestDb) {
     let db = fresh_database().await;
-    let pg = PgStore::connect(&db.url, 4, Duration::from_secs(5))
+    let pg = SqlStore::postgres(&db.url, 4, Duration::from_secs(5))
         .await
         .unwrap();
-    let store = Arc::new(Faulty::new(pg.clone()));
+    let (store, faults) = Faults::over(pg.clone());
     let dir = tempfile::tempdir().unwrap();
     let policy = Arc::new(CedarPolicy::load(&write_policies(dir.path(), 5), "test").unwrap());
     let broker = Broker::new(
@@ -143,7 +143,7 @@ async fn faulty_broker(clock: &ManualClock) -> (Broker, Arc<Faulty>, PgStore, Te
     )
     .await
     .unwrap();
-    (broker, store, pg, db)
+    (broker, faults, pg, db)
 }
 
 /// A support task for AGENT declaring CRM reads and ticket deletes (step-up).
@@ -170,7 +170,7 @@ async fn support_task(broker: &Broker, clock: &ManualClock) -> TaskId {
 #[tokio::test]
 async fn a_redeemed_or_approved_token_whose_write_fails_is_never_returned() {
     let clock = ManualClock::new();
-    let (broker, store, pg, _db) = faulty_broker(&clock).await;
+    let (broker, faults, pg, _db) = faulty_broker(&clock).await;
     let task = support_task(&broker, &clock).await;
     let agent = caller(AGENT, &clock);
     let helper = Caller {
@@ -205,7 +205,7 @@ async fn a_redeemed_or_approved_token_whose_write_fails_is_never_returned() {
         .unwrap();
 
     // The store refuses the write: no child token, the offer stays redeemable.
-    store.fail_inserts.store(true, Ordering::SeqCst);
+    faults.fail_inserts.store(true, Ordering::SeqCst);
     let err = broker.redeem(&helper, offer.id).await.err().unwrap();
     assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
     assert_eq!(tokens_of(&pg, task).await, vec![parent.jti]);
@@ -246,7 +246,7 @@ async fn a_redeemed_or_approved_token_whose_write_fails_is_never_returned() {
     );
 
     // The store is back: both are spent exactly once.
-    store.fail_inserts.store(false, Ordering::SeqCst);
+    faults.fail_inserts.store(false, Ordering::SeqCst);
     let child = broker.redeem(&helper, offer.id).await.unwrap();
     let (spent, token) = broker
         .await_approval(&agent, approval.id, Duration::ZERO)
@@ -264,7 +264,7 @@ async fn a_redeemed_or_approved_token_whose_write_fails_is_never_returned() {
 #[tokio::test]
 async fn nobody_decides_their_own_step_up_request_nor_does_any_agent() {
     let clock = ManualClock::new();
-    let (broker, _store, _pg, _db) = faulty_broker(&clock).await;
+    let (broker, _faults, _pg, _db) = faulty_broker(&clock).await;
     let task = support_task(&broker, &clock).await;
     let agent = caller(AGENT, &clock);
     let Mint::Pending(approval) = broker

@@ -1,6 +1,6 @@
 //! The expiry sweep, driven directly on a broker with a manual clock: one task that
 //! cannot be ended does not shield the others, and an outage stops the sweep at once.
-use crate::faulty::Faulty;
+use crate::faulty::Faults;
 use crate::helpers::*;
 use mayfly::broker::{Broker, BrokerError};
 use mayfly::clock::{Clock, ManualClock};
@@ -30,7 +30,7 @@ async fn broker_on(store: Arc<dyn Store>, clock: &ManualClock) -> (Broker, tempf
 
 /// Inserts an active task with deadline `expires_at`; a `corrupt` one has scopes
 /// that do not decode, so ending it fails inside its transaction.
-async fn insert_task(store: &PgStore, expires_at: OffsetDateTime, corrupt: bool) -> TaskId {
+async fn insert_task(store: &SqlStore, expires_at: OffsetDateTime, corrupt: bool) -> TaskId {
     let id = uuid::Uuid::new_v4();
     let scopes = if corrupt {
         serde_json::json!("not a list of scopes")
@@ -47,16 +47,16 @@ async fn insert_task(store: &PgStore, expires_at: OffsetDateTime, corrupt: bool)
     .bind(ORCH)
     .bind(expires_at - time::Duration::hours(1))
     .bind(expires_at)
-    .execute(store.pool())
+    .execute(store.postgres_pool().expect("a PostgreSQL store"))
     .await
     .unwrap();
     TaskId(id)
 }
 
-async fn count_in_state(store: &PgStore, state: TaskState) -> i64 {
+async fn count_in_state(store: &SqlStore, state: TaskState) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state = $1")
         .bind(state.as_str())
-        .fetch_one(store.pool())
+        .fetch_one(store.postgres_pool().expect("a PostgreSQL store"))
         .await
         .unwrap()
 }
@@ -64,7 +64,7 @@ async fn count_in_state(store: &PgStore, state: TaskState) -> i64 {
 #[tokio::test]
 async fn tasks_that_cannot_be_ended_are_skipped_and_the_sweep_ends_the_others() {
     let db = fresh_database().await;
-    let store = PgStore::connect(&db.url, 4, Duration::from_secs(5))
+    let store = SqlStore::postgres(&db.url, 4, Duration::from_secs(5))
         .await
         .unwrap();
     let clock = ManualClock::new();
@@ -93,13 +93,13 @@ async fn tasks_that_cannot_be_ended_are_skipped_and_the_sweep_ends_the_others() 
     assert_eq!(count_in_state(&store, TaskState::Expired).await, 30);
     assert_eq!(count_in_state(&store, TaskState::Active).await, 121);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
-        .fetch_one(store.pool())
+        .fetch_one(store.postgres_pool().expect("a PostgreSQL store"))
         .await
         .unwrap();
     assert_eq!(n, 30, "one revocation per expired task");
     let still: String = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
         .bind(not_due.0)
-        .fetch_one(store.pool())
+        .fetch_one(store.postgres_pool().expect("a PostgreSQL store"))
         .await
         .unwrap();
     assert_eq!(still, "active");
@@ -114,16 +114,16 @@ async fn tasks_that_cannot_be_ended_are_skipped_and_the_sweep_ends_the_others() 
 #[tokio::test]
 async fn an_unavailable_store_stops_the_sweep_at_the_first_failure() {
     let db = fresh_database().await;
-    let pg = PgStore::connect(&db.url, 4, Duration::from_secs(5))
+    let pg = SqlStore::postgres(&db.url, 4, Duration::from_secs(5))
         .await
         .unwrap();
-    let store = Arc::new(Faulty::new(pg.clone()));
+    let (store, faults) = Faults::over(pg.clone());
     let clock = ManualClock::new();
     let (broker, _dir) = broker_on(store.clone(), &clock).await;
     for _ in 0..5 {
         insert_task(&pg, clock.now() - time::Duration::minutes(1), false).await;
     }
-    store.down.store(true, Ordering::SeqCst);
+    faults.down.store(true, Ordering::SeqCst);
 
     let sweep = broker.sweep_expired().await;
     assert!(
@@ -136,13 +136,13 @@ async fn an_unavailable_store_stops_the_sweep_at_the_first_failure() {
     );
     assert_eq!((sweep.ended, sweep.failed), (0, 0));
     assert_eq!(
-        store.end_calls.load(Ordering::SeqCst),
+        faults.end_calls.load(Ordering::SeqCst),
         1,
         "no further task is tried once the store is unavailable"
     );
 
     // Back up: the next sweep ends them all.
-    store.down.store(false, Ordering::SeqCst);
+    faults.down.store(false, Ordering::SeqCst);
     let sweep = broker.sweep_expired().await;
     assert!(sweep.stopped.is_none());
     assert_eq!(sweep.ended, 5);

@@ -284,19 +284,20 @@ pub async fn spending_is_refused_when_the_task_refuses_the_token<S: Store>(s: &S
     let a = decide_ok(s, &a, true, 20).await;
     complete(s, &ended, 30).await;
     let tok = token_for(&ended, delete(1), 40);
-    assert_not_spent(s, &a, &tok, BUDGET, Spend::TaskRefused).await;
+    let refused = Spend::Refused(Refusal::NotActive(TaskState::Completed));
+    assert_not_spent(s, &a, &tok, BUDGET, refused).await;
 
     let t = open(s, task(AGENT2, 0, 600)).await;
     mint(s, &t, 5).await;
     let b = request(s, approval(&t, delete(1), 10)).await;
     let b = decide_ok(s, &b, true, 20).await;
     let tok = token_for(&t, delete(1), 30);
-    assert_not_spent(s, &b, &tok, 1, Spend::TaskRefused).await;
+    assert_not_spent(s, &b, &tok, 1, Spend::Refused(Refusal::OutOfBudget)).await;
 
     let target = FreezeTarget::Agent(AGENT2.into());
     freeze(s, target.clone(), 35).await;
     let tok = token_for(&t, delete(1), 40);
-    assert_not_spent(s, &b, &tok, BUDGET, Spend::TaskRefused).await;
+    assert_not_spent(s, &b, &tok, BUDGET, Spend::Refused(Refusal::Frozen)).await;
     unfreeze(s, &target, 45).await.expect("frozen");
 
     let tok = token_for(&t, delete(1), 50);

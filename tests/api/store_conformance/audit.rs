@@ -292,7 +292,10 @@ pub async fn token_access_counts_tokens_per_agent_and_resource<S: Store>(s: &S) 
         (&mine, &billing, 25),
     ] {
         let tok = token_for(t, scope.clone(), secs);
-        assert!(s.insert_token(&tok, BUDGET, &minted(&tok)).await.unwrap());
+        assert_eq!(
+            s.insert_token(&tok, BUDGET, &minted(&tok)).await.unwrap(),
+            Ok(())
+        );
         if secs == 20 {
             // Revoked later, it was still held: it counts.
             revoke_ok(s, Target::Token(tok.jti), 21).await;

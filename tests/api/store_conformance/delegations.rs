@@ -190,7 +190,10 @@ pub async fn redeeming_in_a_task_that_is_not_active_is_refused<S: Store>(s: &S) 
     end(s, &t, TaskState::Completed, 25).await;
     let c = child(&d, &t.workflow, 30);
     // Ending a task revokes the parent too: either refusal will do.
-    let either = [Redeem::TaskRefused, Redeem::ParentRevoked];
+    let either = [
+        Redeem::Refused(Refusal::NotActive(TaskState::Completed)),
+        Redeem::ParentRevoked,
+    ];
     assert_not_redeemed_as(s, &d, &c, BUDGET, &either).await;
 }
 
@@ -200,21 +203,23 @@ pub async fn redeeming_past_the_task_deadline_is_refused<S: Store>(s: &S) {
         expires_at: at(200),
         ..token(&t, 10)
     };
-    assert!(
+    assert_eq!(
         s.insert_token(&parent, BUDGET, &minted(&parent))
             .await
-            .unwrap()
+            .unwrap(),
+        Ok(())
     );
     let d = delegate(s, &parent, &[], SUB, 20).await;
     assert!(d.expires_at > at(100), "the offer outlives the task");
     let c = child(&d, &t.workflow, 100);
-    assert_not_redeemed(s, &d, &c, BUDGET, Redeem::TaskRefused).await;
+    let refused = Redeem::Refused(Refusal::PastDeadline);
+    assert_not_redeemed(s, &d, &c, BUDGET, refused).await;
 }
 
 pub async fn redeeming_beyond_the_budget_is_refused<S: Store>(s: &S) {
     let (t, _, d) = offered_task(s, 600).await;
     let c = child(&d, &t.workflow, 30);
-    assert_not_redeemed(s, &d, &c, 1, Redeem::TaskRefused).await;
+    assert_not_redeemed(s, &d, &c, 1, Redeem::Refused(Refusal::OutOfBudget)).await;
     assert_eq!(redeem(s, &d, &c, 2).await, Redeem::Redeemed);
 }
 
@@ -227,7 +232,7 @@ pub async fn redeeming_is_refused_while_a_freeze_covers_either_agent<S: Store>(s
     ] {
         freeze(s, target.clone(), secs).await;
         let c = child(&d, &t.workflow, secs + 1);
-        assert_not_redeemed(s, &d, &c, BUDGET, Redeem::TaskRefused).await;
+        assert_not_redeemed(s, &d, &c, BUDGET, Redeem::Refused(Refusal::Frozen)).await;
         unfreeze(s, &target, secs + 2).await.expect("frozen");
     }
     redeem_ok(s, &d, 60).await;

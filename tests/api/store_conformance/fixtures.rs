@@ -173,22 +173,24 @@ pub fn minted(tok: &TokenRecord) -> AuditEvent {
 /// Records a token of `t` issued at `secs`, which must be accepted.
 pub async fn mint<S: Store>(s: &S, t: &Task, secs: i64) -> TokenRecord {
     let tok = token(t, secs);
-    assert!(
+    assert_eq!(
         s.insert_token(&tok, BUDGET, &minted(&tok)).await.unwrap(),
+        Ok(()),
         "token of task {} at {secs} refused",
         t.id
     );
     tok
 }
 
-/// `tok` is refused with `budget`, and nothing is written: no token, no count
-/// against the task's budget, no audit event.
-pub async fn assert_refused<S: Store>(s: &S, tok: &TokenRecord, budget: u32) {
+/// `tok` is refused with `budget` for the reason `why`, and nothing is written:
+/// no token, no count against the task's budget, no audit event.
+pub async fn assert_refused<S: Store>(s: &S, tok: &TokenRecord, budget: u32, why: Refusal) {
     let before = s.get_task(tok.task).await.unwrap();
     let events = s.audit_for_task(tok.task).await.unwrap().len();
-    assert!(
-        !s.insert_token(tok, budget, &minted(tok)).await.unwrap(),
-        "token {} was accepted",
+    assert_eq!(
+        s.insert_token(tok, budget, &minted(tok)).await.unwrap(),
+        Err(why),
+        "token {} was not refused as expected",
         tok.jti
     );
     assert_eq!(s.get_token(tok.jti).await.unwrap(), None, "token written");

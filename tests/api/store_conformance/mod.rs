@@ -6,7 +6,7 @@
 //! The cases only use the trait: no SQL, no backend internals. A case that fails
 //! on one backend is a contract violation of that backend (or of the contract's
 //! wording), never something to special-case here.
-use mayfly::store::{PgStore, Store};
+use mayfly::store::{SqlStore, Store};
 use std::time::Duration;
 
 mod approvals;
@@ -34,10 +34,10 @@ impl<S: Store> Backend<S> {
     }
 }
 
-/// PostgreSQL: a fresh database per test, migrated by `PgStore::connect`.
-async fn pg_store() -> Backend<PgStore> {
+/// PostgreSQL: a fresh database per test, migrated by `SqlStore::postgres`.
+async fn pg_store() -> Backend<SqlStore> {
     let db = crate::helpers::fresh_database().await;
-    let store = PgStore::connect(&db.url, 8, Duration::from_secs(10))
+    let store = SqlStore::postgres(&db.url, 8, Duration::from_secs(10))
         .await
         .expect("connect to the test database");
     Backend::new(store, db)
@@ -166,10 +166,10 @@ macro_rules! conformance {
 conformance!(postgres, pg_store());
 
 /// SQLite: a fresh database file per test, in a directory removed after it.
-async fn sqlite_store() -> Backend<mayfly::store::SqliteStore> {
+async fn sqlite_store() -> Backend<mayfly::store::SqlStore> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let url = format!("sqlite://{}/mayfly.db", dir.path().display());
-    let store = mayfly::store::SqliteStore::connect(&url, 8, Duration::from_secs(10))
+    let store = mayfly::store::SqlStore::sqlite_url(&url, 8, Duration::from_secs(10))
         .await
         .expect("open the SQLite store");
     Backend::new(store, dir)

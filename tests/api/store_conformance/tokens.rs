@@ -12,7 +12,10 @@ pub async fn an_accepted_token_reads_back_and_counts_against_the_budget<S: Store
     let t = open(s, task(AGENT, 0, 600)).await;
     let tok = token(&t, 10);
 
-    assert!(s.insert_token(&tok, 5, &minted(&tok)).await.unwrap());
+    assert_eq!(
+        s.insert_token(&tok, 5, &minted(&tok)).await.unwrap(),
+        Ok(())
+    );
     assert_eq!(s.get_token(tok.jti).await.unwrap(), Some(tok.clone()));
     assert_eq!(reread(s, &t).await.tokens_minted, 1);
     assert_eq!(
@@ -32,14 +35,26 @@ pub async fn an_accepted_token_reads_back_and_counts_against_the_budget<S: Store
 pub async fn a_token_for_a_task_that_is_not_active_is_refused<S: Store>(s: &S) {
     let completed = open(s, task(AGENT, 0, 600)).await;
     complete(s, &completed, 10).await;
-    assert_refused(s, &token(&completed, 20), BUDGET).await;
+    assert_refused(
+        s,
+        &token(&completed, 20),
+        BUDGET,
+        Refusal::NotActive(TaskState::Completed),
+    )
+    .await;
 
     let revoked = open(s, task(AGENT, 0, 600)).await;
     revoke_ok(s, Target::Task(revoked.id), 10).await;
-    assert_refused(s, &token(&revoked, 20), BUDGET).await;
+    assert_refused(
+        s,
+        &token(&revoked, 20),
+        BUDGET,
+        Refusal::NotActive(TaskState::Revoked),
+    )
+    .await;
 
     let ghost = task(AGENT, 0, 600);
-    assert_refused(s, &token(&ghost, 20), BUDGET).await;
+    assert_refused(s, &token(&ghost, 20), BUDGET, Refusal::NoTask).await;
 }
 
 pub async fn a_token_for_another_agents_task_is_refused<S: Store>(s: &S) {
@@ -48,14 +63,14 @@ pub async fn a_token_for_another_agents_task_is_refused<S: Store>(s: &S) {
         agent: AGENT2.into(),
         ..token(&t, 10)
     };
-    assert_refused(s, &theirs, BUDGET).await;
+    assert_refused(s, &theirs, BUDGET, Refusal::NotOwner).await;
     mint(s, &t, 20).await;
 }
 
 pub async fn a_token_at_or_past_the_task_deadline_is_refused<S: Store>(s: &S) {
     let t = open(s, task(AGENT, 0, 600)).await;
-    assert_refused(s, &token(&t, 600), BUDGET).await;
-    assert_refused(s, &token(&t, 700), BUDGET).await;
+    assert_refused(s, &token(&t, 600), BUDGET, Refusal::PastDeadline).await;
+    assert_refused(s, &token(&t, 700), BUDGET, Refusal::PastDeadline).await;
     mint(s, &t, 599).await;
 }
 
@@ -63,14 +78,20 @@ pub async fn a_token_beyond_the_budget_is_refused<S: Store>(s: &S) {
     let t = open(s, task(AGENT, 0, 600)).await;
     for secs in [10, 20] {
         let tok = token(&t, secs);
-        assert!(s.insert_token(&tok, 2, &minted(&tok)).await.unwrap());
+        assert_eq!(
+            s.insert_token(&tok, 2, &minted(&tok)).await.unwrap(),
+            Ok(())
+        );
     }
-    assert_refused(s, &token(&t, 30), 2).await;
+    assert_refused(s, &token(&t, 30), 2, Refusal::OutOfBudget).await;
     assert_eq!(reread(s, &t).await.tokens_minted, 2);
-    assert_refused(s, &token(&t, 30), 0).await;
+    assert_refused(s, &token(&t, 30), 0, Refusal::OutOfBudget).await;
     // A larger budget (a policy reload) lets the task go on.
     let tok = token(&t, 40);
-    assert!(s.insert_token(&tok, 3, &minted(&tok)).await.unwrap());
+    assert_eq!(
+        s.insert_token(&tok, 3, &minted(&tok)).await.unwrap(),
+        Ok(())
+    );
     assert_eq!(reread(s, &t).await.tokens_minted, 3);
 }
 
@@ -80,7 +101,7 @@ pub async fn a_freeze_of_the_agent_stops_its_tokens_until_lifted<S: Store>(s: &S
     let target = FreezeTarget::Agent(AGENT.into());
     freeze(s, target.clone(), 10).await;
 
-    assert_refused(s, &token(&t, 20), BUDGET).await;
+    assert_refused(s, &token(&t, 20), BUDGET, Refusal::Frozen).await;
     mint(s, &other, 20).await;
 
     unfreeze(s, &target, 30).await.expect("frozen");
@@ -92,7 +113,7 @@ pub async fn a_freeze_of_the_workflow_stops_its_tokens<S: Store>(s: &S) {
     let billing = open(s, task_in(AGENT, OTHER_WORKFLOW, 0, 600)).await;
     freeze(s, FreezeTarget::Workflow(WORKFLOW.into()), 10).await;
 
-    assert_refused(s, &token(&support, 20), BUDGET).await;
+    assert_refused(s, &token(&support, 20), BUDGET, Refusal::Frozen).await;
     mint(s, &billing, 20).await;
 }
 
@@ -101,8 +122,8 @@ pub async fn a_freeze_of_all_issuance_stops_every_token<S: Store>(s: &S) {
     let t2 = open(s, task_in(AGENT2, OTHER_WORKFLOW, 0, 600)).await;
     freeze(s, FreezeTarget::All, 10).await;
 
-    assert_refused(s, &token(&t1, 20), BUDGET).await;
-    assert_refused(s, &token(&t2, 20), BUDGET).await;
+    assert_refused(s, &token(&t1, 20), BUDGET, Refusal::Frozen).await;
+    assert_refused(s, &token(&t2, 20), BUDGET, Refusal::Frozen).await;
 
     unfreeze(s, &FreezeTarget::All, 30).await.expect("frozen");
     mint(s, &t2, 40).await;
@@ -155,7 +176,10 @@ pub async fn a_token_whose_ancestor_is_revoked_reads_as_revoked<S: Store>(s: &S)
         depth: 2,
         ..token(&t, 40)
     };
-    assert!(s.insert_token(&late, BUDGET, &minted(&late)).await.unwrap());
+    assert_eq!(
+        s.insert_token(&late, BUDGET, &minted(&late)).await.unwrap(),
+        Ok(())
+    );
     assert_eq!(
         s.get_token(late.jti).await.unwrap().unwrap().revoked_at,
         None
@@ -173,10 +197,11 @@ pub async fn list_tokens_filters_by_task_agent_and_activity<S: Store>(s: &S) {
         expires_at: at(50),
         ..token(&t, 20)
     };
-    assert!(
+    assert_eq!(
         s.insert_token(&expired, BUDGET, &minted(&expired))
             .await
-            .unwrap()
+            .unwrap(),
+        Ok(())
     );
     let revoked = mint(s, &t, 30).await;
     revoke_ok(s, Target::Token(revoked.jti), 35).await;
@@ -240,7 +265,15 @@ pub async fn concurrent_tokens_never_exceed_the_budget<S: Store>(s: &S) {
     )
     .await;
 
-    let accepted: Vec<bool> = accepted.into_iter().map(Result::unwrap).collect();
+    let recorded: Vec<Recorded> = accepted.into_iter().map(Result::unwrap).collect();
+    // Every refusal is the budget's: none is mistaken for another reason.
+    assert!(
+        recorded
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(Refusal::OutOfBudget))),
+        "{recorded:?}"
+    );
+    let accepted: Vec<bool> = recorded.iter().map(Result::is_ok).collect();
     assert_eq!(accepted.iter().filter(|a| **a).count(), 2, "{accepted:?}");
     assert_eq!(reread(s, &t).await.tokens_minted, 2);
     for (tok, ok) in tokens.iter().zip(&accepted) {

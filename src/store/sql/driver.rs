@@ -1,0 +1,663 @@
+//! The two drivers, and the only file that names them. A transaction script
+//! (the aggregate files beside this one) builds a [`Query`] once, with `$n`
+//! placeholders (both databases read them) and typed arguments ([`Arg`]); this
+//! file binds them as each database stores them and decodes the [`Row`]s back:
+//!
+//! | value  | PostgreSQL    | SQLite                            |
+//! |--------|---------------|-----------------------------------|
+//! | UUID   | `uuid`        | hyphenated lower-case `TEXT`      |
+//! | time   | `timestamptz` | Unix microseconds, `INTEGER`      |
+//! | JSON   | `jsonb`       | its `TEXT`                        |
+//! | bool   | `boolean`     | `INTEGER` 0 or 1                  |
+//!
+//! The other differences are the concurrency model (PostgreSQL locks rows, as
+//! [`Db::lock`] writes; SQLite has one writing connection, so transactions never
+//! interleave) and notices ([`Tx::notify`]: `pg_notify`, delivered to every broker
+//! at commit, against a broadcast to this process's feeds after the commit).
+use crate::store::{Notice, RevocationFeed, StoreError};
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Postgres, Row as _, Sqlite, TypeInfo, ValueRef};
+use std::borrow::Cow;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// The LISTEN/NOTIFY channel of revocation commits (the payload is the sequence
+/// number), approval decisions ([`APPROVAL_NOTICE`]) and new keys ([`KEYS_NOTICE`]).
+const NOTIFY_CHANNEL: &str = "mayfly_revocations";
+const APPROVAL_NOTICE: &str = "approval";
+const KEYS_NOTICE: &str = "keys";
+/// How many notices a slow SQLite feed may fall behind before it is told to
+/// catch up.
+const FEED_CAPACITY: usize = 1024;
+
+/// A connected database.
+#[derive(Clone)]
+pub(super) enum Db {
+    Postgres(PgPool),
+    Sqlite(Lite),
+}
+
+#[derive(Clone)]
+pub(super) struct Lite {
+    /// One connection: every write, in order.
+    pub writer: SqlitePool,
+    /// Read-only connections (WAL mode: they never block the writer).
+    pub reader: SqlitePool,
+    pub notices: broadcast::Sender<Notice>,
+    /// Held while the store lives: a second broker on the same file is refused.
+    pub _lock: Arc<std::fs::File>,
+}
+
+impl Lite {
+    pub fn new(writer: SqlitePool, reader: SqlitePool, lock: std::fs::File) -> Self {
+        let (notices, _) = broadcast::channel(FEED_CAPACITY);
+        Lite {
+            writer,
+            reader,
+            notices,
+            _lock: Arc::new(lock),
+        }
+    }
+}
+
+/// One typed argument of a statement.
+#[derive(Debug, Clone)]
+pub(super) enum Arg<'a> {
+    Uuid(Option<Uuid>),
+    Time(Option<OffsetDateTime>),
+    Text(Option<Cow<'a, str>>),
+    Int(Option<i64>),
+    Bool(bool),
+    Json(serde_json::Value),
+    Bytes(&'a [u8]),
+}
+
+impl From<Uuid> for Arg<'_> {
+    fn from(v: Uuid) -> Self {
+        Arg::Uuid(Some(v))
+    }
+}
+impl From<Option<Uuid>> for Arg<'_> {
+    fn from(v: Option<Uuid>) -> Self {
+        Arg::Uuid(v)
+    }
+}
+impl From<OffsetDateTime> for Arg<'_> {
+    fn from(v: OffsetDateTime) -> Self {
+        Arg::Time(Some(v))
+    }
+}
+impl From<Option<OffsetDateTime>> for Arg<'_> {
+    fn from(v: Option<OffsetDateTime>) -> Self {
+        Arg::Time(v)
+    }
+}
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(Cow::Borrowed(v)))
+    }
+}
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(Some(Cow::Borrowed(v)))
+    }
+}
+impl From<String> for Arg<'_> {
+    fn from(v: String) -> Self {
+        Arg::Text(Some(Cow::Owned(v)))
+    }
+}
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v.map(Cow::Borrowed))
+    }
+}
+impl<'a> From<&'a Option<String>> for Arg<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        Arg::Text(v.as_deref().map(Cow::Borrowed))
+    }
+}
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+impl From<u32> for Arg<'_> {
+    fn from(v: u32) -> Self {
+        Arg::Int(Some(i64::from(v)))
+    }
+}
+/// A position or count: one beyond `i64::MAX` reads as `i64::MAX`.
+impl From<u64> for Arg<'_> {
+    fn from(v: u64) -> Self {
+        Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+    }
+}
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+impl From<serde_json::Value> for Arg<'_> {
+    fn from(v: serde_json::Value) -> Self {
+        Arg::Json(v)
+    }
+}
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Arg::Bytes(v)
+    }
+}
+impl<'a> From<&'a Vec<u8>> for Arg<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        Arg::Bytes(v)
+    }
+}
+
+/// A JSON argument from anything serialisable.
+pub(super) fn json(v: &impl serde::Serialize) -> Result<Arg<'static>, StoreError> {
+    serde_json::to_value(v)
+        .map(Arg::Json)
+        .map_err(|e| StoreError::Other(format!("encoding JSON: {e}")))
+}
+
+/// A statement and its arguments.
+#[must_use]
+pub(super) struct Query<'a> {
+    sql: Cow<'static, str>,
+    args: Vec<Arg<'a>>,
+}
+
+/// A statement with `$n` placeholders.
+pub(super) fn query<'a>(sql: impl Into<Cow<'static, str>>) -> Query<'a> {
+    Query {
+        sql: sql.into(),
+        args: Vec::new(),
+    }
+}
+
+impl<'a> Query<'a> {
+    pub fn bind(mut self, arg: impl Into<Arg<'a>>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn bind_all(mut self, args: impl IntoIterator<Item = Arg<'a>>) -> Self {
+        self.args.extend(args);
+        self
+    }
+
+    fn pg(self) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+        let mut q = sqlx::query(AssertSqlSafe(self.sql));
+        for a in self.args {
+            q = match a {
+                Arg::Uuid(v) => q.bind(v),
+                Arg::Time(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v.map(Cow::into_owned)),
+                Arg::Int(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::Json(v) => q.bind(Json(v)),
+                Arg::Bytes(v) => q.bind(v.to_vec()),
+            };
+        }
+        q
+    }
+
+    fn sqlite(self) -> sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments> {
+        let mut q = sqlx::query(AssertSqlSafe(self.sql));
+        for a in self.args {
+            q = match a {
+                Arg::Uuid(v) => q.bind(v.map(|v| v.to_string())),
+                Arg::Time(v) => q.bind(v.map(micros)),
+                Arg::Text(v) => q.bind(v.map(Cow::into_owned)),
+                Arg::Int(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(i64::from(v)),
+                Arg::Json(v) => q.bind(v.to_string()),
+                Arg::Bytes(v) => q.bind(v.to_vec()),
+            };
+        }
+        q
+    }
+}
+
+/// Unix microseconds, the precision PostgreSQL keeps.
+pub(super) fn micros(t: OffsetDateTime) -> i64 {
+    let us = t.unix_timestamp_nanos().div_euclid(1000);
+    i64::try_from(us).unwrap_or(if us < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn from_micros(us: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .map_err(|e| corrupt(format!("stored time {us}: {e}")))
+}
+
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// A list limit, clamped to 1..=1000.
+pub(super) fn limit(n: u32) -> i64 {
+    i64::from(n.clamp(1, 1000))
+}
+
+/// What the database said, as the broker tells failures apart: unreachable (fail
+/// closed, retry), a row that does not decode, or anything else.
+pub(super) fn map_err(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        E::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            let unavailable = match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN (primary result
+                // codes, as extended codes carry them in the low byte).
+                Some(_) => matches!(
+                    code.parse::<i32>().map(|c| c & 0xff),
+                    Ok(5 | 6 | 10 | 13 | 14)
+                ),
+                // Connection exceptions, admin shutdown, cannot connect now.
+                None => code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"),
+            };
+            match unavailable {
+                true => StoreError::Unavailable(e.to_string()),
+                false => StoreError::Other(e.to_string()),
+            }
+        }
+        E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) | E::TypeNotFound { .. } => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// One row of a result.
+pub(super) enum Row {
+    Pg(PgRow),
+    Lite(SqliteRow),
+}
+
+impl Row {
+    fn get<'r, P, L>(&'r self, col: &str) -> Result<Result<P, L>, StoreError>
+    where
+        P: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+        L: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+    {
+        match self {
+            Row::Pg(r) => r.try_get(col).map(Ok),
+            Row::Lite(r) => r.try_get(col).map(Err),
+        }
+        .map_err(map_err)
+    }
+
+    pub fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.get::<String, String>(col)?.unwrap_or_else(|s| s))
+    }
+
+    pub fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get::<Option<String>, Option<String>>(col)?
+            .unwrap_or_else(|s| s))
+    }
+
+    pub fn uuid(&self, col: &str) -> Result<Uuid, StoreError> {
+        self.uuid_opt(col)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+
+    pub fn uuid_opt(&self, col: &str) -> Result<Option<Uuid>, StoreError> {
+        match self.get::<Option<Uuid>, Option<String>>(col)? {
+            Ok(v) => Ok(v),
+            Err(s) => s
+                .map(|s| Uuid::parse_str(&s).map_err(|e| corrupt(format!("{col} {s:?}: {e}"))))
+                .transpose(),
+        }
+    }
+
+    pub fn time(&self, col: &str) -> Result<OffsetDateTime, StoreError> {
+        self.time_opt(col)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+
+    pub fn time_opt(&self, col: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        match self.get::<Option<OffsetDateTime>, Option<i64>>(col)? {
+            Ok(v) => Ok(v),
+            Err(us) => us.map(from_micros).transpose(),
+        }
+    }
+
+    /// An integer of any width.
+    pub fn int_opt(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        match self {
+            Row::Pg(r) => {
+                let raw = r.try_get_raw(col).map_err(map_err)?;
+                let n = match raw.type_info().name() {
+                    "INT2" => r.try_get::<Option<i16>, _>(col).map(|v| v.map(i64::from)),
+                    "INT4" => r.try_get::<Option<i32>, _>(col).map(|v| v.map(i64::from)),
+                    _ => r.try_get::<Option<i64>, _>(col),
+                };
+                n.map_err(map_err)
+            }
+            Row::Lite(r) => r.try_get(col).map_err(map_err),
+        }
+    }
+
+    pub fn int(&self, col: &str) -> Result<i64, StoreError> {
+        self.int_opt(col)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+
+    pub fn u32(&self, col: &str) -> Result<u32, StoreError> {
+        let n = self.int(col)?;
+        u32::try_from(n).map_err(|e| corrupt(format!("{col} {n}: {e}")))
+    }
+
+    pub fn u64(&self, col: &str) -> Result<u64, StoreError> {
+        let n = self.int(col)?;
+        u64::try_from(n).map_err(|e| corrupt(format!("{col} {n}: {e}")))
+    }
+
+    pub fn bool(&self, col: &str) -> Result<bool, StoreError> {
+        Ok(match self.get::<bool, i64>(col)? {
+            Ok(b) => b,
+            Err(n) => n != 0,
+        })
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self, col: &str) -> Result<T, StoreError> {
+        match self.get::<Json<serde_json::Value>, String>(col)? {
+            Ok(Json(v)) => serde_json::from_value(v),
+            Err(s) => serde_json::from_str(&s),
+        }
+        .map_err(|e| corrupt(format!("{col}: {e}")))
+    }
+
+    pub fn bytes_opt(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .get::<Option<Vec<u8>>, Option<Vec<u8>>>(col)?
+            .unwrap_or_else(|b| b))
+    }
+
+    pub fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+        self.bytes_opt(col)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+}
+
+impl Db {
+    /// A row-locking clause for a `SELECT` in a write transaction: SQLite needs
+    /// none (one writer, so no transaction interleaves with another).
+    pub fn lock(&self, clause: &'static str) -> &'static str {
+        match self {
+            Db::Postgres(_) => clause,
+            Db::Sqlite(_) => "",
+        }
+    }
+
+    /// A JSON column as the text its database keeps (which the audit chain's hash
+    /// covers): `jsonb`'s own rendering in PostgreSQL.
+    pub fn json_text(&self, col: &'static str) -> Cow<'static, str> {
+        match self {
+            Db::Postgres(_) => format!("{col}::text AS {col}").into(),
+            Db::Sqlite(_) => col.into(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Postgres(p) => Tx::Pg(p.begin().await.map_err(map_err)?),
+            Db::Sqlite(l) => Tx::Lite {
+                tx: l.writer.begin().await.map_err(map_err)?,
+                notices: l.notices.clone(),
+                pending: Vec::new(),
+            },
+        })
+    }
+
+    /// Runs a read outside a transaction.
+    pub async fn fetch_all(&self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Db::Postgres(p) => q.pg().fetch_all(p).await.map(pg_rows),
+            Db::Sqlite(l) => q.sqlite().fetch_all(&l.reader).await.map(lite_rows),
+        }
+        .map_err(map_err)
+    }
+
+    pub async fn fetch_optional(&self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
+        match self {
+            Db::Postgres(p) => q.pg().fetch_optional(p).await.map(|r| r.map(Row::Pg)),
+            Db::Sqlite(l) => q
+                .sqlite()
+                .fetch_optional(&l.reader)
+                .await
+                .map(|r| r.map(Row::Lite)),
+        }
+        .map_err(map_err)
+    }
+
+    pub async fn fetch_one(&self, q: Query<'_>) -> Result<Row, StoreError> {
+        match self {
+            Db::Postgres(p) => q.pg().fetch_one(p).await.map(Row::Pg),
+            Db::Sqlite(l) => q.sqlite().fetch_one(&l.reader).await.map(Row::Lite),
+        }
+        .map_err(map_err)
+    }
+
+    /// Runs one write statement in a transaction of its own.
+    pub async fn execute(&self, q: Query<'_>) -> Result<u64, StoreError> {
+        match self {
+            Db::Postgres(p) => q.pg().execute(p).await.map(|d| d.rows_affected()),
+            Db::Sqlite(l) => q
+                .sqlite()
+                .execute(&l.writer)
+                .await
+                .map(|d| d.rows_affected()),
+        }
+        .map_err(map_err)
+    }
+
+    /// Starts listening for notices committed by any broker on this database.
+    pub async fn feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
+        Ok(match self {
+            Db::Postgres(p) => {
+                let mut listener = sqlx::postgres::PgListener::connect_with(p)
+                    .await
+                    .map_err(map_err)?;
+                listener.listen(NOTIFY_CHANNEL).await.map_err(map_err)?;
+                Box::new(PgFeed { listener })
+            }
+            Db::Sqlite(l) => Box::new(LocalFeed {
+                rx: l.notices.subscribe(),
+            }),
+        })
+    }
+}
+
+fn pg_rows(rows: Vec<PgRow>) -> Vec<Row> {
+    rows.into_iter().map(Row::Pg).collect()
+}
+
+fn lite_rows(rows: Vec<SqliteRow>) -> Vec<Row> {
+    rows.into_iter().map(Row::Lite).collect()
+}
+
+/// A write transaction; dropped without [`Tx::commit`], it rolls back.
+pub(super) enum Tx {
+    Pg(sqlx::Transaction<'static, Postgres>),
+    Lite {
+        tx: sqlx::Transaction<'static, Sqlite>,
+        notices: broadcast::Sender<Notice>,
+        /// Told to this process's feeds once the commit is through.
+        pending: Vec<Notice>,
+    },
+}
+
+impl Tx {
+    /// Runs a statement; returns the rows it changed.
+    pub async fn execute(&mut self, q: Query<'_>) -> Result<u64, StoreError> {
+        match self {
+            Tx::Pg(tx) => q.pg().execute(&mut **tx).await.map(|d| d.rows_affected()),
+            Tx::Lite { tx, .. } => q
+                .sqlite()
+                .execute(&mut **tx)
+                .await
+                .map(|d| d.rows_affected()),
+        }
+        .map_err(map_err)
+    }
+
+    pub async fn fetch_all(&mut self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Tx::Pg(tx) => q.pg().fetch_all(&mut **tx).await.map(pg_rows),
+            Tx::Lite { tx, .. } => q.sqlite().fetch_all(&mut **tx).await.map(lite_rows),
+        }
+        .map_err(map_err)
+    }
+
+    pub async fn fetch_optional(&mut self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
+        match self {
+            Tx::Pg(tx) => q
+                .pg()
+                .fetch_optional(&mut **tx)
+                .await
+                .map(|r| r.map(Row::Pg)),
+            Tx::Lite { tx, .. } => q
+                .sqlite()
+                .fetch_optional(&mut **tx)
+                .await
+                .map(|r| r.map(Row::Lite)),
+        }
+        .map_err(map_err)
+    }
+
+    pub async fn fetch_one(&mut self, q: Query<'_>) -> Result<Row, StoreError> {
+        match self {
+            Tx::Pg(tx) => q.pg().fetch_one(&mut **tx).await.map(Row::Pg),
+            Tx::Lite { tx, .. } => q.sqlite().fetch_one(&mut **tx).await.map(Row::Lite),
+        }
+        .map_err(map_err)
+    }
+
+    /// Tells every broker on the database once (and only if) this transaction
+    /// commits, in commit order.
+    pub async fn notify(&mut self, n: Notice) -> Result<(), StoreError> {
+        match self {
+            Tx::Pg(tx) => {
+                let payload = match n {
+                    Notice::Revocation(seq) => seq.to_string(),
+                    Notice::ApprovalDecided => APPROVAL_NOTICE.into(),
+                    Notice::KeysChanged => KEYS_NOTICE.into(),
+                };
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(payload)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+            Tx::Lite { pending, .. } => pending.push(n),
+        }
+        Ok(())
+    }
+
+    /// Commits. SQLite's commit and its notices run in a task of their own, so a
+    /// caller that stops waiting (a cancelled request) cannot commit a write
+    /// without its notice.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Pg(tx) => tx.commit().await.map_err(map_err),
+            Tx::Lite {
+                tx,
+                notices,
+                pending,
+            } if pending.is_empty() => {
+                drop(notices);
+                tx.commit().await.map_err(map_err)
+            }
+            Tx::Lite {
+                tx,
+                notices,
+                pending,
+            } => tokio::spawn(async move {
+                tx.commit().await.map_err(map_err)?;
+                for n in pending {
+                    // No feed listening is fine: nobody to tell.
+                    let _ = notices.send(n);
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| StoreError::Other(format!("committing: {e}")))?,
+        }
+    }
+
+    /// Rolls back (what dropping does, but waiting for it).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Pg(tx) => tx.rollback().await,
+            Tx::Lite { tx, .. } => tx.rollback().await,
+        }
+        .map_err(map_err)
+    }
+}
+
+/// [`RevocationFeed`] over PostgreSQL LISTEN/NOTIFY, on a connection of its own.
+struct PgFeed {
+    listener: sqlx::postgres::PgListener,
+}
+
+#[async_trait]
+impl RevocationFeed for PgFeed {
+    async fn next(&mut self) -> Result<Option<Notice>, StoreError> {
+        loop {
+            match self.listener.try_recv().await.map_err(map_err)? {
+                // sqlx re-LISTENs on the new connection by itself.
+                None => return Ok(None),
+                Some(n) => match n.payload() {
+                    APPROVAL_NOTICE => return Ok(Some(Notice::ApprovalDecided)),
+                    KEYS_NOTICE => return Ok(Some(Notice::KeysChanged)),
+                    p => match p.parse::<u64>() {
+                        Ok(seq) => return Ok(Some(Notice::Revocation(seq))),
+                        // Not ours (someone else NOTIFYing on the channel): ignore.
+                        Err(_) => continue,
+                    },
+                },
+            }
+        }
+    }
+}
+
+/// [`RevocationFeed`] over this process's notices (SQLite: there is no other
+/// broker to tell).
+struct LocalFeed {
+    rx: broadcast::Receiver<Notice>,
+}
+
+#[async_trait]
+impl RevocationFeed for LocalFeed {
+    async fn next(&mut self) -> Result<Option<Notice>, StoreError> {
+        match self.rx.recv().await {
+            Ok(n) => Ok(Some(n)),
+            // Fell behind: notices were dropped, so the caller reads the store.
+            Err(broadcast::error::RecvError::Lagged(_)) => Ok(None),
+            Err(broadcast::error::RecvError::Closed) => {
+                Err(StoreError::Unavailable("the store is closed".into()))
+            }
+        }
+    }
+}

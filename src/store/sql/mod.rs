@@ -1,0 +1,429 @@
+//! The store: one implementation of every transaction script for PostgreSQL
+//! (production; replicas share it) and SQLite (`mayfly dev`, a single broker).
+//! One file per aggregate, named as the conformance files are; `driver` names
+//! the two drivers and is the only place their types and encodings differ.
+//! Where the databases really differ in a statement, the script says so with a
+//! `match` on [`Db`] and a one-line reason: the one-statement token write, the
+//! revocation cascade's repeat, row locks, and audit sealing.
+//!
+//! Every state change and its audit event commit together. In PostgreSQL
+//! anything that takes the revocation counter takes it first, so transactions
+//! always lock in the same order (counter, then tasks, then tokens).
+use super::gate::Health;
+use super::*;
+use driver::{Db, Lite, Query, Row, Tx, corrupt, json, limit, map_err, query};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod approvals;
+mod audit;
+mod delegations;
+mod driver;
+mod freezes;
+mod keys;
+mod revocations;
+mod tasks;
+mod tokens;
+
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
+
+/// A write the store is about to make, as a [`FaultHook`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    InsertTask,
+    EndTask,
+    InsertToken,
+    InsertDelegation,
+    RedeemDelegation,
+    InsertApproval,
+    DecideApproval,
+    SpendApproval,
+    CountStepUpRefusal,
+    Freeze,
+    Unfreeze,
+    Revoke,
+    RegisterKey,
+    AppendAudit,
+    SealAudit,
+}
+
+impl Write {
+    /// A write that records a token (a mint, a redemption, a spent approval).
+    pub fn records_token(self) -> bool {
+        matches!(
+            self,
+            Write::InsertToken | Write::RedeemDelegation | Write::SpendApproval
+        )
+    }
+}
+
+/// Fails chosen writes before they reach the database, as an unavailable
+/// database would: for tests that drive the broker through an outage.
+pub trait FaultHook: Send + Sync + 'static {
+    fn before(&self, write: Write) -> Result<(), StoreError>;
+}
+
+/// The store over PostgreSQL or SQLite.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: Db,
+    /// When set, calls fail fast while the probe finds the database down.
+    health: Option<Arc<Health>>,
+    faults: Option<Arc<dyn FaultHook>>,
+}
+
+impl SqlStore {
+    fn new(db: Db) -> Self {
+        SqlStore {
+            db,
+            health: None,
+            faults: None,
+        }
+    }
+
+    /// Connects to PostgreSQL (failing after `timeout` when it is unreachable)
+    /// and applies the migrations.
+    pub async fn postgres(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let store = Self::postgres_unmigrated(url, max_connections, timeout).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to PostgreSQL without touching the schema.
+    pub async fn postgres_unmigrated(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("invalid database URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        Ok(Self::new(Db::Postgres(pool)))
+    }
+
+    /// Opens (creating it if missing) the SQLite file a `sqlite:` URL names.
+    pub async fn sqlite_url(
+        url: &str,
+        max_readers: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        match DatabaseUrl::parse(url) {
+            Ok(DatabaseUrl::Sqlite(path)) => Self::sqlite(&path, max_readers, timeout).await,
+            _ => Err(StoreError::Other(format!(
+                "{:?} does not name a database file: use sqlite://path/to/mayfly.db (an in-memory database would lose every token's record on restart)",
+                crate::domain::text::quote(url)
+            ))),
+        }
+    }
+
+    /// Opens (creating it if missing) a SQLite database file, takes its lock file
+    /// and applies the migrations. One broker process owns the file; every write
+    /// goes through one connection, reads through a pool of read-only ones.
+    pub async fn sqlite(
+        path: &Path,
+        max_readers: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let lock = lock_file(path)?;
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // A committed token survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            // REPLACE fires the delete triggers too, so it cannot get past the
+            // audit trail's append-only triggers.
+            .pragma("recursive_triggers", "ON")
+            .busy_timeout(timeout);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(timeout)
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(map_err)?;
+        SQLITE_MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_readers.max(1))
+            .acquire_timeout(timeout)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(Self::new(Db::Sqlite(Lite::new(writer, reader, lock))))
+    }
+
+    /// This store, failing fast while `health` says the database is down: reads
+    /// under way are then given up, writes under way left to finish.
+    pub fn gated(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// This store, consulting `hook` before every write.
+    pub fn with_faults(mut self, hook: Arc<dyn FaultHook>) -> Self {
+        self.faults = Some(hook);
+        self
+    }
+
+    /// The PostgreSQL pool, for tests that inspect or damage rows directly.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.db {
+            Db::Postgres(p) => Some(p),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// Applies the migrations this version has and the database has not; returns
+    /// the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let before: Vec<i64> = self
+            .applied_checksums()
+            .await?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
+        let (migrator, run) = match &self.db {
+            Db::Postgres(p) => (&PG_MIGRATOR, PG_MIGRATOR.run(p).await),
+            Db::Sqlite(l) => (&SQLITE_MIGRATOR, SQLITE_MIGRATOR.run(&l.writer).await),
+        };
+        run.map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
+        Ok(migrator
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !before.contains(v))
+            .collect())
+    }
+
+    /// Refuses a schema that lacks a migration this version needs (when another
+    /// role owns the schema and migrates it).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let migrator = match &self.db {
+            Db::Postgres(_) => &PG_MIGRATOR,
+            Db::Sqlite(_) => &SQLITE_MIGRATOR,
+        };
+        let applied = self.applied_checksums().await?;
+        let mut missing = vec![];
+        for m in migrator.iter() {
+            match applied.iter().find(|(v, _)| *v == m.version) {
+                None => missing.push(format!("{} {}", m.version, m.description)),
+                // Applied from another file than this version's: refused, as
+                // applying the migrations would refuse it.
+                Some((_, sum)) if sum.as_slice() != &*m.checksum => {
+                    return Err(StoreError::Other(format!(
+                        "migration {} {} was applied from a different file than this version's",
+                        m.version, m.description
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Other(format!(
+            "the database schema lacks migrations this version needs ({}); run `mayfly migrate` as the schema's owner, or set database.migrate = true",
+            missing.join(", ")
+        )))
+    }
+
+    /// Successfully applied migrations, with their checksums.
+    async fn applied_checksums(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        // Dialect: each database names its catalogue differently.
+        let exists = match &self.db {
+            Db::Postgres(_) => "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS present",
+            Db::Sqlite(_) => {
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations') AS present"
+            }
+        };
+        if !self.db.fetch_one(query(exists)).await?.bool("present")? {
+            return Ok(vec![]);
+        }
+        let rows = self
+            .db
+            .fetch_all(query(
+                "SELECT version, checksum FROM _sqlx_migrations WHERE success",
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.int("version")?, r.bytes("checksum")?)))
+            .collect()
+    }
+
+    /// A call that only reads: refused while the database is down, and given up
+    /// if the probe finds it down while it waits.
+    async fn read<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match &self.health {
+            Some(h) => h.read(call).await,
+            None => call.await,
+        }
+    }
+
+    /// A call that changes something: refused while the database is down (or
+    /// the fault hook says so), never given up once it runs.
+    async fn write<T>(
+        &self,
+        what: Write,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Some(f) = &self.faults {
+            f.before(what)?;
+        }
+        match &self.health {
+            Some(h) => h.write(call).await,
+            None => call.await,
+        }
+    }
+}
+
+/// `<database>.lock`, held exclusively: two brokers on one SQLite file would each
+/// tell only their own verifiers about revocations.
+fn lock_file(db: &Path) -> Result<std::fs::File, StoreError> {
+    // The same file by any name (a symlink, `..`) gets the same lock.
+    let db = match db.canonicalize() {
+        Ok(real) => real,
+        Err(_) => match (db.parent(), db.file_name()) {
+            (Some(dir), Some(name)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                dir.canonicalize()
+                    .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?
+                    .join(name)
+            }
+            _ => db.to_path_buf(),
+        },
+    };
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "{} is in use by another Mayfly process: the SQLite store serves one broker (use PostgreSQL for replicas)",
+            db.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "locking {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Inserts audit events, up to [`AUDIT_ROWS`] per statement.
+async fn insert_audit(tx: &mut Tx, events: &[&AuditEvent]) -> Result<(), StoreError> {
+    for chunk in events.chunks(AUDIT_ROWS) {
+        tx.execute(audit_insert(chunk)).await?;
+    }
+    Ok(())
+}
+
+/// One statement inserting `events`.
+fn audit_insert<'a>(events: &[&'a AuditEvent]) -> Query<'a> {
+    let mut values = Vec::with_capacity(events.len());
+    let mut args = Vec::with_capacity(events.len() * 9);
+    for (i, e) in events.iter().enumerate() {
+        let n: Vec<String> = (1..=9).map(|k| format!("${}", i * 9 + k)).collect();
+        values.push(format!("({})", n.join(", ")));
+        args.extend(audit_args(e));
+    }
+    query(format!(
+        "INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail) VALUES {}",
+        values.join(", ")
+    ))
+    .bind_all(args)
+}
+
+/// Rows per audit insert: 9 arguments each, well under either database's limit.
+const AUDIT_ROWS: usize = 500;
+
+fn audit_args(e: &AuditEvent) -> [driver::Arg<'_>; 9] {
+    [
+        e.at.into(),
+        e.actor.as_str().into(),
+        e.action.as_str().into(),
+        e.action.outcome().into(),
+        e.task.map(|t| t.0).into(),
+        (&e.agent).into(),
+        e.jti.into(),
+        (&e.reason).into(),
+        driver::Arg::Json(e.detail.clone()),
+    ]
+}
+
+/// Sequence numbers and positions are stored as `bigint`.
+fn seq(row: &Row, col: &str) -> Result<u64, StoreError> {
+    row.u64(col)
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    /// Not gated: the probe asks through this.
+    async fn ping(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Postgres(p) => ping_postgres(p).await,
+            Db::Sqlite(_) => self.db.fetch_one(query("SELECT 1 AS one")).await.map(drop),
+        }
+    }
+}
+
+/// An idle pooled connection answers `SELECT 1`; with none idle, a pool with room
+/// makes one (and keeps it); a pool that is full and busy, or whose idle
+/// connection was broken, is checked with a connection of the probe's own. So a
+/// busy pool is not mistaken for a database that is down, nor is one broken
+/// connection, nor a server that is only at its connection limit.
+async fn ping_postgres(pool: &PgPool) -> Result<(), StoreError> {
+    use sqlx::Connection as _;
+    let pooled = match pool.try_acquire() {
+        Some(conn) => Some(conn),
+        None if pool.size() < pool.options().get_max_connections() => pool.acquire().await.ok(),
+        None => None,
+    };
+    if let Some(mut conn) = pooled
+        && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
+    {
+        return Ok(());
+    }
+    let mut conn = match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(c) => c,
+        // too_many_connections: the server answers; it is only full.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("53300") => {
+            return Ok(());
+        }
+        Err(e) => return Err(map_err(e)),
+    };
+    sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .map_err(map_err)?;
+    let _ = conn.close().await;
+    Ok(())
+}

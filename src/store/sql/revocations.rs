@@ -1,0 +1,278 @@
+//! Revocations: the gap-free sequence, an administrative revocation (tokens,
+//! tasks and offers it covers), the stream's history and the feed of notices.
+use super::driver::Arg;
+use super::*;
+use crate::audit::Action;
+use crate::domain::{Target, Trigger};
+
+/// Longer than any delegation chain (`max_delegation_depth` is at most 16).
+const MAX_CHAIN: usize = 17;
+
+fn event_from_row(r: &Row) -> Result<Event, StoreError> {
+    let seq = seq(r, "seq")?;
+    let kind = r.text("target_kind")?;
+    let value = r.text("target")?;
+    let trigger = r.text("trigger")?;
+    Ok(Event {
+        seq,
+        revocation: Revocation {
+            target: Target::from_parts(&kind, &value)
+                .ok_or_else(|| corrupt(format!("revocation {seq} target {kind}:{value:?}")))?,
+            reason: r.text("reason")?,
+            actor: r.text("actor")?,
+            trigger: Trigger::parse(&trigger)
+                .ok_or_else(|| corrupt(format!("revocation {seq} trigger {trigger:?}")))?,
+            at: r.time("at")?,
+        },
+    })
+}
+
+/// Takes the next sequence number (in PostgreSQL with the counter's row lock)
+/// and the revocation's time: never earlier than the previous revocation's, so
+/// times follow the sequence even when revokers' clocks or lock waits differ.
+pub(super) async fn next_seq(tx: &mut Tx, r: &Revocation) -> Result<(u64, Revocation), StoreError> {
+    let row = tx
+        .fetch_one(
+            query(
+                "UPDATE revocation_counter SET last_seq = last_seq + 1,
+                    last_at = CASE WHEN last_at > $1 THEN last_at ELSE $1 END
+                 RETURNING last_seq, last_at",
+            )
+            .bind(r.at),
+        )
+        .await?;
+    Ok((
+        seq(&row, "last_seq")?,
+        Revocation {
+            at: row.time("last_at")?,
+            ..r.clone()
+        },
+    ))
+}
+
+/// Records the event; every broker's watch streams wake when it commits.
+pub(super) async fn insert_revocation(
+    tx: &mut Tx,
+    seq: u64,
+    r: &Revocation,
+) -> Result<(), StoreError> {
+    tx.execute(
+        query(
+            "INSERT INTO revocations (seq, target_kind, target, reason, actor, trigger, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(seq)
+        .bind(r.target.kind())
+        .bind(r.target.value())
+        .bind(&r.reason)
+        .bind(&r.actor)
+        .bind(r.trigger.as_str())
+        .bind(r.at),
+    )
+    .await?;
+    tx.notify(Notice::Revocation(seq)).await
+}
+
+/// The condition a target puts on a table's `column`s, with its argument (`$3`):
+/// the row's id, its agent or its workflow, or nothing for everything.
+fn covering(target: &Target, id: &'static str) -> (String, Option<Arg<'static>>) {
+    match target {
+        Target::Token(j) => (format!("{id} = $3"), Some((*j).into())),
+        Target::Task(t) => (format!("{id} = $3"), Some(t.0.into())),
+        Target::Agent(a) => ("agent = $3".into(), Some(a.to_string().into())),
+        Target::Workflow(w) => ("workflow = $3".into(), Some(w.clone().into())),
+        Target::All => ("1 = 1".into(), None),
+    }
+}
+
+/// Marks every unrevoked token the target covers as revoked by `seq`; a token's
+/// or an agent's revocation reaches every token delegated from theirs (a task's,
+/// a workflow's or everything already covers whole tasks).
+pub(super) async fn revoke_tokens(
+    db: &Db,
+    tx: &mut Tx,
+    target: &Target,
+    seq: u64,
+    at: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    const SET: &str =
+        "UPDATE tokens SET revoked_at = $1, revocation_seq = $2 WHERE revoked_at IS NULL";
+    let id = match target {
+        Target::Task(_) => "task_id",
+        _ => "jti",
+    };
+    let (filter, arg) = covering(target, id);
+    let direct = tx
+        .execute(
+            query(format!("{SET} AND {filter}"))
+                .bind(at)
+                .bind(seq)
+                .bind_all(arg.clone()),
+        )
+        .await?;
+    if !matches!(target, Target::Token(_) | Target::Agent(_)) {
+        return Ok(direct);
+    }
+    let cascade = format!(
+        "WITH RECURSIVE d (jti) AS (
+            SELECT jti FROM tokens WHERE {filter}
+            UNION
+            SELECT c.jti FROM tokens c JOIN d ON c.parent_jti = d.jti
+         )
+         {SET} AND jti IN (SELECT jti FROM d)"
+    );
+    // Dialect: in PostgreSQL a redemption that held a parent while the statement
+    // above ran commits its child afterwards, so the cascade repeats until nothing
+    // changes (at most the longest chain); SQLite's one writer sees every
+    // descendant in one pass.
+    let passes = if db.is_postgres() { MAX_CHAIN + 1 } else { 1 };
+    let mut total = direct;
+    for _ in 0..passes {
+        let n = tx
+            .execute(
+                query(cascade.clone())
+                    .bind(at)
+                    .bind(seq)
+                    .bind_all(arg.clone()),
+            )
+            .await?;
+        total += n;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Moves the active tasks a target covers to `revoked`, each with its own audit
+/// event, so "who ended this task and why" is answered per task.
+async fn stop_tasks(tx: &mut Tx, r: &Revocation, seq: u64) -> Result<u64, StoreError> {
+    if let Target::Token(_) = r.target {
+        return Ok(0);
+    }
+    let (filter, arg) = covering(&r.target, "id");
+    let stopped = tx
+        .fetch_all(
+            query(format!(
+                "UPDATE tasks SET state = 'revoked', ended_at = $1, end_reason = $2
+                 WHERE state = 'active' AND {filter} RETURNING id, agent"
+            ))
+            .bind(r.at)
+            .bind(&r.reason)
+            .bind_all(arg),
+        )
+        .await?;
+    let mut events = Vec::with_capacity(stopped.len());
+    for row in &stopped {
+        let mut e = AuditEvent::new(r.at, r.actor.clone(), Action::TaskRevoked);
+        e.task = Some(TaskId(row.uuid("id")?));
+        e.agent = Some(row.text("agent")?);
+        e.reason = Some(r.reason.clone());
+        e.detail = serde_json::json!({ "sequence": seq });
+        events.push(e);
+    }
+    insert_audit(tx, &events.iter().collect::<Vec<_>>()).await?;
+    Ok(stopped.len() as u64)
+}
+
+async fn revoke(
+    db: &Db,
+    r: &Revocation,
+    audit: &AuditEvent,
+) -> Result<Option<Revoked>, StoreError> {
+    let mut tx = db.begin().await?;
+    let (seq, r) = next_seq(&mut tx, r).await?;
+    let exists = match &r.target {
+        Target::Token(j) => {
+            Some(query("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS e").bind(*j))
+        }
+        Target::Task(t) => {
+            Some(query("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1) AS e").bind(t.0))
+        }
+        // An agent or workflow may be revoked before it has any task.
+        Target::Agent(_) | Target::Workflow(_) | Target::All => None,
+    };
+    if let Some(q) = exists
+        && !tx.fetch_one(q).await?.bool("e")?
+    {
+        // Nothing is written; rolling back returns the sequence number.
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let tasks = stop_tasks(&mut tx, &r, seq).await?;
+    if let Target::Agent(a) = &r.target {
+        // Offers to a revoked agent lapse with its tokens: it redeems none of
+        // them afterwards (in PostgreSQL a redemption in flight holds the offer's
+        // row, and this waits for it; its child is then revoked below).
+        tx.execute(
+            query(
+                "UPDATE delegations SET expires_at = CASE WHEN expires_at < $2 THEN expires_at ELSE $2 END
+                 WHERE sub_agent = $1 AND redeemed_at IS NULL AND expires_at > $2",
+            )
+            .bind(a.to_string())
+            .bind(r.at),
+        )
+        .await?;
+    }
+    insert_revocation(&mut tx, seq, &r).await?;
+    let tokens = revoke_tokens(db, &mut tx, &r.target, seq, r.at).await?;
+    let mut audit = audit.clone();
+    if let serde_json::Value::Object(m) = &mut audit.detail {
+        m.insert("sequence".into(), seq.into());
+        m.insert("tokens_revoked".into(), tokens.into());
+        m.insert("tasks_stopped".into(), tasks.into());
+    }
+    insert_audit(&mut tx, &[&audit]).await?;
+    tx.commit().await?;
+    Ok(Some(Revoked {
+        event: Event { seq, revocation: r },
+        tokens_revoked: tokens,
+        tasks_stopped: tasks,
+    }))
+}
+
+async fn after(db: &Db, after: u64, n: u32) -> Result<Vec<Event>, StoreError> {
+    let rows = db
+        .fetch_all(
+            query(
+                "SELECT seq, target_kind, target, reason, actor, trigger, at FROM revocations
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit(n)),
+        )
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+async fn last_seq(db: &Db) -> Result<u64, StoreError> {
+    let row = db
+        .fetch_one(query("SELECT last_seq FROM revocation_counter"))
+        .await?;
+    seq(&row, "last_seq")
+}
+
+#[async_trait]
+impl RevocationStore for SqlStore {
+    async fn revoke(
+        &self,
+        revocation: &Revocation,
+        audit: &AuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
+        self.write(Write::Revoke, revoke(&self.db, revocation, audit))
+            .await
+    }
+
+    async fn revocations_after(&self, a: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.read(after(&self.db, a, limit)).await
+    }
+
+    async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
+        self.read(last_seq(&self.db)).await
+    }
+
+    /// Not gated: the feed reconnects by itself.
+    async fn revocation_feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
+        self.db.feed().await
+    }
+}

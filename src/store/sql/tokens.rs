@@ -1,0 +1,275 @@
+//! Tokens: recording one against its task's budget (the mint's write, also run
+//! by redemptions and spent approvals), and reading them.
+use super::*;
+
+pub(super) const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at, parent_jti, depth";
+
+pub(super) fn token_from_row(r: &Row) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        jti: r.uuid("jti")?,
+        task: TaskId(r.uuid("task_id")?),
+        agent: r.text("agent")?,
+        workflow: r.text("workflow")?,
+        scope: Scope {
+            audience: r.text("audience")?,
+            resource: r.text("resource")?,
+            action: r.text("action")?,
+        },
+        kid: r.text("kid")?,
+        cert_thumbprint: r.text("cert_thumbprint")?,
+        issued_at: r.time("issued_at")?,
+        expires_at: r.time("expires_at")?,
+        revoked_at: r.time_opt("revoked_at")?,
+        parent: r.uuid_opt("parent_jti")?,
+        depth: r.u32("depth")?,
+    })
+}
+
+/// Why the task (`$1`) takes no token for holder `$2` at `$4`, owned by `$5` in
+/// workflow `$6` with a budget of `$3`: NULL when it takes it.
+const REFUSAL: &str = "CASE
+    WHEN agent <> $5 THEN 'owner'
+    WHEN EXISTS (SELECT 1 FROM freezes f WHERE f.kind = 'all'
+        OR (f.kind = 'agent' AND f.target IN ($2, $5)) OR (f.kind = 'workflow' AND f.target = $6)) THEN 'frozen'
+    WHEN state <> 'active' THEN 'state'
+    WHEN expires_at <= $4 THEN 'deadline'
+    WHEN tokens_minted >= $3 THEN 'budget'
+    END";
+
+fn refusal_args<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> Query<'a> {
+    query(format!(
+        "SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $1"
+    ))
+    .bind(t.task.0)
+    .bind(&t.agent)
+    .bind(budget)
+    .bind(t.issued_at)
+    .bind(owner)
+    .bind(&t.workflow)
+}
+
+/// The refusal a verdict row names; no row: no such task.
+fn verdict(row: Option<Row>) -> Result<Recorded, StoreError> {
+    let Some(row) = row else {
+        return Ok(Err(Refusal::NoTask));
+    };
+    let Some(why) = row.text_opt("refusal")? else {
+        return Ok(Ok(()));
+    };
+    Ok(Err(match why.as_str() {
+        "owner" => Refusal::NotOwner,
+        "frozen" => Refusal::Frozen,
+        "state" => {
+            let state = row.text("state")?;
+            Refusal::NotActive(
+                TaskState::parse(&state).ok_or_else(|| corrupt(format!("task state {state:?}")))?,
+            )
+        }
+        "deadline" => Refusal::PastDeadline,
+        "budget" => Refusal::OutOfBudget,
+        other => return Err(corrupt(format!("token refusal {other:?}"))),
+    }))
+}
+
+/// PostgreSQL's token write in one statement (one round trip; SQLite has no
+/// data-modifying `WITH`): the task's row is locked and judged, counted when it
+/// takes the token, and the token and its audit event inserted; the answer is
+/// the judgement, made on the row as it stands once locked.
+fn one_statement<'a>(
+    t: &'a TokenRecord,
+    owner: &'a str,
+    budget: u32,
+    audit: &'a AuditEvent,
+) -> Query<'a> {
+    query(format!(
+        "WITH k AS (
+            SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $1 FOR NO KEY UPDATE
+         ), t AS (
+            UPDATE tasks SET tokens_minted = tokens_minted + 1
+            WHERE id = (SELECT id FROM k WHERE refusal IS NULL)
+            RETURNING id
+         ), tok AS (
+            INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
+            SELECT $7, t.id, $2, $6, $8, $9, $10, $11, $12, $4, $13, $14, $15 FROM t
+            RETURNING jti
+         ), aud AS (
+            INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
+            SELECT $4, $16, $17, $18, $1, $2, tok.jti, $19, $20 FROM tok
+         )
+         SELECT refusal, state FROM k"
+    ))
+    .bind(t.task.0)
+    .bind(&t.agent)
+    .bind(budget)
+    .bind(t.issued_at)
+    .bind(owner)
+    .bind(&t.workflow)
+    .bind(t.jti)
+    .bind(&t.scope.audience)
+    .bind(&t.scope.resource)
+    .bind(&t.scope.action)
+    .bind(&t.kid)
+    .bind(&t.cert_thumbprint)
+    .bind(t.expires_at)
+    .bind(t.parent)
+    .bind(t.depth)
+    .bind(audit.actor.as_str())
+    .bind(audit.action.as_str())
+    .bind(audit.action.outcome())
+    .bind(&audit.reason)
+    .bind(audit.detail.clone())
+}
+
+/// Records a token and its audit event inside `tx`, counting it against the
+/// task's budget, unless the task refuses it (then nothing is written): not
+/// `owner`'s, frozen, not active, past its deadline or out of budget.
+pub(super) async fn record(
+    db: &Db,
+    tx: &mut Tx,
+    t: &TokenRecord,
+    owner: &str,
+    budget: u32,
+    audit: &AuditEvent,
+) -> Result<Recorded, StoreError> {
+    if db.is_postgres() {
+        return verdict(
+            tx.fetch_optional(one_statement(t, owner, budget, audit))
+                .await?,
+        );
+    }
+    let judged = verdict(tx.fetch_optional(refusal_args(t, owner, budget)).await?)?;
+    if judged.is_err() {
+        return Ok(judged);
+    }
+    tx.execute(
+        query("UPDATE tasks SET tokens_minted = tokens_minted + 1 WHERE id = $1").bind(t.task.0),
+    )
+    .await?;
+    tx.execute(
+        query(
+            "INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(t.jti)
+        .bind(t.task.0)
+        .bind(&t.agent)
+        .bind(&t.workflow)
+        .bind(&t.scope.audience)
+        .bind(&t.scope.resource)
+        .bind(&t.scope.action)
+        .bind(&t.kid)
+        .bind(&t.cert_thumbprint)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .bind(t.parent)
+        .bind(t.depth),
+    )
+    .await?;
+    let mut audit = audit.clone();
+    audit.task = Some(t.task);
+    audit.agent = Some(t.agent.clone());
+    audit.jti = Some(t.jti);
+    audit.at = t.issued_at;
+    insert_audit(tx, &[&audit]).await?;
+    Ok(Ok(()))
+}
+
+async fn insert(
+    db: &Db,
+    t: &TokenRecord,
+    budget: u32,
+    audit: &AuditEvent,
+) -> Result<Recorded, StoreError> {
+    // Dialect: PostgreSQL's one statement needs no transaction of its own (one
+    // round trip, one implicit transaction).
+    if db.is_postgres() {
+        return verdict(
+            db.fetch_optional(one_statement(t, &t.agent, budget, audit))
+                .await?,
+        );
+    }
+    let mut tx = db.begin().await?;
+    let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;
+    match recorded {
+        Ok(()) => tx.commit().await?,
+        Err(_) => tx.rollback().await?,
+    }
+    Ok(recorded)
+}
+
+async fn get(db: &Db, jti: Uuid) -> Result<Option<TokenRecord>, StoreError> {
+    let row = db
+        .fetch_optional(
+            query(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = $1")).bind(jti),
+        )
+        .await?;
+    row.as_ref().map(token_from_row).transpose()
+}
+
+async fn status(db: &Db, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
+    // A delegated token is revoked when any ancestor is.
+    let row = db
+        .fetch_optional(
+            query(
+                "WITH RECURSIVE up (jti, parent_jti, revoked) AS (
+                    SELECT jti, parent_jti, revoked_at IS NOT NULL FROM tokens WHERE jti = $1
+                    UNION ALL
+                    SELECT p.jti, p.parent_jti, p.revoked_at IS NOT NULL FROM tokens p JOIN up ON p.jti = up.parent_jti
+                 )
+                 SELECT EXISTS (SELECT 1 FROM up WHERE revoked) AS revoked, k.state
+                 FROM tokens t JOIN tasks k ON k.id = t.task_id WHERE t.jti = $1",
+            )
+            .bind(jti),
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let state = row.text("state")?;
+    Ok(Some(TokenStatus {
+        revoked: row.bool("revoked")?,
+        task_state: TaskState::parse(&state)
+            .ok_or_else(|| corrupt(format!("task state {state:?}")))?,
+    }))
+}
+
+async fn list(db: &Db, f: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+    let rows = db
+        .fetch_all(
+            query(format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens
+                 WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR agent = $2)
+                   AND ($3 IS NULL OR (revoked_at IS NULL AND expires_at > $3))
+                 ORDER BY issued_at DESC, jti LIMIT $4"
+            ))
+            .bind(f.task.map(|t| t.0))
+            .bind(&f.agent)
+            .bind(f.active_at)
+            .bind(limit(f.limit)),
+        )
+        .await?;
+    rows.iter().map(token_from_row).collect()
+}
+
+#[async_trait]
+impl TokenStore for SqlStore {
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        budget: u32,
+        audit: &AuditEvent,
+    ) -> Result<Recorded, StoreError> {
+        self.write(Write::InsertToken, insert(&self.db, token, budget, audit))
+            .await
+    }
+
+    async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
+        self.read(status(&self.db, jti)).await
+    }
+
+    async fn get_token(&self, jti: Uuid) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(get(&self.db, jti)).await
+    }
+
+    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(list(&self.db, filter)).await
+    }
+}
