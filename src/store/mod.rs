@@ -8,7 +8,7 @@ mod sql;
 mod url;
 
 pub use gate::Health;
-pub use sql::{FaultHook, PG_MIGRATOR, SQLITE_MIGRATOR, SqlStore, Write};
+pub use sql::{FaultHook, SqlStore, Write};
 pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 
 use crate::audit::AuditEvent;

@@ -1,5 +1,6 @@
 //! Step-up approvals: opening one for an action that needs a human, deciding
 //! it, spending it on its one token, and counting refused requests.
+use super::dialect;
 use super::tokens::record;
 use super::*;
 
@@ -73,7 +74,7 @@ async fn insert(db: &Db, a: &Approval, audit: &AuditEvent) -> Result<bool, Store
     tx.execute(
         query(format!(
             "SELECT 1 FROM tasks WHERE id = $1 {}",
-            db.lock("FOR UPDATE")
+            dialect::lock(db, "FOR UPDATE")
         ))
         .bind(a.task.0),
     )
@@ -248,7 +249,7 @@ async fn count_refusal(
             query(format!(
                 "SELECT state = 'denied' OR (state = 'pending' AND expires_at > $2) AS standing
                  FROM approvals WHERE id = $1 {}",
-                db.lock("FOR UPDATE")
+                dialect::lock(db, "FOR UPDATE")
             ))
             .bind(approval)
             .bind(now),

@@ -1,5 +1,6 @@
 //! The audit trail: events written with the changes they record, sealed into
 //! one hash chain in the order they became visible, and the queries over it.
+use super::dialect;
 use super::driver::micros;
 use super::*;
 use crate::audit::chain;
@@ -65,7 +66,7 @@ async fn chain_rows(db: &Db, after: u64, upto: u64, n: u32) -> Result<Vec<Sealed
             query(format!(
                 "SELECT seq, prev_hash, hash, at, actor, action, outcome, task_id, agent, jti, reason, {}
                  FROM audit_events WHERE seq > $1 AND seq <= $3 ORDER BY seq LIMIT $2",
-                db.json_text("detail")
+                dialect::json_text(db, "detail")
             ))
             .bind(after)
             .bind(limit(n))
@@ -90,17 +91,8 @@ async fn head(db: &Db) -> Result<AuditHead, StoreError> {
 }
 
 async fn seal(db: &Db, batch: u32) -> Result<u32, StoreError> {
-    // Dialect: PostgreSQL seals in a server-side function (migrations/…audit_chain),
-    // one round trip per batch under the chain's row lock; SQLite here, through
-    // its one writer.
-    if db.is_postgres() {
-        let row = db
-            .fetch_one(
-                query("SELECT mayfly_audit_seal($1::integer) AS n")
-                    .bind(i64::from(batch.min(i32::MAX as u32))),
-            )
-            .await?;
-        return row.u32("n");
+    if let Some(q) = dialect::seal_on_the_server(db, batch) {
+        return db.fetch_one(q).await?.u32("n");
     }
     let mut tx = db.begin().await?;
     let row = tx

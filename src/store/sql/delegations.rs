@@ -2,6 +2,7 @@
 //! redemption. In PostgreSQL locks follow the store's order: tasks before tokens
 //! (a redemption takes its task's row in the token write, then its ancestors'),
 //! so a concurrent revocation cannot deadlock with it.
+use super::dialect;
 use super::tokens::record;
 use super::*;
 
@@ -40,7 +41,7 @@ async fn insert(
     tx.execute(
         query(format!(
             "SELECT 1 FROM tokens WHERE jti = $1 {}",
-            db.lock("FOR NO KEY UPDATE")
+            dialect::lock(db, "FOR NO KEY UPDATE")
         ))
         .bind(d.parent_jti),
     )
@@ -111,7 +112,7 @@ async fn redeem(
         .fetch_optional(
             query(format!(
                 "SELECT {DELEGATION_COLUMNS} FROM delegations WHERE id = $1 {}",
-                db.lock("FOR UPDATE")
+                dialect::lock(db, "FOR UPDATE")
             ))
             .bind(id),
         )
@@ -154,7 +155,7 @@ async fn redeem(
             .fetch_optional(
                 query(format!(
                     "SELECT revoked_at FROM tokens WHERE jti = $1 {}",
-                    db.lock("FOR SHARE")
+                    dialect::lock(db, "FOR SHARE")
                 ))
                 .bind(*jti),
             )

@@ -10,10 +10,9 @@
 //! | JSON   | `jsonb`       | its `TEXT`                        |
 //! | bool   | `boolean`     | `INTEGER` 0 or 1                  |
 //!
-//! The other differences are the concurrency model (PostgreSQL locks rows, as
-//! [`Db::lock`] writes; SQLite has one writing connection, so transactions never
-//! interleave) and notices ([`Tx::notify`]: `pg_notify`, delivered to every broker
-//! at commit, against a broadcast to this process's feeds after the commit).
+//! Notices differ too ([`Tx::notify`]: `pg_notify`, delivered to every broker at
+//! commit, against a broadcast to this process's feeds after the commit); what
+//! else the databases do differently is in `dialect`.
 use crate::store::{Notice, RevocationFeed, StoreError};
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
@@ -77,86 +76,35 @@ pub(super) enum Arg<'a> {
     Bytes(&'a [u8]),
 }
 
-impl From<Uuid> for Arg<'_> {
-    fn from(v: Uuid) -> Self {
-        Arg::Uuid(Some(v))
-    }
+/// `Arg`s from each type, made by `$how`.
+macro_rules! args {
+    ($($t:ty => |$v:ident| $how:expr;)*) => {
+        $(impl<'a> From<$t> for Arg<'a> {
+            fn from($v: $t) -> Self {
+                $how
+            }
+        })*
+    };
 }
-impl From<Option<Uuid>> for Arg<'_> {
-    fn from(v: Option<Uuid>) -> Self {
-        Arg::Uuid(v)
-    }
-}
-impl From<OffsetDateTime> for Arg<'_> {
-    fn from(v: OffsetDateTime) -> Self {
-        Arg::Time(Some(v))
-    }
-}
-impl From<Option<OffsetDateTime>> for Arg<'_> {
-    fn from(v: Option<OffsetDateTime>) -> Self {
-        Arg::Time(v)
-    }
-}
-impl<'a> From<&'a str> for Arg<'a> {
-    fn from(v: &'a str) -> Self {
-        Arg::Text(Some(Cow::Borrowed(v)))
-    }
-}
-impl<'a> From<&'a String> for Arg<'a> {
-    fn from(v: &'a String) -> Self {
-        Arg::Text(Some(Cow::Borrowed(v)))
-    }
-}
-impl From<String> for Arg<'_> {
-    fn from(v: String) -> Self {
-        Arg::Text(Some(Cow::Owned(v)))
-    }
-}
-impl<'a> From<Option<&'a str>> for Arg<'a> {
-    fn from(v: Option<&'a str>) -> Self {
-        Arg::Text(v.map(Cow::Borrowed))
-    }
-}
-impl<'a> From<&'a Option<String>> for Arg<'a> {
-    fn from(v: &'a Option<String>) -> Self {
-        Arg::Text(v.as_deref().map(Cow::Borrowed))
-    }
-}
-impl From<i64> for Arg<'_> {
-    fn from(v: i64) -> Self {
-        Arg::Int(Some(v))
-    }
-}
-impl From<u32> for Arg<'_> {
-    fn from(v: u32) -> Self {
-        Arg::Int(Some(i64::from(v)))
-    }
-}
-/// A position or count: one beyond `i64::MAX` reads as `i64::MAX`.
-impl From<u64> for Arg<'_> {
-    fn from(v: u64) -> Self {
-        Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)))
-    }
-}
-impl From<bool> for Arg<'_> {
-    fn from(v: bool) -> Self {
-        Arg::Bool(v)
-    }
-}
-impl From<serde_json::Value> for Arg<'_> {
-    fn from(v: serde_json::Value) -> Self {
-        Arg::Json(v)
-    }
-}
-impl<'a> From<&'a [u8]> for Arg<'a> {
-    fn from(v: &'a [u8]) -> Self {
-        Arg::Bytes(v)
-    }
-}
-impl<'a> From<&'a Vec<u8>> for Arg<'a> {
-    fn from(v: &'a Vec<u8>) -> Self {
-        Arg::Bytes(v)
-    }
+
+args! {
+    Uuid => |v| Arg::Uuid(Some(v));
+    Option<Uuid> => |v| Arg::Uuid(v);
+    OffsetDateTime => |v| Arg::Time(Some(v));
+    Option<OffsetDateTime> => |v| Arg::Time(v);
+    &'a str => |v| Arg::Text(Some(Cow::Borrowed(v)));
+    &'a String => |v| Arg::Text(Some(Cow::Borrowed(v)));
+    String => |v| Arg::Text(Some(Cow::Owned(v)));
+    Option<&'a str> => |v| Arg::Text(v.map(Cow::Borrowed));
+    &'a Option<String> => |v| Arg::Text(v.as_deref().map(Cow::Borrowed));
+    i64 => |v| Arg::Int(Some(v));
+    u32 => |v| Arg::Int(Some(i64::from(v)));
+    // A position or count beyond `i64::MAX` reads as `i64::MAX`.
+    u64 => |v| Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)));
+    bool => |v| Arg::Bool(v);
+    serde_json::Value => |v| Arg::Json(v);
+    &'a [u8] => |v| Arg::Bytes(v);
+    &'a Vec<u8> => |v| Arg::Bytes(v);
 }
 
 /// A JSON argument from anything serialisable.
@@ -395,28 +343,6 @@ impl Row {
 }
 
 impl Db {
-    /// A row-locking clause for a `SELECT` in a write transaction: SQLite needs
-    /// none (one writer, so no transaction interleaves with another).
-    pub fn lock(&self, clause: &'static str) -> &'static str {
-        match self {
-            Db::Postgres(_) => clause,
-            Db::Sqlite(_) => "",
-        }
-    }
-
-    /// A JSON column as the text its database keeps (which the audit chain's hash
-    /// covers): `jsonb`'s own rendering in PostgreSQL.
-    pub fn json_text(&self, col: &'static str) -> Cow<'static, str> {
-        match self {
-            Db::Postgres(_) => format!("{col}::text AS {col}").into(),
-            Db::Sqlite(_) => col.into(),
-        }
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Db::Postgres(_))
-    }
-
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
@@ -429,46 +355,32 @@ impl Db {
         })
     }
 
-    /// Runs a read outside a transaction.
-    pub async fn fetch_all(&self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
+    /// Runs a statement outside a transaction: a read on SQLite's readers, a
+    /// write on its writer.
+    async fn run(&self, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
         match self {
-            Db::Postgres(p) => q.pg().fetch_all(p).await.map(pg_rows),
-            Db::Sqlite(l) => q.sqlite().fetch_all(&l.reader).await.map(lite_rows),
+            Db::Postgres(p) => run_pg(p, q, want).await,
+            Db::Sqlite(l) if want == Want::Changed => run_lite(&l.writer, q, want).await,
+            Db::Sqlite(l) => run_lite(&l.reader, q, want).await,
         }
         .map_err(map_err)
+    }
+
+    /// A write statement in a transaction of its own; the rows it changed.
+    pub async fn execute(&self, q: Query<'_>) -> Result<u64, StoreError> {
+        self.run(q, Want::Changed).await.map(Got::changed)
+    }
+
+    pub async fn fetch_all(&self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
+        self.run(q, Want::All).await.map(Got::all)
     }
 
     pub async fn fetch_optional(&self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
-        match self {
-            Db::Postgres(p) => q.pg().fetch_optional(p).await.map(|r| r.map(Row::Pg)),
-            Db::Sqlite(l) => q
-                .sqlite()
-                .fetch_optional(&l.reader)
-                .await
-                .map(|r| r.map(Row::Lite)),
-        }
-        .map_err(map_err)
+        self.run(q, Want::Optional).await.map(Got::optional)
     }
 
     pub async fn fetch_one(&self, q: Query<'_>) -> Result<Row, StoreError> {
-        match self {
-            Db::Postgres(p) => q.pg().fetch_one(p).await.map(Row::Pg),
-            Db::Sqlite(l) => q.sqlite().fetch_one(&l.reader).await.map(Row::Lite),
-        }
-        .map_err(map_err)
-    }
-
-    /// Runs one write statement in a transaction of its own.
-    pub async fn execute(&self, q: Query<'_>) -> Result<u64, StoreError> {
-        match self {
-            Db::Postgres(p) => q.pg().execute(p).await.map(|d| d.rows_affected()),
-            Db::Sqlite(l) => q
-                .sqlite()
-                .execute(&l.writer)
-                .await
-                .map(|d| d.rows_affected()),
-        }
-        .map_err(map_err)
+        self.fetch_optional(q).await?.ok_or_else(no_row)
     }
 
     /// Starts listening for notices committed by any broker on this database.
@@ -488,12 +400,71 @@ impl Db {
     }
 }
 
-fn pg_rows(rows: Vec<PgRow>) -> Vec<Row> {
-    rows.into_iter().map(Row::Pg).collect()
+/// What a statement is run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Changed,
+    All,
+    Optional,
 }
 
-fn lite_rows(rows: Vec<SqliteRow>) -> Vec<Row> {
-    rows.into_iter().map(Row::Lite).collect()
+enum Got {
+    Changed(u64),
+    All(Vec<Row>),
+    Optional(Option<Row>),
+}
+
+impl Got {
+    fn changed(self) -> u64 {
+        match self {
+            Got::Changed(n) => n,
+            _ => 0,
+        }
+    }
+
+    fn all(self) -> Vec<Row> {
+        match self {
+            Got::All(rows) => rows,
+            _ => Vec::new(),
+        }
+    }
+
+    fn optional(self) -> Option<Row> {
+        match self {
+            Got::Optional(row) => row,
+            _ => None,
+        }
+    }
+}
+
+fn no_row() -> StoreError {
+    StoreError::Other("the statement returned no row".into())
+}
+
+async fn run_pg<'c>(
+    on: impl sqlx::PgExecutor<'c>,
+    q: Query<'_>,
+    want: Want,
+) -> Result<Got, sqlx::Error> {
+    let q = q.pg();
+    Ok(match want {
+        Want::Changed => Got::Changed(q.execute(on).await?.rows_affected()),
+        Want::All => Got::All(q.fetch_all(on).await?.into_iter().map(Row::Pg).collect()),
+        Want::Optional => Got::Optional(q.fetch_optional(on).await?.map(Row::Pg)),
+    })
+}
+
+async fn run_lite<'c>(
+    on: impl sqlx::SqliteExecutor<'c>,
+    q: Query<'_>,
+    want: Want,
+) -> Result<Got, sqlx::Error> {
+    let q = q.sqlite();
+    Ok(match want {
+        Want::Changed => Got::Changed(q.execute(on).await?.rows_affected()),
+        Want::All => Got::All(q.fetch_all(on).await?.into_iter().map(Row::Lite).collect()),
+        Want::Optional => Got::Optional(q.fetch_optional(on).await?.map(Row::Lite)),
+    })
 }
 
 /// A write transaction; dropped without [`Tx::commit`], it rolls back.
@@ -508,49 +479,29 @@ pub(super) enum Tx {
 }
 
 impl Tx {
-    /// Runs a statement; returns the rows it changed.
-    pub async fn execute(&mut self, q: Query<'_>) -> Result<u64, StoreError> {
+    async fn run(&mut self, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
         match self {
-            Tx::Pg(tx) => q.pg().execute(&mut **tx).await.map(|d| d.rows_affected()),
-            Tx::Lite { tx, .. } => q
-                .sqlite()
-                .execute(&mut **tx)
-                .await
-                .map(|d| d.rows_affected()),
+            Tx::Pg(tx) => run_pg(&mut **tx, q, want).await,
+            Tx::Lite { tx, .. } => run_lite(&mut **tx, q, want).await,
         }
         .map_err(map_err)
+    }
+
+    /// Runs a statement; returns the rows it changed.
+    pub async fn execute(&mut self, q: Query<'_>) -> Result<u64, StoreError> {
+        self.run(q, Want::Changed).await.map(Got::changed)
     }
 
     pub async fn fetch_all(&mut self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
-        match self {
-            Tx::Pg(tx) => q.pg().fetch_all(&mut **tx).await.map(pg_rows),
-            Tx::Lite { tx, .. } => q.sqlite().fetch_all(&mut **tx).await.map(lite_rows),
-        }
-        .map_err(map_err)
+        self.run(q, Want::All).await.map(Got::all)
     }
 
     pub async fn fetch_optional(&mut self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
-        match self {
-            Tx::Pg(tx) => q
-                .pg()
-                .fetch_optional(&mut **tx)
-                .await
-                .map(|r| r.map(Row::Pg)),
-            Tx::Lite { tx, .. } => q
-                .sqlite()
-                .fetch_optional(&mut **tx)
-                .await
-                .map(|r| r.map(Row::Lite)),
-        }
-        .map_err(map_err)
+        self.run(q, Want::Optional).await.map(Got::optional)
     }
 
     pub async fn fetch_one(&mut self, q: Query<'_>) -> Result<Row, StoreError> {
-        match self {
-            Tx::Pg(tx) => q.pg().fetch_one(&mut **tx).await.map(Row::Pg),
-            Tx::Lite { tx, .. } => q.sqlite().fetch_one(&mut **tx).await.map(Row::Lite),
-        }
-        .map_err(map_err)
+        self.fetch_optional(q).await?.ok_or_else(no_row)
     }
 
     /// Tells every broker on the database once (and only if) this transaction

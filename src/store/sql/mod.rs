@@ -2,9 +2,8 @@
 //! (production; replicas share it) and SQLite (`mayfly dev`, a single broker).
 //! One file per aggregate, named as the conformance files are; `driver` names
 //! the two drivers and is the only place their types and encodings differ.
-//! Where the databases really differ in a statement, the script says so with a
-//! `match` on [`Db`] and a one-line reason: the one-statement token write, the
-//! revocation cascade's repeat, row locks, and audit sealing.
+//! What the databases really do differently is in `dialect`, each with why: the
+//! scripts ask it, never match on the database themselves.
 //!
 //! Every state change and its audit event commit together. In PostgreSQL
 //! anything that takes the revocation counter takes it first, so transactions
@@ -23,15 +22,13 @@ use std::time::Duration;
 mod approvals;
 mod audit;
 mod delegations;
+mod dialect;
 mod driver;
 mod freezes;
 mod keys;
 mod revocations;
 mod tasks;
 mod tokens;
-
-pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
 
 /// A write the store is about to make, as a [`FaultHook`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +154,7 @@ impl SqlStore {
             .connect_with(base.clone().create_if_missing(true))
             .await
             .map_err(map_err)?;
-        SQLITE_MIGRATOR
+        dialect::SQLITE_MIGRATOR
             .run(&writer)
             .await
             .map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
@@ -200,9 +197,10 @@ impl SqlStore {
             .into_iter()
             .map(|(v, _)| v)
             .collect();
-        let (migrator, run) = match &self.db {
-            Db::Postgres(p) => (&PG_MIGRATOR, PG_MIGRATOR.run(p).await),
-            Db::Sqlite(l) => (&SQLITE_MIGRATOR, SQLITE_MIGRATOR.run(&l.writer).await),
+        let migrator = dialect::migrator(&self.db);
+        let run = match &self.db {
+            Db::Postgres(p) => migrator.run(p).await,
+            Db::Sqlite(l) => migrator.run(&l.writer).await,
         };
         run.map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
         Ok(migrator
@@ -215,10 +213,7 @@ impl SqlStore {
     /// Refuses a schema that lacks a migration this version needs (when another
     /// role owns the schema and migrates it).
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let migrator = match &self.db {
-            Db::Postgres(_) => &PG_MIGRATOR,
-            Db::Sqlite(_) => &SQLITE_MIGRATOR,
-        };
+        let migrator = dialect::migrator(&self.db);
         let applied = self.applied_checksums().await?;
         let mut missing = vec![];
         for m in migrator.iter() {
@@ -246,14 +241,8 @@ impl SqlStore {
 
     /// Successfully applied migrations, with their checksums.
     async fn applied_checksums(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        // Dialect: each database names its catalogue differently.
-        let exists = match &self.db {
-            Db::Postgres(_) => "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS present",
-            Db::Sqlite(_) => {
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations') AS present"
-            }
-        };
-        if !self.db.fetch_one(query(exists)).await?.bool("present")? {
+        let present = query(dialect::MIGRATIONS_TABLE.of(&self.db));
+        if !self.db.fetch_one(present).await?.bool("present")? {
             return Ok(vec![]);
         }
         let rows = self
@@ -388,42 +377,6 @@ fn seq(row: &Row, col: &str) -> Result<u64, StoreError> {
 impl Store for SqlStore {
     /// Not gated: the probe asks through this.
     async fn ping(&self) -> Result<(), StoreError> {
-        match &self.db {
-            Db::Postgres(p) => ping_postgres(p).await,
-            Db::Sqlite(_) => self.db.fetch_one(query("SELECT 1 AS one")).await.map(drop),
-        }
+        dialect::ping(&self.db).await
     }
-}
-
-/// An idle pooled connection answers `SELECT 1`; with none idle, a pool with room
-/// makes one (and keeps it); a pool that is full and busy, or whose idle
-/// connection was broken, is checked with a connection of the probe's own. So a
-/// busy pool is not mistaken for a database that is down, nor is one broken
-/// connection, nor a server that is only at its connection limit.
-async fn ping_postgres(pool: &PgPool) -> Result<(), StoreError> {
-    use sqlx::Connection as _;
-    let pooled = match pool.try_acquire() {
-        Some(conn) => Some(conn),
-        None if pool.size() < pool.options().get_max_connections() => pool.acquire().await.ok(),
-        None => None,
-    };
-    if let Some(mut conn) = pooled
-        && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
-    {
-        return Ok(());
-    }
-    let mut conn = match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
-        Ok(c) => c,
-        // too_many_connections: the server answers; it is only full.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("53300") => {
-            return Ok(());
-        }
-        Err(e) => return Err(map_err(e)),
-    };
-    sqlx::query("SELECT 1")
-        .execute(&mut conn)
-        .await
-        .map_err(map_err)?;
-    let _ = conn.close().await;
-    Ok(())
 }

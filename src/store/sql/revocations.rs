@@ -1,12 +1,10 @@
 //! Revocations: the gap-free sequence, an administrative revocation (tokens,
 //! tasks and offers it covers), the stream's history and the feed of notices.
+use super::dialect;
 use super::driver::Arg;
 use super::*;
 use crate::audit::Action;
 use crate::domain::{Target, Trigger};
-
-/// Longer than any delegation chain (`max_delegation_depth` is at most 16).
-const MAX_CHAIN: usize = 17;
 
 fn event_from_row(r: &Row) -> Result<Event, StoreError> {
     let seq = seq(r, "seq")?;
@@ -121,13 +119,8 @@ pub(super) async fn revoke_tokens(
          )
          {SET} AND jti IN (SELECT jti FROM d)"
     );
-    // Dialect: in PostgreSQL a redemption that held a parent while the statement
-    // above ran commits its child afterwards, so the cascade repeats until nothing
-    // changes (at most the longest chain); SQLite's one writer sees every
-    // descendant in one pass.
-    let passes = if db.is_postgres() { MAX_CHAIN + 1 } else { 1 };
     let mut total = direct;
-    for _ in 0..passes {
+    for _ in 0..dialect::cascade_passes(db) {
         let n = tx
             .execute(
                 query(cascade.clone())

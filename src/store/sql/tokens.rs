@@ -1,5 +1,6 @@
 //! Tokens: recording one against its task's budget (the mint's write, also run
 //! by redemptions and spent approvals), and reading them.
+use super::dialect;
 use super::*;
 
 pub(super) const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at, parent_jti, depth";
@@ -27,7 +28,7 @@ pub(super) fn token_from_row(r: &Row) -> Result<TokenRecord, StoreError> {
 
 /// Why the task (`$1`) takes no token for holder `$2` at `$4`, owned by `$5` in
 /// workflow `$6` with a budget of `$3`: NULL when it takes it.
-const REFUSAL: &str = "CASE
+pub(super) const REFUSAL: &str = "CASE
     WHEN agent <> $5 THEN 'owner'
     WHEN EXISTS (SELECT 1 FROM freezes f WHERE f.kind = 'all'
         OR (f.kind = 'agent' AND f.target IN ($2, $5)) OR (f.kind = 'workflow' AND f.target = $6)) THEN 'frozen'
@@ -36,7 +37,7 @@ const REFUSAL: &str = "CASE
     WHEN tokens_minted >= $3 THEN 'budget'
     END";
 
-fn refusal_args<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> Query<'a> {
+fn judge<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> Query<'a> {
     query(format!(
         "SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $1"
     ))
@@ -71,55 +72,6 @@ fn verdict(row: Option<Row>) -> Result<Recorded, StoreError> {
     }))
 }
 
-/// PostgreSQL's token write in one statement (one round trip; SQLite has no
-/// data-modifying `WITH`): the task's row is locked and judged, counted when it
-/// takes the token, and the token and its audit event inserted; the answer is
-/// the judgement, made on the row as it stands once locked.
-fn one_statement<'a>(
-    t: &'a TokenRecord,
-    owner: &'a str,
-    budget: u32,
-    audit: &'a AuditEvent,
-) -> Query<'a> {
-    query(format!(
-        "WITH k AS (
-            SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $1 FOR NO KEY UPDATE
-         ), t AS (
-            UPDATE tasks SET tokens_minted = tokens_minted + 1
-            WHERE id = (SELECT id FROM k WHERE refusal IS NULL)
-            RETURNING id
-         ), tok AS (
-            INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
-            SELECT $7, t.id, $2, $6, $8, $9, $10, $11, $12, $4, $13, $14, $15 FROM t
-            RETURNING jti
-         ), aud AS (
-            INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
-            SELECT $4, $16, $17, $18, $1, $2, tok.jti, $19, $20 FROM tok
-         )
-         SELECT refusal, state FROM k"
-    ))
-    .bind(t.task.0)
-    .bind(&t.agent)
-    .bind(budget)
-    .bind(t.issued_at)
-    .bind(owner)
-    .bind(&t.workflow)
-    .bind(t.jti)
-    .bind(&t.scope.audience)
-    .bind(&t.scope.resource)
-    .bind(&t.scope.action)
-    .bind(&t.kid)
-    .bind(&t.cert_thumbprint)
-    .bind(t.expires_at)
-    .bind(t.parent)
-    .bind(t.depth)
-    .bind(audit.actor.as_str())
-    .bind(audit.action.as_str())
-    .bind(audit.action.outcome())
-    .bind(&audit.reason)
-    .bind(audit.detail.clone())
-}
-
 /// Records a token and its audit event inside `tx`, counting it against the
 /// task's budget, unless the task refuses it (then nothing is written): not
 /// `owner`'s, frozen, not active, past its deadline or out of budget.
@@ -131,13 +83,10 @@ pub(super) async fn record(
     budget: u32,
     audit: &AuditEvent,
 ) -> Result<Recorded, StoreError> {
-    if db.is_postgres() {
-        return verdict(
-            tx.fetch_optional(one_statement(t, owner, budget, audit))
-                .await?,
-        );
+    if let Some(q) = dialect::token_in_one_statement(db, t, owner, budget, audit) {
+        return verdict(tx.fetch_optional(q).await?);
     }
-    let judged = verdict(tx.fetch_optional(refusal_args(t, owner, budget)).await?)?;
+    let judged = verdict(tx.fetch_optional(judge(t, owner, budget)).await?)?;
     if judged.is_err() {
         return Ok(judged);
     }
@@ -180,13 +129,10 @@ async fn insert(
     budget: u32,
     audit: &AuditEvent,
 ) -> Result<Recorded, StoreError> {
-    // Dialect: PostgreSQL's one statement needs no transaction of its own (one
-    // round trip, one implicit transaction).
-    if db.is_postgres() {
-        return verdict(
-            db.fetch_optional(one_statement(t, &t.agent, budget, audit))
-                .await?,
-        );
+    // One statement needs no transaction of its own: one round trip, one
+    // implicit transaction.
+    if let Some(q) = dialect::token_in_one_statement(db, t, &t.agent, budget, audit) {
+        return verdict(db.fetch_optional(q).await?);
     }
     let mut tx = db.begin().await?;
     let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;

@@ -1,0 +1,174 @@
+//! What PostgreSQL and SQLite really do differently, each with why; the
+//! transaction scripts ask here and never match on the database themselves.
+//! (Type encodings and notices are the drivers', in `driver`.)
+use super::driver::{Db, Query, map_err, query};
+use super::tokens::REFUSAL;
+use crate::audit::AuditEvent;
+use crate::domain::TokenRecord;
+use crate::store::StoreError;
+use std::borrow::Cow;
+
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
+
+/// Each database has a migration tree of its own: the schema's types differ.
+pub(super) fn migrator(db: &Db) -> &'static sqlx::migrate::Migrator {
+    match db {
+        Db::Postgres(_) => &PG_MIGRATOR,
+        Db::Sqlite(_) => &SQLITE_MIGRATOR,
+    }
+}
+
+/// A statement for each database.
+pub(super) struct Each {
+    postgres: &'static str,
+    sqlite: &'static str,
+}
+
+impl Each {
+    pub fn of(&self, db: &Db) -> &'static str {
+        match db {
+            Db::Postgres(_) => self.postgres,
+            Db::Sqlite(_) => self.sqlite,
+        }
+    }
+}
+
+/// Whether the migrations have a table yet (`present`): the catalogues differ.
+pub(super) const MIGRATIONS_TABLE: Each = Each {
+    postgres: "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS present",
+    sqlite: "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations') AS present",
+};
+
+/// A row-locking clause for a `SELECT` in a write transaction. SQLite needs
+/// none: it has one writing connection, so no transaction interleaves with
+/// another.
+pub(super) fn lock(db: &Db, clause: &'static str) -> &'static str {
+    match db {
+        Db::Postgres(_) => clause,
+        Db::Sqlite(_) => "",
+    }
+}
+
+/// A JSON column as the text its database keeps, which the audit chain's hash
+/// covers: `jsonb` renders itself (sorted keys, its own spacing); SQLite keeps
+/// the text as written.
+pub(super) fn json_text(db: &Db, col: &'static str) -> Cow<'static, str> {
+    match db {
+        Db::Postgres(_) => format!("{col}::text AS {col}").into(),
+        Db::Sqlite(_) => col.into(),
+    }
+}
+
+/// How often a revocation's cascade to delegated tokens runs. In PostgreSQL a
+/// redemption that held a parent while the first pass ran commits its child
+/// afterwards, so the cascade repeats until nothing changes (at most the longest
+/// chain: `max_delegation_depth` is at most 16); SQLite's one writer sees every
+/// descendant in one pass.
+pub(super) fn cascade_passes(db: &Db) -> usize {
+    match db {
+        Db::Postgres(_) => 18,
+        Db::Sqlite(_) => 1,
+    }
+}
+
+/// The token write as one statement, where the database can: PostgreSQL's
+/// data-modifying `WITH` locks and judges the task's row, counts the token when
+/// the task takes it, and inserts the token and its audit event, in one round
+/// trip; the answer is the judgement, made on the row as it stands once locked.
+/// SQLite has no data-modifying `WITH` (and, with one writer, nothing to race).
+pub(super) fn token_in_one_statement<'a>(
+    db: &Db,
+    t: &'a TokenRecord,
+    owner: &'a str,
+    budget: u32,
+    audit: &'a AuditEvent,
+) -> Option<Query<'a>> {
+    let Db::Postgres(_) = db else { return None };
+    Some(
+        query(format!(
+            "WITH k AS (
+                SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $1 FOR NO KEY UPDATE
+             ), t AS (
+                UPDATE tasks SET tokens_minted = tokens_minted + 1
+                WHERE id = (SELECT id FROM k WHERE refusal IS NULL)
+                RETURNING id
+             ), tok AS (
+                INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
+                SELECT $7, t.id, $2, $6, $8, $9, $10, $11, $12, $4, $13, $14, $15 FROM t
+                RETURNING jti
+             ), aud AS (
+                INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
+                SELECT $4, $16, $17, $18, $1, $2, tok.jti, $19, $20 FROM tok
+             )
+             SELECT refusal, state FROM k"
+        ))
+        .bind(t.task.0)
+        .bind(&t.agent)
+        .bind(budget)
+        .bind(t.issued_at)
+        .bind(owner)
+        .bind(&t.workflow)
+        .bind(t.jti)
+        .bind(&t.scope.audience)
+        .bind(&t.scope.resource)
+        .bind(&t.scope.action)
+        .bind(&t.kid)
+        .bind(&t.cert_thumbprint)
+        .bind(t.expires_at)
+        .bind(t.parent)
+        .bind(t.depth)
+        .bind(audit.actor.as_str())
+        .bind(audit.action.as_str())
+        .bind(audit.action.outcome())
+        .bind(&audit.reason)
+        .bind(audit.detail.clone()),
+    )
+}
+
+/// Sealing audit events on the server, where the database can: PostgreSQL's
+/// `mayfly_audit_seal` (migrations/…_audit_chain.sql) seals a batch in one round
+/// trip under the chain's row lock, so brokers on every replica extend one
+/// chain. SQLite has no server: its one broker seals through its writer.
+pub(super) fn seal_on_the_server(db: &Db, batch: u32) -> Option<Query<'static>> {
+    let Db::Postgres(_) = db else { return None };
+    Some(
+        query("SELECT mayfly_audit_seal($1::integer) AS n")
+            .bind(i64::from(batch.min(i32::MAX as u32))),
+    )
+}
+
+/// Answers when the database does. A PostgreSQL pool can be busy, hold a broken
+/// connection, or the server be only at its connection limit, none of which is
+/// "down": an idle pooled connection answers `SELECT 1`; with none idle, a pool
+/// with room makes one (and keeps it); otherwise a connection of the probe's
+/// own is tried, and a server that says it is full (53300) answers. SQLite is a
+/// file: a reader answers.
+pub(super) async fn ping(db: &Db) -> Result<(), StoreError> {
+    use sqlx::Connection as _;
+    let pool = match db {
+        Db::Postgres(p) => p,
+        Db::Sqlite(_) => return db.fetch_one(query("SELECT 1 AS one")).await.map(drop),
+    };
+    let pooled = match pool.try_acquire() {
+        Some(conn) => Some(conn),
+        None if pool.size() < pool.options().get_max_connections() => pool.acquire().await.ok(),
+        None => None,
+    };
+    if let Some(mut conn) = pooled
+        && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
+    {
+        return Ok(());
+    }
+    let mut conn = match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(c) => c,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("53300") => return Ok(()),
+        Err(e) => return Err(map_err(e)),
+    };
+    sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .map_err(map_err)?;
+    let _ = conn.close().await;
+    Ok(())
+}
