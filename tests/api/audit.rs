@@ -2,7 +2,7 @@
 //! every kind of tampering found and named, append-only for ordinary writers, one
 //! valid chain with two replicas writing at once. Tampering is done past the
 //! tables' triggers, as their owner can.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use sqlx::{Connection, PgConnection};

@@ -2,7 +2,7 @@
 //! the real broker, driven with curl over mTLS: a bound token reads, anything else
 //! is refused with the verifier's verdict, and a replayed token gets its task
 //! deviated through a misuse report.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use std::process::Command;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Delegation (RFC 8693) over the real server: offers, redemption by the named
 //! sub-agent over its own mTLS connection, every refusal, and cascade revocation
 //! seen by a verifier.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use mayfly::api::pb::token_service_client::TokenServiceClient;

@@ -4,7 +4,7 @@
 //! deploy/kubernetes/mayfly.toml (the SPIRE setup), with the paths the container
 //! mounts pointed at fresh `mayfly dev-certs` output and the shipped policies, and
 //! MAYFLY_DATABASE_URL at a fresh database, as the container gets them.
-use crate::helpers::{copy_dir, fresh_database, http_get, scope};
+use crate::support::{copy_dir, fresh_database, http_get, scope};
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;

@@ -1,7 +1,7 @@
 //! The kill switch over the real server: a freeze stops new issuance to an agent,
 //! a workflow or everything (mints, delegations, redemptions) until it is lifted,
 //! and both are audited.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::freeze_target::Target;
 use tonic::Code;

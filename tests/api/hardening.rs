@@ -1,6 +1,6 @@
 //! A hostile network: clients without a certificate cost the broker little and
 //! briefly; a store outage is answered at once and recovered from by itself.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;

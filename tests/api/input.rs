@@ -2,7 +2,7 @@
 //! person reads carries no invisible or bidirectional control characters; a
 //! refusal quotes only a short prefix of what it refuses; a body that is not
 //! protobuf is the client's fault.
-use crate::helpers::*;
+use crate::support::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;

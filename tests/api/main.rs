@@ -1,5 +1,7 @@
 //! Integration tests: the real broker over real mTLS against a real PostgreSQL.
-mod helpers;
+mod support;
+// persistence.rs and store_conformance/ (rewritten with the store) still say `helpers`.
+use support as helpers;
 
 mod admin;
 mod audit;

@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use std::process::Stdio;

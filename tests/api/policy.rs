@@ -1,7 +1,7 @@
 //! Cedar decisions through the real server: reasons and policy ids in errors and
 //! the audit trail, context that changes the outcome, reload on file change
 //! (atomic, invalid sets refused), and the policy commands.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::clock::Clock;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! gap-free sequence, surviving a lost listener connection; quiet streams send
 //! heartbeats. Watch polling is set to an hour here, so only a notification (or
 //! the catch-up after a reconnect) can deliver an event in time.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use sqlx::Connection;

@@ -1,6 +1,6 @@
 //! SPIRE rotates the broker's SVID and the trust bundle while it runs: the files
 //! change, and new connections use them, with no restart.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::identity::devcerts::{DevCa, Issued};

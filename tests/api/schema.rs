@@ -1,7 +1,7 @@
 //! A schema owned by another role than the brokers': `mayfly migrate` as the owner,
 //! brokers with `database.migrate = false` and row privileges only (the grants
 //! deploy/README.md documents), so they cannot rewrite the audit trail.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::clock::ManualClock;
 use mayfly::config::Config;

@@ -1,6 +1,6 @@
 //! Step-up approval over the real server: a high-impact mint waits for a security
 //! team's decision; one approval is good for one token; no retry until success.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use std::sync::Arc;

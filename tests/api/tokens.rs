@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use mayfly::api::pb;
 use mayfly::audit::Action;

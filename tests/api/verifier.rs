@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;

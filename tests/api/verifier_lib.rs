@@ -1,7 +1,7 @@
 //! The verifier library (`mayfly::verifier`) against the real broker: keys from the
 //! JWKS, certificate binding, scope, the live revocation set, failing closed.
 #![cfg(feature = "verifier")]
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use mayfly::identity::devcerts::Issued;
