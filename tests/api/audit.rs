@@ -202,20 +202,9 @@ async fn reordered_events_are_named() {
 #[tokio::test]
 async fn two_replicas_writing_at_once_make_one_valid_chain() {
     let pki = Arc::new(Pki::new());
-    let budget = || Options {
-        max_tokens: 100,
-        ..Default::default()
-    };
+    let budget = || Settings::new().max_tokens(100);
     let a = spawn_with(pki.clone(), budget()).await;
-    let b = spawn_with(
-        pki,
-        Options {
-            clock: Some(a.clock.clone()),
-            db_url: Some(a.db_url.clone()),
-            ..budget()
-        },
-    )
-    .await;
+    let b = spawn_replica(pki, &a, budget()).await;
     let task_a = a.open_task(AGENT, 600).await;
     let task_b = b.open_task(AGENT, 600).await;
     let mut writers = vec![];

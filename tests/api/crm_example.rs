@@ -21,10 +21,7 @@ fn example_binary() -> std::path::PathBuf {
 async fn the_example_crm_server_serves_bound_tokens_and_reports_replays() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "100ms",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_millis(100)),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -493,10 +493,7 @@ async fn revoked_within_10s(v: &Verifier, token: &str, cert: &[u8]) -> Verdict {
 async fn revoking_an_ancestor_token_an_agent_of_the_chain_or_the_task_reaches_the_grandchild() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "100ms",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_millis(100)),
     )
     .await;
     let v = github_verifier(&app).await;

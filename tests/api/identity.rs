@@ -161,10 +161,7 @@ async fn an_svid_must_chain_to_its_own_trust_domain_bundle() {
     std::fs::write(&other_bundle, other.cert_pem()).unwrap();
     let app = spawn_with(
         pki.clone(),
-        Options {
-            extra_trust_domains: vec![("partner.org".into(), other_bundle)],
-            ..Default::default()
-        },
+        Settings::new().trust_domain("partner.org", other_bundle),
     )
     .await;
     // partner.org's CA signing an example.org identity: the chain is good for the
@@ -386,12 +383,13 @@ async fn refused_handshakes_are_counted_and_summed_up_in_a_line_per_interval_not
 {
     let pki = Pki::new();
     let db = fresh_database().await;
-    let cfg = pki.path("mayfly.toml");
-    let o = Options {
-        limits: "log_summary_interval = \"1s\"".into(),
-        ..Options::default()
-    };
-    std::fs::write(&cfg, config_text(&pki, &db.url, &o)).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .limits(Limits {
+            log_summary_interval: Some(Duration::from_secs(1)),
+            ..Limits::default()
+        })
+        .write(&pki);
     let served = Served::start(&cfg).await;
 
     let mut expired = SvidSpec::workload(ORCH);

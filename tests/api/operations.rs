@@ -11,16 +11,8 @@ use tonic::Code;
 #[tokio::test]
 async fn two_brokers_on_one_database_verify_each_others_tokens() {
     let pki = Arc::new(Pki::new());
-    let a = spawn_with(pki.clone(), Options::default()).await;
-    let b = spawn_with(
-        pki.clone(),
-        Options {
-            db_url: Some(a.db_url.clone()),
-            clock: Some(a.clock.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let a = spawn_with(pki.clone(), Settings::new()).await;
+    let b = spawn_replica(pki.clone(), &a, Settings::new()).await;
     let task = a.open_task(AGENT, 600).await;
     let (mut on_a, _) = a.tokens(AGENT).await;
     let (mut on_b, _) = b.tokens(AGENT).await;
@@ -62,11 +54,8 @@ async fn two_brokers_on_one_database_verify_each_others_tokens() {
 
 #[tokio::test]
 async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
-    let (app, proxy, direct) = spawn_behind_proxy(Options {
-        connect_timeout: "1s",
-        ..Default::default()
-    })
-    .await;
+    let (app, proxy, direct) =
+        spawn_behind_proxy(Settings::new().connect_timeout(Duration::from_secs(1))).await;
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     agent
@@ -175,22 +164,27 @@ fn mayfly_bin() -> std::process::Command {
 #[tokio::test]
 async fn serve_refuses_a_bad_config_naming_the_key() {
     let pki = Pki::new();
-    let good = config_text(
-        &pki,
-        "postgres://postgres@127.0.0.1:5432/postgres",
-        &Options::default(),
-    );
+    let good = Settings::new().database("postgres://postgres@127.0.0.1:5432/postgres");
+    // A good config with one key broken, as someone might write it.
+    let broken = |section: &str, key: &str, value: toml::Value| {
+        let mut table = good.table(&pki);
+        table[section]
+            .as_table_mut()
+            .unwrap()
+            .insert(key.into(), value);
+        toml::to_string(&table).unwrap()
+    };
     let cases = [
         (
-            good.replace("reload_interval = \"100ms\"", "reload_interval = \"0s\""),
+            broken("policy", "reload_interval", "0s".into()),
             "policy.reload_interval: must be greater than zero",
         ),
         (
-            good.replace("sweep_interval = \"50ms\"", "sweep_interval = \"soon\""),
+            broken("tasks", "sweep_interval", "soon".into()),
             "sweep_interval",
         ),
         (
-            good.replace("[roles]", "[roles]\nsuperuser = []"),
+            broken("roles", "superuser", toml::Value::Array(vec![])),
             "unknown field `superuser`",
         ),
     ];
@@ -225,16 +219,12 @@ async fn serve_reports_an_unreachable_database_clearly() {
         .local_addr()
         .unwrap()
         .port();
-    let text = config_text(
-        &pki,
-        &format!("postgres://postgres:hunter2@127.0.0.1:{port}/mayfly"),
-        &Options {
-            connect_timeout: "1s",
-            ..Default::default()
-        },
-    );
-    let path = pki.path("mayfly.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = Settings::new()
+        .database(&format!(
+            "postgres://postgres:hunter2@127.0.0.1:{port}/mayfly"
+        ))
+        .connect_timeout(Duration::from_secs(1))
+        .write(&pki);
     let out = mayfly_bin()
         .args(["serve", "--config"])
         .arg(&path)

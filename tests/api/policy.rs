@@ -187,16 +187,7 @@ fn reloads(body: &str) -> u64 {
 
 #[tokio::test]
 async fn reloading_while_agents_mint_never_fails_or_half_applies_a_request() {
-    let app = Arc::new(
-        spawn_with(
-            Arc::new(Pki::new()),
-            Options {
-                max_tokens: 100_000,
-                ..Default::default()
-            },
-        )
-        .await,
-    );
+    let app = Arc::new(spawn_with(Arc::new(Pki::new()), Settings::new().max_tokens(100_000)).await);
     let dir = policy_dir(&app);
     let original = std::fs::read_to_string(dir.join("test.cedar")).unwrap();
     // Version B renames the CRM permit: every mint is permitted by exactly one of
@@ -276,15 +267,13 @@ fn examples() -> PathBuf {
 #[tokio::test]
 async fn serve_refuses_an_invalid_policy_set_naming_the_file_and_line() {
     let pki = Pki::new();
-    let text = config_text(&pki, &admin_url(), &Options::default());
+    let cfg = Settings::new().database(&admin_url()).write(&pki);
     let dir = pki.dir.path().join("policies");
     std::fs::write(
         dir.join("broken.cedar"),
         "// fine so far\n@id(\"nope\") permit (principal, action, resource) when { context.nope };\n",
     )
     .unwrap();
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, text).unwrap();
     let out = mayfly()
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -396,10 +385,10 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
     let pki = Pki::new();
     let db = fresh_database().await;
     // An hour between file checks: only the signal can cause the reload.
-    let text = config_text(&pki, &db.url, &Options::default())
-        .replace("reload_interval = \"100ms\"", "reload_interval = \"1h\"");
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .policy_reload(Duration::from_secs(3600))
+        .write(&pki);
     let served = Served::start(&cfg).await;
     let count = |b: &str| -> usize {
         b.split(" policies,")
@@ -481,11 +470,7 @@ async fn a_workflow_whose_deviation_response_is_deny_refuses_without_ending_the_
 async fn the_example_workflows_decide_over_the_real_server() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            policies: Some(examples()),
-            environment: "prod-eu",
-            ..Default::default()
-        },
+        Settings::new().policies(examples()).environment("prod-eu"),
     )
     .await;
     let (orch, fin_orch) = (

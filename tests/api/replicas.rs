@@ -10,29 +10,19 @@ use sqlx::Connection;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn replica(db_url: Option<String>) -> Options {
-    Options {
-        db_url,
-        // Neither a poll nor a heartbeat's re-read can deliver in time.
-        watch_poll: "1h",
-        watch_heartbeat: "1h",
-        ..Default::default()
-    }
+fn replica() -> Settings {
+    // Neither a poll nor a heartbeat's re-read can deliver in time.
+    Settings::new()
+        .watch_poll(Duration::from_secs(3600))
+        .watch_heartbeat(Duration::from_secs(3600))
 }
 
 /// Two replicas, returned once both listen for notifications (so an event can
 /// only reach the other one by a notification, not by a start-up catch-up).
 async fn two_replicas() -> (TestApp, TestApp) {
     let pki = Arc::new(Pki::new());
-    let a = spawn_with(pki.clone(), replica(None)).await;
-    let b = spawn_with(
-        pki,
-        Options {
-            clock: Some(a.clock.clone()),
-            ..replica(Some(a.db_url.clone()))
-        },
-    )
-    .await;
+    let a = spawn_with(pki.clone(), replica()).await;
+    let b = spawn_replica(pki, &a, replica()).await;
     wait_for_listeners(&a.db_url, 2).await;
     (a, b)
 }
@@ -149,10 +139,7 @@ async fn a_replica_whose_listener_connection_dies_catches_up_without_losing_an_e
 async fn a_quiet_watch_stream_sends_heartbeats_carrying_its_cursor() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "100ms",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_millis(100)),
     )
     .await;
     app.admin(ADMIN)
@@ -192,17 +179,11 @@ async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
     let pki = Pki::new();
     let db = fresh_database().await;
     // Polls and heartbeats an hour apart: only NOTIFY can carry the event.
-    let text = config_text(
-        &pki,
-        &db.url,
-        &Options {
-            watch_poll: "1h",
-            watch_heartbeat: "1h",
-            ..Default::default()
-        },
-    );
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .watch_poll(Duration::from_secs(3600))
+        .watch_heartbeat(Duration::from_secs(3600))
+        .write(&pki);
     let a = Served::start(&cfg).await;
     let b = Served::start(&cfg).await;
     wait_for_listeners(&db.url, 2).await;

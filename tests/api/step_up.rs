@@ -105,10 +105,7 @@ async fn an_approved_request_yields_exactly_one_token_to_the_waiting_agent() {
     // No re-reading on a timer: only the decision's wake-up can deliver in time.
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_poll: "1h",
-            ..Options::default()
-        },
+        Settings::new().watch_poll(Duration::from_secs(3600)),
     )
     .await;
     let (task, mut agent) = task_with_delete(&app).await;

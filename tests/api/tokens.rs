@@ -266,10 +266,7 @@ async fn a_scope_outside_the_task_is_a_deviation_that_revokes_the_whole_task() {
 async fn exceeding_the_token_budget_is_resource_exhausted_and_a_deviation() {
     let app = spawn_with(
         std::sync::Arc::new(Pki::new()),
-        Options {
-            max_tokens: 3,
-            ..Default::default()
-        },
+        Settings::new().max_tokens(3),
     )
     .await;
     let task = app.open_task(AGENT, 600).await;
@@ -306,10 +303,7 @@ async fn exceeding_the_token_budget_is_resource_exhausted_and_a_deviation() {
 async fn concurrent_mints_never_exceed_the_budget() {
     let app = spawn_with(
         std::sync::Arc::new(Pki::new()),
-        Options {
-            max_tokens: 5,
-            ..Default::default()
-        },
+        Settings::new().max_tokens(5),
     )
     .await;
     let task = app.open_task(AGENT, 600).await;

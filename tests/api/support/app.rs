@@ -1,6 +1,6 @@
 //! spawn_app: the real broker in-process on ephemeral ports, on a fresh database,
 //! and the calls tests make on it.
-use super::config::{Options, config_text};
+use super::config::Settings;
 use super::db::{AuditRow, TestDb, audit_by, fresh_database};
 use super::pki::{ADMIN, ORCH, Pki, VERIFIER, mtls_channel};
 use super::proxy::Proxy;
@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// A broker running in the test's runtime, on ephemeral ports; shut down when
+/// dropped (or by [`TestApp::stop`]).
 pub struct TestApp {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
@@ -31,20 +33,31 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_with(Arc::new(Pki::new()), Options::default()).await
+    spawn_with(Arc::new(Pki::new()), Settings::new()).await
 }
 
-pub async fn spawn_with(pki: Arc<Pki>, o: Options) -> TestApp {
-    let (db_url, db) = match &o.db_url {
-        Some(u) => (u.clone(), None),
+/// The broker configured by `settings`, on a fresh database unless they name one.
+pub async fn spawn_with(pki: Arc<Pki>, settings: Settings) -> TestApp {
+    start(pki, settings, ManualClock::default()).await
+}
+
+/// Another broker on `of`'s database and clock (replicas must agree on the time:
+/// a token minted by one must not be "not yet valid" on another).
+pub async fn spawn_replica(pki: Arc<Pki>, of: &TestApp, settings: Settings) -> TestApp {
+    start(pki, settings.database(&of.db_url), of.clock.clone()).await
+}
+
+async fn start(pki: Arc<Pki>, settings: Settings, clock: ManualClock) -> TestApp {
+    let (settings, db) = match settings.database_url() {
+        Some(_) => (settings, None),
         None => {
             let db = fresh_database().await;
-            (db.url.clone(), Some(db))
+            (settings.database(&db.url), Some(db))
         }
     };
-    let cfg = Config::parse(&config_text(&pki, &db_url, &o), "test").unwrap();
+    let db_url = settings.database_url().unwrap().to_string();
+    let cfg = Config::parse(&settings.render(&pki), "test").unwrap();
     cfg.validate().unwrap();
-    let clock = o.clock.clone().unwrap_or_default();
     let app = mayfly::app::build(cfg, Arc::new(clock.clone()))
         .await
         .expect("build app");
@@ -209,13 +222,14 @@ impl Drop for TestApp {
 }
 
 /// A broker whose database (a fresh one) it reaches through a [`Proxy`] the test
-/// can cut; `o.db_url` is set here.
-pub async fn spawn_behind_proxy(o: Options) -> (TestApp, Proxy, TestDb) {
+/// can cut; the database of `settings` is set here.
+pub async fn spawn_behind_proxy(settings: Settings) -> (TestApp, Proxy, TestDb) {
     let direct = fresh_database().await;
     let proxy = Proxy::to_postgres().await;
-    let o = Options {
-        db_url: Some(proxy.url_of(&direct)),
-        ..o
-    };
-    (spawn_with(Arc::new(Pki::new()), o).await, proxy, direct)
+    let settings = settings.database(&proxy.url_of(&direct));
+    (
+        spawn_with(Arc::new(Pki::new()), settings).await,
+        proxy,
+        direct,
+    )
 }
