@@ -41,21 +41,17 @@ async fn workload(app: &TestApp) {
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let parent = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     agent
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap();
+        .minted(mint_request(&task.id, "customers/eu/2", 60))
+        .await;
     let _ = app
         .tokens(AGENT2)
         .await
         .0
-        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/3", 60))
+        .await;
     agent
         .delegate(pb::DelegateRequest {
             parent_token: parent.token.clone(),
@@ -219,9 +215,8 @@ async fn two_replicas_writing_at_once_make_one_valid_chain() {
         writers.push(tokio::spawn(async move {
             for i in 0..10 {
                 agent
-                    .mint_token(mint_request(&task, &format!("customers/eu/{n}{i}"), 60))
-                    .await
-                    .unwrap();
+                    .minted(mint_request(&task, &format!("customers/eu/{n}{i}"), 60))
+                    .await;
             }
         }));
     }

@@ -47,10 +47,8 @@ async fn the_example_crm_server_serves_bound_tokens_and_reports_replays() {
     let task = app.open_task(AGENT, 600).await;
     let (mut tokens, agent) = app.tokens(AGENT).await;
     let token = tokens
-        .mint_token(mint_request(&task.id, "customers/eu/42", 120))
+        .minted(mint_request(&task.id, "customers/eu/42", 120))
         .await
-        .unwrap()
-        .into_inner()
         .token;
     w("agent.crt", &agent.cert_pem);
     w("agent.key", &agent.key_pem);

@@ -450,14 +450,12 @@ async fn two_level_chain(app: &TestApp) -> (pb::Task, [pb::MintTokenResponse; 3]
     let (mut helper1, _) = app.tokens(HELPER1).await;
     let (mut helper2, cert) = app.tokens(HELPER2).await;
     let root = root_agent
-        .mint_token(pb::MintTokenRequest {
-            task_id: task.id.clone(),
-            scope: Some(scope("github", "repos/acme/*", "read")),
-            ttl_seconds: 300,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_scope(
+            &task.id,
+            scope("github", "repos/acme/*", "read"),
+            300,
+        ))
+        .await;
     let api = || scope("github", "repos/acme/api", "read");
     let first = delegate(
         &mut root_agent,

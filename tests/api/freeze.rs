@@ -54,10 +54,8 @@ async fn freezing_an_agent_stops_its_issuance_until_lifted_and_both_are_audited(
     let t2 = app.open_task(AGENT2, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let before = agent
-        .mint_token(mint_request(&t1.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&t1.id, "customers/eu/1", 60))
+        .await;
 
     let f = freeze(
         &app,

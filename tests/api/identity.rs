@@ -215,9 +215,8 @@ async fn a_role_that_may_not_make_the_call_is_permission_denied() {
     let task = app.open_task(AGENT, 600).await;
     let (mut orch_tokens, _) = app.tokens(ORCH).await;
     let err = orch_tokens
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("agent role"), "{}", err.message());
     // A verifier revoking.
@@ -250,9 +249,8 @@ async fn every_role_refusal_is_audited_with_the_caller_the_method_and_the_reason
     assert_eq!(err.code(), Code::PermissionDenied);
     let (mut orch_tokens, _) = app.tokens(ORCH).await;
     let err = orch_tokens
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = app
         .tasks(VERIFIER)
@@ -367,10 +365,8 @@ async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
     let short = app.issue(&spec);
     let ch = app.channel_with(Some(&short)).await.unwrap();
     let minted = pb::token_service_client::TokenServiceClient::new(ch)
-        .mint_token(mint_request(&task.id, "customers/eu/1", 300))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 300))
+        .await;
     assert!(
         minted.ttl_seconds <= 100 && minted.ttl_seconds >= 95,
         "{}",

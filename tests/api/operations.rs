@@ -17,15 +17,11 @@ async fn two_brokers_on_one_database_verify_each_others_tokens() {
     let (mut on_a, _) = a.tokens(AGENT).await;
     let (mut on_b, _) = b.tokens(AGENT).await;
     let from_a = on_a
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     let from_b = on_b
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/2", 60))
+        .await;
     assert!(
         introspect_active(&b, &from_a.token).await,
         "B verifies A's token"
@@ -59,17 +55,15 @@ async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(app.http_get("/readyz").await.0, 200);
 
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/2", 60))
+        .await;
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(
         err.message().contains("store is unavailable"),
@@ -450,20 +444,14 @@ async fn metrics_count_issuance_denials_revocations_deviations_and_read_the_stor
         .tokens(AGENT2)
         .await
         .0
-        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/3", 60))
+        .await;
     let _ = app
         .tokens(AGENT)
         .await
         .0
-        .mint_token(pb::MintTokenRequest {
-            task_id: other.id.clone(),
-            scope: Some(scope("crm-api", "customers/us/1", "read")),
-            ttl_seconds: 60,
-        })
-        .await
-        .unwrap_err();
+        .refused(mint_request(&other.id, "customers/us/1", 60))
+        .await;
     app.admin(ADMIN)
         .await
         .revoke(revoke_request(

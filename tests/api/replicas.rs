@@ -197,10 +197,8 @@ async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
         .task
         .unwrap();
     let token = TokenServiceClient::new(a.channel(&pki.ca, &id(AGENT)).await)
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
         .await
-        .unwrap()
-        .into_inner()
         .token;
     let mut on_b = VerifierServiceClient::new(b.channel(&pki.ca, &id(VERIFIER)).await);
     let introspect = pb::IntrospectRequest {
@@ -250,15 +248,7 @@ async fn an_approval_decided_on_one_replica_wakes_the_agent_waiting_on_another()
     req.scopes.push(scope("tickets", "tickets/4711", "delete"));
     let task = a.open_task_with(req).await;
     let (mut agent, _) = a.tokens(AGENT).await;
-    let asked = agent
-        .mint_token(pb::MintTokenRequest {
-            task_id: task.id.clone(),
-            scope: Some(scope("tickets", "tickets/4711", "delete")),
-            ttl_seconds: 60,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let asked = agent.minted(ticket_delete_request(&task.id)).await;
     let id = asked.approval.expect("a pending approval").id;
     let waiting = {
         let id = id.clone();

@@ -19,20 +19,12 @@ async fn task_with_delete(app: &TestApp) -> (pb::Task, TokenServiceClient<Channe
     (task, app.tokens(AGENT).await.0)
 }
 
-fn delete_request(task: &str) -> pb::MintTokenRequest {
-    pb::MintTokenRequest {
-        task_id: task.into(),
-        scope: Some(scope("tickets", "tickets/4711", "delete")),
-        ttl_seconds: 60,
-    }
-}
-
 async fn ask(
     agent: &mut TokenServiceClient<Channel>,
     task: &str,
 ) -> Result<pb::MintTokenResponse, tonic::Status> {
     agent
-        .mint_token(delete_request(task))
+        .mint_token(ticket_delete_request(task))
         .await
         .map(|r| r.into_inner())
 }

@@ -13,10 +13,8 @@ async fn introspection_is_inactive_for_anything_not_currently_valid() {
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, cert) = app.tokens(AGENT).await;
     let minted = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
 
     let mut v = app.verifier(VERIFIER).await;
     let active = v

@@ -75,10 +75,8 @@ async fn task_and_token(app: &TestApp, agent: &str, n: u32) -> (pb::Task, String
     let task = app.open_task(agent, 600).await;
     let (mut tokens, cert) = app.tokens(agent).await;
     let minted = tokens
-        .mint_token(mint_request(&task.id, &format!("customers/eu/{n}"), 60))
-        .await
-        .expect("mint")
-        .into_inner();
+        .minted(mint_request(&task.id, &format!("customers/eu/{n}"), 60))
+        .await;
     (task, minted.token, cert)
 }
 
@@ -216,10 +214,8 @@ async fn revoking_a_token_a_task_or_an_agent_reaches_the_verifier() {
     // A second token of task 1, on a connection with another certificate.
     let (mut tokens, sibling_cert) = app.tokens(AGENT).await;
     let sibling = tokens
-        .mint_token(mint_request(&task1.id, "customers/eu/2", 60))
+        .minted(mint_request(&task1.id, "customers/eu/2", 60))
         .await
-        .unwrap()
-        .into_inner()
         .token;
     let ok = |v: &Verdict| v.is_valid();
     for (t, der, n) in [

@@ -4,7 +4,7 @@ use super::config::Settings;
 use super::db::{AuditRow, TestDb, audit_by, fresh_database};
 use super::pki::{ADMIN, ORCH, Pki, VERIFIER, mtls_channel};
 use super::proxy::Proxy;
-use super::requests::{http_get, mint_request, start_request};
+use super::requests::{Mint, http_get, mint_request, start_request};
 use mayfly::api::pb;
 use mayfly::api::pb::admin_service_client::AdminServiceClient;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
@@ -170,10 +170,8 @@ impl TestApp {
         self.tokens(agent)
             .await
             .0
-            .mint_token(mint_request(task, resource, ttl))
+            .minted(mint_request(task, resource, ttl))
             .await
-            .expect("mint")
-            .into_inner()
     }
 
     /// Opens a revocation watch as the verifier.

@@ -3,8 +3,10 @@
 use super::app::TestApp;
 use super::pki::VERIFIER;
 use mayfly::api::pb;
+use mayfly::api::pb::token_service_client::TokenServiceClient;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tonic::transport::Channel;
 
 pub fn scope(aud: &str, res: &str, action: &str) -> pb::Scope {
     pb::Scope {
@@ -27,11 +29,41 @@ pub fn start_request(agent: &str, duration: u64) -> pb::StartTaskRequest {
     }
 }
 
-pub fn mint_request(task: &str, res: &str, ttl: u64) -> pb::MintTokenRequest {
+/// A mint request for `scope` under `task`, for `ttl` seconds.
+pub fn mint_scope(task: &str, scope: pb::Scope, ttl: u64) -> pb::MintTokenRequest {
     pb::MintTokenRequest {
         task_id: task.into(),
-        scope: Some(scope("crm-api", res, "read")),
+        scope: Some(scope),
         ttl_seconds: ttl,
+    }
+}
+
+/// A mint request to read `res` of the CRM, the support workflow's everyday scope.
+pub fn mint_request(task: &str, res: &str, ttl: u64) -> pb::MintTokenRequest {
+    mint_scope(task, scope("crm-api", res, "read"), ttl)
+}
+
+/// Deleting ticket 4711 for a minute: a mint the test policies hold for step-up
+/// approval (the task must declare the scope).
+pub fn ticket_delete_request(task: &str) -> pb::MintTokenRequest {
+    mint_scope(task, scope("tickets", "tickets/4711", "delete"), 60)
+}
+
+/// An agent's TokenService client minting in one call, the outcome expected.
+pub trait Mint {
+    /// Mints, expecting success (a token, or an approval to wait for).
+    async fn minted(&mut self, req: pb::MintTokenRequest) -> pb::MintTokenResponse;
+    /// Mints, expecting a refusal: its status.
+    async fn refused(&mut self, req: pb::MintTokenRequest) -> tonic::Status;
+}
+
+impl Mint for TokenServiceClient<Channel> {
+    async fn minted(&mut self, req: pb::MintTokenRequest) -> pb::MintTokenResponse {
+        self.mint_token(req).await.unwrap().into_inner()
+    }
+
+    async fn refused(&mut self, req: pb::MintTokenRequest) -> tonic::Status {
+        self.mint_token(req).await.unwrap_err()
     }
 }
 
