@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use tonic::Code;
@@ -98,9 +98,8 @@ async fn revoking_an_agent_stops_its_active_tasks_and_kills_its_tokens() {
     // Its tasks are final: it cannot mint again in them.
     let (mut agent, _) = app.tokens(AGENT).await;
     let err = agent
-        .mint_token(mint_request(&t1.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&t1.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -345,14 +344,12 @@ async fn revoking_a_workflow_stops_its_tasks_and_kills_their_tokens_and_nothing_
         .tokens(AGENT2)
         .await
         .0
-        .mint_token(pb::MintTokenRequest {
-            task_id: coding.id.clone(),
-            scope: Some(scope("github", "repos/acme", "read")),
-            ttl_seconds: 60,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_scope(
+            &coding.id,
+            scope("github", "repos/acme", "read"),
+            60,
+        ))
+        .await;
     let mut watch = app.watch(0).await;
     let r = app
         .admin(ADMIN)

@@ -2,7 +2,7 @@
 //! every kind of tampering found and named, append-only for ordinary writers, one
 //! valid chain with two replicas writing at once. Tampering is done past the
 //! tables' triggers, as their owner can.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use sqlx::{Connection, PgConnection};
@@ -41,21 +41,17 @@ async fn workload(app: &TestApp) {
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let parent = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     agent
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap();
+        .minted(mint_request(&task.id, "customers/eu/2", 60))
+        .await;
     let _ = app
         .tokens(AGENT2)
         .await
         .0
-        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/3", 60))
+        .await;
     agent
         .delegate(pb::DelegateRequest {
             parent_token: parent.token.clone(),
@@ -202,20 +198,9 @@ async fn reordered_events_are_named() {
 #[tokio::test]
 async fn two_replicas_writing_at_once_make_one_valid_chain() {
     let pki = Arc::new(Pki::new());
-    let budget = || Options {
-        max_tokens: 100,
-        ..Default::default()
-    };
+    let budget = || Settings::new().max_tokens(100);
     let a = spawn_with(pki.clone(), budget()).await;
-    let b = spawn_with(
-        pki,
-        Options {
-            clock: Some(a.clock.clone()),
-            db_url: Some(a.db_url.clone()),
-            ..budget()
-        },
-    )
-    .await;
+    let b = spawn_replica(pki, &a, budget()).await;
     let task_a = a.open_task(AGENT, 600).await;
     let task_b = b.open_task(AGENT, 600).await;
     let mut writers = vec![];
@@ -230,9 +215,8 @@ async fn two_replicas_writing_at_once_make_one_valid_chain() {
         writers.push(tokio::spawn(async move {
             for i in 0..10 {
                 agent
-                    .mint_token(mint_request(&task, &format!("customers/eu/{n}{i}"), 60))
-                    .await
-                    .unwrap();
+                    .minted(mint_request(&task, &format!("customers/eu/{n}{i}"), 60))
+                    .await;
             }
         }));
     }

@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use serde_json::Value;
 
 /// Runs the `mayfly` binary as `who` against `app`, asking for JSON.

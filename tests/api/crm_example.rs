@@ -2,7 +2,7 @@
 //! the real broker, driven with curl over mTLS: a bound token reads, anything else
 //! is refused with the verifier's verdict, and a replayed token gets its task
 //! deviated through a misuse report.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use std::process::Command;
 use std::sync::Arc;
@@ -21,10 +21,7 @@ fn example_binary() -> std::path::PathBuf {
 async fn the_example_crm_server_serves_bound_tokens_and_reports_replays() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "100ms",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_millis(100)),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -50,10 +47,8 @@ async fn the_example_crm_server_serves_bound_tokens_and_reports_replays() {
     let task = app.open_task(AGENT, 600).await;
     let (mut tokens, agent) = app.tokens(AGENT).await;
     let token = tokens
-        .mint_token(mint_request(&task.id, "customers/eu/42", 120))
+        .minted(mint_request(&task.id, "customers/eu/42", 120))
         .await
-        .unwrap()
-        .into_inner()
         .token;
     w("agent.crt", &agent.cert_pem);
     w("agent.key", &agent.key_pem);

@@ -1,7 +1,7 @@
 //! Delegation (RFC 8693) over the real server: offers, redemption by the named
 //! sub-agent over its own mTLS connection, every refusal, and cascade revocation
 //! seen by a verifier.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
@@ -450,14 +450,12 @@ async fn two_level_chain(app: &TestApp) -> (pb::Task, [pb::MintTokenResponse; 3]
     let (mut helper1, _) = app.tokens(HELPER1).await;
     let (mut helper2, cert) = app.tokens(HELPER2).await;
     let root = root_agent
-        .mint_token(pb::MintTokenRequest {
-            task_id: task.id.clone(),
-            scope: Some(scope("github", "repos/acme/*", "read")),
-            ttl_seconds: 300,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_scope(
+            &task.id,
+            scope("github", "repos/acme/*", "read"),
+            300,
+        ))
+        .await;
     let api = || scope("github", "repos/acme/api", "read");
     let first = delegate(
         &mut root_agent,
@@ -493,10 +491,7 @@ async fn revoked_within_10s(v: &Verifier, token: &str, cert: &[u8]) -> Verdict {
 async fn revoking_an_ancestor_token_an_agent_of_the_chain_or_the_task_reaches_the_grandchild() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "100ms",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_millis(100)),
     )
     .await;
     let v = github_verifier(&app).await;

@@ -4,7 +4,7 @@
 //! deploy/kubernetes/mayfly.toml (the SPIRE setup), with the paths the container
 //! mounts pointed at fresh `mayfly dev-certs` output and the shipped policies, and
 //! MAYFLY_DATABASE_URL at a fresh database, as the container gets them.
-use crate::helpers::{copy_dir, fresh_database, http_get, scope};
+use crate::support::{copy_dir, fresh_database, http_get, mint_request, scope};
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
@@ -333,11 +333,7 @@ async fn two_brokers_start_from_the_compose_config_and_share_one_database() {
         .task
         .expect("the task");
     let minted = TokenServiceClient::new(two.channel(&certs, "agent").await)
-        .mint_token(pb::MintTokenRequest {
-            task_id: task.id.clone(),
-            scope: Some(scope("crm-api", "customers/eu/42", "read")),
-            ttl_seconds: 60,
-        })
+        .mint_token(mint_request(&task.id, "customers/eu/42", 60))
         .await
         .unwrap_or_else(|e| panic!("mint on mayfly-2: {e}"))
         .into_inner();

@@ -1,7 +1,7 @@
 //! The kill switch over the real server: a freeze stops new issuance to an agent,
 //! a workflow or everything (mints, delegations, redemptions) until it is lifted,
 //! and both are audited.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::freeze_target::Target;
 use tonic::Code;
@@ -54,10 +54,8 @@ async fn freezing_an_agent_stops_its_issuance_until_lifted_and_both_are_audited(
     let t2 = app.open_task(AGENT2, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let before = agent
-        .mint_token(mint_request(&t1.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&t1.id, "customers/eu/1", 60))
+        .await;
 
     let f = freeze(
         &app,

@@ -1,6 +1,6 @@
 //! A hostile network: clients without a certificate cost the broker little and
 //! briefly; a store outage is answered at once and recovered from by itself.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
@@ -53,16 +53,13 @@ async fn connections_that_prove_nothing_are_closed_at_their_deadlines_on_both_po
     let pki = Arc::new(Pki::new());
     let app = spawn_with(
         pki.clone(),
-        Options {
-            limits: [
-                "handshake_timeout = \"500ms\"",
-                "first_request_timeout = \"500ms\"",
-                "header_read_timeout = \"500ms\"",
-                "idle_timeout = \"1s\"",
-            ]
-            .join("\n"),
-            ..Options::default()
-        },
+        Settings::new().limits(Limits {
+            handshake_timeout: Some(Duration::from_millis(500)),
+            first_request_timeout: Some(Duration::from_millis(500)),
+            header_read_timeout: Some(Duration::from_millis(500)),
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Limits::default()
+        }),
     )
     .await;
     let limit = Duration::from_secs(4);
@@ -190,8 +187,7 @@ fn peak_rss_kb(pid: u32) -> u64 {
 async fn anonymous_calls_are_refused_before_their_bodies_are_read_and_messages_are_capped() {
     let pki = Pki::new();
     let db = fresh_database().await;
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, config_text(&pki, &db.url, &Options::default())).unwrap();
+    let cfg = Settings::new().database(&db.url).write(&pki);
     let served = Served::start(&cfg).await;
     let pid = served.child.id().unwrap();
     let before = peak_rss_kb(pid);
@@ -322,12 +318,10 @@ async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or
     }
     let pki = Pki::new();
     let db = fresh_database().await;
-    let cfg = pki.path("mayfly.toml");
-    let o = Options {
-        max_tokens: 100_000,
-        ..Options::default()
-    };
-    std::fs::write(&cfg, config_text(&pki, &db.url, &o)).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .max_tokens(100_000)
+        .write(&pki);
     let served = Served::start_with(&cfg, Some(1024)).await;
     let orch = pki.ca.svid(ORCH).unwrap();
     let agent = pki.ca.svid(AGENT).unwrap();
@@ -435,17 +429,17 @@ async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or
 #[tokio::test]
 async fn with_the_stores_host_gone_calls_fail_fast_and_the_broker_recovers_by_itself() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let (app, proxy, direct) = spawn_behind_proxy(Options {
-        // As shipped: a call that waits for the store waits this long.
-        connect_timeout: "5s",
-        max_tokens: 100,
-        ..Default::default()
-    })
+    let (app, proxy, direct) = spawn_behind_proxy(
+        Settings::new()
+            // As shipped: a call that waits for the store waits this long.
+            .connect_timeout(Duration::from_secs(5))
+            .max_tokens(100),
+    )
     .await;
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let mint = |n: u32| mint_request(&task.id, &format!("customers/eu/{n}"), 60);
-    agent.mint_token(mint(0)).await.unwrap();
+    agent.minted(mint(0)).await;
 
     // The database's host is gone: nothing answers, nothing is refused.
     proxy.black_hole();
@@ -476,7 +470,7 @@ async fn with_the_stores_host_gone_calls_fail_fast_and_the_broker_recovers_by_it
     let mut slowest = Duration::ZERO;
     for n in 0..20 {
         let t = Instant::now();
-        let err = agent.mint_token(mint(n)).await.unwrap_err();
+        let err = agent.refused(mint(n)).await;
         slowest = slowest.max(t.elapsed());
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     }
@@ -504,11 +498,7 @@ async fn with_the_stores_host_gone_calls_fail_fast_and_the_broker_recovers_by_it
 
 #[tokio::test]
 async fn public_endpoints_never_query_the_store_per_request() {
-    let (app, proxy, _db) = spawn_behind_proxy(Options {
-        sweep: "1s",
-        ..Default::default()
-    })
-    .await;
+    let (app, proxy, _db) = spawn_behind_proxy(Settings::new().sweep(Duration::from_secs(1))).await;
     const REQUESTS: u64 = 1000;
     for path in ["/.well-known/jwks.json", "/readyz", "/metrics"] {
         // What the requests send to the store, against what the same time idle
@@ -539,15 +529,7 @@ async fn public_endpoints_never_query_the_store_per_request() {
 async fn a_key_another_replica_registers_is_in_this_replicas_jwks_at_once() {
     let pki = Arc::new(Pki::new());
     let a = spawn_app().await;
-    let b = spawn_with(
-        pki,
-        Options {
-            db_url: Some(a.db_url.clone()),
-            clock: Some(a.clock.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let b = spawn_replica(pki, &a, Settings::new()).await;
     let (_, of_b) = b.http_get("/.well-known/jwks.json").await;
     let keys = |doc: &str| {
         serde_json::from_str::<serde_json::Value>(doc).unwrap()["keys"]

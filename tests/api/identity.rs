@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::identity::devcerts::{DevCa, SvidSpec};
@@ -161,10 +161,7 @@ async fn an_svid_must_chain_to_its_own_trust_domain_bundle() {
     std::fs::write(&other_bundle, other.cert_pem()).unwrap();
     let app = spawn_with(
         pki.clone(),
-        Options {
-            extra_trust_domains: vec![("partner.org".into(), other_bundle)],
-            ..Default::default()
-        },
+        Settings::new().trust_domain("partner.org", other_bundle),
     )
     .await;
     // partner.org's CA signing an example.org identity: the chain is good for the
@@ -218,9 +215,8 @@ async fn a_role_that_may_not_make_the_call_is_permission_denied() {
     let task = app.open_task(AGENT, 600).await;
     let (mut orch_tokens, _) = app.tokens(ORCH).await;
     let err = orch_tokens
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("agent role"), "{}", err.message());
     // A verifier revoking.
@@ -253,9 +249,8 @@ async fn every_role_refusal_is_audited_with_the_caller_the_method_and_the_reason
     assert_eq!(err.code(), Code::PermissionDenied);
     let (mut orch_tokens, _) = app.tokens(ORCH).await;
     let err = orch_tokens
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = app
         .tasks(VERIFIER)
@@ -370,10 +365,8 @@ async fn a_token_never_outlives_the_certificate_it_is_bound_to() {
     let short = app.issue(&spec);
     let ch = app.channel_with(Some(&short)).await.unwrap();
     let minted = pb::token_service_client::TokenServiceClient::new(ch)
-        .mint_token(mint_request(&task.id, "customers/eu/1", 300))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 300))
+        .await;
     assert!(
         minted.ttl_seconds <= 100 && minted.ttl_seconds >= 95,
         "{}",
@@ -386,12 +379,13 @@ async fn refused_handshakes_are_counted_and_summed_up_in_a_line_per_interval_not
 {
     let pki = Pki::new();
     let db = fresh_database().await;
-    let cfg = pki.path("mayfly.toml");
-    let o = Options {
-        limits: "log_summary_interval = \"1s\"".into(),
-        ..Options::default()
-    };
-    std::fs::write(&cfg, config_text(&pki, &db.url, &o)).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .limits(Limits {
+            log_summary_interval: Some(Duration::from_secs(1)),
+            ..Limits::default()
+        })
+        .write(&pki);
     let served = Served::start(&cfg).await;
 
     let mut expired = SvidSpec::workload(ORCH);

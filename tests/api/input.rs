@@ -2,7 +2,7 @@
 //! person reads carries no invisible or bidirectional control characters; a
 //! refusal quotes only a short prefix of what it refuses; a body that is not
 //! protobuf is the client's fault.
-use crate::helpers::*;
+use crate::support::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
@@ -246,14 +246,8 @@ async fn text_in_any_script_is_accepted_and_read_back_as_sent() {
         .tokens(AGENT)
         .await
         .0
-        .mint_token(pb::MintTokenRequest {
-            task_id: task.id.clone(),
-            scope: Some(scope("tickets", "tickets/4711", "delete")),
-            ttl_seconds: 60,
-        })
+        .minted(ticket_delete_request(&task.id))
         .await
-        .unwrap()
-        .into_inner()
         .approval
         .expect("a pending approval");
     assert_eq!(pending.objective, objective);
@@ -466,9 +460,8 @@ async fn refusals_quote_at_most_a_short_prefix_of_a_huge_value() {
     );
     // Past the limit: a short refusal naming the size, not the value.
     let err = agent
-        .mint_token(mint_request(&"x".repeat(20 * 1024), "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&"x".repeat(20 * 1024), "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert!(err.message().contains("too large"), "{err:?}");
     assert!(err.message().len() < 256, "{err:?}");

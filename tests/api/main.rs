@@ -1,5 +1,5 @@
 //! Integration tests: the real broker over real mTLS against a real PostgreSQL.
-mod helpers;
+mod support;
 
 mod admin;
 mod audit;

@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use std::process::Stdio;
@@ -11,29 +11,17 @@ use tonic::Code;
 #[tokio::test]
 async fn two_brokers_on_one_database_verify_each_others_tokens() {
     let pki = Arc::new(Pki::new());
-    let a = spawn_with(pki.clone(), Options::default()).await;
-    let b = spawn_with(
-        pki.clone(),
-        Options {
-            db_url: Some(a.db_url.clone()),
-            clock: Some(a.clock.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let a = spawn_with(pki.clone(), Settings::new()).await;
+    let b = spawn_replica(pki.clone(), &a, Settings::new()).await;
     let task = a.open_task(AGENT, 600).await;
     let (mut on_a, _) = a.tokens(AGENT).await;
     let (mut on_b, _) = b.tokens(AGENT).await;
     let from_a = on_a
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     let from_b = on_b
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/2", 60))
+        .await;
     assert!(
         introspect_active(&b, &from_a.token).await,
         "B verifies A's token"
@@ -62,25 +50,20 @@ async fn two_brokers_on_one_database_verify_each_others_tokens() {
 
 #[tokio::test]
 async fn with_the_store_down_nothing_is_minted_and_calls_are_unavailable() {
-    let (app, proxy, direct) = spawn_behind_proxy(Options {
-        connect_timeout: "1s",
-        ..Default::default()
-    })
-    .await;
+    let (app, proxy, direct) =
+        spawn_behind_proxy(Settings::new().connect_timeout(Duration::from_secs(1))).await;
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(app.http_get("/readyz").await.0, 200);
 
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/2", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/2", 60))
+        .await;
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(
         err.message().contains("store is unavailable"),
@@ -175,22 +158,27 @@ fn mayfly_bin() -> std::process::Command {
 #[tokio::test]
 async fn serve_refuses_a_bad_config_naming_the_key() {
     let pki = Pki::new();
-    let good = config_text(
-        &pki,
-        "postgres://postgres@127.0.0.1:5432/postgres",
-        &Options::default(),
-    );
+    let good = Settings::new().database("postgres://postgres@127.0.0.1:5432/postgres");
+    // A good config with one key broken, as someone might write it.
+    let broken = |section: &str, key: &str, value: toml::Value| {
+        let mut table = good.table(&pki);
+        table[section]
+            .as_table_mut()
+            .unwrap()
+            .insert(key.into(), value);
+        toml::to_string(&table).unwrap()
+    };
     let cases = [
         (
-            good.replace("reload_interval = \"100ms\"", "reload_interval = \"0s\""),
+            broken("policy", "reload_interval", "0s".into()),
             "policy.reload_interval: must be greater than zero",
         ),
         (
-            good.replace("sweep_interval = \"50ms\"", "sweep_interval = \"soon\""),
+            broken("tasks", "sweep_interval", "soon".into()),
             "sweep_interval",
         ),
         (
-            good.replace("[roles]", "[roles]\nsuperuser = []"),
+            broken("roles", "superuser", toml::Value::Array(vec![])),
             "unknown field `superuser`",
         ),
     ];
@@ -225,16 +213,12 @@ async fn serve_reports_an_unreachable_database_clearly() {
         .local_addr()
         .unwrap()
         .port();
-    let text = config_text(
-        &pki,
-        &format!("postgres://postgres:hunter2@127.0.0.1:{port}/mayfly"),
-        &Options {
-            connect_timeout: "1s",
-            ..Default::default()
-        },
-    );
-    let path = pki.path("mayfly.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = Settings::new()
+        .database(&format!(
+            "postgres://postgres:hunter2@127.0.0.1:{port}/mayfly"
+        ))
+        .connect_timeout(Duration::from_secs(1))
+        .write(&pki);
     let out = mayfly_bin()
         .args(["serve", "--config"])
         .arg(&path)
@@ -460,20 +444,14 @@ async fn metrics_count_issuance_denials_revocations_deviations_and_read_the_stor
         .tokens(AGENT2)
         .await
         .0
-        .mint_token(mint_request(&task.id, "customers/eu/3", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/3", 60))
+        .await;
     let _ = app
         .tokens(AGENT)
         .await
         .0
-        .mint_token(pb::MintTokenRequest {
-            task_id: other.id.clone(),
-            scope: Some(scope("crm-api", "customers/us/1", "read")),
-            ttl_seconds: 60,
-        })
-        .await
-        .unwrap_err();
+        .refused(mint_request(&other.id, "customers/us/1", 60))
+        .await;
     app.admin(ADMIN)
         .await
         .revoke(revoke_request(

@@ -1,7 +1,7 @@
 //! No token leaves the broker unless it is persisted: a mint whose write fails hands
 //! back no token, driven directly on a broker over a store that can refuse the write.
 use crate::faulty::Faults;
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::broker::{Broker, BrokerError, DelegateRequest, Mint, MintRequest, StartTask};
 use mayfly::clock::{Clock, ManualClock};
 use mayfly::domain::SpiffeId;

@@ -1,7 +1,7 @@
 //! Cedar decisions through the real server: reasons and policy ids in errors and
 //! the audit trail, context that changes the outcome, reload on file change
 //! (atomic, invalid sets refused), and the policy commands.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::clock::Clock;
 use serde_json::Value;
@@ -32,11 +32,7 @@ fn policy_dir(app: &TestApp) -> PathBuf {
 }
 
 fn crm(res: &str, action: &str, ttl: u64, task: &str) -> pb::MintTokenRequest {
-    pb::MintTokenRequest {
-        task_id: task.into(),
-        scope: Some(scope("crm-api", res, action)),
-        ttl_seconds: ttl,
-    }
+    mint_scope(task, scope("crm-api", res, action), ttl)
 }
 
 #[tokio::test]
@@ -88,9 +84,8 @@ async fn the_requested_ttl_changes_the_decision_and_a_policy_denial_is_not_a_dev
         .await
         .expect("a one-minute write token");
     let err = tokens
-        .mint_token(crm("customers/eu/1", "write", 61, &task.id))
-        .await
-        .unwrap_err();
+        .refused(crm("customers/eu/1", "write", 61, &task.id))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
         err.message().contains(
@@ -126,9 +121,8 @@ async fn a_changed_policy_set_applies_without_a_restart_and_an_invalid_one_keeps
     let task = app.open_task(AGENT, 600).await;
     let (mut tokens, _) = app.tokens(AGENT).await;
     tokens
-        .mint_token(crm("customers/eu/1", "read", 60, &task.id))
-        .await
-        .unwrap();
+        .minted(crm("customers/eu/1", "read", 60, &task.id))
+        .await;
 
     let freeze = policy_dir(&app).join("freeze.cedar");
     std::fs::write(
@@ -158,9 +152,8 @@ async fn a_changed_policy_set_applies_without_a_restart_and_an_invalid_one_keeps
     })
     .await;
     let err = tokens
-        .mint_token(crm("customers/eu/1", "read", 60, &task.id))
-        .await
-        .unwrap_err();
+        .refused(crm("customers/eu/1", "read", 60, &task.id))
+        .await;
     assert!(err.message().contains("crm-freeze"), "{}", err.message());
 
     // Fixing the directory lifts both.
@@ -187,16 +180,7 @@ fn reloads(body: &str) -> u64 {
 
 #[tokio::test]
 async fn reloading_while_agents_mint_never_fails_or_half_applies_a_request() {
-    let app = Arc::new(
-        spawn_with(
-            Arc::new(Pki::new()),
-            Options {
-                max_tokens: 100_000,
-                ..Default::default()
-            },
-        )
-        .await,
-    );
+    let app = Arc::new(spawn_with(Arc::new(Pki::new()), Settings::new().max_tokens(100_000)).await);
     let dir = policy_dir(&app);
     let original = std::fs::read_to_string(dir.join("test.cedar")).unwrap();
     // Version B renames the CRM permit: every mint is permitted by exactly one of
@@ -276,15 +260,13 @@ fn examples() -> PathBuf {
 #[tokio::test]
 async fn serve_refuses_an_invalid_policy_set_naming_the_file_and_line() {
     let pki = Pki::new();
-    let text = config_text(&pki, &admin_url(), &Options::default());
+    let cfg = Settings::new().database(&admin_url()).write(&pki);
     let dir = pki.dir.path().join("policies");
     std::fs::write(
         dir.join("broken.cedar"),
         "// fine so far\n@id(\"nope\") permit (principal, action, resource) when { context.nope };\n",
     )
     .unwrap();
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, text).unwrap();
     let out = mayfly()
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -396,10 +378,10 @@ async fn sighup_reloads_the_policy_set_of_a_running_broker() {
     let pki = Pki::new();
     let db = fresh_database().await;
     // An hour between file checks: only the signal can cause the reload.
-    let text = config_text(&pki, &db.url, &Options::default())
-        .replace("reload_interval = \"100ms\"", "reload_interval = \"1h\"");
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .policy_reload(Duration::from_secs(3600))
+        .write(&pki);
     let served = Served::start(&cfg).await;
     let count = |b: &str| -> usize {
         b.split(" policies,")
@@ -442,16 +424,9 @@ async fn a_workflow_whose_deviation_response_is_deny_refuses_without_ending_the_
     req.scopes = vec![scope("tickets", "tickets/*", "comment")];
     let task = app.open_task_with(req).await;
     let (mut tokens, _) = app.tokens(AGENT).await;
-    let ticket = |res: &str, action: &str| pb::MintTokenRequest {
-        task_id: task.id.clone(),
-        scope: Some(scope("tickets", res, action)),
-        ttl_seconds: 60,
-    };
+    let ticket = |res: &str, action: &str| mint_scope(&task.id, scope("tickets", res, action), 60);
     // Outside the declared scopes: denied, and the task lives on.
-    let err = tokens
-        .mint_token(ticket("tickets/1", "close"))
-        .await
-        .unwrap_err();
+    let err = tokens.refused(ticket("tickets/1", "close")).await;
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("deviation"), "{}", err.message());
     assert_eq!(
@@ -461,14 +436,10 @@ async fn a_workflow_whose_deviation_response_is_deny_refuses_without_ending_the_
     // Over the budget of two: exhausted, and the task still lives on.
     for n in 1..=2 {
         tokens
-            .mint_token(ticket(&format!("tickets/{n}"), "comment"))
-            .await
-            .unwrap();
+            .minted(ticket(&format!("tickets/{n}"), "comment"))
+            .await;
     }
-    let err = tokens
-        .mint_token(ticket("tickets/3", "comment"))
-        .await
-        .unwrap_err();
+    let err = tokens.refused(ticket("tickets/3", "comment")).await;
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(
         app.get_task(&task.id).await.state,
@@ -481,11 +452,7 @@ async fn a_workflow_whose_deviation_response_is_deny_refuses_without_ending_the_
 async fn the_example_workflows_decide_over_the_real_server() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            policies: Some(examples()),
-            environment: "prod-eu",
-            ..Default::default()
-        },
+        Settings::new().policies(examples()).environment("prod-eu"),
     )
     .await;
     let (orch, fin_orch) = (
@@ -513,11 +480,7 @@ async fn the_example_workflows_decide_over_the_real_server() {
         app.tokens(agent)
             .await
             .0
-            .mint_token(pb::MintTokenRequest {
-                task_id: task.into(),
-                scope: Some(s),
-                ttl_seconds: 60,
-            })
+            .mint_token(mint_scope(task, s, 60))
             .await
     };
 

@@ -3,36 +3,26 @@
 //! gap-free sequence, surviving a lost listener connection; quiet streams send
 //! heartbeats. Watch polling is set to an hour here, so only a notification (or
 //! the catch-up after a reconnect) can deliver an event in time.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use sqlx::Connection;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn replica(db_url: Option<String>) -> Options {
-    Options {
-        db_url,
-        // Neither a poll nor a heartbeat's re-read can deliver in time.
-        watch_poll: "1h",
-        watch_heartbeat: "1h",
-        ..Default::default()
-    }
+fn replica() -> Settings {
+    // Neither a poll nor a heartbeat's re-read can deliver in time.
+    Settings::new()
+        .watch_poll(Duration::from_secs(3600))
+        .watch_heartbeat(Duration::from_secs(3600))
 }
 
 /// Two replicas, returned once both listen for notifications (so an event can
 /// only reach the other one by a notification, not by a start-up catch-up).
 async fn two_replicas() -> (TestApp, TestApp) {
     let pki = Arc::new(Pki::new());
-    let a = spawn_with(pki.clone(), replica(None)).await;
-    let b = spawn_with(
-        pki,
-        Options {
-            clock: Some(a.clock.clone()),
-            ..replica(Some(a.db_url.clone()))
-        },
-    )
-    .await;
+    let a = spawn_with(pki.clone(), replica()).await;
+    let b = spawn_replica(pki, &a, replica()).await;
     wait_for_listeners(&a.db_url, 2).await;
     (a, b)
 }
@@ -149,10 +139,7 @@ async fn a_replica_whose_listener_connection_dies_catches_up_without_losing_an_e
 async fn a_quiet_watch_stream_sends_heartbeats_carrying_its_cursor() {
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "100ms",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_millis(100)),
     )
     .await;
     app.admin(ADMIN)
@@ -192,17 +179,11 @@ async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
     let pki = Pki::new();
     let db = fresh_database().await;
     // Polls and heartbeats an hour apart: only NOTIFY can carry the event.
-    let text = config_text(
-        &pki,
-        &db.url,
-        &Options {
-            watch_poll: "1h",
-            watch_heartbeat: "1h",
-            ..Default::default()
-        },
-    );
-    let cfg = pki.path("mayfly.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = Settings::new()
+        .database(&db.url)
+        .watch_poll(Duration::from_secs(3600))
+        .watch_heartbeat(Duration::from_secs(3600))
+        .write(&pki);
     let a = Served::start(&cfg).await;
     let b = Served::start(&cfg).await;
     wait_for_listeners(&db.url, 2).await;
@@ -216,10 +197,8 @@ async fn two_broker_processes_on_one_database_share_one_revocation_stream() {
         .task
         .unwrap();
     let token = TokenServiceClient::new(a.channel(&pki.ca, &id(AGENT)).await)
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
         .await
-        .unwrap()
-        .into_inner()
         .token;
     let mut on_b = VerifierServiceClient::new(b.channel(&pki.ca, &id(VERIFIER)).await);
     let introspect = pb::IntrospectRequest {
@@ -269,15 +248,7 @@ async fn an_approval_decided_on_one_replica_wakes_the_agent_waiting_on_another()
     req.scopes.push(scope("tickets", "tickets/4711", "delete"));
     let task = a.open_task_with(req).await;
     let (mut agent, _) = a.tokens(AGENT).await;
-    let asked = agent
-        .mint_token(pb::MintTokenRequest {
-            task_id: task.id.clone(),
-            scope: Some(scope("tickets", "tickets/4711", "delete")),
-            ttl_seconds: 60,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let asked = agent.minted(ticket_delete_request(&task.id)).await;
     let id = asked.approval.expect("a pending approval").id;
     let waiting = {
         let id = id.clone();

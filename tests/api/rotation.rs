@@ -1,6 +1,6 @@
 //! SPIRE rotates the broker's SVID and the trust bundle while it runs: the files
 //! change, and new connections use them, with no restart.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::identity::devcerts::{DevCa, Issued};
@@ -68,10 +68,7 @@ async fn a_rotated_bundle_and_broker_certificate_serve_new_connections_and_a_bro
     let pki = Arc::new(Pki::new());
     let app = spawn_with(
         pki.clone(),
-        Options {
-            tls_reload: "100ms",
-            ..Options::default()
-        },
+        Settings::new().tls_reload(Duration::from_millis(100)),
     )
     .await;
     let old = pki.ca.svid(ORCH).unwrap();

@@ -1,7 +1,7 @@
 //! A schema owned by another role than the brokers': `mayfly migrate` as the owner,
 //! brokers with `database.migrate = false` and row privileges only (the grants
 //! deploy/README.md documents), so they cannot rewrite the audit trail.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::clock::ManualClock;
 use mayfly::config::Config;
@@ -34,14 +34,10 @@ async fn exec(url: &str, sql: &str) -> Result<(), sqlx::Error> {
 async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
     let db = fresh_database().await;
     let pki = Arc::new(Pki::new());
-    let no_migrate = |url: &str| Options {
-        db_url: Some(url.to_string()),
-        migrate: false,
-        ..Options::default()
-    };
+    let no_migrate = |url: &str| Settings::new().database(url).no_migrate();
 
     // Not migrated: a broker that must not migrate refuses, naming the fix.
-    let cfg = Config::parse(&config_text(&pki, &db.url, &no_migrate(&db.url)), "t").unwrap();
+    let cfg = Config::parse(&no_migrate(&db.url).render(&pki), "t").unwrap();
     let err = match mayfly::app::build(cfg, Arc::new(ManualClock::default())).await {
         Ok(_) => panic!("a broker started on an unmigrated schema"),
         Err(e) => format!("{e:#}"),
@@ -149,11 +145,7 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
     .await
     .unwrap();
     let pki = Arc::new(Pki::new());
-    let cfg = Config::parse(
-        &config_text(&pki, &broker_url, &no_migrate(&broker_url)),
-        "t",
-    )
-    .unwrap();
+    let cfg = Config::parse(&no_migrate(&broker_url).render(&pki), "t").unwrap();
     let err = match mayfly::app::build(cfg, Arc::new(ManualClock::default())).await {
         Ok(_) => panic!("a broker started on a tampered schema"),
         Err(e) => format!("{e:#}"),

@@ -1,6 +1,6 @@
 //! Step-up approval over the real server: a high-impact mint waits for a security
 //! team's decision; one approval is good for one token; no retry until success.
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use std::sync::Arc;
@@ -19,20 +19,12 @@ async fn task_with_delete(app: &TestApp) -> (pb::Task, TokenServiceClient<Channe
     (task, app.tokens(AGENT).await.0)
 }
 
-fn delete_request(task: &str) -> pb::MintTokenRequest {
-    pb::MintTokenRequest {
-        task_id: task.into(),
-        scope: Some(scope("tickets", "tickets/4711", "delete")),
-        ttl_seconds: 60,
-    }
-}
-
 async fn ask(
     agent: &mut TokenServiceClient<Channel>,
     task: &str,
 ) -> Result<pb::MintTokenResponse, tonic::Status> {
     agent
-        .mint_token(delete_request(task))
+        .mint_token(ticket_delete_request(task))
         .await
         .map(|r| r.into_inner())
 }
@@ -105,10 +97,7 @@ async fn an_approved_request_yields_exactly_one_token_to_the_waiting_agent() {
     // No re-reading on a timer: only the decision's wake-up can deliver in time.
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_poll: "1h",
-            ..Options::default()
-        },
+        Settings::new().watch_poll(Duration::from_secs(3600)),
     )
     .await;
     let (task, mut agent) = task_with_delete(&app).await;

@@ -1,7 +1,7 @@
 //! The expiry sweep, driven directly on a broker with a manual clock: one task that
 //! cannot be ended does not shield the others, and an outage stops the sweep at once.
 use crate::faulty::Faults;
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::broker::{Broker, BrokerError};
 use mayfly::clock::{Clock, ManualClock};
 use mayfly::domain::{TaskId, TaskState};

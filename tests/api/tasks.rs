@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::audit::Action;
 use mayfly::store::AuditStore;
@@ -106,10 +106,8 @@ async fn completing_a_task_revokes_every_token_with_one_event() {
     let mut minted = vec![];
     for i in 1..=3 {
         let t = agent
-            .mint_token(mint_request(&task.id, &format!("customers/eu/{i}"), 60))
-            .await
-            .unwrap()
-            .into_inner();
+            .minted(mint_request(&task.id, &format!("customers/eu/{i}"), 60))
+            .await;
         assert!(introspect_active(&app, &t.token).await);
         minted.push(t);
     }
@@ -160,9 +158,8 @@ async fn completing_a_task_revokes_every_token_with_one_event() {
 
     // And nothing more can be minted.
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/4", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/4", 60))
+        .await;
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -227,10 +224,7 @@ async fn dot_segments_in_scopes_are_invalid_arguments_naming_the_field() {
     let task = app.open_task_with(req).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     for res in ["customers/eu/../us/1", "customers/eu/./1"] {
-        let err = agent
-            .mint_token(mint_request(&task.id, res, 60))
-            .await
-            .unwrap_err();
+        let err = agent.refused(mint_request(&task.id, res, 60)).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{res}");
         assert!(
             err.message().starts_with("scope: resource has a "),
@@ -392,10 +386,8 @@ async fn the_sweeper_expires_overdue_tasks_and_revokes_their_tokens() {
     let task = app.open_task(AGENT, 60).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let t = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 300))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 300))
+        .await;
     // TTL is capped by the task's remaining time.
     assert_eq!(t.ttl_seconds, 60);
     let mut watch = app.watch(0).await;

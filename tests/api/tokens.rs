@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use mayfly::api::pb;
 use mayfly::audit::Action;
@@ -24,10 +24,8 @@ async fn a_minted_token_verifies_with_the_jwks_and_is_bound_to_the_agent_certifi
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, cert) = app.tokens(AGENT).await;
     let minted = agent
-        .mint_token(mint_request(&task.id, "customers/eu/42", 120))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/42", 120))
+        .await;
     assert_eq!(minted.ttl_seconds, 120);
 
     // Verified independently of Mayfly's own code: jsonwebtoken with the JWKS key.
@@ -91,26 +89,20 @@ async fn ttl_is_the_least_of_request_workflow_and_task_remaining() {
     let ttl = |r: pb::MintTokenResponse| r.ttl_seconds;
     assert_eq!(
         ttl(agent
-            .mint_token(mint_request(&long.id, "customers/eu/1", 30))
-            .await
-            .unwrap()
-            .into_inner()),
+            .minted(mint_request(&long.id, "customers/eu/1", 30))
+            .await),
         30
     );
     assert_eq!(
         ttl(agent
-            .mint_token(mint_request(&long.id, "customers/eu/1", 3600))
-            .await
-            .unwrap()
-            .into_inner()),
+            .minted(mint_request(&long.id, "customers/eu/1", 3600))
+            .await),
         300
     );
     assert_eq!(
         ttl(agent
-            .mint_token(mint_request(&short.id, "customers/eu/1", 3600))
-            .await
-            .unwrap()
-            .into_inner()),
+            .minted(mint_request(&short.id, "customers/eu/1", 3600))
+            .await),
         90
     );
 }
@@ -121,9 +113,8 @@ async fn minting_for_another_agents_task_is_permission_denied() {
     let task = app.open_task(AGENT, 600).await;
     let (mut other, _) = app.tokens(AGENT2).await;
     let err = other
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
         err.message().contains("belongs to another agent"),
@@ -133,9 +124,8 @@ async fn minting_for_another_agents_task_is_permission_denied() {
     // Not a deviation of the victim's task.
     let (mut agent, _) = app.tokens(AGENT).await;
     agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
 }
 
 #[tokio::test]
@@ -183,7 +173,7 @@ async fn malformed_mint_requests_name_the_field() {
         (mint_request("not-a-task", "customers/eu/1", 60), "task_id:"),
     ];
     for (req, want) in cases {
-        let err = agent.mint_token(req).await.unwrap_err();
+        let err = agent.refused(req).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{want}");
         assert!(
             err.message().starts_with(want),
@@ -193,9 +183,8 @@ async fn malformed_mint_requests_name_the_field() {
     }
     // None of that was a deviation: the task still mints.
     agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
 }
 
 #[tokio::test]
@@ -204,17 +193,14 @@ async fn a_scope_outside_the_task_is_a_deviation_that_revokes_the_whole_task() {
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, _) = app.tokens(AGENT).await;
     let good = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     let mut watch = app.watch(0).await;
 
     // customers/eu/** is inside the workflow but wider than the task's customers/eu/*.
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1/orders", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1/orders", 60))
+        .await;
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
         err.message().contains("not covered by the scopes declared"),
@@ -236,9 +222,8 @@ async fn a_scope_outside_the_task_is_a_deviation_that_revokes_the_whole_task() {
     assert!(got.end_reason.contains("not covered"));
 
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("is deviated"), "{}", err.message());
 
@@ -266,10 +251,7 @@ async fn a_scope_outside_the_task_is_a_deviation_that_revokes_the_whole_task() {
 async fn exceeding_the_token_budget_is_resource_exhausted_and_a_deviation() {
     let app = spawn_with(
         std::sync::Arc::new(Pki::new()),
-        Options {
-            max_tokens: 3,
-            ..Default::default()
-        },
+        Settings::new().max_tokens(3),
     )
     .await;
     let task = app.open_task(AGENT, 600).await;
@@ -278,16 +260,13 @@ async fn exceeding_the_token_budget_is_resource_exhausted_and_a_deviation() {
     for i in 0..3 {
         tokens.push(
             agent
-                .mint_token(mint_request(&task.id, &format!("customers/eu/{i}"), 60))
-                .await
-                .unwrap()
-                .into_inner(),
+                .minted(mint_request(&task.id, &format!("customers/eu/{i}"), 60))
+                .await,
         );
     }
     let err = agent
-        .mint_token(mint_request(&task.id, "customers/eu/9", 60))
-        .await
-        .unwrap_err();
+        .refused(mint_request(&task.id, "customers/eu/9", 60))
+        .await;
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(
         err.message().contains("budget of 3 tokens"),
@@ -306,10 +285,7 @@ async fn exceeding_the_token_budget_is_resource_exhausted_and_a_deviation() {
 async fn concurrent_mints_never_exceed_the_budget() {
     let app = spawn_with(
         std::sync::Arc::new(Pki::new()),
-        Options {
-            max_tokens: 5,
-            ..Default::default()
-        },
+        Settings::new().max_tokens(5),
     )
     .await;
     let task = app.open_task(AGENT, 600).await;

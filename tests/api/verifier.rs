@@ -1,4 +1,4 @@
-use crate::helpers::*;
+use crate::support::*;
 use base64::Engine;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
@@ -13,10 +13,8 @@ async fn introspection_is_inactive_for_anything_not_currently_valid() {
     let task = app.open_task(AGENT, 600).await;
     let (mut agent, cert) = app.tokens(AGENT).await;
     let minted = agent
-        .mint_token(mint_request(&task.id, "customers/eu/1", 60))
-        .await
-        .unwrap()
-        .into_inner();
+        .minted(mint_request(&task.id, "customers/eu/1", 60))
+        .await;
 
     let mut v = app.verifier(VERIFIER).await;
     let active = v
@@ -281,11 +279,8 @@ async fn bad_misuse_reports_are_refused_naming_what_is_wrong() {
 // --- A revocation stream that never lies (issue 13) ---------------------------
 
 /// Heartbeats every 100 ms, so a stream reads the store often.
-fn fast_heartbeats() -> Options {
-    Options {
-        watch_heartbeat: "100ms",
-        ..Default::default()
-    }
+fn fast_heartbeats() -> Settings {
+    Settings::new().watch_heartbeat(Duration::from_millis(100))
 }
 
 /// Opens a revocation watch as the verifier, refused or not.
@@ -478,10 +473,7 @@ async fn a_sqlite_store_rolled_back_under_an_open_stream_ends_it_with_the_resync
     let url = format!("sqlite://{}/mayfly.db", dir.path().display());
     let app = spawn_with(
         std::sync::Arc::new(Pki::new()),
-        Options {
-            db_url: Some(url),
-            ..fast_heartbeats()
-        },
+        fast_heartbeats().database(&url),
     )
     .await;
     a_rolled_back_store_ends_the_stream_and_refuses_its_cursor(&app).await;
@@ -492,11 +484,9 @@ async fn a_store_rolled_back_and_grown_past_the_cursor_again_ends_the_stream_ins
     // No heartbeat and no poll: the stream reads only when woken by a commit.
     let app = spawn_with(
         std::sync::Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "1h",
-            watch_poll: "1h",
-            ..Default::default()
-        },
+        Settings::new()
+            .watch_heartbeat(Duration::from_secs(3600))
+            .watch_poll(Duration::from_secs(3600)),
     )
     .await;
     revoke_agents(&app, "before", 5).await;

@@ -1,7 +1,7 @@
 //! The verifier library (`mayfly::verifier`) against the real broker: keys from the
 //! JWKS, certificate binding, scope, the live revocation set, failing closed.
 #![cfg(feature = "verifier")]
-use crate::helpers::*;
+use crate::support::*;
 use mayfly::api::pb;
 use mayfly::api::pb::revocation_target::Target;
 use mayfly::identity::devcerts::Issued;
@@ -12,11 +12,8 @@ use std::time::Duration;
 const ISSUER: &str = "https://mayfly.test";
 
 /// Heartbeats every 100 ms, so a verifier syncs fast and notices silence fast.
-fn fast_heartbeats() -> Options {
-    Options {
-        watch_heartbeat: "100ms",
-        ..Default::default()
-    }
+fn fast_heartbeats() -> Settings {
+    Settings::new().watch_heartbeat(Duration::from_millis(100))
 }
 
 /// The config of a `crm-api` verifier on the app's clock, with a staleness bound
@@ -78,10 +75,8 @@ async fn task_and_token(app: &TestApp, agent: &str, n: u32) -> (pb::Task, String
     let task = app.open_task(agent, 600).await;
     let (mut tokens, cert) = app.tokens(agent).await;
     let minted = tokens
-        .mint_token(mint_request(&task.id, &format!("customers/eu/{n}"), 60))
-        .await
-        .expect("mint")
-        .into_inner();
+        .minted(mint_request(&task.id, &format!("customers/eu/{n}"), 60))
+        .await;
     (task, minted.token, cert)
 }
 
@@ -219,10 +214,8 @@ async fn revoking_a_token_a_task_or_an_agent_reaches_the_verifier() {
     // A second token of task 1, on a connection with another certificate.
     let (mut tokens, sibling_cert) = app.tokens(AGENT).await;
     let sibling = tokens
-        .mint_token(mint_request(&task1.id, "customers/eu/2", 60))
+        .minted(mint_request(&task1.id, "customers/eu/2", 60))
         .await
-        .unwrap()
-        .into_inner()
         .token;
     let ok = |v: &Verdict| v.is_valid();
     for (t, der, n) in [
@@ -368,15 +361,7 @@ async fn a_key_of_another_replica_is_fetched_when_a_token_first_names_it() {
     let a = spawn_with(pki.clone(), fast_heartbeats()).await;
     // Connected before B exists: its keys are not in the JWKS fetched at start.
     let v = verifier_with(&a, config(&a)).await;
-    let b = spawn_with(
-        pki.clone(),
-        Options {
-            db_url: Some(a.db_url.clone()),
-            clock: Some(a.clock.clone()),
-            ..fast_heartbeats()
-        },
-    )
-    .await;
+    let b = spawn_replica(pki.clone(), &a, fast_heartbeats()).await;
     let (_, token, cert) = task_and_token(&b, AGENT, 1).await;
     let verdict = v
         .check(&token, &cert.cert_der, &read("customers/eu/1"))
@@ -530,10 +515,7 @@ async fn a_verifier_whose_brokers_store_is_restored_turns_stale_resyncs_and_appl
     // Heartbeats every second: a resync stays stale for at least that long.
     let app = spawn_with(
         Arc::new(Pki::new()),
-        Options {
-            watch_heartbeat: "1s",
-            ..Default::default()
-        },
+        Settings::new().watch_heartbeat(Duration::from_secs(1)),
     )
     .await;
     let v = verifier_with(&app, config(&app)).await;

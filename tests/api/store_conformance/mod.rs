@@ -36,7 +36,7 @@ impl<S: Store> Backend<S> {
 
 /// PostgreSQL: a fresh database per test, migrated by `SqlStore::postgres`.
 async fn pg_store() -> Backend<SqlStore> {
-    let db = crate::helpers::fresh_database().await;
+    let db = crate::support::fresh_database().await;
     let store = SqlStore::postgres(&db.url, 8, Duration::from_secs(10))
         .await
         .expect("connect to the test database");

@@ -1,0 +1,18 @@
+//! Test support, one module per concern: the database of a test, its PKI, the
+//! broker's config file, the broker in-process or as a child process, a proxy
+//! the test can cut, and the requests tests send.
+mod app;
+mod config;
+mod db;
+mod pki;
+mod process;
+mod proxy;
+mod requests;
+
+pub use app::*;
+pub use config::*;
+pub use db::*;
+pub use pki::*;
+pub use process::*;
+pub use proxy::*;
+pub use requests::*;
