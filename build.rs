@@ -1,9 +1,13 @@
 //! Compiles proto/mayfly/v1/*.proto with protox (pure Rust, no system protoc) and
 //! generates the tonic services plus a descriptor set for gRPC server reflection.
 //! The services use `api::codec::ProtoCodec`, which needs to know which messages
-//! are requests: their names are written to `mayfly_requests.rs`.
+//! are requests: their names are written to `mayfly_requests.rs`. The messages the
+//! services answer with derive serde `Serialize` (the CLI's `--output json`), with
+//! the conventions in `json`.
 use protox::prost::Message;
-use std::collections::BTreeSet;
+use protox::prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
+use protox::prost_reflect::prost_types::{DescriptorProto, FieldDescriptorProto};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
@@ -26,6 +30,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the message a body failed to decode as.
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
+    let json = json(&fds)?;
+    for (kind, path, attribute) in &json.attributes {
+        match kind {
+            Attr::Message => config.message_attribute(path, attribute),
+            Attr::Enum => config.enum_attribute(path, attribute),
+            Attr::Field => config.field_attribute(path, attribute),
+        };
+    }
+    std::fs::write(out.join("mayfly_json.rs"), &json.oneofs)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -80,4 +93,218 @@ fn requests(fds: &tonic_prost_build::FileDescriptorSet) -> Result<String, String
          pub const REQUESTS: &[&str] = &[\n{}];\n",
         names.concat()
     ))
+}
+
+/// The names under which the CLI shows some fields, the same in every message.
+/// The CLI has always called the task a record belongs to `task` (as its flags do).
+const JSON_NAMES: &[(&str, &str)] = &[("task_id", "task")];
+
+/// The JSON code is compiled in the broker only: the verifier library has none.
+const SERVER: &str = "#[cfg_attr(feature = \"server\", ";
+
+/// What build.rs adds to the generated code for JSON.
+#[derive(Default)]
+struct Json {
+    /// For prost-build, which matches paths by prefix: a message's type attribute
+    /// would also reach its oneofs, and a oneof field's attribute its members, so
+    /// each goes in as narrowly as prost-build allows.
+    attributes: Vec<(Attr, String, String)>,
+    /// The oneofs' `Serialize` (`mayfly_json.rs`, included by `api::json`).
+    oneofs: String,
+}
+
+enum Attr {
+    Message,
+    Enum,
+    Field,
+}
+
+/// `Serialize` for the messages the services answer with and every message inside
+/// them (the CLI's `--output json`).
+///
+/// Why serde derives on the prost types rather than pbjson-build: the canonical
+/// protobuf JSON mapping (what pbjson generates) is not what the CLI has always
+/// printed and what its users read: camelCase names, 64-bit integers as strings,
+/// enum values as `TASK_STATE_ACTIVE`, fields with a default value left out; it
+/// would also replace `prost_types::Timestamp` by `pbjson_types::Timestamp` in every
+/// module that builds a message. Derives keep the messages' own field names, order
+/// and numbers, and the few conventions below are attributes chosen from each
+/// field's type in the descriptors, so a new message or field needs nothing here:
+/// - an enum value is its name without the enum's prefix, in lower case
+///   (`active`); a number the enum does not know is shown as that number, quoted;
+/// - a time is RFC 3339 in UTC, to the second; unset, `null`;
+/// - an unset message is `null`; strings, numbers and booleans are shown as they
+///   are, the empty string too (`"end_reason": ""`): proto3 cannot tell an empty
+///   string from none, and which empty string means "none" would be a mapping per
+///   message;
+/// - a string field `<name>_json` holds JSON text: shown parsed, as `<name>`;
+/// - a message that is only a oneof is shown as its member, `{"token": "…"}`; a
+///   `bool` member (the oneofs' "must be true" markers) as its name, `"all"`;
+/// - `JSON_NAMES` renames.
+///
+/// Requests get no `Serialize`: some carry bearer tokens, and the CLI prints only
+/// answers. A type no rule fits (a map, bytes, a nested message) fails the build.
+fn json(fds: &tonic_prost_build::FileDescriptorSet) -> Result<Json, String> {
+    let messages: BTreeMap<String, &DescriptorProto> = fds
+        .file
+        .iter()
+        .flat_map(|f| f.message_type.iter().map(move |m| (f.package(), m)))
+        .map(|(package, m)| (format!(".{package}.{}", m.name()), m))
+        .collect();
+    let mut todo: Vec<String> = fds
+        .file
+        .iter()
+        .flat_map(|f| &f.service)
+        .flat_map(|s| &s.method)
+        .map(|m| m.output_type().to_string())
+        .collect();
+    let (mut done, mut enums, mut json) = (BTreeSet::new(), BTreeSet::new(), Json::default());
+    while let Some(name) = todo.pop() {
+        if !done.insert(name.clone()) {
+            continue;
+        }
+        let m = messages
+            .get(&name)
+            .filter(|m| m.nested_type.is_empty() && !m.field.iter().any(|f| f.proto3_optional()))
+            .ok_or_else(|| format!("{name}: no JSON rule for it (nested or optional)"))?;
+        let message = |attribute: &str| {
+            (
+                Attr::Message,
+                name.clone(),
+                format!("{SERVER}{attribute})]"),
+            )
+        };
+        json.attributes.push(message("derive(serde::Serialize)"));
+        let member = |f: &&FieldDescriptorProto| f.oneof_index.is_some();
+        match m.oneof_decl.len() {
+            0 => {}
+            1 if m.field.iter().all(|f| member(&f)) => {
+                json.attributes.push(message("serde(transparent)"));
+                json.oneofs += &oneof(m, &mut todo)?;
+            }
+            _ => {
+                return Err(format!(
+                    "{name}: no JSON rule for a oneof beside other fields"
+                ));
+            }
+        }
+        for f in m.field.iter().filter(|f| !member(f)) {
+            let path = format!("{name}.{}", f.name());
+            let serde = field(f, &mut todo, &mut enums).map_err(|e| format!("{path}: {e}"))?;
+            if !serde.is_empty() {
+                let attribute = format!("{SERVER}serde({}))]", serde.join(", "));
+                json.attributes.push((Attr::Field, path, attribute));
+            }
+        }
+    }
+    for e in enums {
+        let attribute = "derive(serde::Serialize), serde(rename_all = \"snake_case\")";
+        json.attributes
+            .push((Attr::Enum, e, format!("{SERVER}{attribute})]")));
+    }
+    Ok(json)
+}
+
+/// The serde attributes of a field; the messages inside it go on `todo`.
+fn field(
+    f: &FieldDescriptorProto,
+    todo: &mut Vec<String>,
+    enums: &mut BTreeSet<String>,
+) -> Result<Vec<String>, String> {
+    let mut serde = vec![];
+    if let Some((_, to)) = JSON_NAMES.iter().find(|(from, _)| *from == f.name()) {
+        serde.push(format!("rename = {to:?}"));
+    }
+    let with = match (f.r#type(), f.label() == Label::Repeated) {
+        (Type::Message, false) if f.type_name() == ".google.protobuf.Timestamp" => {
+            "timestamp".to_string()
+        }
+        (Type::Message, _) if f.type_name().starts_with(".mayfly.v1.") => {
+            todo.push(f.type_name().to_string());
+            return Ok(serde);
+        }
+        (Type::Enum, false) => {
+            enums.insert(f.type_name().to_string());
+            format!("enumeration::<{}, _>", rust_path(f.type_name())?)
+        }
+        (Type::String, false) if f.name().ends_with("_json") => {
+            let stem = f.name().strip_suffix("_json").unwrap_or_default();
+            serde.push(format!("rename = {stem:?}"));
+            "json_text".to_string()
+        }
+        (
+            Type::String | Type::Bool | Type::Uint32 | Type::Uint64 | Type::Int32 | Type::Int64,
+            _,
+        ) => {
+            return Ok(serde);
+        }
+        _ => return Err("no JSON rule for its type".into()),
+    };
+    serde.push(format!("serialize_with = \"crate::api::json::{with}\""));
+    Ok(serde)
+}
+
+/// `Serialize` for the oneof of a message that is only that oneof.
+fn oneof(m: &DescriptorProto, todo: &mut Vec<String>) -> Result<String, String> {
+    let name = m.oneof_decl[0].name();
+    let mut arms = String::new();
+    for f in &m.field {
+        let show = match f.r#type() {
+            Type::Bool => "marker",
+            Type::Message => {
+                todo.push(f.type_name().to_string());
+                "member"
+            }
+            _ => "member",
+        };
+        arms += &format!(
+            "            Self::{}(v) => crate::api::json::{show}(s, {:?}, v),\n",
+            camel(f.name()),
+            f.name()
+        );
+    }
+    // prost puts a message's oneof in a module named after the message.
+    let path = format!(
+        "{}::{}",
+        rust_path(&format!(".mayfly.v1.{}", snake(m.name())))?,
+        camel(name)
+    );
+    Ok(format!(
+        "impl serde::Serialize for {path} {{\n    \
+         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {{\n        \
+         match self {{\n{arms}        }}\n    }}\n}}\n"
+    ))
+}
+
+/// The Rust path of a top-level `mayfly.v1` type (or module).
+fn rust_path(proto: &str) -> Result<String, String> {
+    let name = (proto.strip_prefix(".mayfly.v1."))
+        .filter(|n| !n.contains('.'))
+        .ok_or_else(|| format!("{proto}: no JSON rule for types outside mayfly.v1"))?;
+    Ok(format!("crate::api::pb::{name}"))
+}
+
+/// prost's name for a oneof or its member (`target` → `Target`).
+fn camel(name: &str) -> String {
+    name.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// prost's module for a message's nested types (`RevocationTarget` →
+/// `revocation_target`).
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! gRPC services, one file per caller role; `convert` turns proto messages into
 //! domain types (or INVALID_ARGUMENT naming the field) and back; `codec` is their
-//! protobuf codec (a body that does not decode is INVALID_ARGUMENT too).
+//! protobuf codec (a body that does not decode is INVALID_ARGUMENT too); `json`
+//! how the answers show as JSON.
 #[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
@@ -8,6 +9,8 @@ mod auth;
 pub mod codec;
 #[cfg(feature = "server")]
 pub mod convert;
+#[cfg(feature = "server")]
+pub mod json;
 #[cfg(feature = "server")]
 mod task;
 #[cfg(feature = "server")]

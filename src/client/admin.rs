@@ -63,14 +63,14 @@ pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> any
                     .await
                     .map_err(status)?
                     .into_inner();
-                for e in &r.events {
-                    if *jsonl {
-                        if !out.emit_line(&audit_event_json(e).to_string())? {
+                if *jsonl {
+                    for e in &r.events {
+                        if !out.emit_line(&serde_json::to_string(e)?)? {
                             return Ok(());
                         }
-                    } else {
-                        all.push(audit_event_json(e));
                     }
+                } else {
+                    all.extend(r.events);
                 }
                 // A page, or with --jsonl every page.
                 if !*jsonl || r.next_after == 0 {
@@ -79,7 +79,7 @@ pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> any
                 req.after_sequence = r.next_after;
             }
             if !*jsonl {
-                out.print(&Value::Array(all))?;
+                out.print(&all)?;
             }
         }
         AuditCommand::Task { task } => {
@@ -113,22 +113,25 @@ pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> any
                     .await
                     .map_err(status)?
                     .into_inner();
-                events.extend(r.events.iter().map(audit_event_json));
+                events.extend(r.events);
                 if r.next_after == 0 {
                     break;
                 }
                 after = r.next_after;
             }
-            let revocations: Vec<&Value> = events
+            let revocations: Vec<&pb::AuditEventInfo> = events
                 .iter()
-                .filter(|e| e["action"] == "revocation" || e["action"] == "task_revoked")
+                .filter(|e| e.action == "revocation" || e.action == "task_revoked")
                 .collect();
+            // A task's tokens, without what the task already says and the key and
+            // certificate details (`mayfly tokens` shows those).
+            let hidden = ["task", "workflow", "kid", "cert_thumbprint", "active"];
+            let tokens = (tokens.tokens.iter())
+                .map(|t| without(t, &hidden))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             out.print(&json!({
-                "task": t.task.as_ref().map(task_json),
-                "tokens": tokens.tokens.iter().map(|t| json!({"jti": t.jti, "agent": t.agent,
-                    "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
-                    "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at),
-                    "parent_jti": t.parent_jti, "depth": t.depth})).collect::<Vec<_>>(),
+                "task": t.task,
+                "tokens": tokens,
                 "revocations": revocations,
                 "events": events,
             }))?;
@@ -149,15 +152,7 @@ pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> any
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(&Value::Array(
-                r.agents
-                    .iter()
-                    .map(|a| {
-                        json!({"agent": a.agent, "tokens": a.tokens, "first": ts(&a.first),
-                           "last": ts(&a.last), "resources": a.resources})
-                    })
-                    .collect(),
-            ))?;
+            out.print(&r.agents)?;
         }
     }
     Ok(())
@@ -179,9 +174,7 @@ pub(super) async fn approvals(
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(&Value::Array(
-                r.approvals.iter().map(approval_json).collect(),
-            ))?;
+            out.print(&r.approvals)?;
         }
         cmd @ (ApprovalsCommand::Approve { approval, reason }
         | ApprovalsCommand::Deny { approval, reason }) => {
@@ -198,12 +191,7 @@ pub(super) async fn approvals(
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(
-                &r.approval
-                    .as_ref()
-                    .map(approval_json)
-                    .unwrap_or(Value::Null),
-            )?;
+            out.print(&r.approval)?;
         }
     }
     Ok(())
@@ -223,9 +211,7 @@ pub(super) async fn freeze(
         .await
         .map_err(status)?
         .into_inner();
-    out.print(
-        &json!({"freeze": r.freeze.as_ref().map(freeze_json), "already_frozen": r.already_frozen}),
-    )?;
+    out.print(&r)?;
     Ok(())
 }
 
@@ -243,7 +229,7 @@ pub(super) async fn unfreeze(
         .await
         .map_err(status)?
         .into_inner();
-    out.print(&json!({"lifted": r.lifted.as_ref().map(freeze_json)}))?;
+    out.print(&r)?;
     Ok(())
 }
 
@@ -253,7 +239,7 @@ pub(super) async fn freezes(ch: Channel, out: &Printer) -> anyhow::Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    out.print(&Value::Array(r.freezes.iter().map(freeze_json).collect()))?;
+    out.print(&r.freezes)?;
     Ok(())
 }
 
@@ -275,17 +261,11 @@ pub(super) async fn tokens(
         .await
         .map_err(status)?
         .into_inner();
-    let rows: Vec<Value> = r
-        .tokens
-        .iter()
-        .map(|t| {
-            json!({"jti": t.jti, "task": t.task_id, "agent": t.agent, "workflow": t.workflow,
-                   "scope": scope_json(&t.scope), "issued_at": ts(&t.issued_at),
-                   "expires_at": ts(&t.expires_at), "revoked_at": ts(&t.revoked_at), "active": t.active,
-                   "parent_jti": t.parent_jti, "depth": t.depth})
-        })
-        .collect();
-    out.print(&Value::Array(rows))?;
+    // The signing key and certificate thumbprint would double the table's width.
+    let rows = (r.tokens.iter())
+        .map(|t| without(t, &["kid", "cert_thumbprint"]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    out.print(&rows)?;
     Ok(())
 }
 
@@ -313,9 +293,6 @@ pub(super) async fn revoke(
         .await
         .map_err(status)?
         .into_inner();
-    out.print(
-        &json!({"event": r.event.as_ref().map(event_json), "tokens_revoked": r.tokens_revoked,
-                  "tasks_stopped": r.tasks_stopped}),
-    )?;
+    out.print(&r)?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! The client side of the CLI: an mTLS channel from a certificate, a key and a CA
 //! bundle, and one file per service (mirroring `api/`) with a function per
-//! command; `output` shows the result as JSON, a table or one field.
+//! command; `output` shows the result (a message as it derives `Serialize`, see
+//! `api::json`) as JSON, a table or one field.
 mod admin;
 mod args;
-mod json;
 mod output;
 mod task;
 mod token;
@@ -23,7 +23,7 @@ use crate::cli::{
 };
 use anyhow::{Context, bail};
 use args::*;
-use json::*;
+use output::without;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

@@ -2,6 +2,7 @@
 //! text for scripts; a closed stdout ends a command quietly.
 use super::{Failed, exit};
 use crate::cli::Output;
+use serde::Serialize;
 use serde_json::Value;
 
 /// Where a command's result goes and how: JSON or a table, or one field as text
@@ -34,7 +35,8 @@ impl Printer {
     }
 
     /// Prints a command's result.
-    pub fn print(&self, v: &Value) -> anyhow::Result<()> {
+    pub fn print(&self, v: &impl Serialize) -> anyhow::Result<()> {
+        let v = &serde_json::to_value(v)?;
         if let Some(path) = &self.field {
             let text = field_text(v, path).ok_or_else(|| Failed {
                 code: exit::USAGE,
@@ -64,6 +66,17 @@ impl Printer {
             r => r.map(|()| true),
         }
     }
+}
+
+/// A message as JSON without the fields a command does not show.
+pub fn without(v: &impl Serialize, fields: &[&str]) -> anyhow::Result<Value> {
+    let mut v = serde_json::to_value(v)?;
+    if let Value::Object(m) = &mut v {
+        for f in fields {
+            m.shift_remove(*f);
+        }
+    }
+    Ok(v)
 }
 
 /// Stdout's reader went away (`mayfly watch | head`): the binary exits quietly

@@ -25,7 +25,7 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TaskCommand) -> anyhow
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null))?;
+            out.print(&r.task)?;
         }
         TaskCommand::Complete { task } => {
             let r = TaskServiceClient::new(ch)
@@ -35,9 +35,7 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TaskCommand) -> anyhow
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(
-            &json!({"task": r.task.as_ref().map(task_json), "revocation_sequence": r.revocation_sequence}),
-        )?;
+            out.print(&r)?;
         }
         TaskCommand::Get { task } => {
             let r = TaskServiceClient::new(ch)
@@ -47,7 +45,7 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TaskCommand) -> anyhow
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(&r.task.as_ref().map(task_json).unwrap_or(Value::Null))?;
+            out.print(&r.task)?;
         }
         TaskCommand::List {
             agent,
@@ -72,7 +70,7 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TaskCommand) -> anyhow
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(&Value::Array(r.tasks.iter().map(task_json).collect()))?;
+            out.print(&r.tasks)?;
         }
     }
     Ok(())

@@ -19,16 +19,16 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TokenCommand) -> anyho
                         "this action needs a security team's approval; wait for it with: mayfly token await {}",
                         a.id
                     );
-                    out.print(&json!({"approval": approval_json(a)}))?;
+                    out.print(&json!({ "approval": a }))?;
                 }
-                None => out.print(&minted_json(&r))?,
+                None => out.print(&minted(&r)?)?,
             }
         }
         TokenCommand::Await { approval, wait } => {
             let r = await_decision(ch, approval, *wait).await?;
             out.print(&json!({
-                "approval": r.approval.as_ref().map(approval_json),
-                "token": r.token.as_ref().map(minted_json),
+                "approval": r.approval,
+                "token": r.token.as_ref().map(minted).transpose()?,
             }))?;
         }
         TokenCommand::Delegate {
@@ -47,9 +47,7 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TokenCommand) -> anyho
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(
-            &json!({"delegation_id": r.delegation_id, "expires_at": ts(&r.expires_at), "depth": r.depth}),
-        )?;
+            out.print(&r)?;
         }
         TokenCommand::Redeem { delegation } => {
             let r = TokenServiceClient::new(ch)
@@ -59,11 +57,17 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TokenCommand) -> anyho
                 .await
                 .map_err(status)?
                 .into_inner();
-            out.print(&minted_json(&r))?;
+            out.print(&minted(&r)?)?;
         }
         TokenCommand::Introspect { token } => super::verifier::introspect(ch, out, token).await?,
     }
     Ok(())
+}
+
+/// A minted token: the answer without its `approval`, which is unset whenever
+/// there is a token.
+fn minted(r: &pb::MintTokenResponse) -> anyhow::Result<Value> {
+    without(r, &["approval"])
 }
 
 /// Waits for a decision in calls of at most five minutes until `wait` is used up.

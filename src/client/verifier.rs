@@ -37,7 +37,7 @@ pub(super) async fn watch(ch: Channel, out: &Printer, after: u64) -> anyhow::Res
     // Events as JSON lines; heartbeats only keep the stream honest.
     while let Some(msg) = stream.message().await.map_err(status)? {
         if let Some(pb::watch_revocations_response::Kind::Event(ev)) = msg.kind
-            && !out.emit_line(&event_json(&ev).to_string())?
+            && !out.emit_line(&serde_json::to_string(&ev)?)?
         {
             return Ok(());
         }

@@ -1,17 +1,19 @@
-//! Settings: a TOML file, then `MAYFLY_*` environment overrides, then `validate()`
-//! with messages that name the key and what is wrong.
+//! Settings: a TOML file, then `MAYFLY_*` environment overrides (`load`), then
+//! `validate()` with messages that name the key and what is wrong (`validate`);
+//! the sections' types here, `[limits]` in `limits`.
 use crate::domain::IdPattern;
 use crate::identity::{Role, RoleMap};
-use crate::store::DatabaseUrl;
 
 mod limits;
+mod load;
+mod validate;
 
 pub use limits::LimitsConfig;
+pub use load::{ENV_DATABASE_URL, ENV_GRPC_ADDR, ENV_HTTP_ADDR};
 use serde::Deserialize;
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A value that must never be printed (a database URL may carry a password).
@@ -304,188 +306,7 @@ fn default_reload() -> Duration {
     Duration::from_secs(2)
 }
 
-/// Environment overrides applied after the file.
-pub const ENV_DATABASE_URL: &str = "MAYFLY_DATABASE_URL";
-pub const ENV_GRPC_ADDR: &str = "MAYFLY_GRPC_ADDR";
-pub const ENV_HTTP_ADDR: &str = "MAYFLY_HTTP_ADDR";
-
 impl Config {
-    /// Reads the file, applies the environment, validates.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            why: e.to_string(),
-        })?;
-        let mut cfg = Self::parse(&text, &path.display().to_string())?;
-        // Relative paths in the file are relative to the file.
-        if let Some(dir) = path.parent() {
-            cfg.resolve_paths(dir);
-        }
-        cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: source.to_string(),
-            why: e.to_string(),
-        })
-    }
-
-    /// Makes relative paths (and a relative SQLite file) relative to `dir`.
-    pub fn resolve_paths(&mut self, dir: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = dir.join(&*p);
-            }
-        };
-        fix(&mut self.server.cert);
-        fix(&mut self.server.key);
-        fix(&mut self.policy.dir);
-        for td in &mut self.trust_domains {
-            fix(&mut td.bundle);
-        }
-        // A SQLite file named in the file is relative to the file too.
-        if let Some(url) = &self.database.url
-            && let Ok(parsed @ DatabaseUrl::Sqlite(_)) = DatabaseUrl::parse(url.expose())
-        {
-            self.database.url = Some(Secret::new(parsed.relative_to(dir).to_url()));
-        }
-    }
-
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(url) = get(ENV_DATABASE_URL) {
-            self.database.url = Some(Secret::new(url));
-        }
-        let addr = |var: &'static str, v: String| {
-            v.parse::<SocketAddr>().map_err(|e| ConfigError::Env {
-                var,
-                why: format!("{v:?} is not a socket address (host:port): {e}"),
-            })
-        };
-        if let Some(v) = get(ENV_GRPC_ADDR) {
-            self.server.grpc_addr = addr(ENV_GRPC_ADDR, v)?;
-        }
-        if let Some(v) = get(ENV_HTTP_ADDR) {
-            self.server.http_addr = addr(ENV_HTTP_ADDR, v)?;
-        }
-        Ok(())
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        match &self.database.url {
-            None => {
-                return Err(invalid(
-                    "database.url",
-                    format!("is not set (set it in the file or with {ENV_DATABASE_URL})"),
-                ));
-            }
-            Some(u) => {
-                DatabaseUrl::parse(u.expose()).map_err(|why| invalid("database.url", why))?;
-            }
-        }
-        if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be at least 1"));
-        }
-        if !(Duration::from_millis(100)..=Duration::from_secs(60))
-            .contains(&self.database.probe_interval)
-        {
-            return Err(invalid(
-                "database.probe_interval",
-                "must be between 100ms and 60s",
-            ));
-        }
-        self.limits.validate()?;
-        if self.server.grpc_addr == self.server.http_addr && self.server.grpc_addr.port() != 0 {
-            return Err(invalid(
-                "server.http_addr",
-                "must differ from server.grpc_addr",
-            ));
-        }
-        if self.server.issuer.trim().is_empty() {
-            return Err(invalid("server.issuer", "must not be empty"));
-        }
-        if self.trust_domains.is_empty() {
-            return Err(invalid(
-                "trust_domains",
-                "at least one trust domain is required",
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (i, td) in self.trust_domains.iter().enumerate() {
-            let probe = format!("spiffe://{}/x", td.name);
-            if let Err(e) = crate::domain::SpiffeId::parse(&probe) {
-                return Err(invalid(format!("trust_domains[{i}].name"), e.to_string()));
-            }
-            if !seen.insert(td.name.as_str()) {
-                return Err(invalid(
-                    format!("trust_domains[{i}].name"),
-                    format!("{:?} is listed twice", td.name),
-                ));
-            }
-        }
-        // An agent must never hold the admin or orchestrator role: refuse patterns
-        // that could give one identity both.
-        for (other, list) in [
-            ("admin", &self.roles.admin),
-            ("orchestrator", &self.roles.orchestrator),
-        ] {
-            for a in &self.roles.agent {
-                if let Some(o) = list.iter().find(|o| a.overlaps(o)) {
-                    return Err(invalid(
-                        format!("roles.{other}"),
-                        format!(
-                            "{} can match the same SPIFFE ID as agent pattern {}; an agent must never hold the {other} role",
-                            o.as_str(),
-                            a.as_str()
-                        ),
-                    ));
-                }
-            }
-        }
-        if self.tasks.sweep_interval.is_zero() {
-            return Err(invalid("tasks.sweep_interval", "must be greater than zero"));
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
-            .contains(&self.tasks.approval_ttl)
-        {
-            return Err(invalid("tasks.approval_ttl", "must be between 1s and 24h"));
-        }
-        if !(Duration::from_millis(10)..=Duration::from_secs(60))
-            .contains(&self.audit.seal_interval)
-        {
-            return Err(invalid(
-                "audit.seal_interval",
-                "must be between 10ms and 60s",
-            ));
-        }
-        if self.keys.heartbeat.is_zero() {
-            return Err(invalid("keys.heartbeat", "must be greater than zero"));
-        }
-        if self.revocation.heartbeat < Duration::from_millis(10) {
-            return Err(invalid("revocation.heartbeat", "must be at least 10ms"));
-        }
-        if self.revocation.poll_interval < Duration::from_millis(10) {
-            return Err(invalid("revocation.poll_interval", "must be at least 10ms"));
-        }
-        if self.policy.environment.trim().is_empty() {
-            return Err(invalid("policy.environment", "must not be empty"));
-        }
-        for (key, every) in [
-            ("server.reload_interval", self.server.reload_interval),
-            ("policy.reload_interval", self.policy.reload_interval),
-        ] {
-            if every.is_zero() {
-                return Err(invalid(key, "must be greater than zero"));
-            }
-            if every > Duration::from_secs(86_400) {
-                return Err(invalid(key, "must be at most 24h"));
-            }
-        }
-        Ok(())
-    }
-
     pub fn role_map(&self) -> RoleMap {
         let r = &self.roles;
         let mut entries = vec![];

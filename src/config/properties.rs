@@ -3,6 +3,7 @@
 use super::*;
 use crate::testing::{any_text, matching, toml_string as quoted};
 use proptest::prelude::*;
+use std::path::Path;
 
 /// Every key of the file, by section, with the value the base document gives
 /// it (a complete, valid configuration).

@@ -1,10 +1,17 @@
 //! The decision: may this orchestrator open this task, may this agent have this
-//! scope now? Decided by Cedar policies (`cedar`), behind a trait the broker calls.
+//! scope now? Decided by Cedar policies (`cedar`), behind a trait the broker calls:
+//! `load` reads a policy directory, `slice` cuts it per action and tool or
+//! workflow, `request` builds what a decision is asked about, `decide` evaluates
+//! it, `values` are the Cedar values in between; `cases` runs policy test cases.
 pub mod cases;
 mod cedar;
+mod decide;
 mod load;
+mod request;
+mod slice;
 #[cfg(test)]
 mod tests;
+mod values;
 
 pub use cedar::{CedarPolicy, PolicyStatus};
 pub use load::{LoadError, PolicyFiles};

@@ -1,10 +1,12 @@
-//! Decisions with the example policies (`examples/policies`), loading errors and
-//! reload, without a server.
+//! Decisions with the example policies (`examples/policies`), without a server;
+//! `loading` and `slicing` beside them.
 use super::cases::{CaseFile, run_case};
 use super::*;
 use crate::domain::{TaskId, TaskState};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+
+mod loading;
+mod slicing;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies")
@@ -250,148 +252,6 @@ fn policy_dir(extra: &str) -> tempfile::TempDir {
 }
 
 #[test]
-fn a_syntax_error_is_refused_with_file_line_and_column() {
-    let dir = policy_dir(
-        "// one\n// two\npermit (principal, action, resource) when { principal ==  };\n",
-    );
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    let file = dir.path().join("extra.cedar").display().to_string();
-    assert!(e.starts_with(&format!("{file}:3:")), "{e}");
-}
-
-#[test]
-fn a_policy_that_does_not_fit_the_schema_is_refused_naming_it_and_its_line() {
-    let dir = policy_dir(
-        "\n@id(\"typo\")\npermit (principal, action == Mayfly::Action::\"Mint\", resource)\nwhen { resource.sensitivty == \"public\" };\n",
-    );
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    let file = dir.path().join("extra.cedar").display().to_string();
-    assert!(e.contains(&format!("{file}:4:")), "{e}");
-    assert!(e.contains("policy typo"), "{e}");
-    assert!(e.contains("sensitivty"), "{e}");
-}
-
-#[test]
-fn bad_workflow_limits_and_duplicate_policy_ids_are_refused() {
-    let dir = policy_dir("@id(\"support-mint\")\npermit (principal, action, resource);\n");
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("policy id \"support-mint\" is also used in"),
-        "{e}"
-    );
-
-    let dir = policy_dir("");
-    let entities = std::fs::read_to_string(dir.path().join("entities.json")).unwrap();
-    std::fs::write(
-        dir.path().join("entities.json"),
-        entities.replacen("\"max_tokens\": 50", "\"max_tokens\": 0", 1),
-    )
-    .unwrap();
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("support-triage") && e.contains("max_tokens must be between 1"),
-        "{e}"
-    );
-}
-
-#[test]
-fn an_invalid_reload_keeps_the_previous_set_and_reports_why() {
-    let dir = policy_dir("");
-    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
-    crm_read(&p).unwrap();
-
-    std::fs::write(
-        dir.path().join("extra.cedar"),
-        "permit (principal, action, resource) when {",
-    )
-    .unwrap();
-    assert!(p.reload_if_changed().is_err());
-    let status = p.status();
-    assert_eq!(status.failed_reloads, 1);
-    assert!(status.last_error.unwrap().contains("extra.cedar:1:"));
-    // The old set still decides.
-    crm_read(&p).unwrap();
-    // The same broken files are not retried on every tick.
-    assert_eq!(p.reload_if_changed(), Ok(false));
-
-    // A valid new set replaces it whole: here a forbid for all crm reads.
-    std::fs::write(
-        dir.path().join("extra.cedar"),
-        "@id(\"crm-freeze\")\n@reason(\"crm is frozen\")\nforbid (principal, action, resource in Mayfly::Tool::\"crm-api\");\n",
-    )
-    .unwrap();
-    assert_eq!(p.reload_if_changed(), Ok(true));
-    assert!(p.status().last_error.is_none());
-    let d = crm_read(&p).unwrap_err();
-    assert!(
-        d.reason.contains("crm-freeze (crm is frozen)"),
-        "{}",
-        d.reason
-    );
-}
-
-#[test]
-fn slicing_never_skips_a_policy_that_could_apply() {
-    // Policies on another tool or workflow, or on another action, are skipped;
-    // anything the slicer cannot rule out is kept.
-    let set = cedar_policy::PolicySet::from_str(
-        r#"
-        @id("github-only") permit (principal, action, resource in Mayfly::Tool::"github");
-        @id("crm-pattern") permit (principal, action, resource in Mayfly::Resource::"crm-api/customers/**");
-        @id("start-only") permit (principal, action == Mayfly::Action::"StartTask", resource);
-        @id("payments-wf") permit (principal, action, resource == Mayfly::Workflow::"payments");
-        @id("group") permit (principal, action in [Mayfly::Action::"SomeGroup"], resource);
-        @id("any") forbid (principal, action, resource);
-        "#,
-    )
-    .unwrap();
-    let kept = |act: &str, key: &str| -> Vec<String> {
-        let mut v: Vec<String> = set
-            .policies()
-            .filter(|p| super::load::could_apply(p, act, key))
-            .map(|p| p.annotation("id").unwrap_or_default().to_string())
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        kept("Mint", "crm-api"),
-        ["any", "crm-pattern", "group", "payments-wf"]
-    );
-    assert_eq!(
-        kept("Mint", "github"),
-        ["any", "github-only", "group", "payments-wf"]
-    );
-    assert_eq!(
-        kept("StartTask", "payments"),
-        [
-            "any",
-            "crm-pattern",
-            "github-only",
-            "group",
-            "payments-wf",
-            "start-only"
-        ]
-    );
-    assert_eq!(
-        kept("StartTask", "support-triage"),
-        ["any", "crm-pattern", "github-only", "group", "start-only"]
-    );
-}
-
-#[test]
 fn declared_scopes_are_visible_to_policies_at_start_and_at_mint() {
     let dir = policy_dir(
         r#"
@@ -547,25 +407,6 @@ fn a_request_for_exactly_a_declared_pattern_keeps_that_patterns_parents() {
 }
 
 #[test]
-fn a_declared_resource_inside_another_tool_is_refused_at_load() {
-    let dir = policy_dir("");
-    add_entities(
-        dir.path(),
-        serde_json::json!([declared(
-            "tickets/*/notes",
-            "prod-eu",
-            serde_json::json!([tool_parent("tickets"), tool_parent("crm-api")])
-        )]),
-    );
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("may only be in tool \"tickets\""), "{e}");
-    assert!(e.contains("crm-api"), "{e}");
-}
-
-#[test]
 fn which_declared_pattern_gives_the_attributes_does_not_depend_on_hash_order() {
     let dir = policy_dir(
         "@id(\"not-us\")\nforbid (principal, action == Mayfly::Action::\"Mint\", resource)\nwhen { resource.environment == \"prod-us\" };\n",
@@ -593,101 +434,6 @@ fn which_declared_pattern_gives_the_attributes_does_not_depend_on_hash_order() {
         })
         .collect();
     assert_eq!(outcomes.len(), 1, "the same decision on every load");
-}
-
-#[test]
-fn templates_and_policies_without_an_id_are_refused() {
-    let dir = policy_dir("permit (principal == ?principal, action, resource);\n");
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("templates are not supported"), "{e}");
-    let dir = policy_dir("forbid (principal, action, resource) when { context has agent };\n");
-    let e = CedarPolicy::load(dir.path(), "prod-eu")
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("needs an @id"), "{e}");
-}
-
-#[test]
-fn policies_can_read_attributes_of_workflows_and_tools_from_the_entities_file() {
-    // Both forbids are false with the real attributes; had the entities been left
-    // out, reading them would be an evaluation error, which denies.
-    let dir = policy_dir(
-        r#"
-@id("huge-budgets") forbid (principal, action == Mayfly::Action::"Mint", resource)
-when { context.workflow.max_tokens > 1000 };
-@id("public-tools") forbid (principal, action == Mayfly::Action::"Mint", resource)
-when { resource.tool.sensitivity == "public" };
-"#,
-    );
-    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
-    ticket(&p, "tickets/4711").unwrap();
-    crm_read(&p).unwrap();
-}
-
-#[test]
-fn only_policies_that_read_file_entities_make_decisions_load_them() {
-    let set = cedar_policy::PolicySet::from_str(
-        r#"
-        @id("plain") permit (principal, action, resource)
-        when { principal.path like "/agent/*" && resource.sensitivity == "x" && context.task.tokens_minted > 1
-               && context.agent.trust_domain == "t" && context.workflow == Mayfly::Workflow::"w" };
-        @id("workflow") permit (principal, action, resource) when { context.workflow.max_tokens > 1 };
-        @id("tool") permit (principal, action, resource) when { resource.tool has sensitivity };
-        @id("literal") permit (principal, action, resource) when { Mayfly::Tool::"t".sensitivity == "x" };
-        "#,
-    )
-    .unwrap();
-    for p in set.policies() {
-        let id = p.annotation("id").unwrap();
-        assert_eq!(
-            super::load::reads_file_entity_attributes(p),
-            id != "plain",
-            "{id}"
-        );
-    }
-}
-
-#[test]
-fn only_policies_that_can_reach_the_task_make_decisions_build_it() {
-    let set = cedar_policy::PolicySet::from_str(
-        r#"
-        @id("plain") @reason("tasks and Task in annotations decide nothing")
-        permit (principal, action, resource)
-        when { principal.path like "/agent/*" && context.tokens_minted < 5 };
-        @id("attr") permit (principal, action, resource) when { context.task.tokens_minted > 1 };
-        @id("has") permit (principal, action, resource) when { context has task };
-        @id("in") forbid (principal, action, resource) when { context.task in Mayfly::Workflow::"w" };
-        @id("is") forbid (principal, action, resource) when { context.workflow is Mayfly::Task };
-        @id("literal") forbid (principal, action, resource) when { Mayfly::Task::"t" in Mayfly::Workflow::"w" };
-        "#,
-    )
-    .unwrap();
-    for p in set.policies() {
-        let id = p.annotation("id").unwrap();
-        assert_eq!(super::load::mentions_task(p), id != "plain", "{id}");
-    }
-}
-
-#[test]
-fn a_forbid_on_the_tasks_workflow_membership_still_applies() {
-    // Without the task entity, `context.task in ...` would be false, not an
-    // error: the forbid below would silently stop applying.
-    let dir = policy_dir(
-        r#"
-@id("no-support-tickets") @reason("membership of the task decides")
-forbid (principal, action == Mayfly::Action::"Mint", resource in Mayfly::Tool::"tickets")
-when { context.task in Mayfly::Workflow::"support-triage" };
-"#,
-    );
-    let p = CedarPolicy::load(dir.path(), "prod-eu").unwrap();
-    let d = ticket(&p, "tickets/4711").unwrap_err();
-    assert_eq!(d.policies, vec!["no-support-tickets".to_string()]);
-    // The CRM slice has no policy that reaches the task, and still permits.
-    crm_read(&p).unwrap();
 }
 
 #[test]

@@ -1,0 +1,121 @@
+//! `Config::validate`: every setting checked after the file and the environment,
+//! each refusal naming the key and what is wrong.
+use super::{Config, ConfigError, ENV_DATABASE_URL, invalid};
+use crate::store::DatabaseUrl;
+use std::collections::HashSet;
+use std::time::Duration;
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.database.url {
+            None => {
+                return Err(invalid(
+                    "database.url",
+                    format!("is not set (set it in the file or with {ENV_DATABASE_URL})"),
+                ));
+            }
+            Some(u) => {
+                DatabaseUrl::parse(u.expose()).map_err(|why| invalid("database.url", why))?;
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60))
+            .contains(&self.database.probe_interval)
+        {
+            return Err(invalid(
+                "database.probe_interval",
+                "must be between 100ms and 60s",
+            ));
+        }
+        self.limits.validate()?;
+        if self.server.grpc_addr == self.server.http_addr && self.server.grpc_addr.port() != 0 {
+            return Err(invalid(
+                "server.http_addr",
+                "must differ from server.grpc_addr",
+            ));
+        }
+        if self.server.issuer.trim().is_empty() {
+            return Err(invalid("server.issuer", "must not be empty"));
+        }
+        if self.trust_domains.is_empty() {
+            return Err(invalid(
+                "trust_domains",
+                "at least one trust domain is required",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, td) in self.trust_domains.iter().enumerate() {
+            let probe = format!("spiffe://{}/x", td.name);
+            if let Err(e) = crate::domain::SpiffeId::parse(&probe) {
+                return Err(invalid(format!("trust_domains[{i}].name"), e.to_string()));
+            }
+            if !seen.insert(td.name.as_str()) {
+                return Err(invalid(
+                    format!("trust_domains[{i}].name"),
+                    format!("{:?} is listed twice", td.name),
+                ));
+            }
+        }
+        // An agent must never hold the admin or orchestrator role: refuse patterns
+        // that could give one identity both.
+        for (other, list) in [
+            ("admin", &self.roles.admin),
+            ("orchestrator", &self.roles.orchestrator),
+        ] {
+            for a in &self.roles.agent {
+                if let Some(o) = list.iter().find(|o| a.overlaps(o)) {
+                    return Err(invalid(
+                        format!("roles.{other}"),
+                        format!(
+                            "{} can match the same SPIFFE ID as agent pattern {}; an agent must never hold the {other} role",
+                            o.as_str(),
+                            a.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.tasks.sweep_interval.is_zero() {
+            return Err(invalid("tasks.sweep_interval", "must be greater than zero"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+            .contains(&self.tasks.approval_ttl)
+        {
+            return Err(invalid("tasks.approval_ttl", "must be between 1s and 24h"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60))
+            .contains(&self.audit.seal_interval)
+        {
+            return Err(invalid(
+                "audit.seal_interval",
+                "must be between 10ms and 60s",
+            ));
+        }
+        if self.keys.heartbeat.is_zero() {
+            return Err(invalid("keys.heartbeat", "must be greater than zero"));
+        }
+        if self.revocation.heartbeat < Duration::from_millis(10) {
+            return Err(invalid("revocation.heartbeat", "must be at least 10ms"));
+        }
+        if self.revocation.poll_interval < Duration::from_millis(10) {
+            return Err(invalid("revocation.poll_interval", "must be at least 10ms"));
+        }
+        if self.policy.environment.trim().is_empty() {
+            return Err(invalid("policy.environment", "must not be empty"));
+        }
+        for (key, every) in [
+            ("server.reload_interval", self.server.reload_interval),
+            ("policy.reload_interval", self.policy.reload_interval),
+        ] {
+            if every.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+            if every > Duration::from_secs(86_400) {
+                return Err(invalid(key, "must be at most 24h"));
+            }
+        }
+        Ok(())
+    }
+}
