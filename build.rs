@@ -99,6 +99,16 @@ fn requests(fds: &tonic_prost_build::FileDescriptorSet) -> Result<String, String
 /// The CLI has always called the task a record belongs to `task` (as its flags do).
 const JSON_NAMES: &[(&str, &str)] = &[("task_id", "task")];
 
+/// Fields shown as `null` when empty: an audit event names a task, an agent, a
+/// token and a reason only when it has one (proto3 cannot tell an empty string
+/// from none, so the fields that mean "none" by it are named here).
+const EMPTY_IS_NONE: &[&str] = &[
+    ".mayfly.v1.AuditEventInfo.task_id",
+    ".mayfly.v1.AuditEventInfo.agent",
+    ".mayfly.v1.AuditEventInfo.jti",
+    ".mayfly.v1.AuditEventInfo.reason",
+];
+
 /// The JSON code is compiled in the broker only: the verifier library has none.
 const SERVER: &str = "#[cfg_attr(feature = \"server\", ";
 
@@ -190,7 +200,10 @@ fn json(fds: &tonic_prost_build::FileDescriptorSet) -> Result<Json, String> {
         }
         for f in m.field.iter().filter(|f| !member(f)) {
             let path = format!("{name}.{}", f.name());
-            let serde = field(f, &mut todo, &mut enums).map_err(|e| format!("{path}: {e}"))?;
+            let mut serde = field(f, &mut todo, &mut enums).map_err(|e| format!("{path}: {e}"))?;
+            if EMPTY_IS_NONE.contains(&path.as_str()) {
+                serde.push("serialize_with = \"crate::api::json::empty_is_none\"".into());
+            }
             if !serde.is_empty() {
                 let attribute = format!("{SERVER}serde({}))]", serde.join(", "));
                 json.attributes.push((Attr::Field, path, attribute));

@@ -32,6 +32,14 @@ pub fn timestamp<S: Serializer>(
 }
 
 /// A string that holds JSON text: the JSON it holds; null when it holds none.
+/// An empty string as `null` (build.rs `EMPTY_IS_NONE`).
+pub fn empty_is_none<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        "" => s.serialize_none(),
+        v => s.serialize_str(v),
+    }
+}
+
 pub fn json_text<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
     serde_json::from_str::<serde_json::Value>(v)
         .unwrap_or(serde_json::Value::Null)

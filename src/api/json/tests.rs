@@ -156,7 +156,7 @@ fn an_approval_names_its_task_task() {
 }
 
 #[test]
-fn an_audit_event_shows_its_detail_as_json() {
+fn an_audit_event_shows_its_detail_as_json_and_what_it_lacks_as_null() {
     let e = pb::AuditEventInfo {
         sequence: 3,
         at: at(0, 0),
@@ -174,7 +174,7 @@ fn an_audit_event_shows_its_detail_as_json() {
         json!({
             "sequence": 3, "at": "1970-01-01T00:00:00Z", "actor": "spiffe://example.org/agent/a",
             "action": "token_minted", "outcome": "permit", "task": "t",
-            "agent": "spiffe://example.org/agent/a", "jti": "", "reason": "",
+            "agent": "spiffe://example.org/agent/a", "jti": null, "reason": null,
             "detail": {"scope": "crm-api:customers/eu/5:read", "ttl": 60},
         })
         .to_string()
