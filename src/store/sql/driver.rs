@@ -13,26 +13,18 @@
 //! Notices differ too ([`Tx::notify`]: `pg_notify`, delivered to every broker at
 //! commit, against a broadcast to this process's feeds after the commit); what
 //! else the databases do differently is in `dialect`.
-use crate::store::{Notice, RevocationFeed, StoreError};
-use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgRow};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use super::notices;
+pub(super) use super::row::Row;
+use crate::store::{Notice, StoreError};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, Postgres, Row as _, Sqlite, TypeInfo, ValueRef};
+use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 use std::borrow::Cow;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-
-/// The LISTEN/NOTIFY channel of revocation commits (the payload is the sequence
-/// number), approval decisions ([`APPROVAL_NOTICE`]) and new keys ([`KEYS_NOTICE`]).
-const NOTIFY_CHANNEL: &str = "mayfly_revocations";
-const APPROVAL_NOTICE: &str = "approval";
-const KEYS_NOTICE: &str = "keys";
-/// How many notices a slow SQLite feed may fall behind before it is told to
-/// catch up.
-const FEED_CAPACITY: usize = 1024;
 
 /// A connected database.
 #[derive(Clone)]
@@ -54,7 +46,7 @@ pub(super) struct Lite {
 
 impl Lite {
     pub fn new(writer: SqlitePool, reader: SqlitePool, lock: std::fs::File) -> Self {
-        let (notices, _) = broadcast::channel(FEED_CAPACITY);
+        let (notices, _) = broadcast::channel(notices::FEED_CAPACITY);
         Lite {
             writer,
             reader,
@@ -179,7 +171,7 @@ pub(super) fn micros(t: OffsetDateTime) -> i64 {
     i64::try_from(us).unwrap_or(if us < 0 { i64::MIN } else { i64::MAX })
 }
 
-fn from_micros(us: i64) -> Result<OffsetDateTime, StoreError> {
+pub(super) fn from_micros(us: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .map_err(|e| corrupt(format!("stored time {us}: {e}")))
 }
@@ -229,119 +221,6 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// One row of a result.
-pub(super) enum Row {
-    Pg(PgRow),
-    Lite(SqliteRow),
-}
-
-impl Row {
-    fn get<'r, P, L>(&'r self, col: &str) -> Result<Result<P, L>, StoreError>
-    where
-        P: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-        L: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-    {
-        match self {
-            Row::Pg(r) => r.try_get(col).map(Ok),
-            Row::Lite(r) => r.try_get(col).map(Err),
-        }
-        .map_err(map_err)
-    }
-
-    pub fn text(&self, col: &str) -> Result<String, StoreError> {
-        Ok(self.get::<String, String>(col)?.unwrap_or_else(|s| s))
-    }
-
-    pub fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .get::<Option<String>, Option<String>>(col)?
-            .unwrap_or_else(|s| s))
-    }
-
-    pub fn uuid(&self, col: &str) -> Result<Uuid, StoreError> {
-        self.uuid_opt(col)?
-            .ok_or_else(|| corrupt(format!("{col} is NULL")))
-    }
-
-    pub fn uuid_opt(&self, col: &str) -> Result<Option<Uuid>, StoreError> {
-        match self.get::<Option<Uuid>, Option<String>>(col)? {
-            Ok(v) => Ok(v),
-            Err(s) => s
-                .map(|s| Uuid::parse_str(&s).map_err(|e| corrupt(format!("{col} {s:?}: {e}"))))
-                .transpose(),
-        }
-    }
-
-    pub fn time(&self, col: &str) -> Result<OffsetDateTime, StoreError> {
-        self.time_opt(col)?
-            .ok_or_else(|| corrupt(format!("{col} is NULL")))
-    }
-
-    pub fn time_opt(&self, col: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-        match self.get::<Option<OffsetDateTime>, Option<i64>>(col)? {
-            Ok(v) => Ok(v),
-            Err(us) => us.map(from_micros).transpose(),
-        }
-    }
-
-    /// An integer of any width.
-    pub fn int_opt(&self, col: &str) -> Result<Option<i64>, StoreError> {
-        match self {
-            Row::Pg(r) => {
-                let raw = r.try_get_raw(col).map_err(map_err)?;
-                let n = match raw.type_info().name() {
-                    "INT2" => r.try_get::<Option<i16>, _>(col).map(|v| v.map(i64::from)),
-                    "INT4" => r.try_get::<Option<i32>, _>(col).map(|v| v.map(i64::from)),
-                    _ => r.try_get::<Option<i64>, _>(col),
-                };
-                n.map_err(map_err)
-            }
-            Row::Lite(r) => r.try_get(col).map_err(map_err),
-        }
-    }
-
-    pub fn int(&self, col: &str) -> Result<i64, StoreError> {
-        self.int_opt(col)?
-            .ok_or_else(|| corrupt(format!("{col} is NULL")))
-    }
-
-    pub fn u32(&self, col: &str) -> Result<u32, StoreError> {
-        let n = self.int(col)?;
-        u32::try_from(n).map_err(|e| corrupt(format!("{col} {n}: {e}")))
-    }
-
-    pub fn u64(&self, col: &str) -> Result<u64, StoreError> {
-        let n = self.int(col)?;
-        u64::try_from(n).map_err(|e| corrupt(format!("{col} {n}: {e}")))
-    }
-
-    pub fn bool(&self, col: &str) -> Result<bool, StoreError> {
-        Ok(match self.get::<bool, i64>(col)? {
-            Ok(b) => b,
-            Err(n) => n != 0,
-        })
-    }
-
-    pub fn json<T: serde::de::DeserializeOwned>(&self, col: &str) -> Result<T, StoreError> {
-        match self.get::<Json<serde_json::Value>, String>(col)? {
-            Ok(Json(v)) => serde_json::from_value(v),
-            Err(s) => serde_json::from_str(&s),
-        }
-        .map_err(|e| corrupt(format!("{col}: {e}")))
-    }
-
-    pub fn bytes_opt(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .get::<Option<Vec<u8>>, Option<Vec<u8>>>(col)?
-            .unwrap_or_else(|b| b))
-    }
-
-    pub fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
-        self.bytes_opt(col)?
-            .ok_or_else(|| corrupt(format!("{col} is NULL")))
-    }
-}
-
 impl Db {
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
@@ -381,22 +260,6 @@ impl Db {
 
     pub async fn fetch_one(&self, q: Query<'_>) -> Result<Row, StoreError> {
         self.fetch_optional(q).await?.ok_or_else(no_row)
-    }
-
-    /// Starts listening for notices committed by any broker on this database.
-    pub async fn feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
-        Ok(match self {
-            Db::Postgres(p) => {
-                let mut listener = sqlx::postgres::PgListener::connect_with(p)
-                    .await
-                    .map_err(map_err)?;
-                listener.listen(NOTIFY_CHANNEL).await.map_err(map_err)?;
-                Box::new(PgFeed { listener })
-            }
-            Db::Sqlite(l) => Box::new(LocalFeed {
-                rx: l.notices.subscribe(),
-            }),
-        })
     }
 }
 
@@ -509,14 +372,9 @@ impl Tx {
     pub async fn notify(&mut self, n: Notice) -> Result<(), StoreError> {
         match self {
             Tx::Pg(tx) => {
-                let payload = match n {
-                    Notice::Revocation(seq) => seq.to_string(),
-                    Notice::ApprovalDecided => APPROVAL_NOTICE.into(),
-                    Notice::KeysChanged => KEYS_NOTICE.into(),
-                };
                 sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(payload)
+                    .bind(notices::CHANNEL)
+                    .bind(notices::payload(n))
                     .execute(&mut **tx)
                     .await
                     .map_err(map_err)?;
@@ -564,51 +422,5 @@ impl Tx {
             Tx::Lite { tx, .. } => tx.rollback().await,
         }
         .map_err(map_err)
-    }
-}
-
-/// [`RevocationFeed`] over PostgreSQL LISTEN/NOTIFY, on a connection of its own.
-struct PgFeed {
-    listener: sqlx::postgres::PgListener,
-}
-
-#[async_trait]
-impl RevocationFeed for PgFeed {
-    async fn next(&mut self) -> Result<Option<Notice>, StoreError> {
-        loop {
-            match self.listener.try_recv().await.map_err(map_err)? {
-                // sqlx re-LISTENs on the new connection by itself.
-                None => return Ok(None),
-                Some(n) => match n.payload() {
-                    APPROVAL_NOTICE => return Ok(Some(Notice::ApprovalDecided)),
-                    KEYS_NOTICE => return Ok(Some(Notice::KeysChanged)),
-                    p => match p.parse::<u64>() {
-                        Ok(seq) => return Ok(Some(Notice::Revocation(seq))),
-                        // Not ours (someone else NOTIFYing on the channel): ignore.
-                        Err(_) => continue,
-                    },
-                },
-            }
-        }
-    }
-}
-
-/// [`RevocationFeed`] over this process's notices (SQLite: there is no other
-/// broker to tell).
-struct LocalFeed {
-    rx: broadcast::Receiver<Notice>,
-}
-
-#[async_trait]
-impl RevocationFeed for LocalFeed {
-    async fn next(&mut self) -> Result<Option<Notice>, StoreError> {
-        match self.rx.recv().await {
-            Ok(n) => Ok(Some(n)),
-            // Fell behind: notices were dropped, so the caller reads the store.
-            Err(broadcast::error::RecvError::Lagged(_)) => Ok(None),
-            Err(broadcast::error::RecvError::Closed) => {
-                Err(StoreError::Unavailable("the store is closed".into()))
-            }
-        }
     }
 }

@@ -26,7 +26,9 @@ mod dialect;
 mod driver;
 mod freezes;
 mod keys;
+mod notices;
 mod revocations;
+mod row;
 mod tasks;
 mod tokens;
 
