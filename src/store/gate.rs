@@ -56,7 +56,7 @@ impl Health {
         matches!(*self.state.borrow(), Status::Up)
     }
 
-    fn refusal(&self) -> StoreError {
+    pub(super) fn refusal(&self) -> StoreError {
         match &*self.state.borrow() {
             Status::Down { since, .. } => StoreError::Unavailable(format!(
                 "the store has been unreachable for {}s; failing fast until it answers the broker's probe again",
@@ -72,17 +72,6 @@ impl Health {
 }
 
 impl Health {
-    /// A call that changes something: refused while down, never given up.
-    pub(super) async fn write<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        if !self.is_up() {
-            return Err(self.refusal());
-        }
-        self.watch(call.await)
-    }
-
     /// A call that only reads: refused while down, and given up if the probe
     /// finds the store down while it waits.
     pub(super) async fn read<T>(
@@ -101,7 +90,7 @@ impl Health {
     }
 
     /// A call that met an unavailable store makes the probe look.
-    fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if matches!(r, Err(StoreError::Unavailable(_))) {
             self.suspect.notify_one();
         }

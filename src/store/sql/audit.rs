@@ -43,194 +43,136 @@ fn sealed_from_row(r: &Row) -> Result<Sealed, StoreError> {
     })
 }
 
-async fn append(db: &Db, e: &AuditEvent) -> Result<(), StoreError> {
-    db.execute(audit_insert(&[e])).await.map(drop)
-}
-
-async fn for_task(db: &Db, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
-    let rows = db
-        .fetch_all(
-            query(
-                "SELECT at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
-                 WHERE task_id = $1 ORDER BY seq IS NULL, seq, id",
-            )
-            .bind(task.0),
-        )
-        .await?;
-    rows.iter().map(audit_from_row).collect()
-}
-
-async fn chain_rows(db: &Db, after: u64, upto: u64, n: u32) -> Result<Vec<Sealed>, StoreError> {
-    let rows = db
-        .fetch_all(
-            query(format!(
-                "SELECT seq, prev_hash, hash, at, actor, action, outcome, task_id, agent, jti, reason, {}
-                 FROM audit_events WHERE seq > $1 AND seq <= $3 ORDER BY seq LIMIT $2",
-                dialect::json_text(db, "detail")
-            ))
-            .bind(after)
-            .bind(limit(n))
-            .bind(upto),
-        )
-        .await?;
-    rows.iter().map(sealed_from_row).collect()
-}
-
-async fn head(db: &Db) -> Result<AuditHead, StoreError> {
-    let row = db
-        .fetch_one(query(
-            "SELECT last_seq, last_hash, (SELECT coalesce(max(seq), 0) FROM audit_events) AS max_seq
-             FROM audit_chain",
-        ))
-        .await?;
-    Ok(AuditHead {
-        seq: seq(&row, "last_seq")?,
-        hash: row.bytes("last_hash")?,
-        max_seq: seq(&row, "max_seq")?,
-    })
-}
-
-async fn seal(db: &Db, batch: u32) -> Result<u32, StoreError> {
-    if let Some(q) = dialect::seal_on_the_server(db, batch) {
-        return db.fetch_one(q).await?.u32("n");
-    }
-    let mut tx = db.begin().await?;
-    let row = tx
-        .fetch_one(query("SELECT last_seq, last_hash FROM audit_chain"))
-        .await?;
-    let (mut at, mut prev) = (seq(&row, "last_seq")?, row.bytes("last_hash")?);
-    let rows = tx
-        .fetch_all(
-            query(
-                "SELECT id, NULL AS seq, NULL AS prev_hash, NULL AS hash, at, actor, action, outcome,
-                        task_id, agent, jti, reason, detail
-                 FROM audit_events WHERE seq IS NULL ORDER BY id LIMIT $1",
-            )
-            .bind(batch),
-        )
-        .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    for r in &rows {
-        at += 1;
-        let mut e = sealed_from_row(r)?;
-        e.seq = at;
-        let hash = chain::hash(&e, &prev);
-        tx.execute(
-            query("UPDATE audit_events SET seq = $2, prev_hash = $3, hash = $4 WHERE id = $1")
-                .bind(r.int("id")?)
-                .bind(at)
-                .bind(&prev)
-                .bind(&hash[..]),
-        )
-        .await?;
-        prev = hash.to_vec();
-    }
-    tx.execute(
-        query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
-            .bind(at)
-            .bind(&prev),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(rows.len() as u32)
-}
-
-async fn search(db: &Db, f: &AuditFilter) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
-    let rows = db
-        .fetch_all(
-            query(
-                "SELECT seq, at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
-                 WHERE seq > $1
-                   AND ($2 IS NULL OR actor = $2 OR agent = $2)
-                   AND ($3 IS NULL OR task_id = $3)
-                   AND ($4 IS NULL OR action = $4)
-                   AND ($5 IS NULL OR at >= $5)
-                   AND ($6 IS NULL OR at < $6)
-                 ORDER BY seq LIMIT $7",
-            )
-            .bind(f.after)
-            .bind(&f.agent)
-            .bind(f.task.map(|t| t.0))
-            .bind(&f.action)
-            .bind(f.since)
-            .bind(f.until)
-            .bind(limit(f.limit)),
-        )
-        .await?;
-    rows.iter()
-        .map(|r| Ok((seq(r, "seq")?, audit_from_row(r)?)))
-        .collect()
-}
-
-async fn access(
-    db: &Db,
-    audience: &str,
-    since: Option<OffsetDateTime>,
-    until: Option<OffsetDateTime>,
-) -> Result<Vec<Access>, StoreError> {
-    let rows = db
-        .fetch_all(
-            query(
-                "SELECT agent, resource, count(*) AS n, min(issued_at) AS first, max(issued_at) AS last
-                 FROM tokens
-                 WHERE audience = $1
-                   AND ($2 IS NULL OR issued_at >= $2)
-                   AND ($3 IS NULL OR issued_at < $3)
-                 GROUP BY agent, resource ORDER BY agent, resource",
-            )
-            .bind(audience)
-            .bind(since)
-            .bind(until),
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Access {
-                agent: r.text("agent")?,
-                resource: r.text("resource")?,
-                tokens: r.u64("n")?,
-                first: r.time("first")?,
-                last: r.time("last")?,
-            })
-        })
-        .collect()
-}
-
 #[async_trait]
 impl AuditStore for SqlStore {
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.write(Write::AppendAudit, append(&self.db, event))
+    async fn append_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let db = &self.db;
+        db.execute(Write::AppendAudit, audit_insert(&[e]))
             .await
+            .map(drop)
     }
 
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
-        self.read(for_task(&self.db, task)).await
+        let db = &self.db;
+        let rows = db
+            .fetch_all(
+                query(
+                    "SELECT at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
+                     WHERE task_id = $1 ORDER BY seq IS NULL, seq, id",
+                )
+                .bind(task.0),
+            )
+            .await?;
+        rows.iter().map(audit_from_row).collect()
     }
 
-    async fn audit_chain(
-        &self,
-        after: u64,
-        upto: u64,
-        limit: u32,
-    ) -> Result<Vec<Sealed>, StoreError> {
-        self.read(chain_rows(&self.db, after, upto, limit)).await
+    async fn audit_chain(&self, after: u64, upto: u64, n: u32) -> Result<Vec<Sealed>, StoreError> {
+        let db = &self.db;
+        let rows = db
+            .fetch_all(
+                query(format!(
+                    "SELECT seq, prev_hash, hash, at, actor, action, outcome, task_id, agent, jti, reason, {}
+                     FROM audit_events WHERE seq > $1 AND seq <= $3 ORDER BY seq LIMIT $2",
+                    dialect::json_text(db, "detail")
+                ))
+                .bind(after)
+                .bind(limit(n))
+                .bind(upto),
+            )
+            .await?;
+        rows.iter().map(sealed_from_row).collect()
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
-        self.read(head(&self.db)).await
+        let db = &self.db;
+        let row = db
+            .fetch_one(query(
+                "SELECT last_seq, last_hash, (SELECT coalesce(max(seq), 0) FROM audit_events) AS max_seq
+                 FROM audit_chain",
+            ))
+            .await?;
+        Ok(AuditHead {
+            seq: seq(&row, "last_seq")?,
+            hash: row.bytes("last_hash")?,
+            max_seq: seq(&row, "max_seq")?,
+        })
     }
 
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {
-        self.write(Write::SealAudit, seal(&self.db, batch)).await
+        let db = &self.db;
+        if let Some(q) = dialect::seal_on_the_server(db, batch) {
+            let row = db.write_optional(Write::SealAudit, q).await?;
+            return row.map_or(Ok(0), |r| r.u32("n"));
+        }
+        let mut tx = db.begin(Write::SealAudit).await?;
+        let row = tx
+            .fetch_one(query("SELECT last_seq, last_hash FROM audit_chain"))
+            .await?;
+        let (mut at, mut prev) = (seq(&row, "last_seq")?, row.bytes("last_hash")?);
+        let rows = tx
+            .fetch_all(
+                query(
+                    "SELECT id, NULL AS seq, NULL AS prev_hash, NULL AS hash, at, actor, action, outcome,
+                            task_id, agent, jti, reason, detail
+                     FROM audit_events WHERE seq IS NULL ORDER BY id LIMIT $1",
+                )
+                .bind(batch),
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        for r in &rows {
+            at += 1;
+            let mut e = sealed_from_row(r)?;
+            e.seq = at;
+            let hash = chain::hash(&e, &prev);
+            tx.execute(
+                query("UPDATE audit_events SET seq = $2, prev_hash = $3, hash = $4 WHERE id = $1")
+                    .bind(r.int("id")?)
+                    .bind(at)
+                    .bind(&prev)
+                    .bind(&hash[..]),
+            )
+            .await?;
+            prev = hash.to_vec();
+        }
+        tx.execute(
+            query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
+                .bind(at)
+                .bind(&prev),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(rows.len() as u32)
     }
 
-    async fn query_audit(
-        &self,
-        filter: &AuditFilter,
-    ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
-        self.read(search(&self.db, filter)).await
+    async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
+        let db = &self.db;
+        let rows = db
+            .fetch_all(
+                query(
+                    "SELECT seq, at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
+                     WHERE seq > $1
+                       AND ($2 IS NULL OR actor = $2 OR agent = $2)
+                       AND ($3 IS NULL OR task_id = $3)
+                       AND ($4 IS NULL OR action = $4)
+                       AND ($5 IS NULL OR at >= $5)
+                       AND ($6 IS NULL OR at < $6)
+                     ORDER BY seq LIMIT $7",
+                )
+                .bind(f.after)
+                .bind(&f.agent)
+                .bind(f.task.map(|t| t.0))
+                .bind(&f.action)
+                .bind(f.since)
+                .bind(f.until)
+                .bind(limit(f.limit)),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((seq(r, "seq")?, audit_from_row(r)?)))
+            .collect()
     }
 
     async fn token_access(
@@ -239,6 +181,32 @@ impl AuditStore for SqlStore {
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
     ) -> Result<Vec<Access>, StoreError> {
-        self.read(access(&self.db, audience, since, until)).await
+        let db = &self.db;
+        let rows = db
+            .fetch_all(
+                query(
+                    "SELECT agent, resource, count(*) AS n, min(issued_at) AS first, max(issued_at) AS last
+                     FROM tokens
+                     WHERE audience = $1
+                       AND ($2 IS NULL OR issued_at >= $2)
+                       AND ($3 IS NULL OR issued_at < $3)
+                     GROUP BY agent, resource ORDER BY agent, resource",
+                )
+                .bind(audience)
+                .bind(since)
+                .bind(until),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Access {
+                    agent: r.text("agent")?,
+                    resource: r.text("resource")?,
+                    tokens: r.u64("n")?,
+                    first: r.time("first")?,
+                    last: r.time("last")?,
+                })
+            })
+            .collect()
     }
 }

@@ -1,7 +1,7 @@
 //! What PostgreSQL and SQLite really do differently, each with why; the
 //! transaction scripts ask here and never match on the database themselves.
 //! (Type encodings and notices are the drivers', in `driver`.)
-use super::driver::{Db, Query, map_err, query};
+use super::driver::{Conn, Db, Query, map_err, query};
 use super::tokens::REFUSAL;
 use crate::audit::AuditEvent;
 use crate::domain::TokenRecord;
@@ -13,9 +13,9 @@ pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 /// Each database has a migration tree of its own: the schema's types differ.
 pub(super) fn migrator(db: &Db) -> &'static sqlx::migrate::Migrator {
-    match db {
-        Db::Postgres(_) => &PG_MIGRATOR,
-        Db::Sqlite(_) => &SQLITE_MIGRATOR,
+    match &db.conn {
+        Conn::Postgres(_) => &PG_MIGRATOR,
+        Conn::Sqlite(_) => &SQLITE_MIGRATOR,
     }
 }
 
@@ -27,9 +27,9 @@ pub(super) struct Each {
 
 impl Each {
     pub fn of(&self, db: &Db) -> &'static str {
-        match db {
-            Db::Postgres(_) => self.postgres,
-            Db::Sqlite(_) => self.sqlite,
+        match &db.conn {
+            Conn::Postgres(_) => self.postgres,
+            Conn::Sqlite(_) => self.sqlite,
         }
     }
 }
@@ -44,9 +44,9 @@ pub(super) const MIGRATIONS_TABLE: Each = Each {
 /// none: it has one writing connection, so no transaction interleaves with
 /// another.
 pub(super) fn lock(db: &Db, clause: &'static str) -> &'static str {
-    match db {
-        Db::Postgres(_) => clause,
-        Db::Sqlite(_) => "",
+    match &db.conn {
+        Conn::Postgres(_) => clause,
+        Conn::Sqlite(_) => "",
     }
 }
 
@@ -54,9 +54,9 @@ pub(super) fn lock(db: &Db, clause: &'static str) -> &'static str {
 /// covers: `jsonb` renders itself (sorted keys, its own spacing); SQLite keeps
 /// the text as written.
 pub(super) fn json_text(db: &Db, col: &'static str) -> Cow<'static, str> {
-    match db {
-        Db::Postgres(_) => format!("{col}::text AS {col}").into(),
-        Db::Sqlite(_) => col.into(),
+    match &db.conn {
+        Conn::Postgres(_) => format!("{col}::text AS {col}").into(),
+        Conn::Sqlite(_) => col.into(),
     }
 }
 
@@ -66,9 +66,9 @@ pub(super) fn json_text(db: &Db, col: &'static str) -> Cow<'static, str> {
 /// chain: `max_delegation_depth` is at most 16); SQLite's one writer sees every
 /// descendant in one pass.
 pub(super) fn cascade_passes(db: &Db) -> usize {
-    match db {
-        Db::Postgres(_) => 18,
-        Db::Sqlite(_) => 1,
+    match &db.conn {
+        Conn::Postgres(_) => 18,
+        Conn::Sqlite(_) => 1,
     }
 }
 
@@ -84,7 +84,9 @@ pub(super) fn token_in_one_statement<'a>(
     budget: u32,
     audit: &'a AuditEvent,
 ) -> Option<Query<'a>> {
-    let Db::Postgres(_) = db else { return None };
+    let Conn::Postgres(_) = db.conn else {
+        return None;
+    };
     Some(
         query(format!(
             "WITH k AS (
@@ -131,7 +133,9 @@ pub(super) fn token_in_one_statement<'a>(
 /// trip under the chain's row lock, so brokers on every replica extend one
 /// chain. SQLite has no server: its one broker seals through its writer.
 pub(super) fn seal_on_the_server(db: &Db, batch: u32) -> Option<Query<'static>> {
-    let Db::Postgres(_) = db else { return None };
+    let Conn::Postgres(_) = db.conn else {
+        return None;
+    };
     Some(
         query("SELECT mayfly_audit_seal($1::integer) AS n")
             .bind(i64::from(batch.min(i32::MAX as u32))),
@@ -146,9 +150,9 @@ pub(super) fn seal_on_the_server(db: &Db, batch: u32) -> Option<Query<'static>> 
 /// file: a reader answers.
 pub(super) async fn ping(db: &Db) -> Result<(), StoreError> {
     use sqlx::Connection as _;
-    let pool = match db {
-        Db::Postgres(p) => p,
-        Db::Sqlite(_) => return db.fetch_one(query("SELECT 1 AS one")).await.map(drop),
+    let pool = match &db.conn {
+        Conn::Postgres(p) => p,
+        Conn::Sqlite(_) => return db.fetch_one(query("SELECT 1 AS one")).await.map(drop),
     };
     let pooled = match pool.try_acquire() {
         Some(conn) => Some(conn),

@@ -15,6 +15,8 @@
 //! else the databases do differently is in `dialect`.
 use super::notices;
 pub(super) use super::row::Row;
+use super::{FaultHook, Write};
+use crate::store::gate::Health;
 use crate::store::{Notice, StoreError};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
@@ -26,9 +28,19 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// A connected database.
+/// A connected database, and what every call on it passes: the fail-fast gate
+/// (reads are refused while the probe finds the database down, and given up when
+/// it finds it down meanwhile; writes are refused, never given up once they run)
+/// and, in tests, the fault hook before every write.
 #[derive(Clone)]
-pub(super) enum Db {
+pub(super) struct Db {
+    pub conn: Conn,
+    pub health: Option<Arc<Health>>,
+    pub faults: Option<Arc<dyn FaultHook>>,
+}
+
+#[derive(Clone)]
+pub(super) enum Conn {
     Postgres(PgPool),
     Sqlite(Lite),
 }
@@ -222,44 +234,100 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
 }
 
 impl Db {
-    /// Starts a write transaction.
-    pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
-            Db::Postgres(p) => Tx::Pg(p.begin().await.map_err(map_err)?),
-            Db::Sqlite(l) => Tx::Lite {
-                tx: l.writer.begin().await.map_err(map_err)?,
+    pub fn new(conn: Conn) -> Self {
+        Db {
+            conn,
+            health: None,
+            faults: None,
+        }
+    }
+
+    /// A write may start: the fault hook and the gate let it.
+    fn may_write(&self, what: Write) -> Result<(), StoreError> {
+        if let Some(f) = &self.faults {
+            f.before(what)?;
+        }
+        match &self.health {
+            Some(h) if !h.is_up() => Err(h.refusal()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the write transaction of `what`.
+    pub async fn begin(&self, what: Write) -> Result<Tx, StoreError> {
+        self.may_write(what)?;
+        let inner = match &self.conn {
+            Conn::Postgres(p) => p.begin().await.map(Inner::Pg),
+            Conn::Sqlite(l) => l.writer.begin().await.map(|tx| Inner::Lite {
+                tx,
                 notices: l.notices.clone(),
                 pending: Vec::new(),
-            },
+            }),
+        };
+        let inner = watch(&self.health, inner.map_err(map_err))?;
+        Ok(Tx {
+            inner,
+            health: self.health.clone(),
         })
     }
 
-    /// Runs a statement outside a transaction: a read on SQLite's readers, a
-    /// write on its writer.
-    async fn run(&self, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
-        match self {
-            Db::Postgres(p) => run_pg(p, q, want).await,
-            Db::Sqlite(l) if want == Want::Changed => run_lite(&l.writer, q, want).await,
-            Db::Sqlite(l) => run_lite(&l.reader, q, want).await,
-        }
-        .map_err(map_err)
+    /// The write `what` as one statement in a transaction of its own.
+    async fn write(&self, what: Write, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
+        self.may_write(what)?;
+        let run = match &self.conn {
+            Conn::Postgres(p) => run_pg(p, q, want).await,
+            Conn::Sqlite(l) => run_lite(&l.writer, q, want).await,
+        };
+        watch(&self.health, run.map_err(map_err))
     }
 
-    /// A write statement in a transaction of its own; the rows it changed.
-    pub async fn execute(&self, q: Query<'_>) -> Result<u64, StoreError> {
-        self.run(q, Want::Changed).await.map(Got::changed)
+    /// The rows the write statement changed.
+    pub async fn execute(&self, what: Write, q: Query<'_>) -> Result<u64, StoreError> {
+        self.write(what, q, Want::Changed).await.map(Got::changed)
+    }
+
+    /// The row a write statement returns, if any.
+    pub async fn write_optional(
+        &self,
+        what: Write,
+        q: Query<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        self.write(what, q, Want::Optional).await.map(Got::optional)
+    }
+
+    /// A read outside a transaction (SQLite's read-only connections).
+    async fn read(&self, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
+        let run = async {
+            match &self.conn {
+                Conn::Postgres(p) => run_pg(p, q, want).await,
+                Conn::Sqlite(l) => run_lite(&l.reader, q, want).await,
+            }
+            .map_err(map_err)
+        };
+        match &self.health {
+            Some(h) => h.read(run).await,
+            None => run.await,
+        }
     }
 
     pub async fn fetch_all(&self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
-        self.run(q, Want::All).await.map(Got::all)
+        self.read(q, Want::All).await.map(Got::all)
     }
 
     pub async fn fetch_optional(&self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
-        self.run(q, Want::Optional).await.map(Got::optional)
+        self.read(q, Want::Optional).await.map(Got::optional)
     }
 
     pub async fn fetch_one(&self, q: Query<'_>) -> Result<Row, StoreError> {
         self.fetch_optional(q).await?.ok_or_else(no_row)
+    }
+}
+
+/// A call that met an unavailable database makes the probe look.
+fn watch<T>(health: &Option<Arc<Health>>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    match health {
+        Some(h) => h.watch(r),
+        None => r,
     }
 }
 
@@ -331,7 +399,12 @@ async fn run_lite<'c>(
 }
 
 /// A write transaction; dropped without [`Tx::commit`], it rolls back.
-pub(super) enum Tx {
+pub(super) struct Tx {
+    inner: Inner,
+    health: Option<Arc<Health>>,
+}
+
+enum Inner {
     Pg(sqlx::Transaction<'static, Postgres>),
     Lite {
         tx: sqlx::Transaction<'static, Sqlite>,
@@ -343,11 +416,11 @@ pub(super) enum Tx {
 
 impl Tx {
     async fn run(&mut self, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
-        match self {
-            Tx::Pg(tx) => run_pg(&mut **tx, q, want).await,
-            Tx::Lite { tx, .. } => run_lite(&mut **tx, q, want).await,
-        }
-        .map_err(map_err)
+        let run = match &mut self.inner {
+            Inner::Pg(tx) => run_pg(&mut **tx, q, want).await,
+            Inner::Lite { tx, .. } => run_lite(&mut **tx, q, want).await,
+        };
+        watch(&self.health, run.map_err(map_err))
     }
 
     /// Runs a statement; returns the rows it changed.
@@ -370,8 +443,8 @@ impl Tx {
     /// Tells every broker on the database once (and only if) this transaction
     /// commits, in commit order.
     pub async fn notify(&mut self, n: Notice) -> Result<(), StoreError> {
-        match self {
-            Tx::Pg(tx) => {
+        match &mut self.inner {
+            Inner::Pg(tx) => {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(notices::CHANNEL)
                     .bind(notices::payload(n))
@@ -379,7 +452,7 @@ impl Tx {
                     .await
                     .map_err(map_err)?;
             }
-            Tx::Lite { pending, .. } => pending.push(n),
+            Inner::Lite { pending, .. } => pending.push(n),
         }
         Ok(())
     }
@@ -388,9 +461,9 @@ impl Tx {
     /// caller that stops waiting (a cancelled request) cannot commit a write
     /// without its notice.
     pub async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Pg(tx) => tx.commit().await.map_err(map_err),
-            Tx::Lite {
+        let done = match self.inner {
+            Inner::Pg(tx) => tx.commit().await.map_err(map_err),
+            Inner::Lite {
                 tx,
                 notices,
                 pending,
@@ -398,7 +471,7 @@ impl Tx {
                 drop(notices);
                 tx.commit().await.map_err(map_err)
             }
-            Tx::Lite {
+            Inner::Lite {
                 tx,
                 notices,
                 pending,
@@ -411,15 +484,16 @@ impl Tx {
                 Ok(())
             })
             .await
-            .map_err(|e| StoreError::Other(format!("committing: {e}")))?,
-        }
+            .unwrap_or_else(|e| Err(StoreError::Other(format!("committing: {e}")))),
+        };
+        watch(&self.health, done)
     }
 
     /// Rolls back (what dropping does, but waiting for it).
     pub async fn rollback(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Pg(tx) => tx.rollback().await,
-            Tx::Lite { tx, .. } => tx.rollback().await,
+        match self.inner {
+            Inner::Pg(tx) => tx.rollback().await,
+            Inner::Lite { tx, .. } => tx.rollback().await,
         }
         .map_err(map_err)
     }

@@ -13,94 +13,40 @@ fn freeze_from_row(r: &Row) -> Result<Freeze, StoreError> {
     })
 }
 
-async fn freeze(db: &Db, f: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
-    let mut tx = db.begin().await?;
-    let inserted = tx
-        .fetch_optional(
-            query(
-                "INSERT INTO freezes (kind, target, reason, actor, at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (kind, target) DO NOTHING RETURNING kind",
-            )
-            .bind(f.target.kind())
-            .bind(f.target.value())
-            .bind(&f.reason)
-            .bind(&f.actor)
-            .bind(f.at),
-        )
-        .await?;
-    if inserted.is_none() {
-        // The standing freeze stays as it is.
-        let row = tx
-            .fetch_one(
-                query(
-                    "SELECT kind, target, reason, actor, at FROM freezes WHERE kind = $1 AND target = $2",
-                )
-                .bind(f.target.kind())
-                .bind(f.target.value()),
-            )
-            .await?;
-        return freeze_from_row(&row);
-    }
-    insert_audit(&mut tx, &[audit]).await?;
-    tx.commit().await?;
-    Ok(f.clone())
-}
-
-async fn unfreeze(
-    db: &Db,
-    target: &FreezeTarget,
-    audit: &AuditEvent,
-) -> Result<Option<Freeze>, StoreError> {
-    let mut tx = db.begin().await?;
-    let row = tx
-        .fetch_optional(
-            query(
-                "DELETE FROM freezes WHERE kind = $1 AND target = $2
-                 RETURNING kind, target, reason, actor, at",
-            )
-            .bind(target.kind())
-            .bind(target.value()),
-        )
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let lifted = freeze_from_row(&row)?;
-    insert_audit(&mut tx, &[audit]).await?;
-    tx.commit().await?;
-    Ok(Some(lifted))
-}
-
-async fn list(db: &Db) -> Result<Vec<Freeze>, StoreError> {
-    let rows = db
-        .fetch_all(query(
-            "SELECT kind, target, reason, actor, at FROM freezes ORDER BY at, kind, target",
-        ))
-        .await?;
-    rows.iter().map(freeze_from_row).collect()
-}
-
-async fn covering(db: &Db, agents: &[&str], workflow: &str) -> Result<Option<Freeze>, StoreError> {
-    let named: Vec<String> = (0..agents.len()).map(|i| format!("${}", i + 2)).collect();
-    let agent = match named.is_empty() {
-        true => "1 = 0".to_string(),
-        false => format!("target IN ({})", named.join(", ")),
-    };
-    let mut q = query(format!(
-        "SELECT kind, target, reason, actor, at FROM freezes
-         WHERE kind = 'all' OR (kind = 'agent' AND {agent}) OR (kind = 'workflow' AND target = $1)
-         ORDER BY at LIMIT 1"
-    ))
-    .bind(workflow);
-    for a in agents {
-        q = q.bind(*a);
-    }
-    let row = db.fetch_optional(q).await?;
-    row.as_ref().map(freeze_from_row).transpose()
-}
-
 #[async_trait]
 impl FreezeStore for SqlStore {
     async fn freeze(&self, f: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
-        self.write(Write::Freeze, freeze(&self.db, f, audit)).await
+        let db = &self.db;
+        let mut tx = db.begin(Write::Freeze).await?;
+        let inserted = tx
+            .fetch_optional(
+                query(
+                    "INSERT INTO freezes (kind, target, reason, actor, at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (kind, target) DO NOTHING RETURNING kind",
+                )
+                .bind(f.target.kind())
+                .bind(f.target.value())
+                .bind(&f.reason)
+                .bind(&f.actor)
+                .bind(f.at),
+            )
+            .await?;
+        if inserted.is_none() {
+            // The standing freeze stays as it is.
+            let row = tx
+                .fetch_one(
+                    query(
+                        "SELECT kind, target, reason, actor, at FROM freezes WHERE kind = $1 AND target = $2",
+                    )
+                    .bind(f.target.kind())
+                    .bind(f.target.value()),
+                )
+                .await?;
+            return freeze_from_row(&row);
+        }
+        insert_audit(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        Ok(f.clone())
     }
 
     async fn unfreeze(
@@ -108,12 +54,33 @@ impl FreezeStore for SqlStore {
         target: &FreezeTarget,
         audit: &AuditEvent,
     ) -> Result<Option<Freeze>, StoreError> {
-        self.write(Write::Unfreeze, unfreeze(&self.db, target, audit))
-            .await
+        let db = &self.db;
+        let mut tx = db.begin(Write::Unfreeze).await?;
+        let row = tx
+            .fetch_optional(
+                query(
+                    "DELETE FROM freezes WHERE kind = $1 AND target = $2
+                     RETURNING kind, target, reason, actor, at",
+                )
+                .bind(target.kind())
+                .bind(target.value()),
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let lifted = freeze_from_row(&row)?;
+        insert_audit(&mut tx, &[audit]).await?;
+        tx.commit().await?;
+        Ok(Some(lifted))
     }
 
     async fn list_freezes(&self) -> Result<Vec<Freeze>, StoreError> {
-        self.read(list(&self.db)).await
+        let db = &self.db;
+        let rows = db
+            .fetch_all(query(
+                "SELECT kind, target, reason, actor, at FROM freezes ORDER BY at, kind, target",
+            ))
+            .await?;
+        rows.iter().map(freeze_from_row).collect()
     }
 
     async fn freeze_covering(
@@ -121,6 +88,22 @@ impl FreezeStore for SqlStore {
         agents: &[&str],
         workflow: &str,
     ) -> Result<Option<Freeze>, StoreError> {
-        self.read(covering(&self.db, agents, workflow)).await
+        let db = &self.db;
+        let named: Vec<String> = (0..agents.len()).map(|i| format!("${}", i + 2)).collect();
+        let agent = match named.is_empty() {
+            true => "1 = 0".to_string(),
+            false => format!("target IN ({})", named.join(", ")),
+        };
+        let mut q = query(format!(
+            "SELECT kind, target, reason, actor, at FROM freezes
+             WHERE kind = 'all' OR (kind = 'agent' AND {agent}) OR (kind = 'workflow' AND target = $1)
+             ORDER BY at LIMIT 1"
+        ))
+        .bind(workflow);
+        for a in agents {
+            q = q.bind(*a);
+        }
+        let row = db.fetch_optional(q).await?;
+        row.as_ref().map(freeze_from_row).transpose()
     }
 }

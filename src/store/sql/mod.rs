@@ -10,10 +10,9 @@
 //! always lock in the same order (counter, then tasks, then tokens).
 use super::gate::Health;
 use super::*;
-use driver::{Db, Lite, Query, Row, Tx, corrupt, json, limit, map_err, query};
+use driver::{Conn, Db, Lite, Query, Row, Tx, corrupt, json, limit, map_err, query};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -72,18 +71,11 @@ pub trait FaultHook: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SqlStore {
     db: Db,
-    /// When set, calls fail fast while the probe finds the database down.
-    health: Option<Arc<Health>>,
-    faults: Option<Arc<dyn FaultHook>>,
 }
 
 impl SqlStore {
-    fn new(db: Db) -> Self {
-        SqlStore {
-            db,
-            health: None,
-            faults: None,
-        }
+    fn new(conn: Conn) -> Self {
+        SqlStore { db: Db::new(conn) }
     }
 
     /// Connects to PostgreSQL (failing after `timeout` when it is unreachable)
@@ -112,7 +104,7 @@ impl SqlStore {
             .connect_with(opts)
             .await
             .map_err(map_err)?;
-        Ok(Self::new(Db::Postgres(pool)))
+        Ok(Self::new(Conn::Postgres(pool)))
     }
 
     /// Opens (creating it if missing) the SQLite file a `sqlite:` URL names.
@@ -166,27 +158,27 @@ impl SqlStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self::new(Db::Sqlite(Lite::new(writer, reader, lock))))
+        Ok(Self::new(Conn::Sqlite(Lite::new(writer, reader, lock))))
     }
 
     /// This store, failing fast while `health` says the database is down: reads
     /// under way are then given up, writes under way left to finish.
     pub fn gated(mut self, health: Arc<Health>) -> Self {
-        self.health = Some(health);
+        self.db.health = Some(health);
         self
     }
 
     /// This store, consulting `hook` before every write.
     pub fn with_faults(mut self, hook: Arc<dyn FaultHook>) -> Self {
-        self.faults = Some(hook);
+        self.db.faults = Some(hook);
         self
     }
 
     /// The PostgreSQL pool, for tests that inspect or damage rows directly.
     pub fn postgres_pool(&self) -> Option<&PgPool> {
-        match &self.db {
-            Db::Postgres(p) => Some(p),
-            Db::Sqlite(_) => None,
+        match &self.db.conn {
+            Conn::Postgres(p) => Some(p),
+            Conn::Sqlite(_) => None,
         }
     }
 
@@ -200,9 +192,9 @@ impl SqlStore {
             .map(|(v, _)| v)
             .collect();
         let migrator = dialect::migrator(&self.db);
-        let run = match &self.db {
-            Db::Postgres(p) => migrator.run(p).await,
-            Db::Sqlite(l) => migrator.run(&l.writer).await,
+        let run = match &self.db.conn {
+            Conn::Postgres(p) => migrator.run(p).await,
+            Conn::Sqlite(l) => migrator.run(&l.writer).await,
         };
         run.map_err(|e| StoreError::Other(format!("applying migrations: {e}")))?;
         Ok(migrator
@@ -256,34 +248,6 @@ impl SqlStore {
         rows.iter()
             .map(|r| Ok((r.int("version")?, r.bytes("checksum")?)))
             .collect()
-    }
-
-    /// A call that only reads: refused while the database is down, and given up
-    /// if the probe finds it down while it waits.
-    async fn read<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        match &self.health {
-            Some(h) => h.read(call).await,
-            None => call.await,
-        }
-    }
-
-    /// A call that changes something: refused while the database is down (or
-    /// the fault hook says so), never given up once it runs.
-    async fn write<T>(
-        &self,
-        what: Write,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        if let Some(f) = &self.faults {
-            f.before(what)?;
-        }
-        match &self.health {
-            Some(h) => h.write(call).await,
-            None => call.await,
-        }
     }
 }
 

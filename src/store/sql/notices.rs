@@ -2,7 +2,7 @@
 //! keys), for every broker on the database: PostgreSQL LISTEN/NOTIFY, delivered
 //! at commit in commit order; SQLite's one broker tells its own feeds through a
 //! broadcast once the commit is through (there is no other broker to tell).
-use super::driver::{Db, map_err};
+use super::driver::{Conn, Db, map_err};
 use crate::store::{Notice, RevocationFeed, StoreError};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -28,15 +28,15 @@ pub(super) fn payload(n: Notice) -> String {
 impl Db {
     /// Starts listening for notices committed by any broker on this database.
     pub async fn feed(&self) -> Result<Box<dyn RevocationFeed>, StoreError> {
-        Ok(match self {
-            Db::Postgres(p) => {
+        Ok(match &self.conn {
+            Conn::Postgres(p) => {
                 let mut listener = sqlx::postgres::PgListener::connect_with(p)
                     .await
                     .map_err(map_err)?;
                 listener.listen(CHANNEL).await.map_err(map_err)?;
                 Box::new(PgFeed { listener })
             }
-            Db::Sqlite(l) => Box::new(LocalFeed {
+            Conn::Sqlite(l) => Box::new(LocalFeed {
                 rx: l.notices.subscribe(),
             }),
         })

@@ -168,100 +168,86 @@ async fn stop_tasks(tx: &mut Tx, r: &Revocation, seq: u64) -> Result<u64, StoreE
     Ok(stopped.len() as u64)
 }
 
-async fn revoke(
-    db: &Db,
-    r: &Revocation,
-    audit: &AuditEvent,
-) -> Result<Option<Revoked>, StoreError> {
-    let mut tx = db.begin().await?;
-    let (seq, r) = next_seq(&mut tx, r).await?;
-    let exists = match &r.target {
-        Target::Token(j) => {
-            Some(query("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS e").bind(*j))
-        }
-        Target::Task(t) => {
-            Some(query("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1) AS e").bind(t.0))
-        }
-        // An agent or workflow may be revoked before it has any task.
-        Target::Agent(_) | Target::Workflow(_) | Target::All => None,
-    };
-    if let Some(q) = exists
-        && !tx.fetch_one(q).await?.bool("e")?
-    {
-        // Nothing is written; rolling back returns the sequence number.
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    let tasks = stop_tasks(&mut tx, &r, seq).await?;
-    if let Target::Agent(a) = &r.target {
-        // Offers to a revoked agent lapse with its tokens: it redeems none of
-        // them afterwards (in PostgreSQL a redemption in flight holds the offer's
-        // row, and this waits for it; its child is then revoked below).
-        tx.execute(
-            query(
-                "UPDATE delegations SET expires_at = CASE WHEN expires_at < $2 THEN expires_at ELSE $2 END
-                 WHERE sub_agent = $1 AND redeemed_at IS NULL AND expires_at > $2",
-            )
-            .bind(a.to_string())
-            .bind(r.at),
-        )
-        .await?;
-    }
-    insert_revocation(&mut tx, seq, &r).await?;
-    let tokens = revoke_tokens(db, &mut tx, &r.target, seq, r.at).await?;
-    let mut audit = audit.clone();
-    if let serde_json::Value::Object(m) = &mut audit.detail {
-        m.insert("sequence".into(), seq.into());
-        m.insert("tokens_revoked".into(), tokens.into());
-        m.insert("tasks_stopped".into(), tasks.into());
-    }
-    insert_audit(&mut tx, &[&audit]).await?;
-    tx.commit().await?;
-    Ok(Some(Revoked {
-        event: Event { seq, revocation: r },
-        tokens_revoked: tokens,
-        tasks_stopped: tasks,
-    }))
-}
-
-async fn after(db: &Db, after: u64, n: u32) -> Result<Vec<Event>, StoreError> {
-    let rows = db
-        .fetch_all(
-            query(
-                "SELECT seq, target_kind, target, reason, actor, trigger, at FROM revocations
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit(n)),
-        )
-        .await?;
-    rows.iter().map(event_from_row).collect()
-}
-
-async fn last_seq(db: &Db) -> Result<u64, StoreError> {
-    let row = db
-        .fetch_one(query("SELECT last_seq FROM revocation_counter"))
-        .await?;
-    seq(&row, "last_seq")
-}
-
 #[async_trait]
 impl RevocationStore for SqlStore {
     async fn revoke(
         &self,
-        revocation: &Revocation,
+        r: &Revocation,
         audit: &AuditEvent,
     ) -> Result<Option<Revoked>, StoreError> {
-        self.write(Write::Revoke, revoke(&self.db, revocation, audit))
-            .await
+        let db = &self.db;
+        let mut tx = db.begin(Write::Revoke).await?;
+        let (seq, r) = next_seq(&mut tx, r).await?;
+        let exists = match &r.target {
+            Target::Token(j) => {
+                Some(query("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS e").bind(*j))
+            }
+            Target::Task(t) => {
+                Some(query("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1) AS e").bind(t.0))
+            }
+            // An agent or workflow may be revoked before it has any task.
+            Target::Agent(_) | Target::Workflow(_) | Target::All => None,
+        };
+        if let Some(q) = exists
+            && !tx.fetch_one(q).await?.bool("e")?
+        {
+            // Nothing is written; rolling back returns the sequence number.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let tasks = stop_tasks(&mut tx, &r, seq).await?;
+        if let Target::Agent(a) = &r.target {
+            // Offers to a revoked agent lapse with its tokens: it redeems none of
+            // them afterwards (in PostgreSQL a redemption in flight holds the offer's
+            // row, and this waits for it; its child is then revoked below).
+            tx.execute(
+                query(
+                    "UPDATE delegations SET expires_at = CASE WHEN expires_at < $2 THEN expires_at ELSE $2 END
+                     WHERE sub_agent = $1 AND redeemed_at IS NULL AND expires_at > $2",
+                )
+                .bind(a.to_string())
+                .bind(r.at),
+            )
+            .await?;
+        }
+        insert_revocation(&mut tx, seq, &r).await?;
+        let tokens = revoke_tokens(db, &mut tx, &r.target, seq, r.at).await?;
+        let mut audit = audit.clone();
+        if let serde_json::Value::Object(m) = &mut audit.detail {
+            m.insert("sequence".into(), seq.into());
+            m.insert("tokens_revoked".into(), tokens.into());
+            m.insert("tasks_stopped".into(), tasks.into());
+        }
+        insert_audit(&mut tx, &[&audit]).await?;
+        tx.commit().await?;
+        Ok(Some(Revoked {
+            event: Event { seq, revocation: r },
+            tokens_revoked: tokens,
+            tasks_stopped: tasks,
+        }))
     }
 
-    async fn revocations_after(&self, a: u64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        self.read(after(&self.db, a, limit)).await
+    async fn revocations_after(&self, after: u64, n: u32) -> Result<Vec<Event>, StoreError> {
+        let db = &self.db;
+        let rows = db
+            .fetch_all(
+                query(
+                    "SELECT seq, target_kind, target, reason, actor, trigger, at FROM revocations
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit(n)),
+            )
+            .await?;
+        rows.iter().map(event_from_row).collect()
     }
 
     async fn last_revocation_seq(&self) -> Result<u64, StoreError> {
-        self.read(last_seq(&self.db)).await
+        let db = &self.db;
+        let row = db
+            .fetch_one(query("SELECT last_seq FROM revocation_counter"))
+            .await?;
+        seq(&row, "last_seq")
     }
 
     /// Not gated: the feed reconnects by itself.

@@ -123,99 +123,77 @@ pub(super) async fn record(
     Ok(Ok(()))
 }
 
-async fn insert(
-    db: &Db,
-    t: &TokenRecord,
-    budget: u32,
-    audit: &AuditEvent,
-) -> Result<Recorded, StoreError> {
-    // One statement needs no transaction of its own: one round trip, one
-    // implicit transaction.
-    if let Some(q) = dialect::token_in_one_statement(db, t, &t.agent, budget, audit) {
-        return verdict(db.fetch_optional(q).await?);
-    }
-    let mut tx = db.begin().await?;
-    let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;
-    match recorded {
-        Ok(()) => tx.commit().await?,
-        Err(_) => tx.rollback().await?,
-    }
-    Ok(recorded)
-}
-
-async fn get(db: &Db, jti: Uuid) -> Result<Option<TokenRecord>, StoreError> {
-    let row = db
-        .fetch_optional(
-            query(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = $1")).bind(jti),
-        )
-        .await?;
-    row.as_ref().map(token_from_row).transpose()
-}
-
-async fn status(db: &Db, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
-    // A delegated token is revoked when any ancestor is.
-    let row = db
-        .fetch_optional(
-            query(
-                "WITH RECURSIVE up (jti, parent_jti, revoked) AS (
-                    SELECT jti, parent_jti, revoked_at IS NOT NULL FROM tokens WHERE jti = $1
-                    UNION ALL
-                    SELECT p.jti, p.parent_jti, p.revoked_at IS NOT NULL FROM tokens p JOIN up ON p.jti = up.parent_jti
-                 )
-                 SELECT EXISTS (SELECT 1 FROM up WHERE revoked) AS revoked, k.state
-                 FROM tokens t JOIN tasks k ON k.id = t.task_id WHERE t.jti = $1",
-            )
-            .bind(jti),
-        )
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let state = row.text("state")?;
-    Ok(Some(TokenStatus {
-        revoked: row.bool("revoked")?,
-        task_state: TaskState::parse(&state)
-            .ok_or_else(|| corrupt(format!("task state {state:?}")))?,
-    }))
-}
-
-async fn list(db: &Db, f: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
-    let rows = db
-        .fetch_all(
-            query(format!(
-                "SELECT {TOKEN_COLUMNS} FROM tokens
-                 WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR agent = $2)
-                   AND ($3 IS NULL OR (revoked_at IS NULL AND expires_at > $3))
-                 ORDER BY issued_at DESC, jti LIMIT $4"
-            ))
-            .bind(f.task.map(|t| t.0))
-            .bind(&f.agent)
-            .bind(f.active_at)
-            .bind(limit(f.limit)),
-        )
-        .await?;
-    rows.iter().map(token_from_row).collect()
-}
-
 #[async_trait]
 impl TokenStore for SqlStore {
     async fn insert_token(
         &self,
-        token: &TokenRecord,
+        t: &TokenRecord,
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<Recorded, StoreError> {
-        self.write(Write::InsertToken, insert(&self.db, token, budget, audit))
-            .await
+        let db = &self.db;
+        // One statement needs no transaction of its own: one round trip, one
+        // implicit transaction.
+        if let Some(q) = dialect::token_in_one_statement(db, t, &t.agent, budget, audit) {
+            return verdict(db.write_optional(Write::InsertToken, q).await?);
+        }
+        let mut tx = db.begin(Write::InsertToken).await?;
+        let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;
+        match recorded {
+            Ok(()) => tx.commit().await?,
+            Err(_) => tx.rollback().await?,
+        }
+        Ok(recorded)
     }
 
     async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
-        self.read(status(&self.db, jti)).await
+        // A delegated token is revoked when any ancestor is.
+        let row = self
+            .db
+            .fetch_optional(
+                query(
+                    "WITH RECURSIVE up (jti, parent_jti, revoked) AS (
+                        SELECT jti, parent_jti, revoked_at IS NOT NULL FROM tokens WHERE jti = $1
+                        UNION ALL
+                        SELECT p.jti, p.parent_jti, p.revoked_at IS NOT NULL FROM tokens p JOIN up ON p.jti = up.parent_jti
+                     )
+                     SELECT EXISTS (SELECT 1 FROM up WHERE revoked) AS revoked, k.state
+                     FROM tokens t JOIN tasks k ON k.id = t.task_id WHERE t.jti = $1",
+                )
+                .bind(jti),
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state = row.text("state")?;
+        Ok(Some(TokenStatus {
+            revoked: row.bool("revoked")?,
+            task_state: TaskState::parse(&state)
+                .ok_or_else(|| corrupt(format!("task state {state:?}")))?,
+        }))
     }
 
     async fn get_token(&self, jti: Uuid) -> Result<Option<TokenRecord>, StoreError> {
-        self.read(get(&self.db, jti)).await
+        let q = query(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE jti = $1")).bind(jti);
+        let row = self.db.fetch_optional(q).await?;
+        row.as_ref().map(token_from_row).transpose()
     }
 
-    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(list(&self.db, filter)).await
+    async fn list_tokens(&self, f: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self
+            .db
+            .fetch_all(
+                query(format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens
+                     WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR agent = $2)
+                       AND ($3 IS NULL OR (revoked_at IS NULL AND expires_at > $3))
+                     ORDER BY issued_at DESC, jti LIMIT $4"
+                ))
+                .bind(f.task.map(|t| t.0))
+                .bind(&f.agent)
+                .bind(f.active_at)
+                .bind(limit(f.limit)),
+            )
+            .await?;
+        rows.iter().map(token_from_row).collect()
     }
 }
