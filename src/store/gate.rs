@@ -66,7 +66,7 @@ impl Health {
         }
     }
 
-    fn set(&self, status: Status) {
+    pub(super) fn set(&self, status: Status) {
         self.state.send_replace(status);
     }
 }

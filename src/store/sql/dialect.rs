@@ -150,9 +150,17 @@ pub(super) fn seal_on_the_server(db: &Db, batch: u32) -> Option<Query<'static>> 
 /// file: a reader answers.
 pub(super) async fn ping(db: &Db) -> Result<(), StoreError> {
     use sqlx::Connection as _;
+    // Straight to the pools: the probe must see the database come back while the
+    // gate is closed.
     let pool = match &db.conn {
         Conn::Postgres(p) => p,
-        Conn::Sqlite(_) => return db.fetch_one(query("SELECT 1 AS one")).await.map(drop),
+        Conn::Sqlite(l) => {
+            return sqlx::query("SELECT 1")
+                .execute(&l.reader)
+                .await
+                .map(drop)
+                .map_err(map_err);
+        }
     };
     let pooled = match pool.try_acquire() {
         Some(conn) => Some(conn),

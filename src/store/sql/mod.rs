@@ -346,3 +346,31 @@ impl Store for SqlStore {
         dialect::ping(&self.db).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::gate::Status;
+
+    #[tokio::test]
+    async fn a_closed_gate_refuses_calls_but_not_the_probe_that_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Health::new();
+        let store = SqlStore::sqlite(&dir.path().join("mayfly.db"), 2, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .gated(health.clone());
+        health.set(Status::Down {
+            since: std::time::Instant::now(),
+            error: "test".into(),
+        });
+        let read = store.get_task(TaskId(Uuid::new_v4())).await;
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        let write = store.seal_audit(10).await;
+        assert!(
+            matches!(write, Err(StoreError::Unavailable(_))),
+            "{write:?}"
+        );
+        store.ping().await.expect("the probe reaches the database");
+    }
+}
