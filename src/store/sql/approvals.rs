@@ -20,11 +20,7 @@ fn approval_from_row(r: &Row) -> Result<Approval, StoreError> {
         requester: r.text("requester")?,
         workflow: r.text("workflow")?,
         objective: r.text("objective")?,
-        scope: Scope {
-            audience: r.text("audience")?,
-            resource: r.text("resource")?,
-            action: r.text("action")?,
-        },
+        scope: scope(r)?,
         ttl: Duration::from_secs(r.u64("ttl_seconds")?),
         state: ApprovalState::parse(&state)
             .ok_or_else(|| corrupt(format!("approval state {state:?}")))?,

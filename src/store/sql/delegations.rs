@@ -15,11 +15,7 @@ fn delegation_from_row(r: &Row) -> Result<Delegation, StoreError> {
         parent_jti: r.uuid("parent_jti")?,
         delegator: r.text("delegator")?,
         sub_agent: r.text("sub_agent")?,
-        scope: Scope {
-            audience: r.text("audience")?,
-            resource: r.text("resource")?,
-            action: r.text("action")?,
-        },
+        scope: scope(r)?,
         depth: r.u32("depth")?,
         act: r.json("act")?,
         ancestors: r.json("ancestors")?,

@@ -2,7 +2,7 @@
 //! transaction scripts ask here and never match on the database themselves.
 //! (Type encodings and notices are the drivers', in `driver`.)
 use super::driver::{Conn, Db, Query, map_err, query};
-use super::tokens::REFUSAL;
+use super::tokens::{REFUSAL, TOKEN_ROW, token_args};
 use crate::audit::AuditEvent;
 use crate::domain::TokenRecord;
 use crate::store::StoreError;
@@ -90,36 +90,22 @@ pub(super) fn token_in_one_statement<'a>(
     Some(
         query(format!(
             "WITH k AS (
-                SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $1 FOR NO KEY UPDATE
+                SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $2 FOR NO KEY UPDATE
              ), t AS (
                 UPDATE tasks SET tokens_minted = tokens_minted + 1
                 WHERE id = (SELECT id FROM k WHERE refusal IS NULL)
                 RETURNING id
              ), tok AS (
-                INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
-                SELECT $7, t.id, $2, $6, $8, $9, $10, $11, $12, $4, $13, $14, $15 FROM t
+                INSERT INTO tokens ({TOKEN_ROW})
+                SELECT $1, t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM t
                 RETURNING jti
              ), aud AS (
                 INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
-                SELECT $4, $16, $17, $18, $1, $2, tok.jti, $19, $20 FROM tok
+                SELECT $10, $16, $17, $18, $2, $3, tok.jti, $19, $20 FROM tok
              )
              SELECT refusal, state FROM k"
         ))
-        .bind(t.task.0)
-        .bind(&t.agent)
-        .bind(budget)
-        .bind(t.issued_at)
-        .bind(owner)
-        .bind(&t.workflow)
-        .bind(t.jti)
-        .bind(&t.scope.audience)
-        .bind(&t.scope.resource)
-        .bind(&t.scope.action)
-        .bind(&t.kid)
-        .bind(&t.cert_thumbprint)
-        .bind(t.expires_at)
-        .bind(t.parent)
-        .bind(t.depth)
+        .bind_all(token_args(t, owner, budget))
         .bind(audit.actor.as_str())
         .bind(audit.action.as_str())
         .bind(audit.action.outcome())

@@ -334,6 +334,15 @@ fn audit_args(e: &AuditEvent) -> [driver::Arg<'_>; 9] {
     ]
 }
 
+/// A scope, from its three columns.
+fn scope(r: &Row) -> Result<Scope, StoreError> {
+    Ok(Scope {
+        audience: r.text("audience")?,
+        resource: r.text("resource")?,
+        action: r.text("action")?,
+    })
+}
+
 /// Sequence numbers and positions are stored as `bigint`.
 fn seq(row: &Row, col: &str) -> Result<u64, StoreError> {
     row.u64(col)

@@ -1,6 +1,7 @@
 //! Tokens: recording one against its task's budget (the mint's write, also run
 //! by redemptions and spent approvals), and reading them.
 use super::dialect;
+use super::driver::Arg;
 use super::*;
 
 pub(super) const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at, parent_jti, depth";
@@ -11,11 +12,7 @@ pub(super) fn token_from_row(r: &Row) -> Result<TokenRecord, StoreError> {
         task: TaskId(r.uuid("task_id")?),
         agent: r.text("agent")?,
         workflow: r.text("workflow")?,
-        scope: Scope {
-            audience: r.text("audience")?,
-            resource: r.text("resource")?,
-            action: r.text("action")?,
-        },
+        scope: scope(r)?,
         kid: r.text("kid")?,
         cert_thumbprint: r.text("cert_thumbprint")?,
         issued_at: r.time("issued_at")?,
@@ -26,27 +23,49 @@ pub(super) fn token_from_row(r: &Row) -> Result<TokenRecord, StoreError> {
     })
 }
 
-/// Why the task (`$1`) takes no token for holder `$2` at `$4`, owned by `$5` in
-/// workflow `$6` with a budget of `$3`: NULL when it takes it.
+/// A token's arguments, numbered as every token statement reads them: the row
+/// (`$1`-`$13`, the columns of [`TOKEN_ROW`]), the task's budget (`$14`) and
+/// the task's agent (`$15`).
+pub(super) fn token_args<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> [Arg<'a>; 15] {
+    [
+        t.jti.into(),
+        t.task.0.into(),
+        t.agent.as_str().into(),
+        t.workflow.as_str().into(),
+        t.scope.audience.as_str().into(),
+        t.scope.resource.as_str().into(),
+        t.scope.action.as_str().into(),
+        t.kid.as_str().into(),
+        t.cert_thumbprint.as_str().into(),
+        t.issued_at.into(),
+        t.expires_at.into(),
+        t.parent.into(),
+        t.depth.into(),
+        budget.into(),
+        owner.into(),
+    ]
+}
+
+/// The columns a token is recorded with.
+pub(super) const TOKEN_ROW: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth";
+
+/// Why the task (`$2`) takes no token for holder `$3` at `$10`, owned by `$15`
+/// in workflow `$4` with a budget of `$14` ([`token_args`]): NULL when it takes
+/// it.
 pub(super) const REFUSAL: &str = "CASE
-    WHEN agent <> $5 THEN 'owner'
+    WHEN agent <> $15 THEN 'owner'
     WHEN EXISTS (SELECT 1 FROM freezes f WHERE f.kind = 'all'
-        OR (f.kind = 'agent' AND f.target IN ($2, $5)) OR (f.kind = 'workflow' AND f.target = $6)) THEN 'frozen'
+        OR (f.kind = 'agent' AND f.target IN ($3, $15)) OR (f.kind = 'workflow' AND f.target = $4)) THEN 'frozen'
     WHEN state <> 'active' THEN 'state'
-    WHEN expires_at <= $4 THEN 'deadline'
-    WHEN tokens_minted >= $3 THEN 'budget'
+    WHEN expires_at <= $10 THEN 'deadline'
+    WHEN tokens_minted >= $14 THEN 'budget'
     END";
 
 fn judge<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> Query<'a> {
     query(format!(
-        "SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $1"
+        "SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $2"
     ))
-    .bind(t.task.0)
-    .bind(&t.agent)
-    .bind(budget)
-    .bind(t.issued_at)
-    .bind(owner)
-    .bind(&t.workflow)
+    .bind_all(token_args(t, owner, budget))
 }
 
 /// The refusal a verdict row names; no row: no such task.
@@ -95,23 +114,10 @@ pub(super) async fn record(
     )
     .await?;
     tx.execute(
-        query(
-            "INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, parent_jti, depth)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(t.jti)
-        .bind(t.task.0)
-        .bind(&t.agent)
-        .bind(&t.workflow)
-        .bind(&t.scope.audience)
-        .bind(&t.scope.resource)
-        .bind(&t.scope.action)
-        .bind(&t.kid)
-        .bind(&t.cert_thumbprint)
-        .bind(t.issued_at)
-        .bind(t.expires_at)
-        .bind(t.parent)
-        .bind(t.depth),
+        query(format!(
+            "INSERT INTO tokens ({TOKEN_ROW}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind_all(token_args(t, owner, budget)),
     )
     .await?;
     let mut audit = audit.clone();
