@@ -21,6 +21,7 @@ mod rotation;
 mod schema;
 mod step_up;
 mod store_conformance;
+mod store_review;
 mod sweeper;
 mod tasks;
 mod tokens;

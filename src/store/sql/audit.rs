@@ -35,9 +35,9 @@ fn sealed_from_row(r: &Row) -> Result<Sealed, StoreError> {
         actor: r.text("actor")?,
         action: r.text("action")?,
         outcome: r.text("outcome")?,
-        task: r.uuid_opt("task_id")?.map(|t| t.to_string()),
+        task: r.text_opt("task_id")?,
         agent: r.text_opt("agent")?,
-        jti: r.uuid_opt("jti")?.map(|j| j.to_string()),
+        jti: r.text_opt("jti")?,
         reason: r.text_opt("reason")?,
         detail: r.text("detail")?,
     })
@@ -71,9 +71,11 @@ impl AuditStore for SqlStore {
         let rows = db
             .fetch_all(
                 query(format!(
-                    "SELECT seq, prev_hash, hash, at, actor, action, outcome, task_id, agent, jti, reason, {}
+                    "SELECT seq, prev_hash, hash, at, actor, action, outcome, {}, agent, {}, reason, {}
                      FROM audit_events WHERE seq > $1 AND seq <= $3 ORDER BY seq LIMIT $2",
-                    dialect::json_text(db, "detail")
+                    dialect::stored_text(db, "task_id"),
+                    dialect::stored_text(db, "jti"),
+                    dialect::stored_text(db, "detail")
                 ))
                 .bind(after)
                 .bind(limit(n))

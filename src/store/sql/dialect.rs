@@ -50,10 +50,11 @@ pub(super) fn lock(db: &Db, clause: &'static str) -> &'static str {
     }
 }
 
-/// A JSON column as the text its database keeps, which the audit chain's hash
-/// covers: `jsonb` renders itself (sorted keys, its own spacing); SQLite keeps
-/// the text as written.
-pub(super) fn json_text(db: &Db, col: &'static str) -> Cow<'static, str> {
+/// A column as the text its database keeps, which the audit chain's hash
+/// covers: `jsonb` and `uuid` render themselves (sorted keys, its own spacing;
+/// lower-case hyphenated); SQLite keeps the text as written, which is hashed as
+/// it is (parsed and printed again, a respelled UUID would verify).
+pub(super) fn stored_text(db: &Db, col: &'static str) -> Cow<'static, str> {
     match &db.conn {
         Conn::Postgres(_) => format!("{col}::text AS {col}").into(),
         Conn::Sqlite(_) => col.into(),

@@ -84,6 +84,7 @@ macro_rules! every_case {
             tokens::a_token_whose_ancestor_is_revoked_reads_as_revoked,
             tokens::list_tokens_filters_by_task_agent_and_activity,
             tokens::concurrent_tokens_never_exceed_the_budget,
+            tokens::a_token_racing_the_end_of_its_task_is_refused_as_ended_or_revoked_with_it,
 
             revocations::revoking_a_token_revokes_it_and_every_token_delegated_from_it,
             revocations::revoking_an_agent_revokes_its_tokens_their_descendants_and_its_tasks,

@@ -285,3 +285,41 @@ pub async fn concurrent_tokens_never_exceed_the_budget<S: Store>(s: &S) {
         );
     }
 }
+
+/// A token written while its task ends: either the write found the task active
+/// (and the ending revoked the token with the rest), or it found it ended and
+/// says so with the state it found, writing nothing. Never a token that outlives
+/// its task, never a refusal naming another reason.
+pub async fn a_token_racing_the_end_of_its_task_is_refused_as_ended_or_revoked_with_it<S: Store>(
+    s: &S,
+) {
+    for round in 0..8 {
+        let t = open(s, task(AGENT, 0, 600)).await;
+        let tok = token(&t, 10);
+        let audit = minted(&tok);
+        let (revocation, events) = ending(&t, TaskState::Completed, 10);
+        let (written, ended) = tokio::join!(
+            s.insert_token(&tok, BUDGET, &audit),
+            s.end_task(t.id, TaskState::Completed, &revocation, &events),
+        );
+        assert!(
+            matches!(ended.unwrap(), EndOutcome::Ended { .. }),
+            "round {round}"
+        );
+        match written.unwrap() {
+            Ok(()) => assert!(
+                is_revoked(s, &tok).await,
+                "round {round}: token outlived its task"
+            ),
+            Err(why) => {
+                assert_eq!(
+                    why,
+                    Refusal::NotActive(TaskState::Completed),
+                    "round {round}"
+                );
+                assert_eq!(s.get_token(tok.jti).await.unwrap(), None, "round {round}");
+                assert_eq!(reread(s, &t).await.tokens_minted, 0, "round {round}");
+            }
+        }
+    }
+}
