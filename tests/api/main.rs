@@ -3,6 +3,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod audit_sqlite;
 mod cli;
 mod crm_example;
 mod delegation;
@@ -21,7 +22,6 @@ mod rotation;
 mod schema;
 mod step_up;
 mod store_conformance;
-mod store_review;
 mod sweeper;
 mod tasks;
 mod tokens;

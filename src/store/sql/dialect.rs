@@ -104,7 +104,7 @@ pub(super) fn token_in_one_statement<'a>(
                 INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
                 SELECT $10, $16, $17, $18, $2, $3, tok.jti, $19, $20 FROM tok
              )
-             SELECT refusal, state FROM k"
+             SELECT refusal, state, (SELECT count(*) FROM tok) AS recorded FROM k"
         ))
         .bind_all(token_args(t, owner, budget))
         .bind(audit.actor.as_str())

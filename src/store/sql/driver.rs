@@ -244,12 +244,15 @@ impl Db {
 
     /// A write may start: the fault hook and the gate let it.
     fn may_write(&self, what: Write) -> Result<(), StoreError> {
-        if let Some(f) = &self.faults {
-            f.before(what)?;
+        if let Some(h) = &self.health
+            && !h.is_up()
+        {
+            return Err(h.refusal());
         }
-        match &self.health {
-            Some(h) if !h.is_up() => Err(h.refusal()),
-            _ => Ok(()),
+        match &self.faults {
+            // A fault fails as the database would: the probe is told.
+            Some(f) => watch(&self.health, f.before(what)),
+            None => Ok(()),
         }
     }
 

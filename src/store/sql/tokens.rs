@@ -69,7 +69,7 @@ fn judge<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> Query<'a> {
 }
 
 /// The refusal a verdict row names; no row: no such task.
-fn verdict(row: Option<Row>) -> Result<Recorded, StoreError> {
+fn verdict(row: Option<&Row>) -> Result<Recorded, StoreError> {
     let Some(row) = row else {
         return Ok(Err(Refusal::NoTask));
     };
@@ -91,6 +91,23 @@ fn verdict(row: Option<Row>) -> Result<Recorded, StoreError> {
     }))
 }
 
+/// The answer of a write that judged the task and, when it took the token,
+/// recorded it (`recorded`: the tokens it inserted). A token neither recorded nor
+/// refused is an error: never reported as recorded.
+fn written(row: Option<Row>) -> Result<Recorded, StoreError> {
+    let judged = verdict(row.as_ref())?;
+    let recorded = match &row {
+        Some(r) => r.int("recorded")?,
+        None => 0,
+    };
+    match (judged, recorded) {
+        (Ok(()), 1) | (Err(_), 0) => Ok(judged),
+        _ => Err(StoreError::Other(format!(
+            "the token write recorded {recorded} tokens for the judgement {judged:?}"
+        ))),
+    }
+}
+
 /// Records a token and its audit event inside `tx`, counting it against the
 /// task's budget, unless the task refuses it (then nothing is written): not
 /// `owner`'s, frozen, not active, past its deadline or out of budget.
@@ -103,16 +120,28 @@ pub(super) async fn record(
     audit: &AuditEvent,
 ) -> Result<Recorded, StoreError> {
     if let Some(q) = dialect::token_in_one_statement(db, t, owner, budget, audit) {
-        return verdict(tx.fetch_optional(q).await?);
+        return written(tx.fetch_optional(q).await?);
     }
-    let judged = verdict(tx.fetch_optional(judge(t, owner, budget)).await?)?;
-    if judged.is_err() {
+    // Counted only when the task takes it. Why not is asked only then: this
+    // path is SQLite's, whose one writer lets nothing change the row in between.
+    let counted = tx
+        .execute(
+            query(format!(
+                "UPDATE tasks SET tokens_minted = tokens_minted + 1 WHERE id = $2 AND ({REFUSAL}) IS NULL"
+            ))
+            .bind_all(token_args(t, owner, budget)),
+        )
+        .await?;
+    if counted != 1 {
+        let judged = verdict(tx.fetch_optional(judge(t, owner, budget)).await?.as_ref())?;
+        if judged.is_ok() {
+            return Err(StoreError::Other(format!(
+                "task {} takes the token but was not counted",
+                t.task
+            )));
+        }
         return Ok(judged);
     }
-    tx.execute(
-        query("UPDATE tasks SET tokens_minted = tokens_minted + 1 WHERE id = $1").bind(t.task.0),
-    )
-    .await?;
     tx.execute(
         query(format!(
             "INSERT INTO tokens ({TOKEN_ROW}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -141,7 +170,7 @@ impl TokenStore for SqlStore {
         // One statement needs no transaction of its own: one round trip, one
         // implicit transaction.
         if let Some(q) = dialect::token_in_one_statement(db, t, &t.agent, budget, audit) {
-            return verdict(db.write_optional(Write::InsertToken, q).await?);
+            return written(db.write_optional(Write::InsertToken, q).await?);
         }
         let mut tx = db.begin(Write::InsertToken).await?;
         let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;

@@ -1,6 +1,7 @@
-//! Review of the one-SQL-store refactor: behaviours of the store that the
-//! conformance suite cannot reach through the trait alone (they need the
-//! database's own rows).
+//! The SQLite store's audit chain against whoever can write the database file
+//! (past its append-only triggers): what the conformance suite cannot reach
+//! through the trait, since it needs the database's own rows. (audit.rs does the
+//! same for PostgreSQL through a running broker.)
 use mayfly::audit::chain::Verifier;
 use mayfly::audit::{Action, AuditEvent};
 use mayfly::domain::TaskId;
@@ -61,11 +62,10 @@ async fn sealed_sqlite() -> (
 
 /// The chain's hash covers the stored text of an event's task: respelling it
 /// (the same UUID in capitals) hides the event from the task's trail
-/// (`task_id = $1`), so it must not verify. The SQLite store before the
-/// refactor hashed the stored text; the one SQL store hashes the UUID parsed
-/// and printed again, so the edit goes unnoticed.
+/// (`task_id = $1`), so it must not verify: the hash is over the text as
+/// stored, not the UUID parsed and printed again.
 #[tokio::test]
-async fn sqlite_a_respelled_task_id_breaks_the_audit_chain() {
+async fn a_respelled_task_id_breaks_the_audit_chain() {
     let (_dir, store, mut raw, task, _) = sealed_sqlite().await;
     sqlx::query("UPDATE audit_events SET task_id = upper(task_id) WHERE seq = 1")
         .execute(&mut raw)
@@ -79,7 +79,7 @@ async fn sqlite_a_respelled_task_id_breaks_the_audit_chain() {
 /// The same for an event's token: without hyphens, the jti no longer matches
 /// `jti = $1`, and the chain must say so.
 #[tokio::test]
-async fn sqlite_a_respelled_jti_breaks_the_audit_chain() {
+async fn a_respelled_jti_breaks_the_audit_chain() {
     let (_dir, store, mut raw, _, _) = sealed_sqlite().await;
     sqlx::query("UPDATE audit_events SET jti = replace(jti, '-', '') WHERE seq = 1")
         .execute(&mut raw)
