@@ -4,6 +4,7 @@ use crate::broker::BrokerError;
 use crate::identity::VerifyError;
 use crate::revocation::Resync;
 use crate::store::StoreError;
+use crate::token::KeyError;
 use tonic::Status;
 use tracing::error;
 
@@ -35,14 +36,13 @@ impl From<BrokerError> for Status {
             BrokerError::NotFound(m) => Status::not_found(bounded(m)),
             BrokerError::FailedPrecondition(m) => Status::failed_precondition(bounded(m)),
             BrokerError::ResourceExhausted(m) => Status::resource_exhausted(bounded(m)),
-            BrokerError::Store(StoreError::Unavailable(cause)) => {
-                crate::metrics::STORE_ERRORS.inc();
-                error!(error = %cause, "store unavailable");
-                Status::unavailable(
-                    // Not "nothing changed": a commit whose reply was lost may have
-                    // landed. What holds is that nothing was handed out.
-                    "the broker's store is unavailable; nothing was returned, retry later",
-                )
+            BrokerError::Store(StoreError::Unavailable(cause)) => store_unavailable(&cause),
+            // The registration lapsed because the store could not be reached to
+            // renew it: to the client, the store is unavailable.
+            BrokerError::Keys(cause @ KeyError::Lapsed) => store_unavailable(&cause),
+            BrokerError::Keys(cause) => {
+                error!(error = %cause, "signing key error");
+                Status::internal("internal error")
             }
             BrokerError::Store(cause) => {
                 crate::metrics::STORE_ERRORS.inc();
@@ -55,6 +55,16 @@ impl From<BrokerError> for Status {
             }
         }
     }
+}
+
+fn store_unavailable(cause: &dyn std::fmt::Display) -> Status {
+    crate::metrics::STORE_ERRORS.inc();
+    error!(error = %cause, "store unavailable");
+    Status::unavailable(
+        // Not "nothing changed": a commit whose reply was lost may have landed.
+        // What holds is that nothing was handed out.
+        "the broker's store is unavailable; nothing was returned, retry later",
+    )
 }
 
 impl From<StoreError> for Status {

@@ -14,10 +14,9 @@ use crate::policy::{
 };
 use crate::revocation::Hub;
 use crate::store::{EndOutcome, Refusal, Revoked, Store, StoreError, TaskFilter, TokenFilter};
-use crate::token::{Claims, Confirmation, Jwks, KeyRecord, KeySet, SigningKey, TokenError};
+use crate::token::{Claims, Confirmation, KeyError, Keyring, Signed};
 use serde_json::json;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{error, warn};
@@ -26,6 +25,7 @@ use uuid::Uuid;
 mod audit;
 mod freeze;
 mod handoffs;
+mod keys;
 mod step_up;
 mod watch;
 
@@ -85,6 +85,8 @@ pub enum BrokerError {
     ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     #[error("{0}")]
     Internal(String),
 }
@@ -131,30 +133,12 @@ pub enum Mint {
     Pending(Box<Approval>),
 }
 
-/// The broker's signing key and its view of every published key.
-struct Keys {
-    signing: SigningKey,
-    created_at: OffsetDateTime,
-    /// Unix seconds until which the registration of `signing` is known to last.
-    registered_until: AtomicI64,
-    published: RwLock<Arc<KeySet>>,
-    /// The same keys as the JWKS document, served from memory (never a store
-    /// query per request: anyone may ask for it).
-    jwks: RwLock<Arc<Jwks>>,
-    /// When `published` was last read from the store. Unknown kids refresh it at
-    /// most once per `KEY_REFRESH_MIN` (one refresh at a time; a request waits for
-    /// a refresh newer than itself), so random kids cannot flood the store.
-    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
-}
-
-const KEY_REFRESH_MIN: Duration = Duration::from_millis(250);
-
 pub struct Broker {
     store: Arc<dyn Store>,
     policy: Arc<dyn Policy>,
     clock: Arc<dyn Clock>,
     hub: Hub,
-    keys: Keys,
+    keys: Keyring,
     issuer: String,
     key_heartbeat: Duration,
     metrics: Arc<crate::metrics::Metrics>,
@@ -175,18 +159,10 @@ impl Broker {
         issuer: String,
         key_heartbeat: Duration,
     ) -> Result<Self, BrokerError> {
-        let signing = SigningKey::generate()
-            .map_err(|_| BrokerError::Internal("cannot generate a signing key".into()))?;
+        let keys = Keyring::generate(clock.now())?;
         let latest = store.last_revocation_seq().await?;
         let broker = Broker {
-            keys: Keys {
-                signing,
-                created_at: clock.now(),
-                registered_until: AtomicI64::new(i64::MIN),
-                published: RwLock::new(Arc::new(KeySet::default())),
-                jwks: RwLock::new(Arc::new(Jwks::default())),
-                refreshed: tokio::sync::Mutex::new(None),
-            },
+            keys,
             store,
             policy,
             clock,
@@ -227,65 +203,8 @@ impl Broker {
         &self.hub
     }
 
-    pub fn kid(&self) -> &str {
-        self.keys.signing.kid()
-    }
-
-    /// Extends the registration of the signing key: it stays published for two
-    /// heartbeats plus the longest token TTL, so every token it signed outlives
-    /// neither the key's presence in the JWKS.
-    pub async fn renew_key(&self) -> Result<(), BrokerError> {
-        let now = self.now();
-        let not_after = now + self.key_heartbeat * 2 + self.policy.longest_token_ttl();
-        self.store
-            .register_key(&KeyRecord {
-                kid: self.keys.signing.kid().to_string(),
-                public_key: self.keys.signing.public_key().to_vec(),
-                created_at: self.keys.created_at,
-                not_after,
-            })
-            .await?;
-        self.keys
-            .registered_until
-            .fetch_max(not_after.unix_timestamp(), Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Re-reads the published keys (every replica's) from the store.
-    pub async fn refresh_keys(&self) -> Result<(), BrokerError> {
-        let mut last = self.keys.refreshed.lock().await;
-        let started = std::time::Instant::now();
-        self.load_keys().await?;
-        *last = Some(started);
-        Ok(())
-    }
-
-    /// Refreshes the keys for a request that met an unknown kid at `asked`.
-    async fn refresh_keys_for(&self, asked: std::time::Instant) -> Result<(), BrokerError> {
-        let mut last = self.keys.refreshed.lock().await;
-        if let Some(t) = *last {
-            if t >= asked {
-                return Ok(()); // someone refreshed after this request arrived
-            }
-            tokio::time::sleep(KEY_REFRESH_MIN.saturating_sub(t.elapsed())).await;
-        }
-        let asked_fresh = std::time::Instant::now();
-        self.load_keys().await?;
-        *last = Some(asked_fresh);
-        Ok(())
-    }
-
-    async fn load_keys(&self) -> Result<(), BrokerError> {
-        let live = self.store.live_keys(self.now()).await?;
-        let set = Arc::new(KeySet::from_records(&live));
-        *self
-            .keys
-            .published
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = set;
-        *self.keys.jwks.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Jwks::from_records(&live));
-        Ok(())
+    pub fn kid(&self) -> String {
+        self.keys.kid()
     }
 
     /// Records a refusal in one write. A failed write is logged and otherwise
@@ -654,13 +573,6 @@ impl Broker {
         expires_at: OffsetDateTime,
         delegation: Option<&Delegation>,
     ) -> Result<(String, TokenRecord), BrokerError> {
-        if expires_at.unix_timestamp() > self.keys.registered_until.load(Ordering::SeqCst) {
-            // The key might drop out of the JWKS before the token expires: refuse.
-            return Err(StoreError::Unavailable(
-                "the signing key's registration has lapsed".into(),
-            )
-            .into());
-        }
         let jti = Uuid::new_v4();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -683,11 +595,7 @@ impl Broker {
                 d.ancestors.iter().map(Uuid::to_string).collect()
             }),
         };
-        let token = self
-            .keys
-            .signing
-            .sign(&claims)
-            .map_err(|e| BrokerError::Internal(format!("encoding claims: {e}")))?;
+        let Signed { token, kid } = self.keys.sign(&claims)?;
         Ok((
             token,
             TokenRecord {
@@ -696,7 +604,7 @@ impl Broker {
                 agent: holder.id.to_string(),
                 workflow: task.workflow.clone(),
                 scope: scope.clone(),
-                kid: self.keys.signing.kid().to_string(),
+                kid,
                 cert_thumbprint: holder.thumbprint.clone(),
                 issued_at: now,
                 expires_at,
@@ -958,59 +866,6 @@ impl Broker {
         }
     }
 
-    /// The claims of a token in the request field `field` that this broker
-    /// signed; anything else is INVALID_ARGUMENT naming the field, saying `invalid`
-    /// and why.
-    async fn our_token(
-        &self,
-        (field, token): (&'static str, &str),
-        now: i64,
-        leeway: i64,
-        invalid: &str,
-    ) -> Result<Claims, BrokerError> {
-        match self.verify_signature(token, now, leeway).await? {
-            Ok(c) if c.iss == self.issuer => Ok(c),
-            Ok(_) => Err(BrokerError::InvalidArgument {
-                field,
-                why: "was not issued by this broker".into(),
-            }),
-            Err(why) => Err(BrokerError::InvalidArgument {
-                field,
-                why: format!("{invalid}: {why}"),
-            }),
-        }
-    }
-
-    async fn verify_signature(
-        &self,
-        token: &str,
-        now: i64,
-        leeway: i64,
-    ) -> Result<Result<Claims, TokenError>, BrokerError> {
-        let kid = match KeySet::kid_of(token) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        let known = self
-            .keys
-            .published
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&kid);
-        if !known {
-            // Another replica may have registered a key since we last looked.
-            self.refresh_keys_for(std::time::Instant::now()).await?;
-        }
-        let set = Arc::clone(
-            &self
-                .keys
-                .published
-                .read()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        Ok(set.verify(token, now, leeway))
-    }
-
     /// A verifier reports a token misused. The token must be one of ours (its
     /// signature verifies; it may have expired within the last hour); its task is
     /// then treated as deviated, whatever the workflow's deviation response, since
@@ -1073,17 +928,6 @@ impl Broker {
             }
             Deviation::Failed(e) => Err(e),
         }
-    }
-
-    /// Every replica's live keys as last read from the store (at start, every key
-    /// heartbeat, when another replica announces a new key, and when a token names
-    /// an unknown kid).
-    pub fn jwks(&self) -> Arc<Jwks> {
-        self.keys
-            .jwks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 
