@@ -1,5 +1,6 @@
-//! Tasks: identifiers, the state machine, and how long a token of a task may live.
-use super::Scope;
+//! Tasks: identifiers, the state machine, whether a task mints, and how long a
+//! token of a task may live.
+use super::{Freeze, Refusal, Scope, TaskClosed};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -118,6 +119,38 @@ impl Task {
     /// The declared scope that covers `requested`, if any.
     pub fn covering_scope(&self, requested: &Scope) -> Option<&Scope> {
         self.scopes.iter().find(|s| s.covers(requested))
+    }
+
+    /// Whether the task mints at `now`: only while active and before its deadline.
+    pub fn mintable(&self, now: OffsetDateTime) -> Result<(), TaskClosed> {
+        if self.state != TaskState::Active {
+            return Err(TaskClosed::NotActive {
+                task: self.id,
+                state: self.state,
+            });
+        }
+        if self.expires_at <= now {
+            return Err(TaskClosed::PastDeadline { task: self.id });
+        }
+        Ok(())
+    }
+
+    /// Whether anything may be issued in the task at `now`: it mints, and no
+    /// freeze (`frozen`, the one covering it, if any) stops issuance.
+    pub fn issuable(&self, frozen: Option<&Freeze>, now: OffsetDateTime) -> Result<(), Refusal> {
+        self.mintable(now)?;
+        match frozen {
+            Some(f) => Err(Refusal::Frozen(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether one more token fits the budget of `max` tokens.
+    pub fn within_budget(&self, max: u32) -> Result<(), Refusal> {
+        if self.tokens_minted >= max {
+            return Err(Refusal::OutOfBudget { task: self.id, max });
+        }
+        Ok(())
     }
 
     /// Time left before the task's deadline (zero once past it).
