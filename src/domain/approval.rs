@@ -2,7 +2,8 @@
 //! action, the state it stands in, and the step-up rules: what a repeated
 //! request meets, who may decide and wait, how many refused repeats a workflow
 //! allows.
-use super::{Refusal, Scope, SpiffeId, Task, TaskId};
+use super::refusal::Refusal;
+use super::{Scope, SpiffeId, Task, TaskId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 

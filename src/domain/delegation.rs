@@ -1,6 +1,7 @@
 //! Delegation (RFC 8693): an offer of a narrower token to a named sub-agent, and
 //! the rules of offering and redeeming one.
-use super::{Freeze, Limits, Refusal, Scope, SpiffeId, Task, TaskId, TokenRecord, Widening};
+use super::refusal::Refusal;
+use super::{Freeze, Limits, Scope, SpiffeId, Task, TaskId, TokenRecord, Widening};
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -7,7 +7,8 @@
 //! decided (budget; lifetime bounded by the request, the workflow, the task and
 //! the certificate; step-up). Each refusal is a [`Refusal`]; the order of the
 //! checks is the order in which a request learns what is wrong with it.
-use super::{Refusal, Scope, SpiffeId, Task, grant_ttl};
+use super::refusal::Refusal;
+use super::{Scope, SpiffeId, Task, grant_ttl};
 use std::time::Duration;
 use time::OffsetDateTime;
 

@@ -1,6 +1,7 @@
 //! Tasks: identifiers, the state machine, whether a task mints, and how long a
 //! token of a task may live.
-use super::{Freeze, Refusal, Scope, TaskClosed};
+use super::refusal::Refusal;
+use super::{Freeze, Scope, TaskClosed};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
