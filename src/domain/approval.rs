@@ -141,7 +141,7 @@ impl Approval {
             }),
             ApprovalState::Denied => Standing::Repeat(Refusal::ApprovalDenied {
                 approval: self.id,
-                scope: self.scope.clone(),
+                scope: Box::new(self.scope.clone()),
                 by: self.decided_by.clone(),
                 reason: self.decision_reason.clone(),
             }),

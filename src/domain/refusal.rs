@@ -182,7 +182,8 @@ pub enum Refusal {
     )]
     ApprovalDenied {
         approval: Uuid,
-        scope: Scope,
+        /// Boxed: the largest refusal would make every `Result` carry its size.
+        scope: Box<Scope>,
         by: Option<String>,
         reason: Option<String>,
     },

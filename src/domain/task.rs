@@ -1,7 +1,7 @@
 //! Tasks: identifiers, the state machine, whether a task mints, and how long a
 //! token of a task may live.
 use super::refusal::Refusal;
-use super::{Freeze, Scope, TaskClosed};
+use super::{Freeze, Scope, SpiffeId, TaskClosed};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -120,6 +120,17 @@ impl Task {
     /// The declared scope that covers `requested`, if any.
     pub fn covering_scope(&self, requested: &Scope) -> Option<&Scope> {
         self.scopes.iter().find(|s| s.covers(requested))
+    }
+
+    /// Whether `orchestrator` may complete the task: only the one that opened it.
+    pub fn completable_by(&self, orchestrator: &SpiffeId) -> Result<(), Refusal> {
+        if self.opened_by != orchestrator.as_str() {
+            return Err(Refusal::NotOpener {
+                task: self.id,
+                opened_by: self.opened_by.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether the task mints at `now`: only while active and before its deadline.
