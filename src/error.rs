@@ -170,4 +170,61 @@ mod tests {
             assert!(status.message().ends_with('…'), "{filler}");
         }
     }
+
+    #[test]
+    fn refusals_are_answered_with_the_codes_the_design_names() {
+        use crate::broker::BadToken;
+        use crate::domain::{TaskClosed, TaskId, TaskState};
+        let task = TaskId::new();
+        let cases = [
+            (Refusal::NotOwner { task }.into(), Code::PermissionDenied),
+            (
+                Refusal::from(TaskClosed::NotActive {
+                    task,
+                    state: TaskState::Completed,
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                Refusal::NotFound(Missing::Task(task)).into(),
+                Code::NotFound,
+            ),
+            (Refusal::SelfDelegation.into(), Code::InvalidArgument),
+            (
+                Refusal::OutOfBudget { task, max: 3 }.into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                BrokerError::BadToken {
+                    field: "parent_token",
+                    why: BadToken::NotRecorded,
+                },
+                Code::InvalidArgument,
+            ),
+            (BrokerError::Keys(KeyError::Lapsed), Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let shown = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{shown}");
+            if code != Code::Unavailable {
+                assert_eq!(status.message(), shown);
+            }
+        }
+    }
+
+    #[test]
+    fn a_deviation_keeps_its_refusals_code_and_says_the_task_is_revoked() {
+        use crate::domain::TaskId;
+        let task = TaskId::new();
+        let status = Status::from(BrokerError::Deviated(Refusal::OutOfBudget { task, max: 3 }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            format!(
+                "deviation: task {task} exceeded its budget of 3 tokens; the task is now deviated and its tokens are revoked"
+            )
+        );
+    }
 }

@@ -248,4 +248,63 @@ mod tests {
             Duration::ZERO
         );
     }
+
+    #[test]
+    fn only_the_orchestrator_that_opened_a_task_completes_it() {
+        use crate::domain::fixture::{AGENT, task};
+        let t = task();
+        let opener = SpiffeId::parse(&t.opened_by).unwrap();
+        assert_eq!(t.completable_by(&opener), Ok(()));
+        let refused = t.completable_by(&AGENT).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "task {} was opened by {}; only that orchestrator may complete it",
+                t.id, t.opened_by
+            )
+        );
+    }
+
+    #[test]
+    fn a_frozen_task_issues_nothing_and_its_closure_is_named_first() {
+        use crate::domain::FreezeTarget;
+        use crate::domain::fixture::{at, task};
+        let mut t = task();
+        let freeze = Freeze {
+            target: FreezeTarget::All,
+            reason: "incident 7".into(),
+            actor: "spiffe://example.org/admin".into(),
+            at: at(0),
+        };
+        assert_eq!(t.issuable(None, at(10)), Ok(()));
+        let frozen = t.issuable(Some(&freeze), at(10)).unwrap_err();
+        assert_eq!(
+            frozen.to_string(),
+            "issuance is frozen for all issuance by spiffe://example.org/admin since 2023-11-14T22:13:20Z: incident 7"
+        );
+        t.state = TaskState::Expired;
+        assert_eq!(
+            t.issuable(Some(&freeze), at(10)),
+            Err(TaskClosed::NotActive {
+                task: t.id,
+                state: TaskState::Expired
+            }
+            .into())
+        );
+    }
+
+    #[test]
+    fn the_last_token_of_a_budget_fits_and_the_next_is_a_deviation() {
+        use crate::domain::fixture::task;
+        let mut t = task();
+        t.tokens_minted = 4;
+        assert_eq!(t.within_budget(5), Ok(()));
+        t.tokens_minted = 5;
+        let over = t.within_budget(5).unwrap_err();
+        assert!(over.is_deviation());
+        assert_eq!(
+            over.to_string(),
+            format!("deviation: task {} exceeded its budget of 5 tokens", t.id)
+        );
+    }
 }
