@@ -1,10 +1,12 @@
 //! The one place where errors become gRPC statuses. The client gets the reason,
 //! never internals; the cause is logged once, here.
 use crate::broker::BrokerError;
+use crate::domain::refusal::Refusal;
 use crate::identity::VerifyError;
 use crate::revocation::Resync;
 use crate::store::StoreError;
-use tonic::Status;
+use crate::token::KeyError;
+use tonic::{Code, Status};
 use tracing::error;
 
 /// The longest status message sent, in bytes. Every value a message quotes is
@@ -30,19 +32,17 @@ fn bounded(message: String) -> String {
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {
         match e {
-            BrokerError::InvalidArgument { .. } => Status::invalid_argument(bounded(e.to_string())),
-            BrokerError::PermissionDenied(m) => Status::permission_denied(bounded(m)),
-            BrokerError::NotFound(m) => Status::not_found(bounded(m)),
-            BrokerError::FailedPrecondition(m) => Status::failed_precondition(bounded(m)),
-            BrokerError::ResourceExhausted(m) => Status::resource_exhausted(bounded(m)),
-            BrokerError::Store(StoreError::Unavailable(cause)) => {
-                crate::metrics::STORE_ERRORS.inc();
-                error!(error = %cause, "store unavailable");
-                Status::unavailable(
-                    // Not "nothing changed": a commit whose reply was lost may have
-                    // landed. What holds is that nothing was handed out.
-                    "the broker's store is unavailable; nothing was returned, retry later",
-                )
+            BrokerError::Refused(ref r) | BrokerError::Deviated(ref r) => {
+                Status::new(refused(r), bounded(e.to_string()))
+            }
+            BrokerError::BadToken { .. } => Status::invalid_argument(bounded(e.to_string())),
+            BrokerError::Store(StoreError::Unavailable(cause)) => store_unavailable(&cause),
+            // The registration lapsed because the store could not be reached to
+            // renew it: to the client, the store is unavailable.
+            BrokerError::Keys(cause @ KeyError::Lapsed) => store_unavailable(&cause),
+            BrokerError::Keys(cause) => {
+                error!(error = %cause, "signing key error");
+                Status::internal("internal error")
             }
             BrokerError::Store(cause) => {
                 crate::metrics::STORE_ERRORS.inc();
@@ -55,6 +55,66 @@ impl From<BrokerError> for Status {
             }
         }
     }
+}
+
+/// The status code a refusal is answered with (DESIGN's table): the role,
+/// policy or ownership says no, PERMISSION_DENIED; the task, offer or approval
+/// is not in a state that allows it, FAILED_PRECONDITION; a budget,
+/// RESOURCE_EXHAUSTED. No wildcard: a new refusal chooses its code here.
+fn refused(r: &Refusal) -> Code {
+    use Refusal::*;
+    match r {
+        NotFound(_) => Code::NotFound,
+        SelfDelegation => Code::InvalidArgument,
+        OutOfBudget { .. } | TooManyOffers { .. } => Code::ResourceExhausted,
+        TaskClosed(_)
+        | ChangedWhileMinting { .. }
+        | NoTimeLeft { .. }
+        | ParentRevoked { .. }
+        | AlreadyRedeemed { .. }
+        | OfferLapsed { .. }
+        | AncestorRevoked { .. }
+        | OfferNoTimeLeft { .. }
+        | ApprovalPending { .. }
+        | ApprovalChanged { .. }
+        | ApprovalSpent { .. }
+        | ApprovalUnusable { .. }
+        | ApprovalsUnusable { .. }
+        | ApprovalLapsed { .. }
+        | ApprovalDecided { .. } => Code::FailedPrecondition,
+        MissingRole { .. }
+        | Policy { .. }
+        | NotOwner { .. }
+        | NotOpener { .. }
+        | WorkflowUndefined { .. }
+        | Frozen(_)
+        | OutOfScope { .. }
+        | ForeignToken { .. }
+        | OtherCertificate
+        | InChain { .. }
+        | NotAnAgent { .. }
+        | Widens(_)
+        | OutlivesParent { .. }
+        | TooDeep { .. }
+        | StepUpNotDelegated { .. }
+        | NotTheSubAgent { .. }
+        | ApprovalDenied { .. }
+        | RepeatedStepUp { .. }
+        | NotTheRequester { .. }
+        | AgentDecides { .. }
+        | OwnApproval { .. } => Code::PermissionDenied,
+    }
+}
+
+/// UNAVAILABLE, counted and logged: nothing was handed out.
+fn store_unavailable(cause: &dyn std::fmt::Display) -> Status {
+    crate::metrics::STORE_ERRORS.inc();
+    error!(error = %cause, "store unavailable");
+    Status::unavailable(
+        // Not "nothing changed": a commit whose reply was lost may have landed.
+        // What holds is that nothing was handed out.
+        "the broker's store is unavailable; nothing was returned, retry later",
+    )
 }
 
 impl From<StoreError> for Status {
@@ -84,23 +144,87 @@ pub fn invalid(field: impl std::fmt::Display, why: impl std::fmt::Display) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Missing, Target};
 
     #[test]
     fn a_status_message_is_cut_to_its_limit_on_a_character_boundary() {
         let short = invalid("reason", "is required");
         assert_eq!(short.message(), "reason: is required");
-        let at_limit = "x".repeat(MAX_MESSAGE);
-        assert_eq!(
-            Status::from(BrokerError::NotFound(at_limit.clone())).message(),
-            at_limit
-        );
+        // "workflow <name> not found"
+        let name = "x".repeat(MAX_MESSAGE - "workflow  not found".len());
+        let missing = Missing::Target(Target::Workflow(name));
+        let at_limit = Status::from(BrokerError::from(Refusal::NotFound(missing)));
+        assert_eq!(at_limit.code(), tonic::Code::NotFound);
+        assert_eq!(at_limit.message().len(), MAX_MESSAGE);
+        assert!(at_limit.message().ends_with("x not found"));
         for filler in ["x", "€", "👍"] {
-            let long = BrokerError::PermissionDenied(filler.repeat(MAX_MESSAGE + 1));
+            let long = BrokerError::from(Refusal::Policy {
+                reason: filler.repeat(MAX_MESSAGE + 1),
+                policies: vec![],
+                sub_agent: None,
+            });
             let status = Status::from(long);
             assert_eq!(status.code(), tonic::Code::PermissionDenied);
             assert!(status.message().len() <= MAX_MESSAGE, "{filler}");
             assert!(status.message().len() > MAX_MESSAGE - 8, "{filler}");
             assert!(status.message().ends_with('…'), "{filler}");
         }
+    }
+
+    #[test]
+    fn refusals_are_answered_with_the_codes_the_design_names() {
+        use crate::broker::BadToken;
+        use crate::domain::{TaskClosed, TaskId, TaskState};
+        let task = TaskId::new();
+        let cases = [
+            (Refusal::NotOwner { task }.into(), Code::PermissionDenied),
+            (
+                Refusal::from(TaskClosed::NotActive {
+                    task,
+                    state: TaskState::Completed,
+                })
+                .into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                Refusal::NotFound(Missing::Task(task)).into(),
+                Code::NotFound,
+            ),
+            (Refusal::SelfDelegation.into(), Code::InvalidArgument),
+            (
+                Refusal::OutOfBudget { task, max: 3 }.into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                BrokerError::BadToken {
+                    field: "parent_token",
+                    why: BadToken::NotRecorded,
+                },
+                Code::InvalidArgument,
+            ),
+            (BrokerError::Keys(KeyError::Lapsed), Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let shown = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{shown}");
+            if code != Code::Unavailable {
+                assert_eq!(status.message(), shown);
+            }
+        }
+    }
+
+    #[test]
+    fn a_deviation_keeps_its_refusals_code_and_says_the_task_is_revoked() {
+        use crate::domain::TaskId;
+        let task = TaskId::new();
+        let status = Status::from(BrokerError::Deviated(Refusal::OutOfBudget { task, max: 3 }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            format!(
+                "deviation: task {task} exceeded its budget of 3 tokens; the task is now deviated and its tokens are revoked"
+            )
+        );
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! - [`identity`]: X.509-SVID verification, roles, the caller.
 //! - [`domain`]: every aggregate type (tasks, tokens as recorded, delegations,
-//!   approvals, freezes, revocations, SPIFFE IDs) and the pure rules.
+//!   approvals, freezes, revocations, SPIFFE IDs) and the pure rules (the mint
+//!   decision, delegation and step-up rules) with their typed refusals.
 //! - `policy`: Cedar decisions to open a task or mint a token, and reload.
-//! - [`token`]: claims, Ed25519 signing, JWKS, verification.
-//! - `broker`: the use cases: open, mint, complete, revoke, introspect, report.
+//! - [`token`]: claims, Ed25519 signing, the keyring (current and next keys),
+//!   JWKS, verification.
+//! - `broker`: the use cases, one file each (open, mint, complete, delegate,
+//!   redeem, step up, revoke, freeze, introspect, report), and the one place a
+//!   refusal is recorded, counted and answered as a deviation.
 //! - `revocation`: the fan-out hub, following other replicas (NOTIFY), cursors.
 //! - `audit`: audit events.
 //! - `store`: the `Store` traits, the fail-fast gate, PostgreSQL and SQLite.

@@ -1,7 +1,11 @@
 //! Checking the tamper-evident audit trail.
-use super::*;
+use super::{Broker, BrokerError};
+use crate::audit::AuditEvent;
 use crate::audit::chain::{Broken, Verifier};
+use crate::domain::Scope;
 use crate::store::AuditFilter;
+use time::OffsetDateTime;
+use tracing::error;
 
 /// Events read per page while verifying.
 const PAGE: u32 = 1000;

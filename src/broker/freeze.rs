@@ -1,8 +1,14 @@
 //! The kill switch: a security team stops all new issuance to an agent, a workflow
 //! or everything, until it lifts the freeze. Both are audited; tokens already
-//! issued live on (revoke them to end them).
-use super::*;
-use crate::domain::{Freeze, FreezeTarget};
+//! issued live on (revoke them to end them). Issuance judges freezes: the token
+//! writes in the same statement, delegation, redemption and step-up before.
+use super::{Broker, BrokerError};
+use crate::audit::{Action, AuditEvent};
+use crate::domain::refusal::Refusal;
+use crate::domain::{Freeze, FreezeTarget, Missing};
+use crate::identity::Caller;
+use serde_json::json;
+use tracing::warn;
 
 impl Broker {
     /// Freezes `target`; a freeze already standing is returned as it is (the
@@ -53,34 +59,12 @@ impl Broker {
                 warn!(caller = %caller.id, %target, %reason, "issuance unfrozen");
                 Ok(lifted)
             }
-            None => Err(BrokerError::NotFound(format!("{target} is not frozen"))),
+            None => Err(Refusal::NotFound(Missing::Freeze(target)).into()),
         }
     }
 
     pub async fn list_freezes(&self) -> Result<Vec<Freeze>, BrokerError> {
         Ok(self.store.list_freezes().await?)
-    }
-
-    /// Refuses, with an audited reason, issuance a freeze covers: to any of
-    /// `agents` (the holder, the task's agent, a delegator) or in `workflow`.
-    pub(super) async fn refuse_if_frozen(
-        &self,
-        agents: &[&str],
-        workflow: &str,
-        deny: impl Fn(&str) -> AuditEvent,
-    ) -> Result<(), BrokerError> {
-        let Some(f) = self.store.freeze_covering(agents, workflow).await? else {
-            return Ok(());
-        };
-        let reason = format!(
-            "issuance is frozen for {} by {} since {}: {}",
-            f.target,
-            f.actor,
-            rfc3339(f.at),
-            f.reason
-        );
-        self.audit_denial(deny(&reason)).await;
-        Err(BrokerError::PermissionDenied(reason))
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a revocation watch stream reads: the store's history by cursor and its
 //! head, and the active-task count the metrics report. The stream itself (its
 //! anchor, heartbeats and resync) is the API's; the reads are the broker's.
-use super::*;
+use super::{Broker, BrokerError};
 use crate::domain::Event;
 
 impl Broker {

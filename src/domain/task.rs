@@ -1,5 +1,7 @@
-//! Tasks: identifiers, the state machine, and how long a token of a task may live.
-use super::Scope;
+//! Tasks: identifiers, the state machine, whether a task mints, and how long a
+//! token of a task may live.
+use super::refusal::Refusal;
+use super::{Freeze, Scope, SpiffeId, TaskClosed};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -120,6 +122,49 @@ impl Task {
         self.scopes.iter().find(|s| s.covers(requested))
     }
 
+    /// Whether `orchestrator` may complete the task: only the one that opened it.
+    pub fn completable_by(&self, orchestrator: &SpiffeId) -> Result<(), Refusal> {
+        if self.opened_by != orchestrator.as_str() {
+            return Err(Refusal::NotOpener {
+                task: self.id,
+                opened_by: self.opened_by.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the task mints at `now`: only while active and before its deadline.
+    pub fn mintable(&self, now: OffsetDateTime) -> Result<(), TaskClosed> {
+        if self.state != TaskState::Active {
+            return Err(TaskClosed::NotActive {
+                task: self.id,
+                state: self.state,
+            });
+        }
+        if self.expires_at <= now {
+            return Err(TaskClosed::PastDeadline { task: self.id });
+        }
+        Ok(())
+    }
+
+    /// Whether anything may be issued in the task at `now`: it mints, and no
+    /// freeze (`frozen`, the one covering it, if any) stops issuance.
+    pub fn issuable(&self, frozen: Option<&Freeze>, now: OffsetDateTime) -> Result<(), Refusal> {
+        self.mintable(now)?;
+        match frozen {
+            Some(f) => Err(Refusal::Frozen(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether one more token fits the budget of `max` tokens.
+    pub fn within_budget(&self, max: u32) -> Result<(), Refusal> {
+        if self.tokens_minted >= max {
+            return Err(Refusal::OutOfBudget { task: self.id, max });
+        }
+        Ok(())
+    }
+
     /// Time left before the task's deadline (zero once past it).
     pub fn remaining(&self, now: OffsetDateTime) -> Duration {
         let left = self.expires_at - now;
@@ -201,6 +246,65 @@ mod tests {
         assert_eq!(
             task.remaining(now + time::Duration::seconds(11)),
             Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn only_the_orchestrator_that_opened_a_task_completes_it() {
+        use crate::domain::fixture::{AGENT, task};
+        let t = task();
+        let opener = SpiffeId::parse(&t.opened_by).unwrap();
+        assert_eq!(t.completable_by(&opener), Ok(()));
+        let refused = t.completable_by(&AGENT).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "task {} was opened by {}; only that orchestrator may complete it",
+                t.id, t.opened_by
+            )
+        );
+    }
+
+    #[test]
+    fn a_frozen_task_issues_nothing_and_its_closure_is_named_first() {
+        use crate::domain::FreezeTarget;
+        use crate::domain::fixture::{at, task};
+        let mut t = task();
+        let freeze = Freeze {
+            target: FreezeTarget::All,
+            reason: "incident 7".into(),
+            actor: "spiffe://example.org/admin".into(),
+            at: at(0),
+        };
+        assert_eq!(t.issuable(None, at(10)), Ok(()));
+        let frozen = t.issuable(Some(&freeze), at(10)).unwrap_err();
+        assert_eq!(
+            frozen.to_string(),
+            "issuance is frozen for all issuance by spiffe://example.org/admin since 2023-11-14T22:13:20Z: incident 7"
+        );
+        t.state = TaskState::Expired;
+        assert_eq!(
+            t.issuable(Some(&freeze), at(10)),
+            Err(TaskClosed::NotActive {
+                task: t.id,
+                state: TaskState::Expired
+            }
+            .into())
+        );
+    }
+
+    #[test]
+    fn the_last_token_of_a_budget_fits_and_the_next_is_a_deviation() {
+        use crate::domain::fixture::task;
+        let mut t = task();
+        t.tokens_minted = 4;
+        assert_eq!(t.within_budget(5), Ok(()));
+        t.tokens_minted = 5;
+        let over = t.within_budget(5).unwrap_err();
+        assert!(over.is_deviation());
+        assert_eq!(
+            over.to_string(),
+            format!("deviation: task {} exceeded its budget of 5 tokens", t.id)
         );
     }
 }

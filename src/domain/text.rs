@@ -222,6 +222,12 @@ pub fn quote(s: &str) -> String {
     out
 }
 
+/// A time as people and tools read it in messages: RFC 3339, UTC.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
 /// A single character as an error quotes it: `'x'`, escaped like [`quote`].
 pub fn quote_char(c: char) -> String {
     if is_hidden(c) {

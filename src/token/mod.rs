@@ -1,8 +1,11 @@
-//! Tokens: the RFC 9068 claims, Ed25519 signing with a cached key pair, JWKS, and
-//! signature verification against published keys.
+//! Tokens: the RFC 9068 claims, Ed25519 signing with a cached key pair, the
+//! keyring (current and next signing keys, registration, rotation, the published
+//! keys), JWKS, and signature verification against published keys.
+mod keyring;
 mod keys;
 mod verify;
 
+pub use keyring::{KeyError, Keyring, Signed};
 pub use keys::{Jwk, Jwks, KeyRecord, SigningKey};
 pub use verify::{KeySet, TokenError};
 

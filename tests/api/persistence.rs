@@ -5,6 +5,7 @@ use crate::support::*;
 use mayfly::broker::{Broker, BrokerError, DelegateRequest, Mint, MintRequest, StartTask};
 use mayfly::clock::{Clock, ManualClock};
 use mayfly::domain::SpiffeId;
+use mayfly::domain::refusal::Refusal;
 use mayfly::domain::*;
 use mayfly::domain::{Scope, TaskId};
 use mayfly::identity::Caller;
@@ -289,9 +290,12 @@ async fn nobody_decides_their_own_step_up_request_nor_does_any_agent() {
         .err()
         .unwrap();
     assert!(
-        matches!(&own, BrokerError::PermissionDenied(m) if m.contains("their own request")),
+        matches!(&own, BrokerError::Refused(Refusal::OwnApproval { .. })),
         "{own:?}"
     );
+    let own = tonic::Status::from(own);
+    assert_eq!(own.code(), Code::PermissionDenied);
+    assert!(own.message().contains("their own request"), "{own:?}");
     let by_agent = broker
         .decide_approval(
             &caller(AGENT2, &clock),
@@ -304,9 +308,15 @@ async fn nobody_decides_their_own_step_up_request_nor_does_any_agent() {
         .err()
         .unwrap();
     assert!(
-        matches!(&by_agent, BrokerError::PermissionDenied(m) if m.contains("agent role")),
+        matches!(
+            &by_agent,
+            BrokerError::Refused(Refusal::AgentDecides { .. })
+        ),
         "{by_agent:?}"
     );
+    let by_agent = tonic::Status::from(by_agent);
+    assert_eq!(by_agent.code(), Code::PermissionDenied);
+    assert!(by_agent.message().contains("agent role"), "{by_agent:?}");
     let (still, _) = broker
         .await_approval(&agent, approval.id, Duration::ZERO)
         .await
