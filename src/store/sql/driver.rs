@@ -13,6 +13,7 @@
 //! Notices differ too ([`Tx::notify`]: `pg_notify`, delivered to every broker at
 //! commit, against a broadcast to this process's feeds after the commit); what
 //! else the databases do differently is in `dialect`.
+pub(super) use super::arg::{Arg, json};
 use super::notices;
 pub(super) use super::row::Row;
 use super::{FaultHook, Write};
@@ -26,7 +27,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
 /// A connected database, and what every call on it passes: the fail-fast gate
 /// (reads are refused while the probe finds the database down, and given up when
@@ -66,56 +66,6 @@ impl Lite {
             _lock: Arc::new(lock),
         }
     }
-}
-
-/// One typed argument of a statement.
-#[derive(Debug, Clone)]
-pub(super) enum Arg<'a> {
-    Uuid(Option<Uuid>),
-    Time(Option<OffsetDateTime>),
-    Text(Option<Cow<'a, str>>),
-    Int(Option<i64>),
-    Bool(bool),
-    Json(serde_json::Value),
-    Bytes(&'a [u8]),
-}
-
-/// `Arg`s from each type, made by `$how`.
-macro_rules! args {
-    ($($t:ty => |$v:ident| $how:expr;)*) => {
-        $(impl<'a> From<$t> for Arg<'a> {
-            fn from($v: $t) -> Self {
-                $how
-            }
-        })*
-    };
-}
-
-args! {
-    Uuid => |v| Arg::Uuid(Some(v));
-    Option<Uuid> => |v| Arg::Uuid(v);
-    OffsetDateTime => |v| Arg::Time(Some(v));
-    Option<OffsetDateTime> => |v| Arg::Time(v);
-    &'a str => |v| Arg::Text(Some(Cow::Borrowed(v)));
-    &'a String => |v| Arg::Text(Some(Cow::Borrowed(v)));
-    String => |v| Arg::Text(Some(Cow::Owned(v)));
-    Option<&'a str> => |v| Arg::Text(v.map(Cow::Borrowed));
-    &'a Option<String> => |v| Arg::Text(v.as_deref().map(Cow::Borrowed));
-    i64 => |v| Arg::Int(Some(v));
-    u32 => |v| Arg::Int(Some(i64::from(v)));
-    // A position or count beyond `i64::MAX` reads as `i64::MAX`.
-    u64 => |v| Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)));
-    bool => |v| Arg::Bool(v);
-    serde_json::Value => |v| Arg::Json(v);
-    &'a [u8] => |v| Arg::Bytes(v);
-    &'a Vec<u8> => |v| Arg::Bytes(v);
-}
-
-/// A JSON argument from anything serialisable.
-pub(super) fn json(v: &impl serde::Serialize) -> Result<Arg<'static>, StoreError> {
-    serde_json::to_value(v)
-        .map(Arg::Json)
-        .map_err(|e| StoreError::Other(format!("encoding JSON: {e}")))
 }
 
 /// A statement and its arguments.

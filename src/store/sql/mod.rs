@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod approvals;
+mod arg;
 mod audit;
 mod delegations;
 mod dialect;
