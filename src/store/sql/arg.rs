@@ -1,5 +1,6 @@
 //! A statement's typed arguments, which `driver` binds as each database stores
 //! them.
+use crate::domain::SpiffeId;
 use crate::store::StoreError;
 use std::borrow::Cow;
 use time::OffsetDateTime;
@@ -38,6 +39,10 @@ args! {
     String => |v| Arg::Text(Some(Cow::Owned(v)));
     Option<&'a str> => |v| Arg::Text(v.map(Cow::Borrowed));
     &'a Option<String> => |v| Arg::Text(v.as_deref().map(Cow::Borrowed));
+    // A SPIFFE ID is stored as its text.
+    &'a SpiffeId => |v| Arg::Text(Some(Cow::Borrowed(v.as_str())));
+    Option<&'a SpiffeId> => |v| Arg::Text(v.map(|v| Cow::Borrowed(v.as_str())));
+    &'a Option<SpiffeId> => |v| Arg::Text(v.as_ref().map(|v| Cow::Borrowed(v.as_str())));
     i64 => |v| Arg::Int(Some(v));
     u32 => |v| Arg::Int(Some(i64::from(v)));
     // A position or count beyond `i64::MAX` reads as `i64::MAX`.

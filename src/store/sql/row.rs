@@ -1,5 +1,6 @@
 //! A row of a result, decoded as its database encodes each type (see `driver`).
 use super::driver::{corrupt, from_micros, map_err};
+use crate::domain::SpiffeId;
 use crate::store::StoreError;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
@@ -35,6 +36,18 @@ impl Row {
         Ok(self
             .get::<Option<String>, Option<String>>(col)?
             .unwrap_or_else(|s| s))
+    }
+
+    /// A SPIFFE ID stored as its text; one that does not parse is corrupt.
+    pub fn spiffe_id(&self, col: &str) -> Result<SpiffeId, StoreError> {
+        self.spiffe_id_opt(col)?
+            .ok_or_else(|| corrupt(format!("{col} is NULL")))
+    }
+
+    pub fn spiffe_id_opt(&self, col: &str) -> Result<Option<SpiffeId>, StoreError> {
+        self.text_opt(col)?
+            .map(|s| SpiffeId::parse(&s).map_err(|e| corrupt(format!("{col} {s:?}: {e}"))))
+            .transpose()
     }
 
     pub fn uuid(&self, col: &str) -> Result<Uuid, StoreError> {
