@@ -31,12 +31,12 @@ struct Fixture {
 fn task(agent: &SpiffeId, workflow: &str, now: OffsetDateTime) -> Task {
     Task {
         id: TaskId::new(),
-        agent: agent.to_string(),
+        agent: agent.clone(),
         workflow: workflow.into(),
         objective: "benchmark".into(),
         scopes: vec![],
         state: TaskState::Active,
-        opened_by: "spiffe://example.org/orchestrator/main".into(),
+        opened_by: SpiffeId::parse("spiffe://example.org/orchestrator/main").unwrap(),
         created_at: now - Duration::from_secs(120),
         expires_at: now + Duration::from_secs(1800),
         ended_at: None,

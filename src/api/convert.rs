@@ -181,12 +181,12 @@ pub fn scope(s: &Scope) -> pb::Scope {
 pub fn task(t: &Task) -> pb::Task {
     pb::Task {
         id: t.id.to_string(),
-        agent: t.agent.clone(),
+        agent: t.agent.to_string(),
         workflow: t.workflow.clone(),
         objective: t.objective.clone(),
         scopes: t.scopes.iter().map(scope).collect(),
         state: state(t.state) as i32,
-        opened_by: t.opened_by.clone(),
+        opened_by: t.opened_by.to_string(),
         created_at: Some(timestamp(t.created_at)),
         expires_at: Some(timestamp(t.expires_at)),
         ended_at: t.ended_at.map(timestamp),

@@ -102,7 +102,7 @@ impl TaskService for TaskApi {
             agent: if r.agent.is_empty() {
                 None
             } else {
-                Some(convert::spiffe_id("agent", &r.agent)?.to_string())
+                Some(convert::spiffe_id("agent", &r.agent)?)
             },
             state: convert::task_state_filter(r.state)?,
             limit: convert::limit(r.limit)?,

@@ -55,7 +55,7 @@ impl Broker {
         let jti = Uuid::new_v4();
         let claims = Claims {
             iss: self.issuer.clone(),
-            sub: task.agent.clone(),
+            sub: task.agent.to_string(),
             aud: scope.audience.clone(),
             exp: expires_at.unix_timestamp(),
             iat: now.unix_timestamp(),

@@ -48,12 +48,12 @@ impl Broker {
         };
         let task = Task {
             id: TaskId::new(),
-            agent: req.agent.to_string(),
+            agent: req.agent,
             workflow: req.workflow,
             objective: req.objective,
             scopes: req.scopes,
             state: TaskState::Active,
-            opened_by: caller.id.to_string(),
+            opened_by: caller.id.clone(),
             created_at: now,
             expires_at: now + req.duration,
             ended_at: None,

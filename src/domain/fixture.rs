@@ -26,12 +26,12 @@ pub fn read_customers() -> Scope {
 pub fn task() -> Task {
     Task {
         id: TaskId::new(),
-        agent: AGENT.to_string(),
+        agent: AGENT.clone(),
         workflow: "support".into(),
         objective: "answer ticket 4711".into(),
         scopes: vec![Scope::declared("crm-api", "customers/eu/*", "read").unwrap()],
         state: TaskState::Active,
-        opened_by: "spiffe://example.org/orchestrator".into(),
+        opened_by: SpiffeId::parse("spiffe://example.org/orchestrator").unwrap(),
         created_at: at(0),
         expires_at: at(3_600),
         ended_at: None,

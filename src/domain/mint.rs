@@ -66,7 +66,7 @@ pub fn admit<'a>(
     ask: Ask<'a>,
     now: OffsetDateTime,
 ) -> Result<Admitted<'a>, Refusal> {
-    if task.agent != ask.holder.as_str() {
+    if task.agent != *ask.holder {
         return Err(Refusal::NotOwner { task: task.id });
     }
     task.mintable(now)?;

@@ -86,7 +86,7 @@ pub enum Refusal {
     #[error("task {task} belongs to another agent")]
     NotOwner { task: TaskId },
     #[error("task {task} was opened by {opened_by}; only that orchestrator may complete it")]
-    NotOpener { task: TaskId, opened_by: String },
+    NotOpener { task: TaskId, opened_by: SpiffeId },
     #[error(transparent)]
     TaskClosed(#[from] TaskClosed),
     /// The write refused a freeze that was lifted again since.

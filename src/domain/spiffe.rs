@@ -104,6 +104,12 @@ impl From<SpiffeId> for String {
     }
 }
 
+impl From<&SpiffeId> for String {
+    fn from(id: &SpiffeId) -> String {
+        id.id.clone()
+    }
+}
+
 impl FromStr for SpiffeId {
     type Err = SpiffeIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

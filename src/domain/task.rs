@@ -103,12 +103,12 @@ impl fmt::Display for TaskState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub id: TaskId,
-    pub agent: String,
+    pub agent: SpiffeId,
     pub workflow: String,
     pub objective: String,
     pub scopes: Vec<Scope>,
     pub state: TaskState,
-    pub opened_by: String,
+    pub opened_by: SpiffeId,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub ended_at: Option<OffsetDateTime>,
@@ -124,7 +124,7 @@ impl Task {
 
     /// Whether `orchestrator` may complete the task: only the one that opened it.
     pub fn completable_by(&self, orchestrator: &SpiffeId) -> Result<(), Refusal> {
-        if self.opened_by != orchestrator.as_str() {
+        if self.opened_by != *orchestrator {
             return Err(Refusal::NotOpener {
                 task: self.id,
                 opened_by: self.opened_by.clone(),
@@ -230,12 +230,12 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let task = Task {
             id: TaskId::new(),
-            agent: "spiffe://example.org/agent".into(),
+            agent: SpiffeId::parse("spiffe://example.org/agent").unwrap(),
             workflow: "wf".into(),
             objective: "o".into(),
             scopes: vec![],
             state: TaskState::Active,
-            opened_by: "spiffe://example.org/orch".into(),
+            opened_by: SpiffeId::parse("spiffe://example.org/orch").unwrap(),
             created_at: now,
             expires_at: now + time::Duration::seconds(10),
             ended_at: None,
@@ -253,7 +253,7 @@ mod tests {
     fn only_the_orchestrator_that_opened_a_task_completes_it() {
         use crate::domain::fixture::{AGENT, task};
         let t = task();
-        let opener = SpiffeId::parse(&t.opened_by).unwrap();
+        let opener = t.opened_by.clone();
         assert_eq!(t.completable_by(&opener), Ok(()));
         let refused = t.completable_by(&AGENT).unwrap_err();
         assert_eq!(

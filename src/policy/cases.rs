@@ -134,12 +134,13 @@ pub fn run_case(
             })?;
             let task = Task {
                 id: TaskId::new(),
-                agent: principal.to_string(),
+                agent: principal.clone(),
                 workflow: c.workflow.clone(),
                 objective: c.name.clone(),
                 scopes: vec![requested.clone()],
                 state: TaskState::Active,
-                opened_by: "spiffe://mayfly.invalid/policy-test".into(),
+                opened_by: SpiffeId::parse("spiffe://mayfly.invalid/policy-test")
+                    .map_err(|e| e.to_string())?,
                 created_at,
                 expires_at,
                 ended_at: None,

@@ -5,7 +5,6 @@ use super::load::{LoadError, Loaded, PolicyFiles, load};
 use super::request::{declare_context, mint_context, start_context, task_entity, workload};
 use super::values::{secs, uid};
 use super::{Denied, MintInput, Permit, Policy, StartInput, WorkflowLimits};
-use crate::domain::SpiffeId;
 use crate::domain::text::quote;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -231,10 +230,7 @@ impl CedarPolicy {
             let owner = if i.delegation_depth == 0 {
                 agent.uid()
             } else {
-                let id = SpiffeId::parse(&i.task.agent).map_err(|e| {
-                    Denied::new(format!("task {} has an invalid agent: {e}", i.task.id))
-                })?;
-                let owner = workload("Mayfly::Agent", &id)?;
+                let owner = workload("Mayfly::Agent", &i.task.agent)?;
                 let uid = owner.uid();
                 task.push(owner);
                 uid

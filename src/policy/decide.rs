@@ -104,12 +104,12 @@ impl Loaded {
             SpiffeId::parse("spiffe://mayfly.invalid/self-check").map_err(|e| e.to_string())?;
         let task = crate::domain::Task {
             id: crate::domain::TaskId::new(),
-            agent: agent.to_string(),
+            agent: agent.clone(),
             workflow: "self-check".into(),
             objective: "self-check".into(),
             scopes: vec![],
             state: crate::domain::TaskState::Active,
-            opened_by: agent.to_string(),
+            opened_by: agent.clone(),
             created_at: OffsetDateTime::UNIX_EPOCH,
             expires_at: OffsetDateTime::UNIX_EPOCH,
             ended_at: None,

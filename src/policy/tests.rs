@@ -30,12 +30,12 @@ fn task(agent: &str, workflow: &str) -> Task {
     let now = office_hours();
     Task {
         id: TaskId::new(),
-        agent: agent.into(),
+        agent: SpiffeId::parse(agent).unwrap(),
         workflow: workflow.into(),
         objective: "test".into(),
         scopes: vec![],
         state: TaskState::Active,
-        opened_by: "spiffe://example.org/orchestrator/main".into(),
+        opened_by: SpiffeId::parse("spiffe://example.org/orchestrator/main").unwrap(),
         created_at: now - Duration::from_secs(60),
         expires_at: now + Duration::from_secs(1200),
         ended_at: None,

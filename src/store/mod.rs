@@ -14,8 +14,8 @@ pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 use crate::audit::AuditEvent;
 use crate::audit::chain::Sealed;
 use crate::domain::{
-    Approval, ApprovalState, Delegation, Event, Freeze, FreezeTarget, Revocation, Scope, Task,
-    TaskId, TaskState, TokenRecord,
+    Approval, ApprovalState, Delegation, Event, Freeze, FreezeTarget, Revocation, Scope, SpiffeId,
+    Task, TaskId, TaskState, TokenRecord,
 };
 use crate::token::KeyRecord;
 use async_trait::async_trait;
@@ -106,7 +106,7 @@ pub struct TokenStatus {
 
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
-    pub agent: Option<String>,
+    pub agent: Option<SpiffeId>,
     pub state: Option<TaskState>,
     pub limit: u32,
 }

@@ -9,12 +9,12 @@ pub(super) fn task_from_row(r: &Row) -> Result<Task, StoreError> {
     let state = r.text("state")?;
     Ok(Task {
         id: TaskId(r.uuid("id")?),
-        agent: r.text("agent")?,
+        agent: r.spiffe_id("agent")?,
         workflow: r.text("workflow")?,
         objective: r.text("objective")?,
         scopes: r.json("scopes")?,
         state: TaskState::parse(&state).ok_or_else(|| corrupt(format!("task state {state:?}")))?,
-        opened_by: r.text("opened_by")?,
+        opened_by: r.spiffe_id("opened_by")?,
         created_at: r.time("created_at")?,
         expires_at: r.time("expires_at")?,
         ended_at: r.time_opt("ended_at")?,

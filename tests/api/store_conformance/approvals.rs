@@ -42,7 +42,7 @@ async fn assert_not_spent<S: Store>(
 }
 
 async fn standing<S: Store>(s: &S, t: &Task, scope: &Scope, secs: i64) -> Option<Approval> {
-    s.standing_approval(t.id, &t.agent, scope, at(secs))
+    s.standing_approval(t.id, t.agent.as_str(), scope, at(secs))
         .await
         .unwrap()
 }

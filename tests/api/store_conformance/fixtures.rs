@@ -55,12 +55,12 @@ pub fn task(agent: &str, secs: i64, lasts: i64) -> Task {
 pub fn task_in(agent: &str, workflow: &str, secs: i64, lasts: i64) -> Task {
     Task {
         id: TaskId::new(),
-        agent: agent.into(),
+        agent: agent_id(agent),
         workflow: workflow.into(),
         objective: "answer ticket 4711".into(),
         scopes: vec![Scope::declared("crm-api", "customers/eu/*", "*").unwrap()],
         state: TaskState::Active,
-        opened_by: ORCH.into(),
+        opened_by: agent_id(ORCH),
         created_at: at(secs),
         expires_at: at(secs + lasts),
         ended_at: None,
@@ -143,7 +143,7 @@ pub fn token_for(t: &Task, scope: Scope, secs: i64) -> TokenRecord {
     TokenRecord {
         jti: Uuid::new_v4(),
         task: t.id,
-        agent: t.agent.clone(),
+        agent: t.agent.to_string(),
         workflow: t.workflow.clone(),
         scope,
         kid: "mayfly-2026-11-23".into(),
@@ -320,7 +320,7 @@ pub fn approval(t: &Task, scope: Scope, secs: i64) -> Approval {
     Approval {
         id: Uuid::new_v4(),
         task: t.id,
-        requester: t.agent.clone(),
+        requester: t.agent.to_string(),
         workflow: t.workflow.clone(),
         objective: t.objective.clone(),
         scope,

@@ -11,7 +11,7 @@ fn ids(tasks: Vec<Task>) -> Vec<TaskId> {
 
 fn filter(agent: Option<&str>, state: Option<TaskState>, limit: u32) -> TaskFilter {
     TaskFilter {
-        agent: agent.map(str::to_string),
+        agent: agent.map(agent_id),
         state,
         limit,
     }
