@@ -56,7 +56,7 @@ impl AdminService for AdminApi {
             agent: if r.agent.is_empty() {
                 None
             } else {
-                Some(convert::spiffe_id("agent", &r.agent)?.to_string())
+                Some(convert::spiffe_id("agent", &r.agent)?)
             },
             active_at: r.active_only.then_some(now),
             limit: convert::limit(r.limit)?,
@@ -301,7 +301,7 @@ impl AdminService for AdminApi {
             agents: agents
                 .into_iter()
                 .map(|a| AgentAccess {
-                    agent: a.agent,
+                    agent: a.agent.to_string(),
                     tokens: a.tokens,
                     first: Some(convert::timestamp(a.first)),
                     last: Some(convert::timestamp(a.last)),

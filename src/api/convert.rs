@@ -199,7 +199,7 @@ pub fn token(t: &TokenRecord, now: OffsetDateTime) -> pb::TokenInfo {
     pb::TokenInfo {
         jti: t.jti.to_string(),
         task_id: t.task.to_string(),
-        agent: t.agent.clone(),
+        agent: t.agent.to_string(),
         workflow: t.workflow.clone(),
         scope: Some(scope(&t.scope)),
         kid: t.kid.clone(),

@@ -2,7 +2,7 @@
 use super::{Broker, BrokerError};
 use crate::audit::AuditEvent;
 use crate::audit::chain::{Broken, Verifier};
-use crate::domain::Scope;
+use crate::domain::{Scope, SpiffeId};
 use crate::store::AuditFilter;
 use time::OffsetDateTime;
 use tracing::error;
@@ -93,7 +93,7 @@ impl Broker {
 /// One agent's tokens for an audience, over the resource patterns asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentAccess {
-    pub agent: String,
+    pub agent: SpiffeId,
     pub tokens: u64,
     pub first: OffsetDateTime,
     pub last: OffsetDateTime,

@@ -80,7 +80,7 @@ impl Broker {
             TokenRecord {
                 jti,
                 task: task.id,
-                agent: holder.id.to_string(),
+                agent: holder.id.clone(),
                 workflow: task.workflow.clone(),
                 scope: scope.clone(),
                 kid,

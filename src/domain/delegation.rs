@@ -75,7 +75,7 @@ pub fn offer(
     now: OffsetDateTime,
 ) -> Result<Offered, Refusal> {
     let record = parent.record;
-    if record.agent != ask.delegator.as_str() {
+    if record.agent != *ask.delegator {
         return Err(Refusal::ForeignToken {
             presenter: ask.delegator.clone(),
             holder: record.agent.clone(),

@@ -114,7 +114,10 @@ pub enum Refusal {
     // ---- delegation offers ----------------------------------------------------
     /// Someone else's token, stolen or replayed: a deviation.
     #[error("deviation: {presenter} presented a token bound to {holder} to delegate it")]
-    ForeignToken { presenter: SpiffeId, holder: String },
+    ForeignToken {
+        presenter: SpiffeId,
+        holder: SpiffeId,
+    },
     #[error(
         "parent_token is bound to another certificate of yours; mint a new token with the current one"
     )]

@@ -1,5 +1,5 @@
 //! A token as the broker records it (never the token string itself).
-use super::{Scope, TaskId};
+use super::{Scope, SpiffeId, TaskId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub struct TokenRecord {
     pub jti: Uuid,
     pub task: TaskId,
-    pub agent: String,
+    pub agent: SpiffeId,
     pub workflow: String,
     pub scope: Scope,
     pub kid: String,

@@ -114,7 +114,7 @@ pub struct TaskFilter {
 #[derive(Debug, Clone)]
 pub struct TokenFilter {
     pub task: Option<TaskId>,
-    pub agent: Option<String>,
+    pub agent: Option<SpiffeId>,
     /// Only tokens neither revoked nor expired at `now`.
     pub active_at: Option<OffsetDateTime>,
     pub limit: u32,
@@ -348,7 +348,7 @@ pub struct AuditFilter {
 /// Tokens of one agent for one resource pattern of an audience.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    pub agent: String,
+    pub agent: SpiffeId,
     pub resource: String,
     pub tokens: u64,
     pub first: OffsetDateTime,

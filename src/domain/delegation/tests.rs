@@ -9,7 +9,7 @@ fn parent(task: &Task) -> TokenRecord {
     TokenRecord {
         jti: Uuid::new_v4(),
         task: task.id,
-        agent: AGENT.to_string(),
+        agent: AGENT.clone(),
         workflow: task.workflow.clone(),
         scope: Scope::requested("crm-api", "customers/eu/*", "read").unwrap(),
         kid: "k1".into(),
@@ -59,7 +59,7 @@ fn a_narrower_shorter_offer_to_another_agent_is_allowed_one_level_deeper() {
 fn delegating_another_agents_token_is_a_deviation() {
     let t = task();
     let (mut p, scope) = (parent(&t), read_customers());
-    p.agent = OTHER.to_string();
+    p.agent = OTHER.clone();
     let refused = decide(&p, &t, ask(&scope, 300)).unwrap_err();
     assert!(matches!(refused, Refusal::ForeignToken { .. }));
     assert!(refused.is_deviation());

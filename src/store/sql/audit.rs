@@ -202,7 +202,7 @@ impl AuditStore for SqlStore {
         rows.iter()
             .map(|r| {
                 Ok(Access {
-                    agent: r.text("agent")?,
+                    agent: r.spiffe_id("agent")?,
                     resource: r.text("resource")?,
                     tokens: r.u64("n")?,
                     first: r.time("first")?,

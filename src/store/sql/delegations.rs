@@ -139,7 +139,7 @@ impl DelegationStore for SqlStore {
         let owner = tx
             .fetch_one(query("SELECT agent FROM tasks WHERE id = $1").bind(offer.task.0))
             .await?
-            .text("agent")?;
+            .spiffe_id("agent")?;
         // The task's row first (the token write takes it), then the ancestors'.
         if let Err(refusal) = record(db, &mut tx, child, &owner, budget, audit).await? {
             tx.rollback().await?;

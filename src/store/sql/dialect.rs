@@ -4,7 +4,7 @@
 use super::driver::{Conn, Db, Query, map_err, query};
 use super::tokens::{REFUSAL, TOKEN_ROW, token_args};
 use crate::audit::AuditEvent;
-use crate::domain::TokenRecord;
+use crate::domain::{SpiffeId, TokenRecord};
 use crate::store::StoreError;
 use std::borrow::Cow;
 
@@ -81,7 +81,7 @@ pub(super) fn cascade_passes(db: &Db) -> usize {
 pub(super) fn token_in_one_statement<'a>(
     db: &Db,
     t: &'a TokenRecord,
-    owner: &'a str,
+    owner: &'a SpiffeId,
     budget: u32,
     audit: &'a AuditEvent,
 ) -> Option<Query<'a>> {

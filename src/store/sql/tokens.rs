@@ -10,7 +10,7 @@ pub(super) fn token_from_row(r: &Row) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         jti: r.uuid("jti")?,
         task: TaskId(r.uuid("task_id")?),
-        agent: r.text("agent")?,
+        agent: r.spiffe_id("agent")?,
         workflow: r.text("workflow")?,
         scope: scope(r)?,
         kid: r.text("kid")?,
@@ -26,11 +26,15 @@ pub(super) fn token_from_row(r: &Row) -> Result<TokenRecord, StoreError> {
 /// A token's arguments, numbered as every token statement reads them: the row
 /// (`$1`-`$13`, the columns of [`TOKEN_ROW`]), the task's budget (`$14`) and
 /// the task's agent (`$15`).
-pub(super) fn token_args<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> [Arg<'a>; 15] {
+pub(super) fn token_args<'a>(
+    t: &'a TokenRecord,
+    owner: &'a SpiffeId,
+    budget: u32,
+) -> [Arg<'a>; 15] {
     [
         t.jti.into(),
         t.task.0.into(),
-        t.agent.as_str().into(),
+        (&t.agent).into(),
         t.workflow.as_str().into(),
         t.scope.audience.as_str().into(),
         t.scope.resource.as_str().into(),
@@ -61,7 +65,7 @@ pub(super) const REFUSAL: &str = "CASE
     WHEN tokens_minted >= $14 THEN 'budget'
     END";
 
-fn judge<'a>(t: &'a TokenRecord, owner: &'a str, budget: u32) -> Query<'a> {
+fn judge<'a>(t: &'a TokenRecord, owner: &'a SpiffeId, budget: u32) -> Query<'a> {
     query(format!(
         "SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $2"
     ))
@@ -115,7 +119,7 @@ pub(super) async fn record(
     db: &Db,
     tx: &mut Tx,
     t: &TokenRecord,
-    owner: &str,
+    owner: &SpiffeId,
     budget: u32,
     audit: &AuditEvent,
 ) -> Result<Recorded, StoreError> {
@@ -151,7 +155,7 @@ pub(super) async fn record(
     .await?;
     let mut audit = audit.clone();
     audit.task = Some(t.task);
-    audit.agent = Some(t.agent.clone());
+    audit.agent = Some(t.agent.to_string());
     audit.jti = Some(t.jti);
     audit.at = t.issued_at;
     insert_audit(tx, &[&audit]).await?;

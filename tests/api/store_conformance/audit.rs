@@ -302,7 +302,7 @@ pub async fn token_access_counts_tokens_per_agent_and_resource<S: Store>(s: &S) 
         }
     }
     let access = |agent: &str, resource: &str, tokens, first, last| Access {
-        agent: agent.into(),
+        agent: agent_id(agent),
         resource: resource.into(),
         tokens,
         first: at(first),

@@ -339,7 +339,7 @@ pub async fn a_redemption_racing_a_revocation_is_refused_or_revoked_with_it<S: S
         let live = s
             .list_tokens(&TokenFilter {
                 task: Some(t.id),
-                agent: Some(SUB.into()),
+                agent: Some(agent_id(SUB)),
                 active_at: Some(at(31)),
                 limit: 10,
             })

@@ -143,7 +143,7 @@ pub fn token_for(t: &Task, scope: Scope, secs: i64) -> TokenRecord {
     TokenRecord {
         jti: Uuid::new_v4(),
         task: t.id,
-        agent: t.agent.to_string(),
+        agent: t.agent.clone(),
         workflow: t.workflow.clone(),
         scope,
         kid: "mayfly-2026-11-23".into(),
@@ -227,7 +227,7 @@ pub fn offer(parent: &TokenRecord, above: &[Uuid], sub_agent: &str, secs: i64) -
         id: Uuid::new_v4(),
         task: parent.task,
         parent_jti: parent.jti,
-        delegator: parent.agent.clone(),
+        delegator: parent.agent.to_string(),
         sub_agent: sub_agent.into(),
         scope: parent.scope.clone(),
         depth: parent.depth + 1,
@@ -277,7 +277,7 @@ pub fn child(d: &Delegation, workflow: &str, secs: i64) -> TokenRecord {
     TokenRecord {
         jti: Uuid::new_v4(),
         task: d.task,
-        agent: d.sub_agent.clone(),
+        agent: agent_id(&d.sub_agent),
         workflow: workflow.into(),
         scope: d.scope.clone(),
         kid: "mayfly-2026-11-23".into(),

@@ -60,7 +60,7 @@ pub async fn a_token_for_a_task_that_is_not_active_is_refused<S: Store>(s: &S) {
 pub async fn a_token_for_another_agents_task_is_refused<S: Store>(s: &S) {
     let t = open(s, task(AGENT, 0, 600)).await;
     let theirs = TokenRecord {
-        agent: AGENT2.into(),
+        agent: agent_id(AGENT2),
         ..token(&t, 10)
     };
     assert_refused(s, &theirs, BUDGET, Refusal::NotOwner).await;
@@ -213,7 +213,7 @@ pub async fn list_tokens_filters_by_task_agent_and_activity<S: Store>(s: &S) {
     let list = |task, agent: Option<&str>, active_at, limit| {
         let f = TokenFilter {
             task,
-            agent: agent.map(str::to_string),
+            agent: agent.map(agent_id),
             active_at,
             limit,
         };
