@@ -14,8 +14,8 @@ pub struct Delegation {
     pub task: TaskId,
     pub parent_jti: Uuid,
     /// The parent token's holder.
-    pub delegator: String,
-    pub sub_agent: String,
+    pub delegator: SpiffeId,
+    pub sub_agent: SpiffeId,
     pub scope: Scope,
     pub depth: u32,
     /// The child token's RFC 8693 `act` claim: the sub-agent, then every earlier
@@ -157,7 +157,7 @@ impl Delegation {
     /// sub-agent, and the offer is neither redeemed nor lapsed. (The task is
     /// judged next, once read.)
     pub fn redeemable(&self, redeemer: &SpiffeId, now: OffsetDateTime) -> Result<(), Refusal> {
-        if self.sub_agent != redeemer.as_str() {
+        if self.sub_agent != *redeemer {
             return Err(Refusal::NotTheSubAgent {
                 delegation: self.id,
             });
