@@ -232,7 +232,7 @@ pub fn approval(a: &Approval, now: OffsetDateTime) -> pb::Approval {
     pb::Approval {
         id: a.id.to_string(),
         task_id: a.task.to_string(),
-        requester: a.requester.clone(),
+        requester: a.requester.to_string(),
         scope: Some(scope(&a.scope)),
         ttl_seconds: a.ttl.as_secs(),
         state: state as i32,
@@ -240,7 +240,11 @@ pub fn approval(a: &Approval, now: OffsetDateTime) -> pb::Approval {
         objective: a.objective.clone(),
         created_at: Some(timestamp(a.created_at)),
         expires_at: Some(timestamp(a.expires_at)),
-        decided_by: a.decided_by.clone().unwrap_or_default(),
+        decided_by: a
+            .decided_by
+            .as_ref()
+            .map(SpiffeId::to_string)
+            .unwrap_or_default(),
         decided_at: a.decided_at.map(timestamp),
         decision_reason: a.decision_reason.clone().unwrap_or_default(),
         used_jti: a.used_jti.map(|j| j.to_string()).unwrap_or_default(),

@@ -114,7 +114,7 @@ impl Broker {
             .detail(json!({"approval": id, "scope": approval.scope}));
         match self
             .store
-            .decide_approval(id, approve, caller.id.as_str(), &reason, now, &audit)
+            .decide_approval(id, approve, &caller.id, &reason, now, &audit)
             .await?
         {
             Decide::Decided(a) => {

@@ -37,7 +37,7 @@ impl Broker {
             let now = self.now();
             let standing = self
                 .store
-                .standing_approval(task.id, caller.id.as_str(), &req.scope, now)
+                .standing_approval(task.id, &caller.id, &req.scope, now)
                 .await?;
             let Some(approval) = standing else {
                 match self.open_approval(refusing, task, req, ttl, permit).await? {

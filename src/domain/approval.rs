@@ -59,7 +59,7 @@ pub struct Approval {
     pub id: Uuid,
     pub task: TaskId,
     /// The agent that asked.
-    pub requester: String,
+    pub requester: SpiffeId,
     /// The task's workflow and objective, as the approver saw them.
     pub workflow: String,
     pub objective: String,
@@ -70,7 +70,7 @@ pub struct Approval {
     pub created_at: OffsetDateTime,
     /// Undecided or unused by then, it lapses.
     pub expires_at: OffsetDateTime,
-    pub decided_by: Option<String>,
+    pub decided_by: Option<SpiffeId>,
     pub decided_at: Option<OffsetDateTime>,
     pub decision_reason: Option<String>,
     /// The token it was spent on.
@@ -116,7 +116,7 @@ impl Approval {
         Approval {
             id: Uuid::new_v4(),
             task: task.id,
-            requester: requester.to_string(),
+            requester: requester.clone(),
             workflow: task.workflow.clone(),
             objective: task.objective.clone(),
             scope: scope.clone(),
@@ -169,7 +169,7 @@ impl Approval {
                 decider: decider.clone(),
             });
         }
-        if self.requester == decider.as_str() {
+        if self.requester == *decider {
             return Err(Refusal::OwnApproval {
                 decider: decider.clone(),
                 approval: self.id,
@@ -197,7 +197,7 @@ impl Approval {
 
     /// Whether `waiter` may wait for the decision: only its requester.
     pub fn awaitable_by(&self, waiter: &SpiffeId) -> Result<(), Refusal> {
-        if self.requester != waiter.as_str() {
+        if self.requester != *waiter {
             return Err(Refusal::NotTheRequester { approval: self.id });
         }
         Ok(())
@@ -275,7 +275,7 @@ mod tests {
             Standing::Repeat(Refusal::ApprovalPending { .. })
         ));
         a.state = ApprovalState::Denied;
-        a.decided_by = Some(ADMIN.to_string());
+        a.decided_by = Some(ADMIN.clone());
         a.decision_reason = Some("not today".into());
         let Standing::Repeat(denied) = a.standing(at(10)) else {
             panic!("denied stands as a refusal")
@@ -351,7 +351,7 @@ mod tests {
             Refusal::ApprovalLapsed { .. }
         ));
         a.state = ApprovalState::Approved;
-        a.decided_by = Some(ADMIN.to_string());
+        a.decided_by = Some(ADMIN.clone());
         a.decided_at = Some(at(5));
         let refused = a.not_pending(at(10)).to_string();
         assert!(

@@ -180,14 +180,14 @@ pub enum Refusal {
     ApprovalPending { approval: Uuid, scope: Scope },
     #[error(
         "approval {approval} for {scope} was denied by {}: {}; asking again does not reopen it",
-        .by.as_deref().unwrap_or("?"),
+        .by.as_ref().map_or("?", SpiffeId::as_str),
         .reason.as_deref().unwrap_or("")
     )]
     ApprovalDenied {
         approval: Uuid,
         /// Boxed: the largest refusal would make every `Result` carry its size.
         scope: Box<Scope>,
-        by: Option<String>,
+        by: Option<SpiffeId>,
         reason: Option<String>,
     },
     /// More refused repeats than the workflow allows: a deviation.
@@ -224,13 +224,13 @@ pub enum Refusal {
     ApprovalLapsed { approval: Uuid, at: OffsetDateTime },
     #[error(
         "approval {approval} was already {state} by {} at {}",
-        .by.as_deref().unwrap_or("?"),
+        .by.as_ref().map_or("?", SpiffeId::as_str),
         .at.map(rfc3339).unwrap_or_default()
     )]
     ApprovalDecided {
         approval: Uuid,
         state: super::ApprovalState,
-        by: Option<String>,
+        by: Option<SpiffeId>,
         at: Option<OffsetDateTime>,
     },
 }

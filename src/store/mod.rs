@@ -214,7 +214,7 @@ pub trait ApprovalStore {
     async fn standing_approval(
         &self,
         task: TaskId,
-        requester: &str,
+        requester: &SpiffeId,
         scope: &Scope,
         now: OffsetDateTime,
     ) -> Result<Option<Approval>, StoreError>;
@@ -234,7 +234,7 @@ pub trait ApprovalStore {
         &self,
         id: Uuid,
         approve: bool,
-        by: &str,
+        by: &SpiffeId,
         reason: &str,
         now: OffsetDateTime,
         audit: &AuditEvent,

@@ -17,7 +17,7 @@ fn approval_from_row(r: &Row) -> Result<Approval, StoreError> {
     Ok(Approval {
         id: r.uuid("id")?,
         task: TaskId(r.uuid("task_id")?),
-        requester: r.text("requester")?,
+        requester: r.spiffe_id("requester")?,
         workflow: r.text("workflow")?,
         objective: r.text("objective")?,
         scope: scope(r)?,
@@ -26,7 +26,7 @@ fn approval_from_row(r: &Row) -> Result<Approval, StoreError> {
             .ok_or_else(|| corrupt(format!("approval state {state:?}")))?,
         created_at: r.time("created_at")?,
         expires_at: r.time("expires_at")?,
-        decided_by: r.text_opt("decided_by")?,
+        decided_by: r.spiffe_id_opt("decided_by")?,
         decided_at: r.time_opt("decided_at")?,
         decision_reason: r.text_opt("decision_reason")?,
         used_jti: r.uuid_opt("used_jti")?,
@@ -35,7 +35,7 @@ fn approval_from_row(r: &Row) -> Result<Approval, StoreError> {
 
 fn standing_query<'a>(
     task: TaskId,
-    requester: &'a str,
+    requester: &'a SpiffeId,
     scope: &'a Scope,
     now: OffsetDateTime,
 ) -> Query<'a> {
@@ -55,7 +55,7 @@ impl ApprovalStore for SqlStore {
     async fn standing_approval(
         &self,
         task: TaskId,
-        requester: &str,
+        requester: &SpiffeId,
         scope: &Scope,
         now: OffsetDateTime,
     ) -> Result<Option<Approval>, StoreError> {
@@ -145,7 +145,7 @@ impl ApprovalStore for SqlStore {
         &self,
         id: Uuid,
         approve: bool,
-        by: &str,
+        by: &SpiffeId,
         reason: &str,
         now: OffsetDateTime,
         audit: &AuditEvent,
@@ -184,7 +184,7 @@ impl ApprovalStore for SqlStore {
         audit.at = now;
         audit.actor = by.to_string();
         audit.task = Some(decided.task);
-        audit.agent = Some(decided.requester.clone());
+        audit.agent = Some(decided.requester.to_string());
         audit.jti = None;
         audit.reason = Some(reason.to_string());
         insert_audit(&mut tx, &[&audit]).await?;

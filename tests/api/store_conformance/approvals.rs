@@ -42,7 +42,7 @@ async fn assert_not_spent<S: Store>(
 }
 
 async fn standing<S: Store>(s: &S, t: &Task, scope: &Scope, secs: i64) -> Option<Approval> {
-    s.standing_approval(t.id, t.agent.as_str(), scope, at(secs))
+    s.standing_approval(t.id, &t.agent, scope, at(secs))
         .await
         .unwrap()
 }
@@ -87,7 +87,7 @@ pub async fn a_request_meets_the_approval_standing_for_its_task_requester_and_sc
         "another task"
     );
     let by_other = s
-        .standing_approval(t.id, AGENT2, &delete(1), at(20))
+        .standing_approval(t.id, &agent_id(AGENT2), &delete(1), at(20))
         .await
         .unwrap();
     assert_eq!(by_other, None, "another requester");
@@ -175,7 +175,7 @@ pub async fn deciding_a_pending_approval_records_the_decision_and_its_audit_even
             } else {
                 ApprovalState::Denied
             },
-            decided_by: Some(ADMIN.into()),
+            decided_by: Some(agent_id(ADMIN)),
             decided_at: Some(at(20)),
             decision_reason: Some(decision_reason(approve).into()),
             ..a.clone()

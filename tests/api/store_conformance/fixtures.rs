@@ -320,7 +320,7 @@ pub fn approval(t: &Task, scope: Scope, secs: i64) -> Approval {
     Approval {
         id: Uuid::new_v4(),
         task: t.id,
-        requester: t.agent.to_string(),
+        requester: t.agent.clone(),
         workflow: t.workflow.clone(),
         objective: t.objective.clone(),
         scope,
@@ -376,7 +376,7 @@ pub async fn decide<S: Store>(s: &S, a: &Approval, approve: bool, by: &str, secs
     s.decide_approval(
         a.id,
         approve,
-        by,
+        &agent_id(by),
         decision_reason(approve),
         at(secs),
         &decision(a, approve, by, secs),
