@@ -309,9 +309,7 @@ pub fn freeze_target(t: Option<&pb::FreezeTarget>) -> Result<FreezeTarget, Statu
             "target",
             "is required: one of agent, workflow, all",
         )),
-        Some(T::Agent(a)) => {
-            spiffe_id("target.agent", a).map(|a| FreezeTarget::Agent(a.to_string()))
-        }
+        Some(T::Agent(a)) => spiffe_id("target.agent", a).map(FreezeTarget::Agent),
         Some(T::Workflow(w)) => workflow_name_in("target.workflow", w).map(FreezeTarget::Workflow),
         Some(T::All(true)) => Ok(FreezeTarget::All),
         Some(T::All(false)) => Err(invalid("target.all", "must be true to freeze everything")),
@@ -321,7 +319,7 @@ pub fn freeze_target(t: Option<&pb::FreezeTarget>) -> Result<FreezeTarget, Statu
 pub fn freeze(f: &Freeze) -> pb::FreezeInfo {
     use pb::freeze_target::Target as T;
     let target = match &f.target {
-        FreezeTarget::Agent(a) => T::Agent(a.clone()),
+        FreezeTarget::Agent(a) => T::Agent(a.to_string()),
         FreezeTarget::Workflow(w) => T::Workflow(w.clone()),
         FreezeTarget::All => T::All(true),
     };

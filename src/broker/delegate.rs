@@ -67,14 +67,7 @@ impl Broker {
         let workflow = self.policy.workflow(&task.workflow);
         let frozen = self
             .store
-            .freeze_covering(
-                &[
-                    caller.id.as_str(),
-                    task.agent.as_str(),
-                    req.sub_agent.as_str(),
-                ],
-                &task.workflow,
-            )
+            .freeze_covering(&[&caller.id, &task.agent, &req.sub_agent], &task.workflow)
             .await?;
         let event = || {
             AuditEvent::new(now, caller.id.as_str(), Action::DelegationDenied)

@@ -71,7 +71,7 @@ impl Broker {
 /// Files a freeze's audit event under its agent, when it has one.
 fn about(target: &FreezeTarget, event: AuditEvent) -> AuditEvent {
     match target {
-        FreezeTarget::Agent(a) => event.agent(a.as_str()),
+        FreezeTarget::Agent(a) => event.agent(a),
         _ => event,
     }
 }

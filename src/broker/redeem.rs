@@ -32,11 +32,7 @@ impl Broker {
         self.judged(&refusing, offer.redeemable(&caller.id, now))
             .await?;
         let task = self.get_task(offer.task).await?;
-        let agents = [
-            caller.id.as_str(),
-            task.agent.as_str(),
-            offer.delegator.as_str(),
-        ];
+        let agents = [&caller.id, &task.agent, &offer.delegator];
         let frozen = self.store.freeze_covering(&agents, &task.workflow).await?;
         self.judged(&refusing, task.issuable(frozen.as_ref(), now))
             .await?;

@@ -151,7 +151,7 @@ impl Broker {
                 max: max_tokens,
             },
             store::Refusal::Frozen => {
-                let holders = [ctx.caller.id.as_str(), task.agent.as_str()];
+                let holders = [&ctx.caller.id, &task.agent];
                 match self.store.freeze_covering(&holders, &task.workflow).await {
                     Ok(Some(freeze)) => Refusal::Frozen(freeze),
                     // Lifted again since the write.

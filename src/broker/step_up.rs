@@ -27,7 +27,7 @@ impl Broker {
     ) -> Result<Mint, BrokerError> {
         let caller = refusing.caller;
         // No approval is opened, nor spent, for a frozen agent or workflow.
-        let holders = [caller.id.as_str(), task.agent.as_str()];
+        let holders = [&caller.id, &task.agent];
         if let Some(f) = self.store.freeze_covering(&holders, &task.workflow).await? {
             return Err(self.refuse(refusing, Refusal::Frozen(f)).await);
         }

@@ -1,10 +1,11 @@
 //! Freezes: the kill switch, stopping issuance to an agent, a workflow or all.
+use super::SpiffeId;
 use time::OffsetDateTime;
 
 /// What a freeze stops issuance to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FreezeTarget {
-    Agent(String),
+    Agent(SpiffeId),
     Workflow(String),
     All,
 }
@@ -20,14 +21,15 @@ impl FreezeTarget {
 
     pub fn value(&self) -> &str {
         match self {
-            FreezeTarget::Agent(v) | FreezeTarget::Workflow(v) => v,
+            FreezeTarget::Agent(a) => a.as_str(),
+            FreezeTarget::Workflow(w) => w,
             FreezeTarget::All => "",
         }
     }
 
     pub fn from_parts(kind: &str, value: &str) -> Option<Self> {
         match (kind, value) {
-            ("agent", v) if !v.is_empty() => Some(FreezeTarget::Agent(v.into())),
+            ("agent", v) => SpiffeId::parse(v).ok().map(FreezeTarget::Agent),
             ("workflow", v) if !v.is_empty() => Some(FreezeTarget::Workflow(v.into())),
             ("all", "") => Some(FreezeTarget::All),
             _ => None,

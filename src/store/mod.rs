@@ -277,7 +277,7 @@ pub trait FreezeStore {
     /// `workflow`, if one stands.
     async fn freeze_covering(
         &self,
-        agents: &[&str],
+        agents: &[&SpiffeId],
         workflow: &str,
     ) -> Result<Option<Freeze>, StoreError>;
 }

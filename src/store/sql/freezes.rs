@@ -85,7 +85,7 @@ impl FreezeStore for SqlStore {
 
     async fn freeze_covering(
         &self,
-        agents: &[&str],
+        agents: &[&SpiffeId],
         workflow: &str,
     ) -> Result<Option<Freeze>, StoreError> {
         let db = &self.db;

@@ -294,7 +294,7 @@ pub async fn spending_is_refused_when_the_task_refuses_the_token<S: Store>(s: &S
     let tok = token_for(&t, delete(1), 30);
     assert_not_spent(s, &b, &tok, 1, Spend::Refused(Refusal::OutOfBudget)).await;
 
-    let target = FreezeTarget::Agent(AGENT2.into());
+    let target = FreezeTarget::Agent(agent_id(AGENT2));
     freeze(s, target.clone(), 35).await;
     let tok = token_for(&t, delete(1), 40);
     assert_not_spent(s, &b, &tok, BUDGET, Spend::Refused(Refusal::Frozen)).await;

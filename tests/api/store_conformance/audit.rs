@@ -73,8 +73,8 @@ pub async fn sealing_chains_committed_events_in_order_and_the_chain_verifies<S: 
     redeem_ok(s, &d, 21).await;
     let a = request(s, approval(&t, delete_scope(), 30)).await;
     decide_ok(s, &a, true, 31).await;
-    freeze(s, FreezeTarget::Agent(AGENT2.into()), 40).await;
-    unfreeze(s, &FreezeTarget::Agent(AGENT2.into()), 41).await;
+    freeze(s, FreezeTarget::Agent(agent_id(AGENT2)), 40).await;
+    unfreeze(s, &FreezeTarget::Agent(agent_id(AGENT2)), 41).await;
     revoke_ok(s, Target::Token(tok.jti), 50).await;
     complete(s, &t, 60).await;
     append(s, &refusal(AGENT, 70)).await;

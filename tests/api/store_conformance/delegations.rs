@@ -226,8 +226,8 @@ pub async fn redeeming_beyond_the_budget_is_refused<S: Store>(s: &S) {
 pub async fn redeeming_is_refused_while_a_freeze_covers_either_agent<S: Store>(s: &S) {
     let (t, _, d) = offered_task(s, 600).await;
     for (target, secs) in [
-        (FreezeTarget::Agent(SUB.into()), 30),
-        (FreezeTarget::Agent(AGENT.into()), 40),
+        (FreezeTarget::Agent(agent_id(SUB)), 30),
+        (FreezeTarget::Agent(agent_id(AGENT)), 40),
         (FreezeTarget::Workflow(WORKFLOW.into()), 50),
     ] {
         freeze(s, target.clone(), secs).await;

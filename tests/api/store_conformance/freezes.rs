@@ -7,7 +7,7 @@ use mayfly::domain::*;
 use mayfly::store::*;
 
 pub async fn a_freeze_stands_until_lifted_and_both_are_audited<S: Store>(s: &S) {
-    let target = FreezeTarget::Agent(AGENT.into());
+    let target = FreezeTarget::Agent(agent_id(AGENT));
     // The broker tells a new freeze from a standing one by equality with what it
     // asked for, so a new freeze comes back exactly as given (to the nanosecond).
     let audit = frozen(&freeze_of(target.clone(), 10));
@@ -26,7 +26,12 @@ pub async fn a_freeze_stands_until_lifted_and_both_are_audited<S: Store>(s: &S) 
     let lifted = unfreeze(s, &target, 20).await.expect("frozen");
     assert_eq!((&lifted.target, &lifted.reason), (&target, &f.reason));
     assert_eq!(s.list_freezes().await.unwrap(), vec![]);
-    assert_eq!(s.freeze_covering(&[AGENT], WORKFLOW).await.unwrap(), None);
+    assert_eq!(
+        s.freeze_covering(&[&agent_id(AGENT)], WORKFLOW)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(unfreeze(s, &target, 30).await, None, "lifted twice");
 
     let events = all_events(s).await;
@@ -55,11 +60,13 @@ pub async fn freezing_a_frozen_target_keeps_the_standing_freeze<S: Store>(s: &S)
 
 pub async fn freeze_covering_finds_a_freeze_of_either_agent_the_workflow_or_all<S: Store>(s: &S) {
     let covering = |agents: &'static [&'static str], workflow: &'static str| async move {
-        s.freeze_covering(agents, workflow).await.unwrap()
+        let ids: Vec<SpiffeId> = agents.iter().map(|a| agent_id(a)).collect();
+        let ids: Vec<&SpiffeId> = ids.iter().collect();
+        s.freeze_covering(&ids, workflow).await.unwrap()
     };
     assert_eq!(covering(&[SUB, AGENT], WORKFLOW).await, None);
 
-    let agent = freeze(s, FreezeTarget::Agent(AGENT.into()), 10).await;
+    let agent = freeze(s, FreezeTarget::Agent(agent_id(AGENT)), 10).await;
     assert_eq!(
         covering(&[AGENT], OTHER_WORKFLOW).await,
         Some(agent.clone())
@@ -70,7 +77,7 @@ pub async fn freeze_covering_finds_a_freeze_of_either_agent_the_workflow_or_all<
         "the task's agent, behind a sub-agent"
     );
     assert_eq!(covering(&[SUB, AGENT2], OTHER_WORKFLOW).await, None);
-    unfreeze(s, &FreezeTarget::Agent(AGENT.into()), 11).await;
+    unfreeze(s, &FreezeTarget::Agent(agent_id(AGENT)), 11).await;
 
     let workflow = freeze(s, FreezeTarget::Workflow(WORKFLOW.into()), 20).await;
     assert_eq!(covering(&[AGENT2], WORKFLOW).await, Some(workflow));

@@ -98,7 +98,7 @@ pub async fn a_token_beyond_the_budget_is_refused<S: Store>(s: &S) {
 pub async fn a_freeze_of_the_agent_stops_its_tokens_until_lifted<S: Store>(s: &S) {
     let t = open(s, task(AGENT, 0, 600)).await;
     let other = open(s, task(AGENT2, 0, 600)).await;
-    let target = FreezeTarget::Agent(AGENT.into());
+    let target = FreezeTarget::Agent(agent_id(AGENT));
     freeze(s, target.clone(), 10).await;
 
     assert_refused(s, &token(&t, 20), BUDGET, Refusal::Frozen).await;
