@@ -232,7 +232,7 @@ impl AdminService for AdminApi {
             agent: if r.agent.is_empty() {
                 None
             } else {
-                Some(convert::spiffe_id("agent", &r.agent)?.to_string())
+                Some(convert::spiffe_id("agent", &r.agent)?)
             },
             task: if r.task_id.is_empty() {
                 None

@@ -335,7 +335,7 @@ pub trait KeyStore {
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     /// Events by (actor) or about (agent) this agent.
-    pub agent: Option<String>,
+    pub agent: Option<SpiffeId>,
     pub task: Option<TaskId>,
     pub action: Option<String>,
     pub since: Option<OffsetDateTime>,

@@ -209,7 +209,7 @@ pub async fn query_audit_finds_an_agents_events_as_actor_or_subject<S: Store>(s:
     sealed(s).await;
 
     let agent = |a: &str| AuditFilter {
-        agent: Some(a.into()),
+        agent: Some(agent_id(a)),
         ..Default::default()
     };
     let found = query(s, agent(AGENT)).await;
