@@ -383,4 +383,47 @@ mod tests {
         );
         store.ping().await.expect("the probe reaches the database");
     }
+
+    #[tokio::test]
+    async fn a_stored_agent_that_is_not_a_spiffe_id_reads_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mayfly.db");
+        let store = SqlStore::sqlite(&path, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_795_428_000).unwrap();
+        let task = Task {
+            id: TaskId::new(),
+            agent: id("spiffe://example.org/agent"),
+            workflow: "support".into(),
+            objective: "answer ticket 4711".into(),
+            scopes: vec![],
+            state: TaskState::Active,
+            opened_by: id("spiffe://example.org/orchestrator"),
+            created_at: now,
+            expires_at: now + Duration::from_secs(600),
+            ended_at: None,
+            end_reason: None,
+            tokens_minted: 0,
+        };
+        let audit = AuditEvent::new(
+            now,
+            task.opened_by.as_str(),
+            crate::audit::Action::TaskOpened,
+        );
+        store.insert_task(&task, &audit).await.unwrap();
+        let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tasks SET agent = 'agent-7'")
+            .execute(&raw)
+            .await
+            .unwrap();
+        let read = store.get_task(task.id).await;
+        assert!(
+            matches!(&read, Err(StoreError::Corrupt(why)) if why.contains("agent")),
+            "{read:?}"
+        );
+    }
 }
