@@ -2,8 +2,9 @@
 //!
 //! - [`identity`]: X.509-SVID verification, roles, the caller.
 //! - [`domain`]: every aggregate type (tasks, tokens as recorded, delegations,
-//!   approvals, freezes, revocations, SPIFFE IDs) and the pure rules (the mint
-//!   decision, delegation and step-up rules) with their typed refusals.
+//!   approvals, freezes, revocations, audit events and their hash chain, signing
+//!   key registrations, SPIFFE IDs) and the pure rules (the mint decision,
+//!   delegation and step-up rules) with their typed refusals.
 //! - `policy`: Cedar decisions to open a task or mint a token, and reload.
 //! - [`token`]: claims, Ed25519 signing, the keyring (current and next keys),
 //!   JWKS, verification.
@@ -11,7 +12,6 @@
 //!   redeem, step up, revoke, freeze, introspect, report), and the one place a
 //!   refusal is recorded, counted and answered as a deviation.
 //! - `revocation`: the fan-out hub, following other replicas (NOTIFY), cursors.
-//! - `audit`: audit events.
 //! - `store`: the `Store` traits, the fail-fast gate, PostgreSQL and SQLite.
 //! - [`api`]: the gRPC services and proto conversion; `error`: errors to statuses.
 //! - `app`: building and running the broker, serving connections under caps and
@@ -28,8 +28,6 @@
 pub mod api;
 #[cfg(feature = "server")]
 pub mod app;
-#[cfg(feature = "server")]
-pub mod audit;
 #[cfg(feature = "server")]
 pub mod broker;
 #[cfg(feature = "server")]

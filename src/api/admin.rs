@@ -151,7 +151,7 @@ impl AdminService for AdminApi {
             }
             (seq, h) => Some((
                 seq,
-                crate::audit::chain::from_hex(h).ok_or_else(|| {
+                crate::domain::audit::chain::from_hex(h).ok_or_else(|| {
                     crate::error::invalid("checkpoint_hash", "must be 64 hex digits (SHA-256)")
                 })?,
             )),
@@ -163,7 +163,7 @@ impl AdminService for AdminApi {
             intact: check.broken.is_none(),
             first_broken: check.broken.as_ref().map_or(0, |b| b.seq),
             problem: check.broken.map(|b| b.why).unwrap_or_default(),
-            head_hash: crate::audit::chain::to_hex(&check.head_hash),
+            head_hash: crate::domain::audit::chain::to_hex(&check.head_hash),
         }))
     }
 
@@ -242,7 +242,7 @@ impl AdminService for AdminApi {
             action: if r.action.is_empty() {
                 None
             } else {
-                let a = crate::audit::Action::parse(&r.action).ok_or_else(|| {
+                let a = crate::domain::audit::Action::parse(&r.action).ok_or_else(|| {
                     crate::error::invalid(
                         "action",
                         format!("{} is not an audit action", quote(&r.action)),

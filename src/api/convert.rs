@@ -345,7 +345,7 @@ pub fn time_opt(
         .map_err(|_| invalid(field, "is not a valid time"))
 }
 
-pub fn audit_event(seq: u64, e: &crate::audit::AuditEvent) -> pb::AuditEventInfo {
+pub fn audit_event(seq: u64, e: &crate::domain::audit::AuditEvent) -> pb::AuditEventInfo {
     pb::AuditEventInfo {
         sequence: seq,
         at: Some(timestamp(e.at)),

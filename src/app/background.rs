@@ -4,9 +4,12 @@
 //! failure once, not once per interval.
 use crate::broker::Broker;
 use crate::policy::CedarPolicy;
+use crate::store::gate::Status;
+use crate::store::{Health, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -232,6 +235,85 @@ pub(super) async fn audit_sealer(b: Arc<Broker>, period: Duration, cancel: Cance
         }
     })
     .await
+}
+
+/// The least time between probes that calls' failures ask for, so a store that
+/// is merely overloaded is not also flooded with probes.
+pub const SUSPECT_SPACING: Duration = Duration::from_millis(100);
+
+/// Probes the store every `every` while it answers; once two probes in a row do
+/// not (failed or timed out), marks it down and probes again after 50 ms,
+/// doubling up to `every`, until it answers. A call that met an unavailable store
+/// makes it probe sooner.
+pub async fn probe(
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+    every: Duration,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    const FIRST_RETRY: Duration = Duration::from_millis(50);
+    let mut retry = FIRST_RETRY;
+    // A failure while up: confirmed by the next probe before the gate closes.
+    let mut doubt: Option<StoreError> = None;
+    loop {
+        let answer = match tokio::time::timeout(timeout, store.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {}ms",
+                timeout.as_millis()
+            ))),
+        };
+        let wait = match (answer, health.status()) {
+            (Ok(()), Status::Up) => {
+                doubt = None;
+                every
+            }
+            (Ok(()), Status::Down { since, .. }) => {
+                health.set(Status::Up);
+                retry = FIRST_RETRY;
+                info!(
+                    down_for_ms = since.elapsed().as_millis() as u64,
+                    "the store answers again; serving"
+                );
+                every
+            }
+            (Err(error), Status::Up) if doubt.is_none() => {
+                doubt = Some(error);
+                FIRST_RETRY
+            }
+            (Err(error), Status::Up) => {
+                doubt = None;
+                warn!(%error, "the store does not answer; calls fail fast (UNAVAILABLE) until it does");
+                crate::metrics::STORE_OUTAGES.inc();
+                health.set(Status::Down {
+                    since: Instant::now(),
+                    error: error.to_string(),
+                });
+                retry = FIRST_RETRY;
+                retry
+            }
+            (Err(error), Status::Down { since, .. }) => {
+                health.set(Status::Down {
+                    since,
+                    error: error.to_string(),
+                });
+                retry = (retry * 2).min(every.max(FIRST_RETRY));
+                retry
+            }
+        };
+        let at = tokio::time::Instant::now() + wait;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(at) => {}
+            _ = health.suspected(), if health.is_up() && doubt.is_none() => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(SUSPECT_SPACING.min(wait)) => {}
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

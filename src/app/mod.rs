@@ -308,7 +308,7 @@ impl App {
                     c.database.connect_timeout.min(PROBE_TIMEOUT),
                 );
                 move || {
-                    crate::store::gate::probe(
+                    background::probe(
                         store.clone(),
                         health.clone(),
                         every,

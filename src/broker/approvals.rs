@@ -4,7 +4,7 @@
 use super::mint::{Mint, MintRequest, Minted};
 use super::refuse::Refusing;
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{Approval, ApprovalState, Missing};
 use crate::identity::Caller;

@@ -1,7 +1,7 @@
 //! Checking the tamper-evident audit trail.
 use super::{Broker, BrokerError};
-use crate::audit::AuditEvent;
-use crate::audit::chain::{Broken, Verifier};
+use crate::domain::audit::AuditEvent;
+use crate::domain::audit::chain::{Broken, Verifier};
 use crate::domain::{Scope, SpiffeId};
 use crate::store::AuditFilter;
 use time::OffsetDateTime;

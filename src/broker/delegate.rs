@@ -6,7 +6,7 @@
 use super::mint::limits;
 use super::refuse::{Refusing, Respond};
 use super::{BadToken, Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::delegation::{self, OfferAsk, Parent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{Delegation, Scope, SpiffeId};

@@ -3,7 +3,7 @@
 //! revoked in the same transaction, and the revocation published.
 use super::refuse::Refusing;
 use super::{Broker, BrokerError, SYSTEM_ACTOR};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{
     Event, Missing, Revocation, Target, Task, TaskClosed, TaskId, TaskState, Trigger,

@@ -3,7 +3,7 @@
 //! issued live on (revoke them to end them). Issuance judges freezes: the token
 //! writes in the same statement, delegation, redemption and step-up before.
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{Freeze, FreezeTarget, Missing};
 use crate::identity::Caller;

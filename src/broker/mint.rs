@@ -7,7 +7,7 @@
 //! `step_up.rs` instead of being signed.
 use super::refuse::{Refusing, Respond, denied};
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::mint::{self, Ask};
 use crate::domain::{Approval, Limits, Scope, Task, TaskId, TokenRecord};
 use crate::identity::Caller;

@@ -2,7 +2,7 @@
 //! the workflow's deviation response, since a stolen or abused credential is
 //! never "deny only".
 use super::{BadToken, Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{TaskId, TaskState};
 use crate::identity::Caller;

@@ -2,7 +2,7 @@
 //! an objective and declared scopes, as policy permits.
 use super::refuse::{Refusing, denied};
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::{Scope, SpiffeId, Task, TaskId, TaskState};
 use crate::identity::Caller;
 use crate::policy::StartInput;

@@ -5,7 +5,7 @@
 use super::mint::{Minted, limits};
 use super::refuse::{Refusing, Respond};
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{Delegation, Missing};
 use crate::identity::Caller;

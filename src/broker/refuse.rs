@@ -4,7 +4,7 @@
 //! response: deny only, or deny, mark the task `deviated` and revoke all its
 //! tokens in one transaction with the refusal's event.
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::repeats_allowed;
 use crate::domain::{Approval, Missing, Revocation, Target, Task, TaskClosed, TaskState, Trigger};

@@ -2,7 +2,7 @@
 //! everything, committed with its audit event and then published.
 use super::refuse::Refusing;
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{Missing, Revocation, Target, Trigger};
 use crate::identity::Caller;

@@ -6,7 +6,7 @@
 use super::mint::{Mint, MintRequest, Minted, minted_audit};
 use super::refuse::Refusing;
 use super::{Broker, BrokerError};
-use crate::audit::{Action, AuditEvent};
+use crate::domain::audit::{Action, AuditEvent};
 use crate::domain::refusal::Refusal;
 use crate::domain::{Approval, Standing, Task};
 use crate::policy::Permit;

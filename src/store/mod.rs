@@ -11,13 +11,12 @@ pub use gate::Health;
 pub use sql::{FaultHook, SqlStore, Write};
 pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 
-use crate::audit::AuditEvent;
-use crate::audit::chain::Sealed;
+use crate::domain::audit::AuditEvent;
+use crate::domain::audit::chain::Sealed;
 use crate::domain::{
-    Approval, ApprovalState, Delegation, Event, Freeze, FreezeTarget, Revocation, Scope, SpiffeId,
-    Task, TaskId, TaskState, TokenRecord,
+    Approval, ApprovalState, Delegation, Event, Freeze, FreezeTarget, KeyRecord, Revocation, Scope,
+    SpiffeId, Task, TaskId, TaskState, TokenRecord,
 };
-use crate::token::KeyRecord;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -1,21 +1,10 @@
 //! Signing keys: generated in memory, parsed once, never written anywhere.
 use super::Claims;
+pub use crate::domain::KeyRecord;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-
-/// The public half of a signing key as registered in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub kid: String,
-    /// Raw 32-byte Ed25519 public key.
-    pub public_key: Vec<u8>,
-    pub created_at: OffsetDateTime,
-    /// The key is published (and accepted) until then.
-    pub not_after: OffsetDateTime,
-}
 
 /// An Ed25519 key pair held in memory, with its JWS header pre-encoded.
 pub struct SigningKey {

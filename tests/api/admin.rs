@@ -251,8 +251,8 @@ async fn tokens_are_listed_by_task_agent_and_activity() {
 
 #[tokio::test]
 async fn every_task_an_admin_revocation_stops_is_audited_with_the_reason() {
-    use mayfly::audit::Action;
     use mayfly::domain::TaskId;
+    use mayfly::domain::audit::Action;
     use mayfly::store::AuditStore;
     let app = spawn_app().await;
     let t1 = app.open_task(AGENT, 600).await;
@@ -283,8 +283,8 @@ async fn every_task_an_admin_revocation_stops_is_audited_with_the_reason() {
 
 #[tokio::test]
 async fn revoking_an_unknown_target_is_refused_and_audited_with_the_reason() {
-    use mayfly::audit::Action;
     use mayfly::domain::TaskId;
+    use mayfly::domain::audit::Action;
     use mayfly::store::AuditStore;
     let app = spawn_app().await;
     let mut admin = app.admin(ADMIN).await;

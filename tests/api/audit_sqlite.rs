@@ -2,9 +2,9 @@
 //! (past its append-only triggers): what the conformance suite cannot reach
 //! through the trait, since it needs the database's own rows. (audit.rs does the
 //! same for PostgreSQL through a running broker.)
-use mayfly::audit::chain::Verifier;
-use mayfly::audit::{Action, AuditEvent};
 use mayfly::domain::TaskId;
+use mayfly::domain::audit::chain::Verifier;
+use mayfly::domain::audit::{Action, AuditEvent};
 use mayfly::store::{AuditStore, SqlStore};
 use sqlx::Connection;
 use std::time::Duration;

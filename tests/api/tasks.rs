@@ -1,6 +1,6 @@
 use crate::support::*;
 use mayfly::api::pb;
-use mayfly::audit::Action;
+use mayfly::domain::audit::Action;
 use mayfly::store::AuditStore;
 use tonic::Code;
 

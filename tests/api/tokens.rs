@@ -1,8 +1,8 @@
 use crate::support::*;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use mayfly::api::pb;
-use mayfly::audit::Action;
 use mayfly::domain::TaskId;
+use mayfly::domain::audit::Action;
 use mayfly::store::AuditStore;
 use tonic::Code;
 

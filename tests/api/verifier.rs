@@ -224,7 +224,7 @@ async fn a_misuse_report_deviates_the_task_and_is_audited_with_the_verifier_and_
         .unwrap();
     let report = events
         .iter()
-        .find(|e| e.action == mayfly::audit::Action::MisuseReported)
+        .find(|e| e.action == mayfly::domain::audit::Action::MisuseReported)
         .expect("the report is audited");
     assert_eq!(report.actor, VERIFIER);
     assert_eq!(report.detail["evidence"], "presented by x5t#S256 q1w2e3");

@@ -3,8 +3,8 @@
 use super::dialect;
 use super::driver::micros;
 use super::*;
-use crate::audit::chain;
-use crate::audit::{Action, chain::Sealed};
+use crate::domain::audit::chain;
+use crate::domain::audit::{Action, chain::Sealed};
 
 fn audit_from_row(r: &Row) -> Result<AuditEvent, StoreError> {
     let action = r.text("action")?;

@@ -3,7 +3,7 @@
 //! (Type encodings and notices are the drivers', in `driver`.)
 use super::driver::{Conn, Db, Query, map_err, query};
 use super::tokens::{REFUSAL, TOKEN_ROW, token_args};
-use crate::audit::AuditEvent;
+use crate::domain::audit::AuditEvent;
 use crate::domain::{SpiffeId, TokenRecord};
 use crate::store::StoreError;
 use std::borrow::Cow;

@@ -410,7 +410,7 @@ mod tests {
         let audit = AuditEvent::new(
             now,
             task.opened_by.as_str(),
-            crate::audit::Action::TaskOpened,
+            crate::domain::audit::Action::TaskOpened,
         );
         store.insert_task(&task, &audit).await.unwrap();
         let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))

@@ -3,7 +3,7 @@
 use super::dialect;
 use super::driver::Arg;
 use super::*;
-use crate::audit::Action;
+use crate::domain::audit::Action;
 use crate::domain::{Target, Trigger};
 
 fn event_from_row(r: &Row) -> Result<Event, StoreError> {

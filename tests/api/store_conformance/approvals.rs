@@ -1,7 +1,7 @@
 //! Step-up approvals: the one standing approval per request, listing, the race
 //! of deciders, spending on exactly one token, and counting refused repeats.
 use super::fixtures::*;
-use mayfly::audit::{Action, AuditEvent};
+use mayfly::domain::audit::{Action, AuditEvent};
 use mayfly::domain::*;
 use mayfly::domain::{Scope, Task, TaskId};
 use mayfly::store::*;

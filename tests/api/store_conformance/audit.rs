@@ -2,9 +2,9 @@
 //! verifier accepts, reading it back by task, by filter and by position, and the
 //! per-agent access report.
 use super::fixtures::*;
-use mayfly::audit::chain::{GENESIS, Verifier};
-use mayfly::audit::{Action, AuditEvent};
 use mayfly::domain::Target;
+use mayfly::domain::audit::chain::{GENESIS, Verifier};
+use mayfly::domain::audit::{Action, AuditEvent};
 use mayfly::domain::*;
 use mayfly::domain::{Task, TaskId};
 use mayfly::store::*;
@@ -135,7 +135,8 @@ pub async fn audit_chain_reads_a_window_of_positions<S: Store>(s: &S) {
     }
     sealed(s).await;
     let full = s.audit_chain(0, 6, 100).await.unwrap();
-    let seqs = |v: &[mayfly::audit::chain::Sealed]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let seqs =
+        |v: &[mayfly::domain::audit::chain::Sealed]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     assert_eq!(seqs(&full), [1, 2, 3, 4, 5, 6]);
 
     assert_eq!(s.audit_chain(2, 6, 2).await.unwrap(), full[2..4]);

@@ -1,8 +1,8 @@
 //! Realistic values for the cases, built as the broker builds them: tasks, tokens,
 //! offers, approvals, freezes, revocations and their audit events. Times are whole
 //! seconds after a fixed instant, so every backend stores them exactly.
-use mayfly::audit::{Action, AuditEvent};
 use mayfly::domain::SpiffeId;
+use mayfly::domain::audit::{Action, AuditEvent};
 use mayfly::domain::*;
 use mayfly::domain::{Revocation, Target, Trigger};
 use mayfly::domain::{Scope, Task, TaskId, TaskState};

@@ -2,7 +2,7 @@
 //! which freeze covers a token. Their effect on issuance is in `tokens`,
 //! `delegations` and `approvals`.
 use super::fixtures::*;
-use mayfly::audit::Action;
+use mayfly::domain::audit::Action;
 use mayfly::domain::*;
 use mayfly::store::*;
 
