@@ -35,6 +35,7 @@ impl AdminService for AdminApi {
             event: Some(convert::event(&revoked.event)),
             tokens_revoked: revoked.tokens_revoked,
             tasks_stopped: revoked.tasks_stopped,
+            repeated: revoked.repeated,
         }))
     }
 

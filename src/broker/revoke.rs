@@ -8,7 +8,7 @@ use crate::domain::{Missing, Revocation, Target, Trigger};
 use crate::identity::Caller;
 use crate::store::Revoked;
 use serde_json::json;
-use tracing::warn;
+use tracing::{info, warn};
 
 impl Broker {
     pub async fn revoke(
@@ -49,6 +49,10 @@ impl Broker {
             let refusal = Refusal::NotFound(Missing::Target(target.clone()));
             return Err(self.refuse(&Refusing::new(caller, &event), refusal).await);
         };
+        if revoked.repeated {
+            info!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "already revoked; nothing added to the stream");
+            return Ok(revoked);
+        }
         self.hub.committed(revoked.event.seq);
         self.metrics.revoked(Trigger::Admin.as_str());
         warn!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "revoked");

@@ -125,6 +125,9 @@ pub struct Revoked {
     pub event: Event,
     pub tokens_revoked: u64,
     pub tasks_stopped: u64,
+    /// The target was revoked before and nothing it covers was live: `event` is
+    /// the original one, and nothing was added to the stream.
+    pub repeated: bool,
 }
 
 /// Ending an active task.
@@ -287,7 +290,11 @@ pub trait RevocationStore {
     /// with every token delegated from them), and for a task, agent, workflow or
     /// all, active tasks in scope become `revoked`; a revoked agent's unredeemed
     /// offers lapse. `None` if a named token or task does not exist (then nothing
-    /// is written and no sequence number is taken).
+    /// is written and no sequence number is taken). Idempotent: a target revoked
+    /// before, of which nothing is live (no unrevoked, unexpired token, no active
+    /// task, no open offer to the agent), is not revoked again: the original
+    /// event comes back (`repeated`), nothing is added to the stream, and only
+    /// `audit` is recorded.
     async fn revoke(
         &self,
         revocation: &Revocation,

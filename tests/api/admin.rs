@@ -42,6 +42,48 @@ async fn revoking_a_token_kills_only_that_token() {
 }
 
 #[tokio::test]
+async fn revoking_a_token_again_answers_the_original_event_and_adds_nothing() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let a = mint(&app, AGENT, &task.id, "customers/eu/1").await;
+    let b = mint(&app, AGENT, &task.id, "customers/eu/2").await;
+    let mut admin = app.admin(ADMIN).await;
+    let first = admin
+        .revoke(revoke_request(Target::Token(a.jti.clone()), "leaked"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.repeated);
+    let again = admin
+        .revoke(revoke_request(
+            Target::Token(a.jti.clone()),
+            "leaked, again",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.repeated);
+    assert_eq!(again.tokens_revoked, 0);
+    assert_eq!(again.event, first.event, "not the original event");
+    // The repeat took no sequence number: the next revocation is the next one.
+    let next = admin
+        .revoke(revoke_request(Target::Token(b.jti.clone()), "leaked too"))
+        .await
+        .unwrap()
+        .into_inner();
+    let seq = |r: &pb::RevokeResponse| r.event.as_ref().unwrap().sequence;
+    assert_eq!(seq(&next), seq(&first) + 1);
+    // The repeated request is on the audit trail.
+    let repeats: Vec<_> = audit_by(&app.store().await, ADMIN)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "revocation" && e.detail["repeated"] == true)
+        .collect();
+    assert_eq!(repeats.len(), 1, "{repeats:?}");
+    assert_eq!(repeats[0].reason.as_deref(), Some("leaked, again"));
+}
+
+#[tokio::test]
 async fn revoking_a_task_stops_it_and_kills_its_tokens() {
     let app = spawn_app().await;
     let task = app.open_task(AGENT, 600).await;

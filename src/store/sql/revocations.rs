@@ -74,11 +74,16 @@ pub(super) async fn insert_revocation(
 /// The condition a target puts on a table's `column`s, with its argument (`$3`):
 /// the row's id, its agent or its workflow, or nothing for everything.
 fn covering(target: &Target, id: &'static str) -> (String, Option<Arg<'static>>) {
+    covering_at(target, id, 3)
+}
+
+/// [`covering`] with its argument at `$n`.
+fn covering_at(target: &Target, id: &'static str, n: usize) -> (String, Option<Arg<'static>>) {
     match target {
-        Target::Token(j) => (format!("{id} = $3"), Some((*j).into())),
-        Target::Task(t) => (format!("{id} = $3"), Some(t.0.into())),
-        Target::Agent(a) => ("agent = $3".into(), Some(a.to_string().into())),
-        Target::Workflow(w) => ("workflow = $3".into(), Some(w.clone().into())),
+        Target::Token(j) => (format!("{id} = ${n}"), Some((*j).into())),
+        Target::Task(t) => (format!("{id} = ${n}"), Some(t.0.into())),
+        Target::Agent(a) => (format!("agent = ${n}"), Some(a.to_string().into())),
+        Target::Workflow(w) => (format!("workflow = ${n}"), Some(w.clone().into())),
         Target::All => ("1 = 1".into(), None),
     }
 }
@@ -168,6 +173,147 @@ async fn stop_tasks(tx: &mut Tx, r: &Revocation, seq: u64) -> Result<u64, StoreE
     Ok(stopped.len() as u64)
 }
 
+/// The event a revocation of `r`'s target would only repeat, if it would: the
+/// target was revoked before and nothing it covers is live now (no unrevoked
+/// token that has not expired, no active task, no open offer to the agent). A
+/// revoked token names the event that revoked it, whatever that event's target.
+async fn repeated(tx: &mut Tx, r: &Revocation) -> Result<Option<Event>, StoreError> {
+    let original = match &r.target {
+        Target::Token(j) => {
+            let q = query("SELECT revocation_seq FROM tokens WHERE jti = $1").bind(*j);
+            match tx.fetch_optional(q).await? {
+                Some(row) => row.int_opt("revocation_seq")?,
+                None => None,
+            }
+        }
+        target => {
+            let (tokens, arg) = covering_at(
+                target,
+                if let Target::Task(_) = target {
+                    "task_id"
+                } else {
+                    "jti"
+                },
+                2,
+            );
+            let (tasks, _) = covering_at(target, "id", 2);
+            let offers = match target {
+                Target::Agent(_) => {
+                    "OR EXISTS (SELECT 1 FROM delegations
+                    WHERE sub_agent = $2 AND redeemed_at IS NULL AND expires_at > $1)"
+                }
+                _ => "",
+            };
+            let live = query(format!(
+                "SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL AND expires_at > $1 AND {tokens})
+                    OR EXISTS (SELECT 1 FROM tasks WHERE state = 'active' AND {tasks}) {offers} AS live"
+            ))
+            .bind(r.at)
+            .bind_all(arg);
+            if tx.fetch_one(live).await?.bool("live")? {
+                return Ok(None);
+            }
+            let last = query(
+                "SELECT max(seq) AS seq FROM revocations WHERE target_kind = $1 AND target = $2",
+            )
+            .bind(r.target.kind())
+            .bind(r.target.value());
+            tx.fetch_one(last).await?.int_opt("seq")?
+        }
+    };
+    let Some(seq) = original else { return Ok(None) };
+    let row = tx
+        .fetch_one(
+            query(
+                "SELECT seq, target_kind, target, reason, actor, trigger, at FROM revocations
+                 WHERE seq = $1",
+            )
+            .bind(seq),
+        )
+        .await?;
+    event_from_row(&row).map(Some)
+}
+
+/// An administrative revocation inside `tx`: see [`RevocationStore::revoke`].
+pub(super) async fn revoke_in(
+    db: &Db,
+    tx: &mut Tx,
+    r: &Revocation,
+    audit: &AuditEvent,
+) -> Result<Option<Revoked>, StoreError> {
+    // Revokers take turns at the counter (in PostgreSQL its row lock, taken
+    // first as everywhere), so of two identical revocations racing, the second
+    // reads what the first committed.
+    tx.execute(query(format!(
+        "SELECT last_seq FROM revocation_counter {}",
+        dialect::lock(db, "FOR UPDATE")
+    )))
+    .await?;
+    let exists = match &r.target {
+        Target::Token(j) => {
+            Some(query("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS e").bind(*j))
+        }
+        Target::Task(t) => {
+            Some(query("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1) AS e").bind(t.0))
+        }
+        // An agent or workflow may be revoked before it has any task.
+        Target::Agent(_) | Target::Workflow(_) | Target::All => None,
+    };
+    if let Some(q) = exists
+        && !tx.fetch_one(q).await?.bool("e")?
+    {
+        return Ok(None);
+    }
+    if let Some(event) = repeated(tx, r).await? {
+        // Nothing new to revoke: the stream gets nothing, the request is audited.
+        let mut audit = audit.clone();
+        if let serde_json::Value::Object(m) = &mut audit.detail {
+            m.insert("sequence".into(), event.seq.into());
+            m.insert("repeated".into(), true.into());
+            m.insert("tokens_revoked".into(), 0.into());
+            m.insert("tasks_stopped".into(), 0.into());
+        }
+        insert_audit(tx, &[&audit]).await?;
+        return Ok(Some(Revoked {
+            event,
+            tokens_revoked: 0,
+            tasks_stopped: 0,
+            repeated: true,
+        }));
+    }
+    let (seq, r) = next_seq(tx, r).await?;
+    let tasks = stop_tasks(tx, &r, seq).await?;
+    if let Target::Agent(a) = &r.target {
+        // Offers to a revoked agent lapse with its tokens: it redeems none of
+        // them afterwards (in PostgreSQL a redemption in flight holds the offer's
+        // row, and this waits for it; its child is then revoked below).
+        tx.execute(
+            query(
+                "UPDATE delegations SET expires_at = CASE WHEN expires_at < $2 THEN expires_at ELSE $2 END
+                 WHERE sub_agent = $1 AND redeemed_at IS NULL AND expires_at > $2",
+            )
+            .bind(a.to_string())
+            .bind(r.at),
+        )
+        .await?;
+    }
+    insert_revocation(tx, seq, &r).await?;
+    let tokens = revoke_tokens(db, tx, &r.target, seq, r.at).await?;
+    let mut audit = audit.clone();
+    if let serde_json::Value::Object(m) = &mut audit.detail {
+        m.insert("sequence".into(), seq.into());
+        m.insert("tokens_revoked".into(), tokens.into());
+        m.insert("tasks_stopped".into(), tasks.into());
+    }
+    insert_audit(tx, &[&audit]).await?;
+    Ok(Some(Revoked {
+        event: Event { seq, revocation: r },
+        tokens_revoked: tokens,
+        tasks_stopped: tasks,
+        repeated: false,
+    }))
+}
+
 #[async_trait]
 impl RevocationStore for SqlStore {
     async fn revoke(
@@ -175,56 +321,14 @@ impl RevocationStore for SqlStore {
         r: &Revocation,
         audit: &AuditEvent,
     ) -> Result<Option<Revoked>, StoreError> {
-        let db = &self.db;
-        let mut tx = db.begin(Write::Revoke).await?;
-        let (seq, r) = next_seq(&mut tx, r).await?;
-        let exists = match &r.target {
-            Target::Token(j) => {
-                Some(query("SELECT EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS e").bind(*j))
-            }
-            Target::Task(t) => {
-                Some(query("SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1) AS e").bind(t.0))
-            }
-            // An agent or workflow may be revoked before it has any task.
-            Target::Agent(_) | Target::Workflow(_) | Target::All => None,
-        };
-        if let Some(q) = exists
-            && !tx.fetch_one(q).await?.bool("e")?
-        {
-            // Nothing is written; rolling back returns the sequence number.
+        let mut tx = self.db.begin(Write::Revoke).await?;
+        let Some(revoked) = revoke_in(&self.db, &mut tx, r, audit).await? else {
+            // Nothing is written and no sequence number taken.
             tx.rollback().await?;
             return Ok(None);
-        }
-        let tasks = stop_tasks(&mut tx, &r, seq).await?;
-        if let Target::Agent(a) = &r.target {
-            // Offers to a revoked agent lapse with its tokens: it redeems none of
-            // them afterwards (in PostgreSQL a redemption in flight holds the offer's
-            // row, and this waits for it; its child is then revoked below).
-            tx.execute(
-                query(
-                    "UPDATE delegations SET expires_at = CASE WHEN expires_at < $2 THEN expires_at ELSE $2 END
-                     WHERE sub_agent = $1 AND redeemed_at IS NULL AND expires_at > $2",
-                )
-                .bind(a.to_string())
-                .bind(r.at),
-            )
-            .await?;
-        }
-        insert_revocation(&mut tx, seq, &r).await?;
-        let tokens = revoke_tokens(db, &mut tx, &r.target, seq, r.at).await?;
-        let mut audit = audit.clone();
-        if let serde_json::Value::Object(m) = &mut audit.detail {
-            m.insert("sequence".into(), seq.into());
-            m.insert("tokens_revoked".into(), tokens.into());
-            m.insert("tasks_stopped".into(), tasks.into());
-        }
-        insert_audit(&mut tx, &[&audit]).await?;
+        };
         tx.commit().await?;
-        Ok(Some(Revoked {
-            event: Event { seq, revocation: r },
-            tokens_revoked: tokens,
-            tasks_stopped: tasks,
-        }))
+        Ok(Some(revoked))
     }
 
     async fn revocations_after(&self, after: u64, n: u32) -> Result<Vec<Event>, StoreError> {

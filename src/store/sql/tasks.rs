@@ -126,6 +126,7 @@ impl TaskStore for SqlStore {
                 event: Event { seq, revocation },
                 tokens_revoked: tokens,
                 tasks_stopped: 1,
+                repeated: false,
             },
         })
     }

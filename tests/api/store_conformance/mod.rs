@@ -98,6 +98,9 @@ macro_rules! every_case {
             revocations::a_revocation_is_never_dated_before_the_previous_one,
             revocations::the_feed_announces_revocations_committed_after_it_started,
             revocations::the_feed_announces_approval_decisions,
+            revocations::revoking_a_target_again_answers_its_event_and_adds_nothing,
+            revocations::revoking_an_agent_again_revokes_what_it_got_since,
+            revocations::identical_revocations_racing_make_one_event,
 
             delegations::an_offer_reads_back_as_inserted_with_its_audit_event,
             delegations::offers_of_one_parent_stop_at_the_open_limit,

@@ -105,7 +105,8 @@ pub async fn revoking_a_task_revokes_its_tokens_and_stops_it_once<S: Store>(s: &
 
     let again = revoke_ok(s, Target::Task(t.id), 40).await;
     assert_eq!(counts(&again), (0, 0), "counted twice");
-    assert_eq!(again.event.seq, revoked.event.seq + 1);
+    assert!(again.repeated);
+    assert_eq!(again.event, revoked.event, "revoked again");
 }
 
 pub async fn revoking_a_workflow_revokes_its_tokens_and_stops_its_tasks<S: Store>(s: &S) {
@@ -300,4 +301,89 @@ pub async fn the_feed_announces_approval_decisions<S: Store>(s: &S) {
 
     decide_ok(s, &a, true, 20).await;
     assert_eq!(next_notice(feed.as_mut()).await, Notice::ApprovalDecided);
+}
+
+/// Revoking what is already revoked, with nothing live left under it, answers
+/// the original event and adds nothing to the stream; the request is audited.
+pub async fn revoking_a_target_again_answers_its_event_and_adds_nothing<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let tok = mint(s, &t, 10).await;
+    let first = revoke_ok(s, Target::Token(tok.jti), 20).await;
+    assert!(!first.repeated);
+    let seq = s.last_revocation_seq().await.unwrap();
+    let events = all_events(s).await.len();
+
+    let again = revoke_ok(s, Target::Token(tok.jti), 30).await;
+    assert!(again.repeated);
+    assert_eq!(again.event, first.event);
+    assert_eq!(counts(&again), (0, 0));
+    assert_eq!(
+        s.last_revocation_seq().await.unwrap(),
+        seq,
+        "a second event"
+    );
+    assert_eq!(s.revocations_after(seq, 10).await.unwrap(), vec![]);
+    let audited = all_events(s).await;
+    assert_eq!(audited.len(), events + 1, "the repeat is audited once");
+    let repeat = audited.last().unwrap();
+    assert_eq!(repeat.detail["repeated"], true);
+    assert_eq!(repeat.detail["sequence"], first.event.seq);
+
+    // A token revoked with its task answers the task's event.
+    let other = mint(s, &t, 40).await;
+    let ended = complete(s, &t, 50).await;
+    let through_task = revoke_ok(s, Target::Token(other.jti), 60).await;
+    assert!(through_task.repeated);
+    assert_eq!(through_task.event, ended.event);
+    // So does the task itself, once ended.
+    let task_again = revoke_ok(s, Target::Task(t.id), 70).await;
+    assert!(task_again.repeated);
+    assert_eq!(task_again.event, ended.event);
+
+    for target in [
+        Target::Agent(agent_id(AGENT2)),
+        Target::Workflow(OTHER_WORKFLOW.into()),
+        Target::All,
+    ] {
+        let first = revoke_ok(s, target.clone(), 80).await;
+        let again = revoke_ok(s, target.clone(), 90).await;
+        assert!(again.repeated, "{target}");
+        assert_eq!(again.event, first.event, "{target}");
+    }
+    assert_eq!(s.last_revocation_seq().await.unwrap(), seq + 4);
+}
+
+/// An agent revoked before is revoked again once it has something live: a new
+/// task's token is not covered by the old event.
+pub async fn revoking_an_agent_again_revokes_what_it_got_since<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    mint(s, &t, 10).await;
+    let first = revoke_ok(s, Target::Agent(agent_id(AGENT)), 20).await;
+    assert_eq!(counts(&first), (1, 1));
+
+    let later = open(s, task(AGENT, 30, 600)).await;
+    let tok = mint(s, &later, 40).await;
+    let again = revoke_ok(s, Target::Agent(agent_id(AGENT)), 50).await;
+    assert!(!again.repeated);
+    assert_eq!(again.event.seq, first.event.seq + 1);
+    assert_eq!(counts(&again), (1, 1));
+    assert!(is_revoked(s, &tok).await);
+    assert_eq!(reread(s, &later).await.state, TaskState::Revoked);
+}
+
+/// Of two identical revocations racing, one revokes and the other answers its
+/// event.
+pub async fn identical_revocations_racing_make_one_event<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    mint(s, &t, 10).await;
+    let (r1, a1) = admin_revocation(Target::Agent(agent_id(AGENT)), 20);
+    let (r2, a2) = admin_revocation(Target::Agent(agent_id(AGENT)), 20);
+    let (one, two) = tokio::join!(s.revoke(&r1, &a1), s.revoke(&r2, &a2));
+    let (one, two) = (one.unwrap().unwrap(), two.unwrap().unwrap());
+    assert_eq!(one.event, two.event);
+    assert_eq!(
+        [one.repeated, two.repeated].iter().filter(|r| **r).count(),
+        1
+    );
+    assert_eq!(s.last_revocation_seq().await.unwrap(), 1);
 }
