@@ -187,6 +187,16 @@ pub enum ClientCommand {
         #[arg(long, global = true, default_value = "")]
         reason: String,
     },
+    /// Security team: a compromised agent, in one transaction: revoke every
+    /// token and active task of it (one revocation event) and freeze its
+    /// issuance until `unfreeze agent` lifts it.
+    Quarantine {
+        #[command(subcommand)]
+        target: QuarantineTargetArg,
+        /// Why (required, audited).
+        #[arg(long, global = true, default_value = "")]
+        reason: String,
+    },
     /// Security team: lift a freeze.
     Unfreeze {
         #[command(subcommand)]
@@ -284,6 +294,11 @@ pub enum TokenCommand {
     },
     /// Sub-agents: redeem a delegation made to you.
     Redeem { delegation: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineTargetArg {
+    Agent { agent: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,6 +39,30 @@ impl AdminService for AdminApi {
         }))
     }
 
+    #[instrument(skip_all, fields(caller))]
+    async fn quarantine(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<QuarantineResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.AdminService/Quarantine", &[Role::Admin])
+            .await?;
+        tracing::Span::current().record("caller", caller.id.as_str());
+        let r = req.get_ref();
+        let agent = convert::spiffe_id("agent", &r.agent)?;
+        let reason = convert::required_text("reason", &r.reason, convert::MAX_REASON)?;
+        let q = self.broker.quarantine(&caller, agent, reason).await?;
+        Ok(Response::new(QuarantineResponse {
+            event: Some(convert::event(&q.revoked.event)),
+            tokens_revoked: q.revoked.tokens_revoked,
+            tasks_stopped: q.revoked.tasks_stopped,
+            repeated: q.revoked.repeated,
+            freeze: Some(convert::freeze(&q.freeze)),
+            already_frozen: !q.newly_frozen,
+        }))
+    }
+
     async fn list_tokens(
         &self,
         req: Request<ListTokensRequest>,

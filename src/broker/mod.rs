@@ -35,6 +35,7 @@ mod keys;
 mod mint;
 mod misuse;
 mod open;
+mod quarantine;
 mod read;
 mod redeem;
 mod refuse;

@@ -215,6 +215,24 @@ pub(super) async fn freeze(
     Ok(())
 }
 
+pub(super) async fn quarantine(
+    ch: Channel,
+    out: &Printer,
+    agent: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let r = AdminServiceClient::new(ch)
+        .quarantine(pb::QuarantineRequest {
+            agent: agent.to_string(),
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    out.print(&r)?;
+    Ok(())
+}
+
 pub(super) async fn unfreeze(
     ch: Channel,
     out: &Printer,

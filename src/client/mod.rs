@@ -19,7 +19,7 @@ use crate::api::pb::token_service_client::TokenServiceClient;
 use crate::api::pb::verifier_service_client::VerifierServiceClient;
 use crate::cli::{
     ApprovalsCommand, AuditCommand, ClientArgs, ClientCommand, FreezeTargetArg, Output,
-    RevokeTarget, TaskCommand, TokenCommand,
+    QuarantineTargetArg, RevokeTarget, TaskCommand, TokenCommand,
 };
 use anyhow::{Context, bail};
 use args::*;
@@ -140,6 +140,10 @@ pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyh
             admin::unfreeze(ch, out, target, reason).await
         }
         ClientCommand::Freezes => admin::freezes(ch, out).await,
+        ClientCommand::Quarantine {
+            target: QuarantineTargetArg::Agent { agent },
+            reason,
+        } => admin::quarantine(ch, out, agent, reason).await,
         ClientCommand::Audit(c) => admin::audit(ch, out, c).await,
         ClientCommand::Watch { after } => verifier::watch(ch, out, *after).await,
         ClientCommand::Jwks => verifier::jwks(ch, out).await,

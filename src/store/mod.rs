@@ -130,6 +130,15 @@ pub struct Revoked {
     pub repeated: bool,
 }
 
+/// The result of a quarantine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub revoked: Revoked,
+    /// The freeze in force: this quarantine's, or one that stood already.
+    pub freeze: Freeze,
+    pub newly_frozen: bool,
+}
+
 /// Ending an active task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EndOutcome {
@@ -300,6 +309,18 @@ pub trait RevocationStore {
         revocation: &Revocation,
         audit: &AuditEvent,
     ) -> Result<Option<Revoked>, StoreError>;
+    /// Quarantines an agent in one transaction: revokes it as [`revoke`] does
+    /// (`revocation` targets the agent; one event, or the original one when it
+    /// only repeats) and freezes its issuance (`freeze`, of the same agent; a
+    /// freeze standing stays as it is), with `audit` recording both.
+    ///
+    /// [`revoke`]: RevocationStore::revoke
+    async fn quarantine(
+        &self,
+        revocation: &Revocation,
+        freeze: &Freeze,
+        audit: &AuditEvent,
+    ) -> Result<Quarantined, StoreError>;
     /// Events with a sequence number above `after`, in order.
     async fn revocations_after(&self, after: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
     async fn last_revocation_seq(&self) -> Result<u64, StoreError>;

@@ -432,3 +432,41 @@ async fn revoking_a_workflow_stops_its_tasks_and_kills_their_tokens_and_nothing_
         err.message()
     );
 }
+
+#[tokio::test]
+async fn a_quarantine_is_the_security_teams_and_names_an_agent_and_a_reason() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let minted = mint(&app, AGENT, &task.id, "customers/eu/1").await;
+    let quarantine = |agent: &str, reason: &str| pb::QuarantineRequest {
+        agent: agent.into(),
+        reason: reason.into(),
+    };
+    // An agent cannot quarantine, not even itself.
+    let err = app
+        .admin(AGENT)
+        .await
+        .quarantine(quarantine(AGENT, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut admin = app.admin(ADMIN).await;
+    let err = admin
+        .quarantine(quarantine("agent-7", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("agent:"), "{}", err.message());
+    let err = admin.quarantine(quarantine(AGENT, "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("reason:"), "{}", err.message());
+    // Nothing of that reached the agent.
+    assert!(introspect_active(&app, &minted.token).await);
+    let q = admin
+        .quarantine(quarantine(AGENT, "exfiltrating"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((q.tokens_revoked, q.tasks_stopped), (1, 1));
+    assert!(!introspect_active(&app, &minted.token).await);
+}

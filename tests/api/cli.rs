@@ -1,4 +1,5 @@
 use crate::support::*;
+use mayfly::api::pb;
 use serde_json::Value;
 
 /// Runs the `mayfly` binary as `who` against `app`, asking for JSON.
@@ -365,6 +366,79 @@ async fn the_cli_freezes_and_unfreezes_issuance() {
     let (ok, listed, _) = mayfly(&app, ADMIN, &["freezes"]).await;
     assert!(ok);
     assert_eq!(listed[0]["reason"], "incident 42");
+    let (ok, _, err) = mayfly(
+        &app,
+        ADMIN,
+        &["unfreeze", "agent", AGENT, "--reason", "resolved"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = mayfly(&app, AGENT, &mint).await;
+    assert!(ok, "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_quarantines_a_compromised_agent_in_one_call() {
+    let app = spawn_app().await;
+    let task = app.open_task(AGENT, 600).await;
+    let before = app.mint(AGENT, &task.id, "customers/eu/7", 120).await;
+    let (ok, _, err) = mayfly(&app, ADMIN, &["quarantine", "agent", AGENT]).await;
+    assert!(
+        !ok && err.contains("reason"),
+        "a quarantine needs a reason: {err}"
+    );
+    let (ok, q, err) = mayfly(
+        &app,
+        ADMIN,
+        &["quarantine", "agent", AGENT, "--reason", "incident 43"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(q["tokens_revoked"], 1);
+    assert_eq!(q["tasks_stopped"], 1);
+    assert_eq!(q["repeated"], false);
+    assert_eq!(q["freeze"]["target"]["agent"], AGENT);
+    assert_eq!(q["already_frozen"], false);
+    assert_eq!(q["event"]["target"]["agent"], AGENT);
+    // Its token is dead and its task revoked.
+    assert!(!introspect_active(&app, &before.token).await);
+    assert_eq!(
+        app.get_task(&task.id).await.state,
+        pb::TaskState::Revoked as i32
+    );
+    // Again: the same event, nothing new.
+    let (ok, again, err) = mayfly(
+        &app,
+        ADMIN,
+        &[
+            "quarantine",
+            "agent",
+            AGENT,
+            "--reason",
+            "incident 43, again",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(again["repeated"], true);
+    assert_eq!(again["event"]["sequence"], q["event"]["sequence"]);
+    assert_eq!(again["already_frozen"], true);
+    // A new task of it mints nothing while the freeze stands.
+    let later = app.open_task(AGENT, 600).await;
+    let mint = [
+        "token",
+        "mint",
+        "--task",
+        &later.id,
+        "--scope",
+        "crm-api customers/eu/7 read",
+    ];
+    let (ok, _, err) = mayfly(&app, AGENT, &mint).await;
+    assert!(
+        !ok && err.contains("PermissionDenied") && err.contains("incident 43"),
+        "{err}"
+    );
+    // Lifted, the agent mints again.
     let (ok, _, err) = mayfly(
         &app,
         ADMIN,

@@ -48,12 +48,15 @@ pub enum Action {
     IssuanceFrozen,
     /// A freeze lifted.
     IssuanceUnfrozen,
+    /// A compromised agent: every token and active task of it revoked and its
+    /// issuance frozen, in one transaction.
+    AgentQuarantined,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 24] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -77,6 +80,7 @@ impl Action {
         Action::StepUpRefused,
         Action::IssuanceFrozen,
         Action::IssuanceUnfrozen,
+        Action::AgentQuarantined,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -109,6 +113,7 @@ impl Action {
             Action::StepUpRefused => "step_up_refused",
             Action::IssuanceFrozen => "issuance_frozen",
             Action::IssuanceUnfrozen => "issuance_unfrozen",
+            Action::AgentQuarantined => "agent_quarantined",
         }
     }
 

@@ -13,40 +13,47 @@ fn freeze_from_row(r: &Row) -> Result<Freeze, StoreError> {
     })
 }
 
+/// Records `f` inside `tx`, unless a freeze of its target stands: the freeze in
+/// force, and whether it is `f`.
+pub(super) async fn freeze_in(tx: &mut Tx, f: &Freeze) -> Result<(Freeze, bool), StoreError> {
+    let inserted = tx
+        .fetch_optional(
+            query(
+                "INSERT INTO freezes (kind, target, reason, actor, at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (kind, target) DO NOTHING RETURNING kind",
+            )
+            .bind(f.target.kind())
+            .bind(f.target.value())
+            .bind(&f.reason)
+            .bind(&f.actor)
+            .bind(f.at),
+        )
+        .await?;
+    if inserted.is_some() {
+        return Ok((f.clone(), true));
+    }
+    let row = tx
+        .fetch_one(
+            query("SELECT kind, target, reason, actor, at FROM freezes WHERE kind = $1 AND target = $2")
+                .bind(f.target.kind())
+                .bind(f.target.value()),
+        )
+        .await?;
+    Ok((freeze_from_row(&row)?, false))
+}
+
 #[async_trait]
 impl FreezeStore for SqlStore {
     async fn freeze(&self, f: &Freeze, audit: &AuditEvent) -> Result<Freeze, StoreError> {
-        let db = &self.db;
-        let mut tx = db.begin(Write::Freeze).await?;
-        let inserted = tx
-            .fetch_optional(
-                query(
-                    "INSERT INTO freezes (kind, target, reason, actor, at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (kind, target) DO NOTHING RETURNING kind",
-                )
-                .bind(f.target.kind())
-                .bind(f.target.value())
-                .bind(&f.reason)
-                .bind(&f.actor)
-                .bind(f.at),
-            )
-            .await?;
-        if inserted.is_none() {
-            // The standing freeze stays as it is.
-            let row = tx
-                .fetch_one(
-                    query(
-                        "SELECT kind, target, reason, actor, at FROM freezes WHERE kind = $1 AND target = $2",
-                    )
-                    .bind(f.target.kind())
-                    .bind(f.target.value()),
-                )
-                .await?;
-            return freeze_from_row(&row);
+        let mut tx = self.db.begin(Write::Freeze).await?;
+        let (stands, new) = freeze_in(&mut tx, f).await?;
+        if !new {
+            // The standing freeze stays as it is; nothing is written.
+            return Ok(stands);
         }
         insert_audit(&mut tx, &[audit]).await?;
         tx.commit().await?;
-        Ok(f.clone())
+        Ok(stands)
     }
 
     async fn unfreeze(

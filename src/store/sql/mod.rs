@@ -47,6 +47,7 @@ pub enum Write {
     Freeze,
     Unfreeze,
     Revoke,
+    Quarantine,
     RegisterKey,
     AppendAudit,
     SealAudit,

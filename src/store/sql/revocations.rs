@@ -2,6 +2,7 @@
 //! tasks and offers it covers), the stream's history and the feed of notices.
 use super::dialect;
 use super::driver::Arg;
+use super::freezes;
 use super::*;
 use crate::domain::audit::Action;
 use crate::domain::{Target, Trigger};
@@ -234,12 +235,12 @@ async fn repeated(tx: &mut Tx, r: &Revocation) -> Result<Option<Event>, StoreErr
     event_from_row(&row).map(Some)
 }
 
-/// An administrative revocation inside `tx`: see [`RevocationStore::revoke`].
+/// An administrative revocation inside `tx`, without its audit event: see
+/// [`RevocationStore::revoke`] and [`revocation_audit`].
 pub(super) async fn revoke_in(
     db: &Db,
     tx: &mut Tx,
     r: &Revocation,
-    audit: &AuditEvent,
 ) -> Result<Option<Revoked>, StoreError> {
     // Revokers take turns at the counter (in PostgreSQL its row lock, taken
     // first as everywhere), so of two identical revocations racing, the second
@@ -265,15 +266,7 @@ pub(super) async fn revoke_in(
         return Ok(None);
     }
     if let Some(event) = repeated(tx, r).await? {
-        // Nothing new to revoke: the stream gets nothing, the request is audited.
-        let mut audit = audit.clone();
-        if let serde_json::Value::Object(m) = &mut audit.detail {
-            m.insert("sequence".into(), event.seq.into());
-            m.insert("repeated".into(), true.into());
-            m.insert("tokens_revoked".into(), 0.into());
-            m.insert("tasks_stopped".into(), 0.into());
-        }
-        insert_audit(tx, &[&audit]).await?;
+        // Nothing new to revoke: the stream gets nothing.
         return Ok(Some(Revoked {
             event,
             tokens_revoked: 0,
@@ -299,19 +292,27 @@ pub(super) async fn revoke_in(
     }
     insert_revocation(tx, seq, &r).await?;
     let tokens = revoke_tokens(db, tx, &r.target, seq, r.at).await?;
-    let mut audit = audit.clone();
-    if let serde_json::Value::Object(m) = &mut audit.detail {
-        m.insert("sequence".into(), seq.into());
-        m.insert("tokens_revoked".into(), tokens.into());
-        m.insert("tasks_stopped".into(), tasks.into());
-    }
-    insert_audit(tx, &[&audit]).await?;
     Ok(Some(Revoked {
         event: Event { seq, revocation: r },
         tokens_revoked: tokens,
         tasks_stopped: tasks,
         repeated: false,
     }))
+}
+
+/// `audit` with what a revocation did: its event's sequence, what it revoked
+/// and stopped, and whether it only repeated an earlier one.
+fn revocation_audit(audit: &AuditEvent, revoked: &Revoked) -> AuditEvent {
+    let mut audit = audit.clone();
+    if let serde_json::Value::Object(m) = &mut audit.detail {
+        m.insert("sequence".into(), revoked.event.seq.into());
+        m.insert("tokens_revoked".into(), revoked.tokens_revoked.into());
+        m.insert("tasks_stopped".into(), revoked.tasks_stopped.into());
+        if revoked.repeated {
+            m.insert("repeated".into(), true.into());
+        }
+    }
+    audit
 }
 
 #[async_trait]
@@ -322,13 +323,47 @@ impl RevocationStore for SqlStore {
         audit: &AuditEvent,
     ) -> Result<Option<Revoked>, StoreError> {
         let mut tx = self.db.begin(Write::Revoke).await?;
-        let Some(revoked) = revoke_in(&self.db, &mut tx, r, audit).await? else {
+        let Some(revoked) = revoke_in(&self.db, &mut tx, r).await? else {
             // Nothing is written and no sequence number taken.
             tx.rollback().await?;
             return Ok(None);
         };
+        insert_audit(&mut tx, &[&revocation_audit(audit, &revoked)]).await?;
         tx.commit().await?;
         Ok(Some(revoked))
+    }
+
+    async fn quarantine(
+        &self,
+        r: &Revocation,
+        f: &Freeze,
+        audit: &AuditEvent,
+    ) -> Result<Quarantined, StoreError> {
+        match (&r.target, &f.target) {
+            (Target::Agent(a), FreezeTarget::Agent(b)) if a == b => {}
+            _ => {
+                return Err(StoreError::Other(
+                    "a quarantine revokes and freezes one agent".into(),
+                ));
+            }
+        }
+        let mut tx = self.db.begin(Write::Quarantine).await?;
+        // The counter first, as every revocation takes it; then the freeze.
+        let revoked = revoke_in(&self.db, &mut tx, r)
+            .await?
+            .ok_or_else(|| StoreError::Other("an agent's revocation found no target".into()))?;
+        let (freeze, newly_frozen) = freezes::freeze_in(&mut tx, f).await?;
+        let mut audit = revocation_audit(audit, &revoked);
+        if let serde_json::Value::Object(m) = &mut audit.detail {
+            m.insert("newly_frozen".into(), newly_frozen.into());
+        }
+        insert_audit(&mut tx, &[&audit]).await?;
+        tx.commit().await?;
+        Ok(Quarantined {
+            revoked,
+            freeze,
+            newly_frozen,
+        })
     }
 
     async fn revocations_after(&self, after: u64, n: u32) -> Result<Vec<Event>, StoreError> {

@@ -101,6 +101,8 @@ macro_rules! every_case {
             revocations::revoking_a_target_again_answers_its_event_and_adds_nothing,
             revocations::revoking_an_agent_again_revokes_what_it_got_since,
             revocations::identical_revocations_racing_make_one_event,
+            revocations::quarantining_an_agent_revokes_all_of_it_and_freezes_it_with_one_event,
+            revocations::a_quarantine_of_two_targets_is_refused_and_writes_nothing,
 
             delegations::an_offer_reads_back_as_inserted_with_its_audit_event,
             delegations::offers_of_one_parent_stop_at_the_open_limit,

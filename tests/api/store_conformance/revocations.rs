@@ -2,6 +2,7 @@
 //! chains), the gap-free sequence and its times, and the feed of notices.
 use super::fixtures::*;
 use mayfly::domain::TaskState;
+use mayfly::domain::audit::{Action, AuditEvent};
 use mayfly::domain::*;
 use mayfly::domain::{Event, Target};
 use mayfly::store::*;
@@ -386,4 +387,84 @@ pub async fn identical_revocations_racing_make_one_event<S: Store>(s: &S) {
         1
     );
     assert_eq!(s.last_revocation_seq().await.unwrap(), 1);
+}
+
+/// A quarantine: everything of the agent revoked (its tokens, what was delegated
+/// from them, its active tasks) with one event, and its issuance frozen, in one
+/// transaction; a repeat adds nothing; the freeze holds until lifted.
+pub async fn quarantining_an_agent_revokes_all_of_it_and_freezes_it_with_one_event<S: Store>(
+    s: &S,
+) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let tok = mint(s, &t, 10).await;
+    let o = delegate(s, &tok, &[], SUB, 20).await;
+    let child = redeem_ok(s, &o, 21).await;
+    let other = open(s, task(AGENT2, 0, 600)).await;
+    let other_tok = mint(s, &other, 10).await;
+    let seq = s.last_revocation_seq().await.unwrap();
+
+    let (r, audit) = quarantine_of(AGENT, 30);
+    let f = freeze_of(FreezeTarget::Agent(agent_id(AGENT)), 30);
+    let q = s.quarantine(&r, &f, &audit).await.unwrap();
+
+    assert!(!q.revoked.repeated);
+    assert!(q.newly_frozen);
+    assert_eq!(q.freeze, f);
+    assert_eq!(counts(&q.revoked), (2, 1));
+    assert_eq!(s.last_revocation_seq().await.unwrap(), seq + 1, "one event");
+    assert_revoked(s, &[&tok, &child], &[&other_tok]).await;
+    assert_eq!(reread(s, &t).await.state, TaskState::Revoked);
+    assert_eq!(reread(s, &other).await.state, TaskState::Active);
+    assert_eq!(s.list_freezes().await.unwrap(), vec![f.clone()]);
+    let recorded = all_events(s).await;
+    let event = recorded
+        .iter()
+        .find(|e| e.action == Action::AgentQuarantined)
+        .expect("the quarantine is audited");
+    assert_eq!(event.detail["sequence"], q.revoked.event.seq);
+    assert_eq!(event.detail["newly_frozen"], true);
+
+    // Again: the original event, the standing freeze, nothing added.
+    let (r2, audit2) = quarantine_of(AGENT, 35);
+    let f2 = freeze_of(FreezeTarget::Agent(agent_id(AGENT)), 35);
+    let again = s.quarantine(&r2, &f2, &audit2).await.unwrap();
+    assert!(again.revoked.repeated);
+    assert_eq!(again.revoked.event, q.revoked.event);
+    assert!(!again.newly_frozen);
+    assert_eq!(again.freeze, f);
+    assert_eq!(s.last_revocation_seq().await.unwrap(), seq + 1);
+
+    // A new task of the agent takes no token while the freeze stands.
+    let later = open(s, task(AGENT, 40, 600)).await;
+    assert_refused(s, &token(&later, 50), BUDGET, Refusal::Frozen).await;
+
+    unfreeze(s, &FreezeTarget::Agent(agent_id(AGENT)), 70)
+        .await
+        .expect("frozen");
+    mint(s, &later, 80).await;
+}
+
+/// A quarantine names one agent for its revocation and its freeze.
+pub async fn a_quarantine_of_two_targets_is_refused_and_writes_nothing<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 600)).await;
+    let tok = mint(s, &t, 10).await;
+    let (r, audit) = quarantine_of(AGENT, 20);
+    for f in [
+        freeze_of(FreezeTarget::Agent(agent_id(AGENT2)), 20),
+        freeze_of(FreezeTarget::All, 20),
+    ] {
+        assert!(s.quarantine(&r, &f, &audit).await.is_err());
+    }
+    assert!(!is_revoked(s, &tok).await);
+    assert_eq!(s.list_freezes().await.unwrap(), vec![]);
+    assert_eq!(s.last_revocation_seq().await.unwrap(), 0);
+}
+
+/// A security team's quarantine of `agent` at `secs`, with its audit event.
+fn quarantine_of(agent: &str, secs: i64) -> (Revocation, AuditEvent) {
+    let (r, _) = admin_revocation(Target::Agent(agent_id(agent)), secs);
+    let e = AuditEvent::new(at(secs), ADMIN, Action::AgentQuarantined)
+        .agent(agent)
+        .reason(&r.reason);
+    (r, e)
 }
