@@ -187,9 +187,8 @@ pub enum ClientCommand {
         #[arg(long, global = true, default_value = "")]
         reason: String,
     },
-    /// Security team: a compromised agent, in one transaction: revoke every
-    /// token and active task of it (one revocation event) and freeze its
-    /// issuance until `unfreeze agent` lifts it.
+    /// Security team: a compromised agent. Revoke every token and active task of
+    /// it (one event) and freeze it until `unfreeze agent`, in one transaction.
     Quarantine {
         #[command(subcommand)]
         target: QuarantineTargetArg,
