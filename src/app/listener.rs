@@ -112,6 +112,10 @@ impl Kind {
     }
 }
 
+/// The longest an accepted connection waits for evicted ones to leave before it
+/// is refused.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+
 /// Accepts connections until `cancel`, each served in a task of its own (tracked
 /// by `shared.tasks`, so shutdown can wait for them).
 pub async fn serve(
@@ -140,10 +144,26 @@ pub async fn serve(
                 }
             },
         };
-        // An evicted connection counts itself, under its own listener.
-        let slot = match shared.connections.admit() {
-            Admit::Admitted(s) | Admit::Evicted(s) => s,
-            Admit::Full => {
+        // An evicted connection counts itself, under its own listener. While
+        // evicted members are still leaving (the other listener admitted since
+        // `room`), the accepted connection waits, as it would in the backlog.
+        let admitted = loop {
+            match shared.connections.admit() {
+                Admit::Admitted(s) | Admit::Evicted(s) => break Some(s),
+                Admit::Full => break None,
+                Admit::Busy => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    waited = tokio::time::timeout(BUSY_WAIT, shared.connections.room()) => {
+                        if waited.is_err() {
+                            break None;
+                        }
+                    }
+                },
+            }
+        };
+        let slot = match admitted {
+            Some(s) => s,
+            None => {
                 metrics::CONNECTIONS_REFUSED
                     .get_or_create(&Conn {
                         listener: name,
@@ -234,7 +254,7 @@ impl Connection {
         let handshake = match self.shared.handshakes.admit() {
             Admit::Admitted(s) | Admit::Evicted(s) => s,
             // Handshake slots are never protected: there is always an oldest.
-            Admit::Full => return self.closed(Reason::HandshakeEvicted),
+            Admit::Full | Admit::Busy => return self.closed(Reason::HandshakeEvicted),
         };
         metrics::HANDSHAKES_IN_PROGRESS.inc();
         let outcome = tokio::select! {

@@ -50,6 +50,9 @@ pub enum Admit {
     Evicted(Slot),
     /// Every member is protected: the newcomer is refused.
     Full,
+    /// Evicted members are still leaving (past the cap by [`OVERSHOOT`]): wait
+    /// for [`Slots::room`] and ask again.
+    Busy,
 }
 
 impl Slots {
@@ -94,7 +97,7 @@ impl Slots {
         // Past the overshoot (the caller did not wait for `room`): no more
         // evictions until victims have left.
         if inner.count >= self.max + OVERSHOOT {
-            return Admit::Full;
+            return Admit::Busy;
         }
         if inner.count >= self.max {
             match inner.evictable.pop_first() {
@@ -183,7 +186,7 @@ mod tests {
     fn slot(a: Admit) -> Slot {
         match a {
             Admit::Admitted(s) | Admit::Evicted(s) => s,
-            Admit::Full => panic!("full"),
+            Admit::Full | Admit::Busy => panic!("full"),
         }
     }
 
@@ -236,5 +239,21 @@ mod tests {
         let d = slot(slots.admit());
         assert!(!d.is_evicted() && !c.is_evicted());
         assert_eq!(slots.len(), 2);
+    }
+
+    #[test]
+    fn past_the_cap_while_victims_leave_a_newcomer_is_asked_to_wait_not_refused() {
+        let slots = Slots::new(1);
+        // Each newcomer evicts the one before, which has not left yet.
+        let mut leaving = vec![slot(slots.admit())];
+        for _ in 0..OVERSHOOT {
+            leaving.push(match slots.admit() {
+                Admit::Evicted(s) => s,
+                _ => panic!("an eviction within the overshoot"),
+            });
+        }
+        assert!(matches!(slots.admit(), Admit::Busy));
+        drop(leaving);
+        assert!(matches!(slots.admit(), Admit::Admitted(_)));
     }
 }
