@@ -645,9 +645,17 @@ async fn the_cli_watches_revocations_of_every_target_and_freezes_every_target() 
         .kill_on_drop(true);
     let piped = piped.spawn().unwrap();
     // One more event once `head` is gone: the watch's next write finds no reader.
+    // (A new task: revoking everything again, with nothing live, adds no event.)
+    let t3 = app.open_task(AGENT, 600).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (ok, _, err) = mayfly(&app, ADMIN, &["revoke", "--reason", "again", "all"]).await;
+    let (ok, r, err) = mayfly(
+        &app,
+        ADMIN,
+        &["revoke", "--reason", "again", "task", &t3.id],
+    )
+    .await;
     assert!(ok, "{err}");
+    assert_eq!(r["repeated"], false, "{r}");
     let piped = tokio::time::timeout(std::time::Duration::from_secs(10), piped.wait_with_output())
         .await
         .expect("the watch ends when its reader is gone")
