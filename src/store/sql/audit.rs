@@ -2,6 +2,7 @@
 //! one hash chain in the order they became visible, and the queries over it.
 use super::dialect;
 use super::driver::micros;
+use super::filter::Filter;
 use super::*;
 use crate::domain::audit::chain;
 use crate::domain::audit::{Action, chain::Sealed};
@@ -150,28 +151,34 @@ impl AuditStore for SqlStore {
     }
 
     async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
-        let db = &self.db;
-        let rows = db
-            .fetch_all(
-                query(
-                    "SELECT seq, at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
-                     WHERE seq > $1
-                       AND ($2 IS NULL OR actor = $2 OR agent = $2)
-                       AND ($3 IS NULL OR task_id = $3)
-                       AND ($4 IS NULL OR action = $4)
-                       AND ($5 IS NULL OR at >= $5)
-                       AND ($6 IS NULL OR at < $6)
-                     ORDER BY seq LIMIT $7",
+        let mut w = Filter::default();
+        w.and("seq > ?", f.after)
+            .and_some("task_id = ?", f.task.map(|t| t.0))
+            .and_some("action = ?", f.action.as_deref())
+            .and_some("at >= ?", f.since)
+            .and_some("at < ?", f.until);
+        let rest = w.conditions();
+        let n = w.arg(limit(f.limit));
+        let within = match &f.agent {
+            None => rest,
+            // By (actor) or about (agent) the agent: each side walks its own
+            // index in chain order, so a rare agent is found as fast as a busy one.
+            Some(agent) => {
+                let a = w.arg(agent.to_string());
+                format!(
+                    "seq IN (
+                        SELECT seq FROM (SELECT seq FROM audit_events WHERE actor = {a} AND {rest} ORDER BY seq LIMIT {n}) AS by_actor
+                        UNION
+                        SELECT seq FROM (SELECT seq FROM audit_events WHERE agent = {a} AND {rest} ORDER BY seq LIMIT {n}) AS about_agent
+                    )"
                 )
-                .bind(f.after)
-                .bind(&f.agent)
-                .bind(f.task.map(|t| t.0))
-                .bind(&f.action)
-                .bind(f.since)
-                .bind(f.until)
-                .bind(limit(f.limit)),
-            )
-            .await?;
+            }
+        };
+        let sql = format!(
+            "SELECT seq, at, actor, action, task_id, agent, jti, reason, detail FROM audit_events
+             WHERE {within} ORDER BY seq LIMIT {n}"
+        );
+        let rows = self.db.fetch_all(query(sql).bind_all(w.args())).await?;
         rows.iter()
             .map(|r| Ok((seq(r, "seq")?, audit_from_row(r)?)))
             .collect()
@@ -183,22 +190,16 @@ impl AuditStore for SqlStore {
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
     ) -> Result<Vec<Access>, StoreError> {
-        let db = &self.db;
-        let rows = db
-            .fetch_all(
-                query(
-                    "SELECT agent, resource, count(*) AS n, min(issued_at) AS first, max(issued_at) AS last
-                     FROM tokens
-                     WHERE audience = $1
-                       AND ($2 IS NULL OR issued_at >= $2)
-                       AND ($3 IS NULL OR issued_at < $3)
-                     GROUP BY agent, resource ORDER BY agent, resource",
-                )
-                .bind(audience)
-                .bind(since)
-                .bind(until),
-            )
-            .await?;
+        let mut w = Filter::default();
+        w.and("audience = ?", audience)
+            .and_some("issued_at >= ?", since)
+            .and_some("issued_at < ?", until);
+        let sql = format!(
+            "SELECT agent, resource, count(*) AS n, min(issued_at) AS first, max(issued_at) AS last
+             FROM tokens WHERE {} GROUP BY agent, resource ORDER BY agent, resource",
+            w.conditions()
+        );
+        let rows = self.db.fetch_all(query(sql).bind_all(w.args())).await?;
         rows.iter()
             .map(|r| {
                 Ok(Access {

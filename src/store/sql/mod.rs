@@ -24,6 +24,7 @@ mod audit;
 mod delegations;
 mod dialect;
 mod driver;
+mod filter;
 mod freezes;
 mod keys;
 mod notices;

@@ -1,5 +1,6 @@
 //! Tasks: opening one, reading them, ending one (with its revocation), and the
 //! sweep's page of overdue tasks.
+use super::filter::Filter;
 use super::revocations::{insert_revocation, next_seq, revoke_tokens};
 use super::*;
 
@@ -59,19 +60,15 @@ impl TaskStore for SqlStore {
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>, StoreError> {
-        let rows = self
-            .db
-            .fetch_all(
-                query(format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks
-                     WHERE ($1 IS NULL OR agent = $1) AND ($2 IS NULL OR state = $2)
-                     ORDER BY created_at DESC, id LIMIT $3"
-                ))
-                .bind(&f.agent)
-                .bind(f.state.map(TaskState::as_str))
-                .bind(limit(f.limit)),
-            )
-            .await?;
+        let mut w = Filter::default();
+        w.and_some("agent = ?", f.agent.as_ref().map(|a| a.to_string()))
+            .and_some("state = ?", f.state.map(TaskState::as_str));
+        let n = w.arg(limit(f.limit));
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {} ORDER BY created_at DESC, id LIMIT {n}",
+            w.conditions()
+        );
+        let rows = self.db.fetch_all(query(sql).bind_all(w.args())).await?;
         rows.iter().map(task_from_row).collect()
     }
 

@@ -2,6 +2,7 @@
 //! by redemptions and spent approvals), and reading them.
 use super::dialect;
 use super::driver::Arg;
+use super::filter::Filter;
 use super::*;
 
 pub(super) const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at, parent_jti, depth";
@@ -218,21 +219,16 @@ impl TokenStore for SqlStore {
     }
 
     async fn list_tokens(&self, f: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = self
-            .db
-            .fetch_all(
-                query(format!(
-                    "SELECT {TOKEN_COLUMNS} FROM tokens
-                     WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR agent = $2)
-                       AND ($3 IS NULL OR (revoked_at IS NULL AND expires_at > $3))
-                     ORDER BY issued_at DESC, jti LIMIT $4"
-                ))
-                .bind(f.task.map(|t| t.0))
-                .bind(&f.agent)
-                .bind(f.active_at)
-                .bind(limit(f.limit)),
-            )
-            .await?;
+        let mut w = Filter::default();
+        w.and_some("task_id = ?", f.task.map(|t| t.0))
+            .and_some("agent = ?", f.agent.as_ref().map(|a| a.to_string()))
+            .and_some("revoked_at IS NULL AND expires_at > ?", f.active_at);
+        let n = w.arg(limit(f.limit));
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {} ORDER BY issued_at DESC, jti LIMIT {n}",
+            w.conditions()
+        );
+        let rows = self.db.fetch_all(query(sql).bind_all(w.args())).await?;
         rows.iter().map(token_from_row).collect()
     }
 }
