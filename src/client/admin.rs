@@ -197,22 +197,25 @@ pub(super) async fn approvals(
     Ok(())
 }
 
+/// Prints what a call answered.
+async fn answer<T: serde::Serialize>(
+    out: &Printer,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<()> {
+    out.print(&call.await.map_err(status)?.into_inner())
+}
+
 pub(super) async fn freeze(
     ch: Channel,
     out: &Printer,
     target: &FreezeTargetArg,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let r = AdminServiceClient::new(ch)
-        .freeze(pb::FreezeRequest {
-            target: Some(freeze_target(target)),
-            reason: reason.to_string(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    out.print(&r)?;
-    Ok(())
+    let req = pb::FreezeRequest {
+        target: Some(freeze_target(target)),
+        reason: reason.to_string(),
+    };
+    answer(out, AdminServiceClient::new(ch).freeze(req)).await
 }
 
 pub(super) async fn quarantine(
@@ -221,16 +224,11 @@ pub(super) async fn quarantine(
     agent: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let r = AdminServiceClient::new(ch)
-        .quarantine(pb::QuarantineRequest {
-            agent: agent.to_string(),
-            reason: reason.to_string(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    out.print(&r)?;
-    Ok(())
+    let req = pb::QuarantineRequest {
+        agent: agent.to_string(),
+        reason: reason.to_string(),
+    };
+    answer(out, AdminServiceClient::new(ch).quarantine(req)).await
 }
 
 pub(super) async fn unfreeze(
@@ -239,16 +237,11 @@ pub(super) async fn unfreeze(
     target: &FreezeTargetArg,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let r = AdminServiceClient::new(ch)
-        .unfreeze(pb::UnfreezeRequest {
-            target: Some(freeze_target(target)),
-            reason: reason.to_string(),
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    out.print(&r)?;
-    Ok(())
+    let req = pb::UnfreezeRequest {
+        target: Some(freeze_target(target)),
+        reason: reason.to_string(),
+    };
+    answer(out, AdminServiceClient::new(ch).unfreeze(req)).await
 }
 
 pub(super) async fn freezes(ch: Channel, out: &Printer) -> anyhow::Result<()> {

@@ -237,16 +237,21 @@ mod tests {
         Scope::requested("crm-api", "customers/eu/42", "delete").unwrap()
     }
 
-    fn asked() -> (Task, Approval) {
-        let t = task();
-        let a = Approval::ask(
-            &t,
+    /// The agent asks in `t` at 0 to delete, for 120 s, deciders given 900 s.
+    fn ask_in(t: &Task) -> Approval {
+        Approval::ask(
+            t,
             &AGENT,
             &delete(),
             Duration::from_secs(120),
             Duration::from_secs(900),
             at(0),
-        );
+        )
+    }
+
+    fn asked() -> (Task, Approval) {
+        let t = task();
+        let a = ask_in(&t);
         (t, a)
     }
 
@@ -256,15 +261,7 @@ mod tests {
         assert_eq!(a.state, ApprovalState::Pending);
         assert_eq!(a.expires_at, at(900));
         t.expires_at = at(300);
-        let late = Approval::ask(
-            &t,
-            &AGENT,
-            &delete(),
-            Duration::from_secs(120),
-            Duration::from_secs(900),
-            at(0),
-        );
-        assert_eq!(late.expires_at, at(300));
+        assert_eq!(ask_in(&t).expires_at, at(300));
     }
 
     #[test]

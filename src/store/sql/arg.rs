@@ -14,7 +14,7 @@ pub(super) enum Arg<'a> {
     Text(Option<Cow<'a, str>>),
     Int(Option<i64>),
     Bool(bool),
-    Json(serde_json::Value),
+    Json(Cow<'a, serde_json::Value>),
     Bytes(&'a [u8]),
 }
 
@@ -48,7 +48,8 @@ args! {
     // A position or count beyond `i64::MAX` reads as `i64::MAX`.
     u64 => |v| Arg::Int(Some(i64::try_from(v).unwrap_or(i64::MAX)));
     bool => |v| Arg::Bool(v);
-    serde_json::Value => |v| Arg::Json(v);
+    serde_json::Value => |v| Arg::Json(Cow::Owned(v));
+    &'a serde_json::Value => |v| Arg::Json(Cow::Borrowed(v));
     &'a [u8] => |v| Arg::Bytes(v);
     &'a Vec<u8> => |v| Arg::Bytes(v);
 }
@@ -56,6 +57,6 @@ args! {
 /// A JSON argument from anything serialisable.
 pub(super) fn json(v: &impl serde::Serialize) -> Result<Arg<'static>, StoreError> {
     serde_json::to_value(v)
-        .map(Arg::Json)
+        .map(|v| Arg::Json(Cow::Owned(v)))
         .map_err(|e| StoreError::Other(format!("encoding JSON: {e}")))
 }

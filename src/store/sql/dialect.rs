@@ -7,6 +7,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::{SpiffeId, TokenRecord};
 use crate::store::StoreError;
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
@@ -73,6 +74,28 @@ pub(super) fn cascade_passes(db: &Db) -> usize {
     }
 }
 
+/// PostgreSQL's token write (see [`token_in_one_statement`]), built once: the
+/// mint's hot path formats nothing, and sqlx keeps one prepared statement for it.
+static ONE_STATEMENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH k AS (
+                SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $2 FOR NO KEY UPDATE
+             ), t AS (
+                UPDATE tasks SET tokens_minted = tokens_minted + 1
+                WHERE id = (SELECT id FROM k WHERE refusal IS NULL)
+                RETURNING id
+             ), tok AS (
+                INSERT INTO tokens ({TOKEN_ROW})
+                SELECT $1, t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM t
+                RETURNING jti
+             ), aud AS (
+                INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
+                SELECT $10, $16, $17, $18, $2, $3, tok.jti, $19, $20 FROM tok
+             )
+             SELECT refusal, state, (SELECT count(*) FROM tok) AS recorded FROM k"
+    )
+});
+
 /// The token write as one statement, where the database can: PostgreSQL's
 /// data-modifying `WITH` locks and judges the task's row, counts the token when
 /// the task takes it, and inserts the token and its audit event, in one round
@@ -89,29 +112,13 @@ pub(super) fn token_in_one_statement<'a>(
         return None;
     };
     Some(
-        query(format!(
-            "WITH k AS (
-                SELECT id, state, {REFUSAL} AS refusal FROM tasks WHERE id = $2 FOR NO KEY UPDATE
-             ), t AS (
-                UPDATE tasks SET tokens_minted = tokens_minted + 1
-                WHERE id = (SELECT id FROM k WHERE refusal IS NULL)
-                RETURNING id
-             ), tok AS (
-                INSERT INTO tokens ({TOKEN_ROW})
-                SELECT $1, t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM t
-                RETURNING jti
-             ), aud AS (
-                INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
-                SELECT $10, $16, $17, $18, $2, $3, tok.jti, $19, $20 FROM tok
-             )
-             SELECT refusal, state, (SELECT count(*) FROM tok) AS recorded FROM k"
-        ))
-        .bind_all(token_args(t, owner, budget))
-        .bind(audit.actor.as_str())
-        .bind(audit.action.as_str())
-        .bind(audit.action.outcome())
-        .bind(&audit.reason)
-        .bind(audit.detail.clone()),
+        query(ONE_STATEMENT.as_str())
+            .bind_all(token_args(t, owner, budget))
+            .bind(audit.actor.as_str())
+            .bind(audit.action.as_str())
+            .bind(audit.action.outcome())
+            .bind(&audit.reason)
+            .bind(&audit.detail),
     )
 }
 

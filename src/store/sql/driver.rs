@@ -103,7 +103,7 @@ impl<'a> Query<'a> {
                 Arg::Text(v) => q.bind(v.map(Cow::into_owned)),
                 Arg::Int(v) => q.bind(v),
                 Arg::Bool(v) => q.bind(v),
-                Arg::Json(v) => q.bind(Json(v)),
+                Arg::Json(v) => q.bind(Json(v.as_ref())),
                 Arg::Bytes(v) => q.bind(v.to_vec()),
             };
         }

@@ -4,6 +4,7 @@ use super::dialect;
 use super::driver::Arg;
 use super::filter::Filter;
 use super::*;
+use std::sync::LazyLock;
 
 pub(super) const TOKEN_COLUMNS: &str = "jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, revoked_at, parent_jti, depth";
 
@@ -67,11 +68,22 @@ pub(super) const REFUSAL: &str = "CASE
     END";
 
 fn judge<'a>(t: &'a TokenRecord, owner: &'a SpiffeId, budget: u32) -> Query<'a> {
-    query(format!(
-        "SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $2"
-    ))
-    .bind_all(token_args(t, owner, budget))
+    query(JUDGE.as_str()).bind_all(token_args(t, owner, budget))
 }
+
+/// SQLite's token statements ([`record`]), built once: the mint formats nothing.
+static JUDGE: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {REFUSAL} AS refusal, state FROM tasks WHERE id = $2"));
+static COUNT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET tokens_minted = tokens_minted + 1 WHERE id = $2 AND ({REFUSAL}) IS NULL"
+    )
+});
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO tokens ({TOKEN_ROW}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    )
+});
 
 /// The refusal a verdict row names; no row: no such task.
 fn verdict(row: Option<&Row>) -> Result<Recorded, StoreError> {
@@ -130,12 +142,7 @@ pub(super) async fn record(
     // Counted only when the task takes it. Why not is asked only then: this
     // path is SQLite's, whose one writer lets nothing change the row in between.
     let counted = tx
-        .execute(
-            query(format!(
-                "UPDATE tasks SET tokens_minted = tokens_minted + 1 WHERE id = $2 AND ({REFUSAL}) IS NULL"
-            ))
-            .bind_all(token_args(t, owner, budget)),
-        )
+        .execute(query(COUNT.as_str()).bind_all(token_args(t, owner, budget)))
         .await?;
     if counted != 1 {
         let judged = verdict(tx.fetch_optional(judge(t, owner, budget)).await?.as_ref())?;
@@ -147,13 +154,8 @@ pub(super) async fn record(
         }
         return Ok(judged);
     }
-    tx.execute(
-        query(format!(
-            "INSERT INTO tokens ({TOKEN_ROW}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .bind_all(token_args(t, owner, budget)),
-    )
-    .await?;
+    tx.execute(query(INSERT.as_str()).bind_all(token_args(t, owner, budget)))
+        .await?;
     let mut audit = audit.clone();
     audit.task = Some(t.task);
     audit.agent = Some(t.agent.to_string());
