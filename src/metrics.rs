@@ -43,6 +43,14 @@ pub static HANDSHAKES_IN_PROGRESS: LazyLock<Gauge> = LazyLock::new(Gauge::defaul
 /// Background workers started again after a panic, by worker.
 pub static WORKER_RESTARTS: LazyLock<Family<Worker, Counter>> = LazyLock::new(Family::default);
 
+/// Rows pruned after their retention, by kind (`tokens`, `offers`, …).
+pub static PRUNED: LazyLock<Family<Pruned, Counter>> = LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Pruned {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Worker {
     pub worker: &'static str,
@@ -148,6 +156,11 @@ impl Metrics {
             "tls_reload_failures",
             "Changed TLS files that did not load (the previous set stayed in force)",
             TLS_RELOAD_FAILURES.clone(),
+        );
+        registry.register(
+            "pruned_rows",
+            "Rows pruned after their retention, by kind",
+            PRUNED.clone(),
         );
         registry.register(
             "worker_restarts",

@@ -5,7 +5,7 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::{Broker, MisuseKind};
 use crate::identity::Role;
-use crate::revocation::{Anchor, Resync, ResyncReason};
+use crate::revocation::{Anchor, Resync};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -136,15 +136,11 @@ impl VerifierService for VerifierApi {
         let mut wake = broker.hub().subscribe();
         // A cursor past the store's head (a restored store, a lagging standby) is
         // refused: the events later committed under its numbers would never be
-        // sent, while heartbeats would say they had been.
-        let head = broker.revocation_head().await?;
-        if after > head {
-            let refused = Resync {
-                cursor: after,
-                head,
-                why: ResyncReason::Ahead,
-            };
-            tracing::warn!(caller = %caller.id, after, head, "revocation watch refused: the cursor is ahead of the store; the verifier must resync");
+        // sent, while heartbeats would say they had been. So is one before the
+        // history kept: the events after it that were pruned would never be sent.
+        let bounds = broker.revocation_bounds().await?;
+        if let Some(refused) = Resync::at_open(after, bounds) {
+            tracing::warn!(caller = %caller.id, after, first = bounds.first, head = bounds.head, why = ?refused.why, "revocation watch refused: the store cannot serve the cursor; the verifier must resync");
             return Err(refused.into());
         }
         tracing::info!(caller = %caller.id, after, "revocation watch opened");
@@ -164,9 +160,10 @@ impl VerifierService for VerifierApi {
                     let seen = match anchor.check(&batch) {
                         Ok(n) => n,
                         Err(diverged) => {
-                            let head = broker.revocation_head().await.map_err(Status::from)?;
-                            tracing::warn!(caller = %caller.id, cursor = anchor.seq(), head, ?diverged, "revocation watch ended: the store no longer holds what the stream sent; the verifier must resync");
-                            Err::<usize, Status>(Resync { cursor: anchor.seq(), head, why: diverged.into() }.into())?
+                            let bounds = broker.revocation_bounds().await.map_err(Status::from)?;
+                            let resync = Resync::diverged(anchor.seq(), bounds, diverged);
+                            tracing::warn!(caller = %caller.id, cursor = anchor.seq(), first = bounds.first, head = bounds.head, why = ?resync.why, "revocation watch ended: the store no longer holds what the stream sent; the verifier must resync");
+                            Err::<usize, Status>(resync.into())?
                         }
                     };
                     for ev in batch.into_iter().skip(seen) {

@@ -1,8 +1,9 @@
-//! Background workers: periodic jobs (expiry sweep, key heartbeat, audit sealing,
+//! Background workers: periodic jobs (expiry sweep, pruning, key heartbeat, audit sealing,
 //! the active-task gauge), new keys announced by other replicas, SIGHUP, the
 //! policy reloader. Each runs until the broker's cancellation, and logs a
 //! failure once, not once per interval.
 use crate::broker::Broker;
+use crate::domain::retention::Retention;
 use crate::policy::CedarPolicy;
 use crate::store::gate::Status;
 use crate::store::{Health, Store, StoreError};
@@ -175,6 +176,35 @@ pub(super) async fn expiry_sweeper(b: Arc<Broker>, period: Duration, cancel: Can
             info!(
                 tasks = s.ended,
                 "expired tasks ended and their tokens revoked"
+            );
+        }
+    })
+    .await
+}
+
+/// Prunes what is past its retention, a period after start and every period
+/// since (a broker starting does not add a pass to its start-up burst): one
+/// line per pass that pruned anything, one when a pass stops early (the store
+/// is unavailable), none otherwise.
+pub(super) async fn pruner(
+    b: Arc<Broker>,
+    retention: Retention,
+    period: Duration,
+    cancel: CancellationToken,
+) {
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(period) => {}
+    }
+    every(period, cancel, || async {
+        let p = b.prune(&retention).await;
+        let [tokens, offers, approvals, tasks, revocations] = p.rows;
+        if let Some(error) = &p.stopped {
+            warn!(%error, tokens, offers, approvals, tasks, revocations, "pruning stopped early; will retry");
+        } else if p.total() > 0 {
+            info!(
+                tokens,
+                offers, approvals, tasks, revocations, "pruned what is past its retention"
             );
         }
     })

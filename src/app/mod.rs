@@ -325,6 +325,11 @@ impl App {
                 let (b, cancel, every) = (b.clone(), cancel.clone(), c.tasks.sweep_interval);
                 move || background::expiry_sweeper(b.clone(), every, cancel.clone())
             }),
+            supervise("pruner", cancel.clone(), {
+                let (b, cancel, every) = (b.clone(), cancel.clone(), c.retention.interval);
+                let retention = c.retention.retention();
+                move || background::pruner(b.clone(), retention, every, cancel.clone())
+            }),
             supervise("key_heartbeat", cancel.clone(), {
                 let (b, cancel, every) = (b.clone(), cancel.clone(), c.keys.heartbeat);
                 move || background::key_heartbeat(b.clone(), every, cancel.clone())

@@ -11,7 +11,9 @@
 //! - `mint.rs` mints; `step_up.rs` is a mint's step-up branch; `approvals.rs`
 //!   waits for and decides step-up approvals.
 //! - `delegate.rs` offers a token to a sub-agent; `redeem.rs` redeems an offer.
-//! - `revoke.rs`, `freeze.rs` (the kill switch), `introspect.rs`, `misuse.rs`.
+//! - `revoke.rs`, `freeze.rs` (the kill switch), `quarantine.rs`, `introspect.rs`,
+//!   `misuse.rs`.
+//! - `prune.rs` prunes what stopped mattering, after its retention.
 //! - `keys.rs` registers and reads the keyring's keys and signs tokens.
 //! - `audit.rs` seals, verifies and queries the audit trail; `watch.rs` is what
 //!   a revocation watch stream reads.
@@ -35,6 +37,7 @@ mod keys;
 mod mint;
 mod misuse;
 mod open;
+mod prune;
 mod quarantine;
 mod read;
 mod redeem;
@@ -49,6 +52,7 @@ pub use end::Sweep;
 pub use mint::{Mint, MintRequest, Minted};
 pub use misuse::MisuseKind;
 pub use open::StartTask;
+pub use prune::Pruned;
 
 /// The actor named when the broker itself acts (the expiry sweeper).
 pub const SYSTEM_ACTOR: &str = "mayfly";

@@ -3,6 +3,7 @@
 //! anchor, heartbeats and resync) is the API's; the reads are the broker's.
 use super::{Broker, BrokerError};
 use crate::domain::Event;
+use crate::store::RevocationBounds;
 
 impl Broker {
     /// Up to `limit` revocation events with a sequence above `after`, in order.
@@ -14,9 +15,10 @@ impl Broker {
         Ok(self.store.revocations_after(after, limit).await?)
     }
 
-    /// The sequence of the last revocation the store has committed (0: none).
-    pub async fn revocation_head(&self) -> Result<u64, BrokerError> {
-        Ok(self.store.last_revocation_seq().await?)
+    /// Where the revocation history the store keeps starts (older events were
+    /// pruned) and its last event (0: none).
+    pub async fn revocation_bounds(&self) -> Result<RevocationBounds, BrokerError> {
+        Ok(self.store.revocation_bounds().await?)
     }
 
     /// Active tasks, all replicas', for the metrics gauge.

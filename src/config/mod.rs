@@ -2,6 +2,7 @@
 //! `validate()` with messages that name the key and what is wrong (`validate`);
 //! the sections' types here, `[limits]` in `limits`.
 use crate::domain::IdPattern;
+use crate::domain::retention::Retention;
 use crate::identity::{Role, RoleMap};
 
 mod limits;
@@ -73,6 +74,8 @@ pub struct Config {
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
     pub limits: LimitsConfig,
 }
 
@@ -95,6 +98,85 @@ impl Default for AuditConfig {
 
 fn default_seal_interval() -> Duration {
     Duration::from_millis(100)
+}
+
+/// How long what stopped mattering is kept, and how the pruner deletes it
+/// (`domain::retention`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often the pruner looks for what is past its retention.
+    #[serde(default = "default_prune_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per transaction.
+    #[serde(default = "default_prune_batch")]
+    pub batch: u32,
+    /// Tokens, after they expire.
+    #[serde(default = "default_keep_tokens", with = "humantime_serde")]
+    pub tokens: Duration,
+    /// Delegation offers never redeemed, after they lapse.
+    #[serde(default = "default_keep_offers", with = "humantime_serde")]
+    pub offers: Duration,
+    /// Step-up approvals never used, after they lapse.
+    #[serde(default = "default_keep_approvals", with = "humantime_serde")]
+    pub approvals: Duration,
+    /// Ended tasks, after they end (and once nothing of theirs is kept).
+    #[serde(default = "default_keep_tasks", with = "humantime_serde")]
+    pub tasks: Duration,
+    /// Revocation events, after they happen: at least 25h (the longest token's
+    /// life and a margin), so a verifier that resyncs misses no revocation of a
+    /// token still valid.
+    #[serde(default = "default_keep_revocations", with = "humantime_serde")]
+    pub revocations: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            interval: default_prune_interval(),
+            batch: default_prune_batch(),
+            tokens: default_keep_tokens(),
+            offers: default_keep_offers(),
+            approvals: default_keep_approvals(),
+            tasks: default_keep_tasks(),
+            revocations: default_keep_revocations(),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            tokens: self.tokens,
+            offers: self.offers,
+            approvals: self.approvals,
+            tasks: self.tasks,
+            revocations: self.revocations,
+            batch: self.batch,
+        }
+    }
+}
+
+fn default_prune_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_prune_batch() -> u32 {
+    Retention::default().batch
+}
+fn default_keep_tokens() -> Duration {
+    Retention::default().tokens
+}
+fn default_keep_offers() -> Duration {
+    Retention::default().offers
+}
+fn default_keep_approvals() -> Duration {
+    Retention::default().approvals
+}
+fn default_keep_tasks() -> Duration {
+    Retention::default().tasks
+}
+fn default_keep_revocations() -> Duration {
+    Retention::default().revocations
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -43,6 +43,13 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("policy", "environment", "\"prod-eu\""),
     ("policy", "reload_interval", "\"2s\""),
     ("audit", "seal_interval", "\"100ms\""),
+    ("retention", "interval", "\"60s\""),
+    ("retention", "batch", "500"),
+    ("retention", "tokens", "\"24h\""),
+    ("retention", "offers", "\"24h\""),
+    ("retention", "approvals", "\"24h\""),
+    ("retention", "tasks", "\"7d\""),
+    ("retention", "revocations", "\"7d\""),
     ("limits", "max_connections", "4096"),
     ("limits", "max_handshakes", "512"),
     ("limits", "handshake_timeout", "\"5s\""),
@@ -144,6 +151,14 @@ fn duration_range(section: &str, key: &str) -> Option<(Duration, Duration)> {
         ("tasks", "approval_ttl") => (Duration::from_secs(1), day),
         ("revocation", "heartbeat") | ("revocation", "poll_interval") => (ms(10), Duration::MAX),
         ("audit", "seal_interval") => (ms(10), ms(60_000)),
+        ("retention", "interval") => (ms(100), day),
+        ("retention", "tokens")
+        | ("retention", "offers")
+        | ("retention", "approvals")
+        | ("retention", "tasks") => (Duration::from_secs(1), day * 3650),
+        ("retention", "revocations") => {
+            (crate::domain::retention::MIN_REVOCATION_HISTORY, day * 3650)
+        }
         ("database", "probe_interval") => (ms(100), ms(60_000)),
         ("limits", "handshake_timeout") | ("limits", "header_read_timeout") => {
             (ms(100), ms(60_000))
@@ -169,6 +184,12 @@ fn duration_field<'c>(c: &'c mut Config, section: &str, key: &str) -> &'c mut Du
         ("revocation", "poll_interval") => &mut c.revocation.poll_interval,
         ("policy", "reload_interval") => &mut c.policy.reload_interval,
         ("audit", "seal_interval") => &mut c.audit.seal_interval,
+        ("retention", "interval") => &mut c.retention.interval,
+        ("retention", "tokens") => &mut c.retention.tokens,
+        ("retention", "offers") => &mut c.retention.offers,
+        ("retention", "approvals") => &mut c.retention.approvals,
+        ("retention", "tasks") => &mut c.retention.tasks,
+        ("retention", "revocations") => &mut c.retention.revocations,
         ("database", "probe_interval") => &mut c.database.probe_interval,
         ("limits", "handshake_timeout") => &mut c.limits.handshake_timeout,
         ("limits", "first_request_timeout") => &mut c.limits.first_request_timeout,

@@ -102,6 +102,7 @@ impl Config {
         if self.revocation.poll_interval < Duration::from_millis(10) {
             return Err(invalid("revocation.poll_interval", "must be at least 10ms"));
         }
+        self.retention.validate()?;
         if self.policy.environment.trim().is_empty() {
             return Err(invalid("policy.environment", "must not be empty"));
         }
@@ -115,6 +116,41 @@ impl Config {
             if every > Duration::from_secs(86_400) {
                 return Err(invalid(key, "must be at most 24h"));
             }
+        }
+        Ok(())
+    }
+}
+
+/// The longest any retention may be: ten years.
+const LONGEST_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
+
+impl super::RetentionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::domain::retention::MIN_REVOCATION_HISTORY;
+        if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&self.interval) {
+            return Err(invalid(
+                "retention.interval",
+                "must be between 100ms and 24h",
+            ));
+        }
+        if !(1..=1000).contains(&self.batch) {
+            return Err(invalid("retention.batch", "must be between 1 and 1000"));
+        }
+        for (key, keep) in [
+            ("retention.tokens", self.tokens),
+            ("retention.offers", self.offers),
+            ("retention.approvals", self.approvals),
+            ("retention.tasks", self.tasks),
+        ] {
+            if !(Duration::from_secs(1)..=LONGEST_RETENTION).contains(&keep) {
+                return Err(invalid(key, "must be between 1s and 3650d"));
+            }
+        }
+        if !(MIN_REVOCATION_HISTORY..=LONGEST_RETENTION).contains(&self.revocations) {
+            return Err(invalid(
+                "retention.revocations",
+                "must be between 25h and 3650d: revocation events are kept longer than the longest token (24h) lives, so a verifier that resyncs learns every revocation of every token still valid",
+            ));
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Every aggregate type and the pure rules: tasks and their states, scopes and
 //! their coverage, the mint decision, delegation and step-up rules and the typed
 //! refusals they return, tokens as recorded, delegations, step-up approvals, freezes,
-//! revocations, audit events and their chain, signing key registrations, SPIFFE
+//! revocations, how long what is no longer needed is kept, audit events and their chain, signing key registrations, SPIFFE
 //! IDs and ID patterns, token lifetimes, text a person reads
 //! and how errors quote values. No I/O; every other module may depend on it, it
 //! on none of them.
@@ -18,6 +18,7 @@ pub mod mint;
 /// Not re-exported here: `store::Refusal` (why the store's write refused) is
 /// glob-imported beside `domain::*` by the store's conformance suite.
 pub mod refusal;
+pub mod retention;
 pub mod revocation;
 mod scope;
 mod spiffe;

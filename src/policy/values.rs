@@ -144,7 +144,10 @@ pub(super) fn workflow_limits(e: &Entity) -> Result<WorkflowLimits, String> {
     };
     Ok(WorkflowLimits {
         max_task_duration: Duration::from_secs(positive("max_task_seconds", 366 * 24 * 3600)?),
-        max_token_ttl: Duration::from_secs(positive("max_token_ttl_seconds", 24 * 3600)?),
+        max_token_ttl: Duration::from_secs(positive(
+            "max_token_ttl_seconds",
+            crate::domain::retention::MAX_TOKEN_TTL.as_secs() as i64,
+        )?),
         max_tokens: positive("max_tokens", i64::from(u32::MAX))? as u32,
         max_delegation_depth: depth as u32,
         step_up_actions: attr_strings(e, "step_up_actions")

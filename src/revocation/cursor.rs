@@ -7,6 +7,7 @@
 //! events under the same numbers. No extra query: the anchor is one more row of a
 //! read the stream makes anyway.
 use crate::domain::Event;
+use crate::store::RevocationBounds;
 use time::OffsetDateTime;
 
 /// The event a watch stream stands on.
@@ -84,17 +85,69 @@ impl Anchor {
 }
 
 /// A watch cursor the store cannot serve: its history was restored or failed
-/// over. The verifier must drop its claim of completeness and watch again from
-/// the start (refused before the stream opens, or ending it).
+/// over, or pruned past it. The verifier must drop its claim of completeness
+/// and watch again from the start (refused before the stream opens, or ending
+/// it): the history kept holds every revocation of every token still valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "revocation cursor {cursor} {}, whose last revocation is {head}: the store was restored or failed over; resync: treat the revocation set as incomplete and watch again from sequence 0",
-    why.as_str()
-)]
+#[error("revocation cursor {cursor} {}: resync: treat the revocation set as incomplete and watch again from sequence 0", self.why())]
 pub struct Resync {
     pub cursor: u64,
-    pub head: u64,
+    /// Where the store's history stands.
+    pub bounds: RevocationBounds,
     pub why: ResyncReason,
+}
+
+impl Resync {
+    /// Why a cursor the store does not hold as the stream knows it cannot go on:
+    /// before the history kept, the history was pruned past it; otherwise the
+    /// store's history is not the one the cursor came from.
+    pub fn diverged(cursor: u64, bounds: RevocationBounds, d: Diverged) -> Self {
+        let why = if d == Diverged::Missing && cursor < bounds.first {
+            ResyncReason::Pruned
+        } else {
+            d.into()
+        };
+        Resync {
+            cursor,
+            bounds,
+            why,
+        }
+    }
+
+    /// A client's cursor the store cannot serve from, known before reading:
+    /// past the head, or before the history kept. `None` for any other.
+    pub fn at_open(cursor: u64, bounds: RevocationBounds) -> Option<Self> {
+        let why = if cursor > bounds.head {
+            ResyncReason::Ahead
+        } else if cursor > 0 && cursor < bounds.first {
+            ResyncReason::Pruned
+        } else {
+            return None;
+        };
+        Some(Resync {
+            cursor,
+            bounds,
+            why,
+        })
+    }
+
+    fn why(&self) -> String {
+        let RevocationBounds { first, head } = self.bounds;
+        match self.why {
+            ResyncReason::Ahead => format!(
+                "is ahead of the store, whose last revocation is {head}: the store was restored or failed over"
+            ),
+            ResyncReason::Missing => format!(
+                "is an event the store no longer holds, whose last revocation is {head}: the store was restored or failed over"
+            ),
+            ResyncReason::Replaced => format!(
+                "names another event in the store, whose last revocation is {head}: the store was restored or failed over"
+            ),
+            ResyncReason::Pruned => format!(
+                "is before the revocation history the store keeps, which starts at event {first} (older events were pruned once every token they concern had expired)"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,16 +158,8 @@ pub enum ResyncReason {
     Missing,
     /// The store's event at the cursor is another event.
     Replaced,
-}
-
-impl ResyncReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            ResyncReason::Ahead => "is ahead of the store",
-            ResyncReason::Missing => "is an event the store no longer holds",
-            ResyncReason::Replaced => "names another event in the store",
-        }
-    }
+    /// The cursor is before the history the store keeps.
+    Pruned,
 }
 
 impl From<Diverged> for ResyncReason {
@@ -181,11 +226,12 @@ mod tests {
 
     #[test]
     fn the_resync_message_names_the_cursor_the_head_and_what_to_do() {
-        let r = Resync {
-            cursor: 677,
+        let bounds = RevocationBounds {
+            first: 1,
             head: 672,
-            why: ResyncReason::Ahead,
         };
+        let r = Resync::at_open(677, bounds).unwrap();
+        assert_eq!(r.why, ResyncReason::Ahead);
         let m = r.to_string();
         assert!(
             m.starts_with(
@@ -194,5 +240,39 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("watch again from sequence 0"), "{m}");
+    }
+
+    #[test]
+    fn a_cursor_before_the_kept_history_was_pruned_past_and_says_so() {
+        let bounds = RevocationBounds {
+            first: 120,
+            head: 300,
+        };
+        let r = Resync::at_open(5, bounds).unwrap();
+        assert_eq!(r.why, ResyncReason::Pruned);
+        let m = r.to_string();
+        assert!(
+            m.starts_with("revocation cursor 5 is before the revocation history the store keeps, which starts at event 120"),
+            "{m}"
+        );
+        assert!(m.contains("watch again from sequence 0"), "{m}");
+        // The start, the first event kept and anything up to the head are served.
+        for ok in [0, 120, 200, 300] {
+            assert_eq!(Resync::at_open(ok, bounds), None, "{ok}");
+        }
+        // Found missing while streaming: pruned when before the history kept,
+        // otherwise the history is another one.
+        assert_eq!(
+            Resync::diverged(119, bounds, Diverged::Missing).why,
+            ResyncReason::Pruned
+        );
+        assert_eq!(
+            Resync::diverged(150, bounds, Diverged::Missing).why,
+            ResyncReason::Missing
+        );
+        assert_eq!(
+            Resync::diverged(119, bounds, Diverged::Replaced).why,
+            ResyncReason::Replaced
+        );
     }
 }

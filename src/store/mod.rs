@@ -2,7 +2,8 @@
 //! approvals, freezes, revocations, keys, audit), implemented once in `sql` for
 //! PostgreSQL (production; replicas share it) and SQLite (`mayfly dev`, a single
 //! broker). Both pass the same conformance suite (tests/api/store_conformance/).
-//! List limits are clamped to 1..=1000.
+//! List limits are clamped to 1..=1000. What is no longer needed is pruned in
+//! small batches (`RetentionStore`).
 pub mod gate;
 mod sql;
 mod url;
@@ -13,6 +14,7 @@ pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 
 use crate::domain::audit::AuditEvent;
 use crate::domain::audit::chain::Sealed;
+use crate::domain::retention::Prunable;
 use crate::domain::{
     Approval, ApprovalState, Delegation, Event, Freeze, FreezeTarget, KeyRecord, Revocation, Scope,
     SpiffeId, Task, TaskId, TaskState, TokenRecord,
@@ -420,6 +422,38 @@ pub trait AuditStore {
     ) -> Result<Vec<Access>, StoreError>;
 }
 
+/// Where the revocation history a store holds begins and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationBounds {
+    /// The oldest event kept (0: none is).
+    pub first: u64,
+    /// The last event committed (0: none ever was).
+    pub head: u64,
+}
+
+#[async_trait]
+pub trait RetentionStore {
+    /// Deletes up to `batch` rows of `kind` that stopped mattering before
+    /// `before`, in one short transaction, and says how many (fewer than
+    /// `batch`: none is left). While another broker on the store prunes, 0.
+    /// - Tokens expired before it (revoked or not), with the records of their
+    ///   redeemed offers and spent approvals; a token whose delegated child is
+    ///   kept is kept.
+    /// - Offers never redeemed, and approvals never used, lapsed before it.
+    /// - Tasks ended before it, once none of their tokens, offers or approvals
+    ///   is left.
+    /// - Revocation events that happened before it, except the newest of them,
+    ///   where the kept history starts: a watch cursor standing on it still
+    ///   anchors, and nothing after it is missing.
+    async fn prune(
+        &self,
+        kind: Prunable,
+        before: OffsetDateTime,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
+    async fn revocation_bounds(&self) -> Result<RevocationBounds, StoreError>;
+}
+
 /// Everything the broker needs from persistence.
 #[async_trait]
 pub trait Store:
@@ -431,6 +465,7 @@ pub trait Store:
     + RevocationStore
     + KeyStore
     + AuditStore
+    + RetentionStore
     + Send
     + Sync
     + 'static

@@ -18,6 +18,7 @@ mod operations;
 mod persistence;
 mod policy;
 mod replicas;
+mod retention;
 mod rotation;
 mod schema;
 mod step_up;

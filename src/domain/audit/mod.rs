@@ -51,12 +51,15 @@ pub enum Action {
     /// A compromised agent: every token and active task of it revoked and its
     /// issuance frozen, in one transaction.
     AgentQuarantined,
+    /// The broker pruned what stopped mattering (expired tokens, lapsed offers
+    /// and approvals, ended tasks, old revocation events), after its retention.
+    RecordsPruned,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -81,6 +84,7 @@ impl Action {
         Action::IssuanceFrozen,
         Action::IssuanceUnfrozen,
         Action::AgentQuarantined,
+        Action::RecordsPruned,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -114,6 +118,7 @@ impl Action {
             Action::IssuanceFrozen => "issuance_frozen",
             Action::IssuanceUnfrozen => "issuance_unfrozen",
             Action::AgentQuarantined => "agent_quarantined",
+            Action::RecordsPruned => "records_pruned",
         }
     }
 

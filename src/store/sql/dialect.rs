@@ -136,6 +136,18 @@ pub(super) fn seal_on_the_server(db: &Db, batch: u32) -> Option<Query<'static>> 
     )
 }
 
+/// Whether this broker may prune now (`turn`), where brokers share the
+/// database: PostgreSQL's transaction-scoped advisory lock, tried, not waited
+/// for, so two replicas never delete the same rows at once (nor deadlock over
+/// them); the one without the turn skips it. SQLite has one broker.
+pub(super) fn pruning_turn(db: &Db) -> Option<&'static str> {
+    match &db.conn {
+        // The key is Mayfly's own.
+        Conn::Postgres(_) => Some("SELECT pg_try_advisory_xact_lock(120364497187584001) AS turn"),
+        Conn::Sqlite(_) => None,
+    }
+}
+
 /// Answers when the database does. A PostgreSQL pool can be busy, hold a broken
 /// connection, or the server be only at its connection limit, none of which is
 /// "down": an idle pooled connection answers `SELECT 1`; with none idle, a pool

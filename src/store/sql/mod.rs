@@ -28,6 +28,7 @@ mod filter;
 mod freezes;
 mod keys;
 mod notices;
+mod retention;
 mod revocations;
 mod row;
 mod tasks;
@@ -52,6 +53,7 @@ pub enum Write {
     RegisterKey,
     AppendAudit,
     SealAudit,
+    Prune,
 }
 
 impl Write {

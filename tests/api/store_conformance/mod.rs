@@ -15,6 +15,7 @@ mod delegations;
 mod fixtures;
 mod freezes;
 mod keys;
+mod retention;
 mod revocations;
 mod tasks;
 mod tokens;
@@ -103,6 +104,13 @@ macro_rules! every_case {
             revocations::identical_revocations_racing_make_one_event,
             revocations::quarantining_an_agent_revokes_all_of_it_and_freezes_it_with_one_event,
             revocations::a_quarantine_of_two_targets_is_refused_and_writes_nothing,
+
+            retention::pruning_tokens_deletes_only_those_expired_before_the_cutoff,
+            retention::pruned_tokens_take_their_offers_and_spent_approvals_children_first,
+            retention::lapsed_offers_and_unused_approvals_go_once_past_the_cutoff,
+            retention::an_ended_task_goes_only_once_nothing_of_it_is_kept,
+            retention::revocation_history_is_pruned_up_to_the_newest_event_before_the_cutoff,
+            retention::pruning_an_empty_store_deletes_nothing_and_records_nothing,
 
             delegations::an_offer_reads_back_as_inserted_with_its_audit_event,
             delegations::offers_of_one_parent_stop_at_the_open_limit,

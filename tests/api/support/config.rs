@@ -17,12 +17,14 @@ pub struct Settings {
     /// Trust domains besides example.org: (name, bundle file).
     trust_domains: Vec<(String, PathBuf)>,
     sweep: Duration,
+    key_heartbeat: Duration,
     watch_heartbeat: Duration,
     watch_poll: Duration,
     tls_reload: Duration,
     policy_reload: Duration,
     environment: String,
     policies: Policies,
+    retention: Retention,
     limits: Limits,
 }
 
@@ -34,6 +36,25 @@ enum Policies {
     Test { max_tokens: u32 },
     /// A copy of this directory.
     Copy(PathBuf),
+}
+
+/// The `[retention]` a test changes; none: the broker's default.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Retention {
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub offers: Option<Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub revocations: Option<Duration>,
 }
 
 /// The `[limits]` a test changes; none: the broker's default.
@@ -59,12 +80,14 @@ impl Default for Settings {
             migrate: true,
             trust_domains: vec![],
             sweep: Duration::from_millis(50),
+            key_heartbeat: Duration::from_secs(60),
             watch_heartbeat: Duration::from_secs(5),
             watch_poll: Duration::from_secs(1),
             tls_reload: Duration::from_secs(5),
             policy_reload: Duration::from_millis(100),
             environment: "test".into(),
             policies: Policies::Test { max_tokens: 5 },
+            retention: Retention::default(),
             limits: Limits::default(),
         }
     }
@@ -110,6 +133,12 @@ impl Settings {
         self
     }
 
+    /// `keys.heartbeat`: how often the signing key's registration is renewed.
+    pub fn key_heartbeat(mut self, d: Duration) -> Self {
+        self.key_heartbeat = d;
+        self
+    }
+
     /// `revocation.heartbeat`.
     pub fn watch_heartbeat(mut self, d: Duration) -> Self {
         self.watch_heartbeat = d;
@@ -149,6 +178,12 @@ impl Settings {
     /// A copy of the policy directory `dir` instead of the test policy set.
     pub fn policies(mut self, dir: PathBuf) -> Self {
         self.policies = Policies::Copy(dir);
+        self
+    }
+
+    /// `[retention]`.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -208,7 +243,7 @@ impl Settings {
                 sweep_interval: self.sweep,
             },
             keys: Keys {
-                heartbeat: Duration::from_secs(60),
+                heartbeat: self.key_heartbeat,
             },
             revocation: Revocation {
                 heartbeat: self.watch_heartbeat,
@@ -219,6 +254,7 @@ impl Settings {
                 environment: self.environment.clone(),
                 reload_interval: self.policy_reload,
             },
+            retention: self.retention.clone(),
             limits: self.limits.clone(),
         }
     }
@@ -254,6 +290,7 @@ struct File {
     keys: Keys,
     revocation: Revocation,
     policy: Policy,
+    retention: Retention,
     limits: Limits,
 }
 

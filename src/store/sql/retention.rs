@@ -1,0 +1,151 @@
+//! Pruning what stopped mattering, in small batches, each its own short
+//! transaction, so no write waits long behind one (in PostgreSQL deleted rows
+//! lock only themselves, and no write touches them; SQLite's one writer is held
+//! for one batch at a time). One broker prunes at a time: in PostgreSQL the
+//! others skip their turn rather than queue on the same rows.
+use super::dialect;
+use super::*;
+
+/// A batch of tokens: expired before `$1`, at most `$2`, oldest first and,
+/// of equal expiry, deepest first. A delegated token never outlives its parent
+/// (`Delegation::redemption`), so a parent's children precede it: a batch that
+/// holds a parent holds its children. A token with a child that outlives it
+/// all the same is kept, never deleted from under the child.
+const TOKEN_BATCH: &str = "SELECT jti FROM tokens t WHERE expires_at < $1
+    AND NOT EXISTS (SELECT 1 FROM tokens c WHERE c.parent_jti = t.jti AND c.expires_at > t.expires_at)
+    ORDER BY expires_at, depth DESC LIMIT $2";
+
+/// Deletes a batch of tokens with what only records them (the offers they made
+/// or were redeemed into, the approvals spent on them). The batch is read again
+/// by each statement: under the pruning turn nothing else deletes tokens, and a
+/// token expired before `$1` (in the past) is never written again.
+async fn tokens(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
+    tx.execute(
+        query(format!(
+            "DELETE FROM delegations WHERE parent_jti IN ({TOKEN_BATCH}) OR child_jti IN ({TOKEN_BATCH})"
+        ))
+        .bind(before)
+        .bind(batch),
+    )
+    .await?;
+    tx.execute(
+        query(format!(
+            "DELETE FROM approvals WHERE used_jti IN ({TOKEN_BATCH})"
+        ))
+        .bind(before)
+        .bind(batch),
+    )
+    .await?;
+    tx.execute(
+        query(format!("DELETE FROM tokens WHERE jti IN ({TOKEN_BATCH})"))
+            .bind(before)
+            .bind(batch),
+    )
+    .await
+}
+
+async fn offers(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
+    tx.execute(
+        query(
+            "DELETE FROM delegations WHERE id IN (SELECT id FROM delegations
+                WHERE redeemed_at IS NULL AND expires_at < $1 ORDER BY expires_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(batch),
+    )
+    .await
+}
+
+async fn approvals(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
+    tx.execute(
+        query(
+            "DELETE FROM approvals WHERE id IN (SELECT id FROM approvals
+                WHERE state <> 'used' AND expires_at < $1 ORDER BY expires_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(batch),
+    )
+    .await
+}
+
+async fn tasks(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
+    tx.execute(
+        query(
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks k
+                WHERE state <> 'active' AND ended_at < $1
+                  AND NOT EXISTS (SELECT 1 FROM tokens WHERE task_id = k.id)
+                  AND NOT EXISTS (SELECT 1 FROM delegations WHERE task_id = k.id)
+                  AND NOT EXISTS (SELECT 1 FROM approvals WHERE task_id = k.id)
+                ORDER BY ended_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(batch),
+    )
+    .await
+}
+
+/// Events before `$1` but the newest of them: the kept history starts there.
+/// Times never decrease along the sequence (`next_seq`), so the events before
+/// a time are a prefix of it and what is kept is gap-free.
+async fn revocations(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
+    let newest = tx
+        .fetch_optional(
+            query("SELECT seq FROM revocations WHERE at < $1 ORDER BY at DESC, seq DESC LIMIT 1")
+                .bind(before),
+        )
+        .await?;
+    let Some(newest) = newest else { return Ok(0) };
+    let newest = seq(&newest, "seq")?;
+    tx.execute(
+        query(
+            "DELETE FROM revocations WHERE seq IN (SELECT seq FROM revocations
+                WHERE seq < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(newest)
+        .bind(batch),
+    )
+    .await
+}
+
+#[async_trait]
+impl RetentionStore for SqlStore {
+    async fn prune(
+        &self,
+        kind: Prunable,
+        before: OffsetDateTime,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin(Write::Prune).await?;
+        if let Some(turn) = dialect::pruning_turn(&self.db)
+            && !tx.fetch_one(query(turn)).await?.bool("turn")?
+        {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let batch = limit(batch);
+        let n = match kind {
+            Prunable::Tokens => tokens(&mut tx, before, batch).await?,
+            Prunable::Offers => offers(&mut tx, before, batch).await?,
+            Prunable::Approvals => approvals(&mut tx, before, batch).await?,
+            Prunable::Tasks => tasks(&mut tx, before, batch).await?,
+            Prunable::Revocations => revocations(&mut tx, before, batch).await?,
+        };
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn revocation_bounds(&self) -> Result<RevocationBounds, StoreError> {
+        let row = self
+            .db
+            .fetch_one(query(
+                "SELECT (SELECT min(seq) FROM revocations) AS first, last_seq FROM revocation_counter",
+            ))
+            .await?;
+        Ok(RevocationBounds {
+            first: row.int_opt("first")?.map_or(Ok(0), |f| {
+                u64::try_from(f).map_err(|_| corrupt(format!("revocation sequence {f}")))
+            })?,
+            head: seq(&row, "last_seq")?,
+        })
+    }
+}
