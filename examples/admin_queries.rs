@@ -4,7 +4,8 @@
 //! as the admin API does, and prints p50 and p99.
 //!
 //! cargo run --release --example admin_queries -- [tokens] [audit_events]
-//! (defaults 1,000,000 and 2,000,000; DATABASE_URL as for mint_load)
+//! (defaults 1,000,000 and 2,000,000; DATABASE_URL as for mint_load; STORE=sqlite:
+//! the embedded store in a temporary file instead)
 // Shared with the load generators: this one needs only the throwaway database.
 #[allow(dead_code)]
 mod common;
@@ -76,6 +77,65 @@ async fn seed(pool: &sqlx::PgPool, tokens: u64, events: u64) -> anyhow::Result<(
     Ok(())
 }
 
+/// The same data in the SQLite schema (times in Unix microseconds, UUIDs as
+/// text), through a connection of its own.
+async fn seed_sqlite(path: &std::path::Path, tokens: u64, events: u64) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let us = "(unixepoch() * 1000000)";
+    let task = |expr: &str| format!("printf('00000000-0000-0000-0000-%012x', {expr})");
+    let steps = [
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {TASKS})
+             INSERT INTO tasks (id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, tokens_minted)
+             SELECT {}, 'spiffe://example.org/agent/a' || (i % {AGENTS}), 'support', 'o', '[]',
+                    CASE WHEN i % 10 = 0 THEN 'active' ELSE 'completed' END, 'spiffe://example.org/orchestrator',
+                    {us} - i * 1000000, {us} + 3600000000, 100
+             FROM s",
+            task("i")
+        ),
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {tokens})
+             INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, depth)
+             SELECT printf('00000001-0000-4000-8000-%012x', i), {},
+                    'spiffe://example.org/agent/a' || ((i % {TASKS} + 1) % {AGENTS}), 'support', 'aud' || (i % 20),
+                    'customers/eu/' || (i % 500), 'read', 'kid', 'x',
+                    {us} - i * 100000, {us} - i * 100000 + 300000000, 0
+             FROM s",
+            task(&format!("i % {TASKS} + 1"))
+        ),
+        format!(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {events})
+             INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, detail, seq, prev_hash, hash)
+             SELECT {us} - i * 50000, 'spiffe://example.org/agent/a' || (i % {AGENTS}),
+                    'token_minted', 'permit', {}, 'spiffe://example.org/agent/a' || (i % {AGENTS}), '{{}}', i, x'00', x'00'
+             FROM s",
+            task(&format!("i % {TASKS} + 1"))
+        ),
+        format!(
+            "INSERT INTO audit_events (at, actor, action, outcome, agent, detail, seq, prev_hash, hash)
+             VALUES ({us}, 'spiffe://example.org/orchestrator', 'task_opened', 'permit',
+                     'spiffe://example.org/agent/rare', '{{}}', {events} + 1, x'00', x'00')"
+        ),
+        "ANALYZE".to_string(),
+    ];
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+    for sql in steps {
+        let t = Instant::now();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await?;
+        println!(
+            "seeded in {:>6.1} s: {}",
+            t.elapsed().as_secs_f64(),
+            sql.split_whitespace()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(())
+}
+
 async fn time<F, Fut, T>(name: &str, mut call: F) -> anyhow::Result<()>
 where
     F: FnMut(u64) -> Fut,
@@ -104,9 +164,20 @@ async fn main() -> anyhow::Result<()> {
     let tokens: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
     let events: u64 = args.next().map_or(Ok(2_000_000), |a| a.parse())?;
     let db = common::BenchDb::create().await?;
-    let store = SqlStore::postgres(&db.url, 4, Duration::from_secs(10)).await?;
-    let pool = store.postgres_pool().expect("a PostgreSQL store").clone();
-    seed(&pool, tokens, events).await?;
+    let dir = tempfile::tempdir()?;
+    let store = if std::env::var("STORE").as_deref() == Ok("sqlite") {
+        let path = dir.path().join("bench.db");
+        let store = SqlStore::sqlite(&path, 4, Duration::from_secs(10)).await?;
+        seed_sqlite(&path, tokens, events).await?;
+        println!("SQLite:");
+        store
+    } else {
+        let store = SqlStore::postgres(&db.url, 4, Duration::from_secs(10)).await?;
+        let pool = store.postgres_pool().expect("a PostgreSQL store").clone();
+        seed(&pool, tokens, events).await?;
+        println!("PostgreSQL:");
+        store
+    };
     let s = &store;
     let now = OffsetDateTime::now_utc();
     println!("{tokens} tokens, {events} audit events; {RUNS} runs each, limit 100:");
@@ -161,7 +232,6 @@ async fn main() -> anyhow::Result<()> {
         .await
     })
     .await?;
-    drop(pool);
     drop(store);
     db.drop_now().await
 }

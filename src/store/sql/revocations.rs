@@ -223,8 +223,11 @@ async fn repeated(tx: &mut Tx, r: &Revocation) -> Result<Option<Event>, StoreErr
         }
     };
     let Some(seq) = original else { return Ok(None) };
+    // A token's row may outlive the event that revoked it (pruned once older
+    // than any token it concerns): then there is no original to answer with,
+    // and the revocation is recorded again.
     let row = tx
-        .fetch_one(
+        .fetch_optional(
             query(
                 "SELECT seq, target_kind, target, reason, actor, trigger, at FROM revocations
                  WHERE seq = $1",
@@ -232,7 +235,7 @@ async fn repeated(tx: &mut Tx, r: &Revocation) -> Result<Option<Event>, StoreErr
             .bind(seq),
         )
         .await?;
-    event_from_row(&row).map(Some)
+    row.as_ref().map(event_from_row).transpose()
 }
 
 /// An administrative revocation inside `tx`, without its audit event: see

@@ -111,6 +111,7 @@ macro_rules! every_case {
             retention::an_ended_task_goes_only_once_nothing_of_it_is_kept,
             retention::revocation_history_is_pruned_up_to_the_newest_event_before_the_cutoff,
             retention::pruning_an_empty_store_deletes_nothing_and_records_nothing,
+            retention::a_token_that_outlived_the_event_revoking_it_is_revoked_again,
 
             delegations::an_offer_reads_back_as_inserted_with_its_audit_event,
             delegations::offers_of_one_parent_stop_at_the_open_limit,

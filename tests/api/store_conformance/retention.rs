@@ -206,3 +206,36 @@ pub async fn pruning_an_empty_store_deletes_nothing_and_records_nothing<S: Store
         "no audit event written"
     );
 }
+
+pub async fn a_token_that_outlived_the_event_revoking_it_is_revoked_again<S: Store>(s: &S) {
+    let t = open(s, task(AGENT, 0, 3600)).await;
+    let tok = mint(s, &t, 0).await;
+    let revoke = |secs: i64| Revocation {
+        target: Target::Token(tok.jti),
+        reason: "leaked".into(),
+        actor: ADMIN.into(),
+        trigger: Trigger::Admin,
+        at: at(secs),
+    };
+    let audit = |secs: i64| {
+        mayfly::domain::audit::AuditEvent::new(
+            at(secs),
+            ADMIN,
+            mayfly::domain::audit::Action::Revocation,
+        )
+    };
+    let first = s.revoke(&revoke(10), &audit(10)).await.unwrap().unwrap();
+    assert_eq!(first.event.seq, 1);
+    let other = open(s, task(AGENT2, 0, 3600)).await;
+    complete(s, &other, 200).await;
+    // Event 1 pruned (2 is the newest before the cutoff); the token is kept.
+    assert_eq!(prune_all(s, Prunable::Revocations, 100_000, 10).await, 1);
+    assert!(is_revoked(s, &tok).await);
+    let again = s
+        .revoke(&revoke(100_001), &audit(100_001))
+        .await
+        .unwrap()
+        .expect("the token still exists");
+    assert!(!again.repeated, "no original event left to answer with");
+    assert_eq!((again.event.seq, again.tokens_revoked), (3, 0));
+}

@@ -1,0 +1,298 @@
+//! Benchmark: mint latency while the broker prunes a large backlog. The real
+//! broker in-process (mTLS, PostgreSQL or SQLite), N agents minting over
+//! keep-alive connections; first for `seconds` with nothing to prune, then with
+//! R tokens long expired added to the store, while the broker's own pruner
+//! (every 200 ms, batches of `retention.batch`) deletes them, until it has.
+//! Prints mint throughput and p50/p99/p99.9 of both phases, and the prune rate.
+//!
+//! cargo run --release --example prune_load -- [concurrency] [seconds] [rows]
+//! (defaults 8, 10 and 1,000,000; STORE=sqlite: the embedded store in a
+//! temporary file; DATABASE_URL as for mint_load)
+mod common;
+
+use mayfly::api::pb;
+use mayfly::api::pb::token_service_client::TokenServiceClient;
+use mayfly::clock::SystemClock;
+use mayfly::config::Config;
+use sqlx::Connection;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// Old tasks the backlog's tokens belong to (ended three days ago).
+const OLD_TASKS: u64 = 1000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(phase: &str, lat: &mut [Duration], errors: u64, took: Duration) {
+    lat.sort();
+    println!(
+        "{phase:<22} {:>6.0} mints/s over {:>5.1} s, {} ok, {errors} errors; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        lat.len() as f64 / took.as_secs_f64(),
+        took.as_secs_f64(),
+        lat.len(),
+        percentile(lat, 0.50).as_secs_f64() * 1e3,
+        percentile(lat, 0.99).as_secs_f64() * 1e3,
+        percentile(lat, 0.999).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+/// Tokens (and the tasks they belong to) that expired three days ago.
+async fn seed(db_url: &str, rows: u64) -> anyhow::Result<()> {
+    let steps: Vec<String> = if db_url.starts_with("sqlite:") {
+        let day = 86_400_000_000i64;
+        vec![
+            format!(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {OLD_TASKS})
+                 INSERT INTO tasks (id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, ended_at, end_reason, tokens_minted)
+                 SELECT printf('00000000-0000-4000-8000-%012x', i), 'spiffe://example.org/agent/old', 'support-triage', 'o', '[]',
+                        'completed', 'spiffe://example.org/orchestrator/main',
+                        (unixepoch() * 1000000) - 4 * {day}, (unixepoch() * 1000000) - 3 * {day}, (unixepoch() * 1000000) - 3 * {day}, 'done', 1000
+                 FROM s"
+            ),
+            format!(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {rows})
+                 INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, depth)
+                 SELECT printf('00000001-0000-4000-8000-%012x', i), printf('00000000-0000-4000-8000-%012x', i % {OLD_TASKS} + 1),
+                        'spiffe://example.org/agent/old', 'support-triage', 'crm-api', 'customers/eu/' || (i % 500), 'read', 'kid', 'x',
+                        (unixepoch() * 1000000) - 4 * {day} + i * 1000, (unixepoch() * 1000000) - 4 * {day} + i * 1000 + 300000000, 0
+                 FROM s"
+            ),
+        ]
+    } else {
+        vec![
+            format!(
+                "INSERT INTO tasks (id, agent, workflow, objective, scopes, state, opened_by, created_at, expires_at, ended_at, end_reason, tokens_minted)
+                 SELECT lpad(to_hex(i), 32, '0')::uuid, 'spiffe://example.org/agent/old', 'support-triage', 'o', '[]',
+                        'completed', 'spiffe://example.org/orchestrator/main',
+                        now() - interval '4 days', now() - interval '3 days', now() - interval '3 days', 'done', 1000
+                 FROM generate_series(1, {OLD_TASKS}) i"
+            ),
+            format!(
+                "INSERT INTO tokens (jti, task_id, agent, workflow, audience, resource, action, kid, cert_thumbprint, issued_at, expires_at, depth)
+                 SELECT gen_random_uuid(), lpad(to_hex(i % {OLD_TASKS} + 1), 32, '0')::uuid,
+                        'spiffe://example.org/agent/old', 'support-triage', 'crm-api', 'customers/eu/' || (i % 500), 'read', 'kid', 'x',
+                        now() - interval '4 days' + i * interval '1 millisecond',
+                        now() - interval '4 days' + i * interval '1 millisecond' + interval '5 minutes', 0
+                 FROM generate_series(1, {rows}) i"
+            ),
+            "ANALYZE tokens".to_string(),
+        ]
+    };
+    for sql in steps {
+        let t = Instant::now();
+        if db_url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(db_url).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut c)
+                .await?;
+        } else {
+            let mut c = sqlx::PgConnection::connect(db_url).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut c)
+                .await?;
+        }
+        println!(
+            "seeded in {:>5.1} s: {}",
+            t.elapsed().as_secs_f64(),
+            sql.split_whitespace().take(8).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether any of the backlog is left.
+async fn left(db_url: &str) -> anyhow::Result<bool> {
+    const Q: &str =
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE agent = 'spiffe://example.org/agent/old') AS e";
+    Ok(if db_url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(db_url).await?;
+        sqlx::query_scalar::<_, bool>(Q).fetch_one(&mut c).await?
+    } else {
+        let mut c = sqlx::PgConnection::connect(db_url).await?;
+        sqlx::query_scalar::<_, bool>(Q).fetch_one(&mut c).await?
+    })
+}
+
+/// Mints from `concurrency` workers until `stop`; their latencies and errors.
+async fn mint_until(
+    clients: &[TokenServiceClient<Channel>],
+    tasks: &[String],
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let mut workers = vec![];
+    for w in 0..concurrency {
+        let mut c = clients[w % clients.len()].clone();
+        let task_id = tasks[w % tasks.len()].clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let req = pb::MintTokenRequest {
+                    task_id: task_id.clone(),
+                    scope: Some(pb::Scope {
+                        audience: "crm-api".into(),
+                        resource: format!("customers/eu/{w}-{i}"),
+                        action: "read".into(),
+                    }),
+                    ttl_seconds: 300,
+                };
+                let t = Instant::now();
+                match c.mint_token(req).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("worker {w}: mint failed: {e}");
+                        }
+                        errors += 1;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (vec![], 0);
+    for w in workers {
+        let (lat, e) = w.await?;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok((all, errors))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let concurrency: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let seconds: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let rows: u64 = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    mayfly::app::install_crypto();
+
+    let db = common::BenchDb::create().await?;
+    let dir = tempfile::tempdir()?;
+    let db_url = match std::env::var("STORE").as_deref() {
+        Ok("sqlite") => format!("sqlite://{}/bench.db", dir.path().display()),
+        _ => db.url.clone(),
+    };
+    let ca = common::broker_files(dir.path())?;
+    let cfg = format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+cert = "{d}/broker.crt"
+key = "{d}/broker.key"
+[database]
+url = "{db_url}"
+max_connections = 32
+[[trust_domains]]
+name = "example.org"
+bundle = "{d}/ca.pem"
+[roles]
+agent = ["spiffe://example.org/agent/*"]
+orchestrator = ["spiffe://example.org/orchestrator/*"]
+[policy]
+dir = "{d}/policies"
+environment = "prod-eu"
+[retention]
+interval = "200ms"
+tokens = "1h"
+"#,
+        d = dir.path().display()
+    );
+    let cfg = Config::parse(&cfg, "bench")?;
+    cfg.validate()?;
+    let batch = cfg.retention.batch;
+    let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
+    let addr = app.grpc_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(app.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let channel = |id: &str| -> anyhow::Result<_> {
+        let svid = ca.svid(id)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+            .identity(Identity::from_pem(svid.cert_pem, svid.key_pem))
+            .domain_name("localhost");
+        Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
+    };
+    let orch = channel("spiffe://example.org/orchestrator/main")?
+        .connect()
+        .await?;
+    let mut tasks = vec![];
+    for _ in 0..concurrency {
+        tasks.push(common::support_task(orch.clone(), "load").await?);
+    }
+    let mut clients = vec![];
+    for _ in 0..concurrency.clamp(1, 4) {
+        clients.push(TokenServiceClient::new(
+            channel(common::AGENT)?.connect().await?,
+        ));
+    }
+
+    // Phase 1: nothing to prune (the pruner runs, and finds nothing).
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Instant::now();
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let (mut lat, errors) = mint_until(&clients, &tasks, concurrency, stop).await?;
+    timer.await?;
+    report("nothing to prune:", &mut lat, errors, t.elapsed());
+
+    // Phase 2: the backlog lands; minting goes on while the pruner deletes it.
+    seed(&db_url, rows).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Instant::now();
+    let watcher = {
+        let (stop, url) = (stop.clone(), db_url.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match left(&url).await {
+                    Ok(false) => break,
+                    Ok(true) => {}
+                    Err(e) => eprintln!("reading what is left: {e}"),
+                }
+                if t.elapsed() > Duration::from_secs(600) {
+                    eprintln!("pruning did not finish in 10 minutes");
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            t.elapsed()
+        })
+    };
+    let (mut lat, errors) = mint_until(&clients, &tasks, concurrency, stop).await?;
+    let pruned_in = watcher.await?;
+    report("pruning the backlog:", &mut lat, errors, t.elapsed());
+    println!(
+        "pruned {rows} tokens in {:.1} s ({:.0} rows/s, batches of {batch}) while minting",
+        pruned_in.as_secs_f64(),
+        rows as f64 / pruned_in.as_secs_f64(),
+    );
+
+    let _ = stop_tx.send(());
+    let _ = server_task.await;
+    db.drop_now().await?;
+    Ok(())
+}
