@@ -45,6 +45,16 @@ pub static WORKER_RESTARTS: LazyLock<Family<Worker, Counter>> = LazyLock::new(Fa
 
 /// Rows pruned after their retention, by kind (`tokens`, `offers`, …).
 pub static PRUNED: LazyLock<Family<Pruned, Counter>> = LazyLock::new(Family::default);
+/// Pruning batches that failed, by kind.
+pub static PRUNE_FAILURES: LazyLock<Family<Pruned, Counter>> = LazyLock::new(Family::default);
+/// Revocation watches refused or ended for a resync, by reason (`ahead`,
+/// `missing`, `replaced`, `pruned`).
+pub static WATCH_RESYNCS: LazyLock<Family<Reason, Counter>> = LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Pruned {
@@ -161,6 +171,16 @@ impl Metrics {
             "pruned_rows",
             "Rows pruned after their retention, by kind",
             PRUNED.clone(),
+        );
+        registry.register(
+            "prune_failures",
+            "Pruning batches that failed, by kind",
+            PRUNE_FAILURES.clone(),
+        );
+        registry.register(
+            "watch_resyncs",
+            "Revocation watches refused or ended for a resync, by reason",
+            WATCH_RESYNCS.clone(),
         );
         registry.register(
             "worker_restarts",

@@ -5,7 +5,7 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::{Broker, MisuseKind};
 use crate::identity::Role;
-use crate::revocation::{Anchor, Resync};
+use crate::revocation::{Anchor, Resync, ResyncReason};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +30,15 @@ const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Ve
 const BATCH: u32 = 500;
 /// Only resource servers report misuse; the security team revokes directly.
 const REPORTERS: &[Role] = &[Role::Verifier];
+
+/// Counts a watch refused or ended for a resync.
+fn resynced(why: ResyncReason) {
+    crate::metrics::WATCH_RESYNCS
+        .get_or_create(&crate::metrics::Reason {
+            reason: why.as_str(),
+        })
+        .inc();
+}
 
 #[tonic::async_trait]
 impl VerifierService for VerifierApi {
@@ -140,7 +149,9 @@ impl VerifierService for VerifierApi {
         // history kept: the events after it that were pruned would never be sent.
         let bounds = broker.revocation_bounds().await?;
         if let Some(refused) = Resync::at_open(after, bounds) {
-            tracing::warn!(caller = %caller.id, after, first = bounds.first, head = bounds.head, why = ?refused.why, "revocation watch refused: the store cannot serve the cursor; the verifier must resync");
+            // Counted, not logged one by one: a verifier may ask again and again.
+            resynced(refused.why);
+            tracing::debug!(caller = %caller.id, after, first = bounds.first, head = bounds.head, why = ?refused.why, "revocation watch refused: the store cannot serve the cursor; the verifier must resync");
             return Err(refused.into());
         }
         tracing::info!(caller = %caller.id, after, "revocation watch opened");
@@ -162,6 +173,7 @@ impl VerifierService for VerifierApi {
                         Err(diverged) => {
                             let bounds = broker.revocation_bounds().await.map_err(Status::from)?;
                             let resync = Resync::diverged(anchor.seq(), bounds, diverged);
+                            resynced(resync.why);
                             tracing::warn!(caller = %caller.id, cursor = anchor.seq(), first = bounds.first, head = bounds.head, why = ?resync.why, "revocation watch ended: the store no longer holds what the stream sent; the verifier must resync");
                             Err::<usize, Status>(resync.into())?
                         }

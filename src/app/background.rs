@@ -3,7 +3,7 @@
 //! policy reloader. Each runs until the broker's cancellation, and logs a
 //! failure once, not once per interval.
 use crate::broker::Broker;
-use crate::domain::retention::Retention;
+use crate::domain::retention::{Prunable, Retention};
 use crate::policy::CedarPolicy;
 use crate::store::gate::Status;
 use crate::store::{Health, Store, StoreError};
@@ -196,8 +196,17 @@ pub(super) async fn pruner(
         _ = cancel.cancelled() => return,
         _ = tokio::time::sleep(period) => {}
     }
+    // What passes pruned but could not record, for the next pass's event.
+    let unrecorded = std::sync::Mutex::new([0u64; Prunable::ALL.len()]);
     every(period, cancel, || async {
-        let p = b.prune(&retention).await;
+        let carried = *unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        let p = b.prune(&retention, carried).await;
+        {
+            let mut u = unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, n) in p.rows.iter().enumerate() {
+                u[i] = if p.recorded { 0 } else { carried[i] + n };
+            }
+        }
         let [tokens, offers, approvals, tasks, revocations] = p.rows;
         if let Some(error) = &p.stopped {
             warn!(%error, tokens, offers, approvals, tasks, revocations, "pruning stopped early; will retry");

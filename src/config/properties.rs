@@ -45,10 +45,10 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("audit", "seal_interval", "\"100ms\""),
     ("retention", "interval", "\"60s\""),
     ("retention", "batch", "500"),
-    ("retention", "tokens", "\"24h\""),
-    ("retention", "offers", "\"24h\""),
-    ("retention", "approvals", "\"24h\""),
-    ("retention", "tasks", "\"7d\""),
+    ("retention", "tokens", "\"30d\""),
+    ("retention", "offers", "\"30d\""),
+    ("retention", "approvals", "\"30d\""),
+    ("retention", "tasks", "\"31d\""),
     ("retention", "revocations", "\"7d\""),
     ("limits", "max_connections", "4096"),
     ("limits", "max_handshakes", "512"),
@@ -151,11 +151,14 @@ fn duration_range(section: &str, key: &str) -> Option<(Duration, Duration)> {
         ("tasks", "approval_ttl") => (Duration::from_secs(1), day),
         ("revocation", "heartbeat") | ("revocation", "poll_interval") => (ms(10), Duration::MAX),
         ("audit", "seal_interval") => (ms(10), ms(60_000)),
-        ("retention", "interval") => (ms(100), day),
-        ("retention", "tokens")
-        | ("retention", "offers")
-        | ("retention", "approvals")
-        | ("retention", "tasks") => (Duration::from_secs(1), day * 3650),
+        ("retention", "interval") => (ms(1000), day),
+        // Up to the base document's 31 days of tasks, less a day.
+        ("retention", "tokens") => (crate::domain::retention::MIN_TOKEN_RETENTION, day * 30),
+        ("retention", "offers") | ("retention", "approvals") => {
+            (crate::domain::retention::MIN_LAPSED_RETENTION, day * 30)
+        }
+        // With the base document's 30 days of tokens, offers and approvals.
+        ("retention", "tasks") => (day * 31, day * 3650),
         ("retention", "revocations") => {
             (crate::domain::retention::MIN_REVOCATION_HISTORY, day * 3650)
         }
@@ -268,7 +271,12 @@ proptest! {
             Err(e) => {
                 prop_assert!(!(least..=most).contains(&d), "{section}.{key} = {d:?}: {e}");
                 let prefix = format!("{section}.{key}: ");
-                prop_assert!(e.to_string().starts_with(&prefix), "{section}.{key} = {d:?}: {e}");
+                // The one rule across keys: tasks are kept longer than what is
+                // kept of them, so a longer retention of that is refused there.
+                let over_tasks = section == "retention"
+                    && ["tokens", "offers", "approvals"].contains(&key)
+                    && e.to_string().starts_with("retention.tasks: ");
+                prop_assert!(e.to_string().starts_with(&prefix) || over_tasks, "{section}.{key} = {d:?}: {e}");
             }
         }
     }

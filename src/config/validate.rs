@@ -126,30 +126,52 @@ const LONGEST_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
 
 impl super::RetentionConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        use crate::domain::retention::MIN_REVOCATION_HISTORY;
-        if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&self.interval) {
-            return Err(invalid(
-                "retention.interval",
-                "must be between 100ms and 24h",
-            ));
+        use crate::domain::retention::{
+            MIN_LAPSED_RETENTION, MIN_REVOCATION_HISTORY, MIN_TOKEN_RETENTION,
+        };
+        let hours = |d: Duration| d.as_secs().div_ceil(3600);
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.interval) {
+            return Err(invalid("retention.interval", "must be between 1s and 24h"));
         }
         if !(1..=1000).contains(&self.batch) {
             return Err(invalid("retention.batch", "must be between 1 and 1000"));
         }
-        for (key, keep) in [
-            ("retention.tokens", self.tokens),
-            ("retention.offers", self.offers),
-            ("retention.approvals", self.approvals),
-            ("retention.tasks", self.tasks),
+        for (key, keep, least, why) in [
+            (
+                "retention.tokens",
+                self.tokens,
+                MIN_TOKEN_RETENTION,
+                ": no verifier still accepts a token pruned, nor does a revocation still mark it",
+            ),
+            ("retention.offers", self.offers, MIN_LAPSED_RETENTION, ""),
+            (
+                "retention.approvals",
+                self.approvals,
+                MIN_LAPSED_RETENTION,
+                "",
+            ),
+            (
+                "retention.revocations",
+                self.revocations,
+                MIN_REVOCATION_HISTORY,
+                ": revocation events are kept longer than the longest token (24h) lives, so a verifier that resyncs learns every revocation of every token still valid",
+            ),
         ] {
-            if !(Duration::from_secs(1)..=LONGEST_RETENTION).contains(&keep) {
-                return Err(invalid(key, "must be between 1s and 3650d"));
+            if !(least..=LONGEST_RETENTION).contains(&keep) {
+                return Err(invalid(
+                    key,
+                    format!("must be between {}h and 3650d{why}", hours(least)),
+                ));
             }
         }
-        if !(MIN_REVOCATION_HISTORY..=LONGEST_RETENTION).contains(&self.revocations) {
+        let least = self.retention().min_tasks();
+        if !(least..=LONGEST_RETENTION).contains(&self.tasks) {
             return Err(invalid(
-                "retention.revocations",
-                "must be between 25h and 3650d: revocation events are kept longer than the longest token (24h) lives, so a verifier that resyncs learns every revocation of every token still valid",
+                "retention.tasks",
+                format!(
+                    "must be between {}h (the longest of retention.tokens, offers and approvals, plus 24h: a task is kept while anything of it is) and 3650d",
+                    hours(least)
+                ),
             ));
         }
         Ok(())

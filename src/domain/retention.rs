@@ -11,6 +11,14 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Margin for clocks (replicas', verifiers') and verifiers' leeway.
 pub const CLOCK_MARGIN: Duration = Duration::from_secs(3600);
 
+/// The shortest token retention: a token goes no sooner than two margins after
+/// it expired, so no verifier still accepts it, and no revocation still marks
+/// it (`revoke_tokens` leaves tokens a margin past their expiry alone).
+pub const MIN_TOKEN_RETENTION: Duration = Duration::from_secs(2 * CLOCK_MARGIN.as_secs());
+
+/// The shortest retention of lapsed offers and approvals.
+pub const MIN_LAPSED_RETENTION: Duration = CLOCK_MARGIN;
+
 /// The shortest revocation history a store may keep. An event concerns tokens
 /// issued before it, which expire within [`MAX_TOKEN_TTL`] of their issue: a
 /// verifier that replays the retained history from the start (a resync) knows
@@ -28,8 +36,8 @@ pub struct Retention {
     /// Step-up approvals never used, after they lapse (used ones go with their token).
     pub approvals: Duration,
     /// Ended tasks, after they end, once none of their tokens, offers or
-    /// approvals is kept: at least as long as those are (each lapses within
-    /// [`MAX_TOKEN_TTL`] of its task's end).
+    /// approvals is kept: at least [`Retention::min_tasks`], as long as those
+    /// are kept (each lapses within [`MAX_TOKEN_TTL`] of its task's end).
     pub tasks: Duration,
     /// Revocation events, after they happened: at least [`MIN_REVOCATION_HISTORY`].
     pub revocations: Duration,
@@ -37,14 +45,18 @@ pub struct Retention {
     pub batch: u32,
 }
 
+/// A day.
+const DAY: u64 = 24 * 3600;
+
 impl Default for Retention {
+    /// A month of what the admin queries answer from (`ListTokens`,
+    /// `AuditAccess` read the tokens kept), a week of revocation history.
     fn default() -> Self {
-        const DAY: u64 = 24 * 3600;
         Retention {
-            tokens: Duration::from_secs(DAY),
-            offers: Duration::from_secs(DAY),
-            approvals: Duration::from_secs(DAY),
-            tasks: Duration::from_secs(7 * DAY),
+            tokens: Duration::from_secs(30 * DAY),
+            offers: Duration::from_secs(30 * DAY),
+            approvals: Duration::from_secs(30 * DAY),
+            tasks: Duration::from_secs(31 * DAY),
             revocations: Duration::from_secs(7 * DAY),
             batch: 500,
         }
@@ -82,20 +94,26 @@ impl Prunable {
 }
 
 impl Retention {
-    /// How long rows of `kind` are kept; revocation events never less than
-    /// [`MIN_REVOCATION_HISTORY`], and ended tasks never less than what is kept
-    /// of theirs, whatever was configured.
+    /// The shortest task retention with these: what is kept of a task lapses
+    /// within [`MAX_TOKEN_TTL`] of its end, and is kept as long as configured
+    /// after that. (Shorter, a task would only wait for its rows, and every
+    /// pass would read it again.)
+    pub fn min_tasks(&self) -> Duration {
+        self.tokens
+            .max(self.offers)
+            .max(self.approvals)
+            .saturating_add(MAX_TOKEN_TTL)
+    }
+
+    /// How long rows of `kind` are kept: as configured (the configuration is
+    /// refused below the least each may be), but revocation events never less
+    /// than [`MIN_REVOCATION_HISTORY`].
     pub fn keep(&self, kind: Prunable) -> Duration {
         match kind {
             Prunable::Tokens => self.tokens,
             Prunable::Offers => self.offers,
             Prunable::Approvals => self.approvals,
-            Prunable::Tasks => self.tasks.max(
-                self.tokens
-                    .max(self.offers)
-                    .max(self.approvals)
-                    .saturating_add(MAX_TOKEN_TTL),
-            ),
+            Prunable::Tasks => self.tasks,
             Prunable::Revocations => self.revocations.max(MIN_REVOCATION_HISTORY),
         }
     }
@@ -125,23 +143,18 @@ mod tests {
         assert!(r.cutoff(Prunable::Revocations, now) < now - MAX_TOKEN_TTL);
         assert_eq!(
             r.cutoff(Prunable::Tokens, now),
-            now - time::Duration::seconds(60 * 60 * 24)
+            now - time::Duration::days(30)
         );
     }
 
     #[test]
-    fn an_ended_task_is_kept_while_anything_of_it_may_be() {
+    fn an_ended_task_must_be_kept_while_anything_of_it_may_be() {
         let r = Retention {
-            tasks: Duration::from_secs(1),
             tokens: Duration::from_secs(7200),
             ..Default::default()
         };
-        assert!(r.keep(Prunable::Tasks) >= MAX_TOKEN_TTL + Duration::from_secs(7200));
-        let long = Retention {
-            tasks: Duration::from_secs(90 * 86_400),
-            ..Default::default()
-        };
-        assert_eq!(long.keep(Prunable::Tasks), Duration::from_secs(90 * 86_400));
+        assert_eq!(r.min_tasks(), Duration::from_secs(30 * DAY) + MAX_TOKEN_TTL);
+        assert!(Retention::default().tasks >= Retention::default().min_tasks());
     }
 
     #[test]

@@ -162,6 +162,18 @@ pub enum ResyncReason {
     Pruned,
 }
 
+impl ResyncReason {
+    /// As metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::Ahead => "ahead",
+            ResyncReason::Missing => "missing",
+            ResyncReason::Replaced => "replaced",
+            ResyncReason::Pruned => "pruned",
+        }
+    }
+}
+
 impl From<Diverged> for ResyncReason {
     fn from(d: Diverged) -> Self {
         match d {

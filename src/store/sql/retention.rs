@@ -4,44 +4,67 @@
 //! for one batch at a time). One broker prunes at a time: in PostgreSQL the
 //! others skip their turn rather than queue on the same rows.
 use super::dialect;
+use super::driver::Arg;
 use super::*;
 
-/// A batch of tokens: expired before `$1`, at most `$2`, oldest first and,
-/// of equal expiry, deepest first. A delegated token never outlives its parent
-/// (`Delegation::redemption`), so a parent's children precede it: a batch that
-/// holds a parent holds its children. A token with a child that outlives it
-/// all the same is kept, never deleted from under the child.
-const TOKEN_BATCH: &str = "SELECT jti FROM tokens t WHERE expires_at < $1
-    AND NOT EXISTS (SELECT 1 FROM tokens c WHERE c.parent_jti = t.jti AND c.expires_at > t.expires_at)
-    ORDER BY expires_at, depth DESC LIMIT $2";
-
-/// Deletes a batch of tokens with what only records them (the offers they made
-/// or were redeemed into, the approvals spent on them). The batch is read again
-/// by each statement: under the pruning turn nothing else deletes tokens, and a
-/// token expired before `$1` (in the past) is never written again.
-async fn tokens(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
-    tx.execute(
-        query(format!(
-            "DELETE FROM delegations WHERE parent_jti IN ({TOKEN_BATCH}) OR child_jti IN ({TOKEN_BATCH})"
-        ))
-        .bind(before)
-        .bind(batch),
-    )
-    .await?;
-    tx.execute(
-        query(format!(
-            "DELETE FROM approvals WHERE used_jti IN ({TOKEN_BATCH})"
-        ))
-        .bind(before)
-        .bind(batch),
-    )
-    .await?;
-    tx.execute(
-        query(format!("DELETE FROM tokens WHERE jti IN ({TOKEN_BATCH})"))
+/// Up to `$2` tokens expired before `$1`, oldest first, that no token is
+/// delegated from (a parent goes in a later batch, once its children have):
+/// so no row deleted is referred to by a token kept. In PostgreSQL the rows
+/// are locked, skipping any a write holds.
+async fn token_batch(
+    db: &Db,
+    tx: &mut Tx,
+    before: OffsetDateTime,
+    batch: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    let rows = tx
+        .fetch_all(
+            query(format!(
+                "SELECT jti FROM tokens t WHERE expires_at < $1
+                    AND NOT EXISTS (SELECT 1 FROM tokens c WHERE c.parent_jti = t.jti)
+                 ORDER BY expires_at, jti LIMIT $2 {}",
+                dialect::lock(db, "FOR UPDATE SKIP LOCKED")
+            ))
             .bind(before)
             .bind(batch),
-    )
-    .await
+        )
+        .await?;
+    rows.iter().map(|r| r.uuid("jti")).collect()
+}
+
+/// `$1, …, $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Deletes a batch of tokens with what only records them: the offers they made
+/// or were redeemed into, the approvals spent on them. The batch is read once
+/// and named by its ids in every statement, each of which uses its index.
+async fn tokens(
+    db: &Db,
+    tx: &mut Tx,
+    before: OffsetDateTime,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let jtis = token_batch(db, tx, before, batch).await?;
+    if jtis.is_empty() {
+        return Ok(0);
+    }
+    let ids = placeholders(jtis.len());
+    let args = || jtis.iter().map(|j| Arg::from(*j));
+    for statement in [
+        "DELETE FROM delegations WHERE parent_jti IN",
+        "DELETE FROM delegations WHERE child_jti IN",
+        "DELETE FROM approvals WHERE used_jti IN",
+    ] {
+        tx.execute(query(format!("{statement} ({ids})")).bind_all(args()))
+            .await?;
+    }
+    tx.execute(query(format!("DELETE FROM tokens WHERE jti IN ({ids})")).bind_all(args()))
+        .await
 }
 
 async fn offers(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
@@ -56,11 +79,17 @@ async fn offers(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, 
     .await
 }
 
+/// Approvals never used, lapsed before `$1`; a denial stands for the rest of
+/// its task (a request for the same scope meets it and is counted against
+/// `step_up_retries`), so it stays while its task is active.
 async fn approvals(tx: &mut Tx, before: OffsetDateTime, batch: i64) -> Result<u64, StoreError> {
     tx.execute(
         query(
-            "DELETE FROM approvals WHERE id IN (SELECT id FROM approvals
-                WHERE state <> 'used' AND expires_at < $1 ORDER BY expires_at LIMIT $2)",
+            "DELETE FROM approvals WHERE id IN (SELECT id FROM approvals a
+                WHERE state <> 'used' AND expires_at < $1
+                  AND (state <> 'denied'
+                       OR NOT EXISTS (SELECT 1 FROM tasks k WHERE k.id = a.task_id AND k.state = 'active'))
+                ORDER BY expires_at LIMIT $2)",
         )
         .bind(before)
         .bind(batch),
@@ -124,7 +153,7 @@ impl RetentionStore for SqlStore {
         }
         let batch = limit(batch);
         let n = match kind {
-            Prunable::Tokens => tokens(&mut tx, before, batch).await?,
+            Prunable::Tokens => tokens(&self.db, &mut tx, before, batch).await?,
             Prunable::Offers => offers(&mut tx, before, batch).await?,
             Prunable::Approvals => approvals(&mut tx, before, batch).await?,
             Prunable::Tasks => tasks(&mut tx, before, batch).await?,

@@ -5,6 +5,7 @@ use super::driver::Arg;
 use super::freezes;
 use super::*;
 use crate::domain::audit::Action;
+use crate::domain::retention::CLOCK_MARGIN;
 use crate::domain::{Target, Trigger};
 
 fn event_from_row(r: &Row) -> Result<Event, StoreError> {
@@ -91,7 +92,11 @@ fn covering_at(target: &Target, id: &'static str, n: usize) -> (String, Option<A
 
 /// Marks every unrevoked token the target covers as revoked by `seq`; a token's
 /// or an agent's revocation reaches every token delegated from theirs (a task's,
-/// a workflow's or everything already covers whole tasks).
+/// a workflow's or everything already covers whole tasks). Tokens expired more
+/// than [`CLOCK_MARGIN`] before are dead everywhere already and are left as
+/// they are (the event still names what it covers): a revocation costs what is
+/// live, and never touches the rows the pruner deletes, whose retention is
+/// longer than the margin (so the two never wait on each other's rows).
 pub(super) async fn revoke_tokens(
     db: &Db,
     tx: &mut Tx,
@@ -99,18 +104,20 @@ pub(super) async fn revoke_tokens(
     seq: u64,
     at: OffsetDateTime,
 ) -> Result<u64, StoreError> {
-    const SET: &str =
-        "UPDATE tokens SET revoked_at = $1, revocation_seq = $2 WHERE revoked_at IS NULL";
+    const SET: &str = "UPDATE tokens SET revoked_at = $1, revocation_seq = $2
+        WHERE revoked_at IS NULL AND expires_at > $3";
     let id = match target {
         Target::Task(_) => "task_id",
         _ => "jti",
     };
-    let (filter, arg) = covering(target, id);
+    let (filter, arg) = covering_at(target, id, 4);
+    let dead_before = at - time::Duration::seconds(CLOCK_MARGIN.as_secs() as i64);
     let direct = tx
         .execute(
             query(format!("{SET} AND {filter}"))
                 .bind(at)
                 .bind(seq)
+                .bind(dead_before)
                 .bind_all(arg.clone()),
         )
         .await?;
@@ -132,6 +139,7 @@ pub(super) async fn revoke_tokens(
                 query(cascade.clone())
                     .bind(at)
                     .bind(seq)
+                    .bind(dead_before)
                     .bind_all(arg.clone()),
             )
             .await?;

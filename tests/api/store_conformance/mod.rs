@@ -110,7 +110,10 @@ macro_rules! every_case {
             retention::lapsed_offers_and_unused_approvals_go_once_past_the_cutoff,
             retention::an_ended_task_goes_only_once_nothing_of_it_is_kept,
             retention::revocation_history_is_pruned_up_to_the_newest_event_before_the_cutoff,
-            retention::pruning_an_empty_store_deletes_nothing_and_records_nothing,
+            retention::a_denial_stands_while_its_task_is_active,
+            retention::pruning_an_empty_store_deletes_nothing,
+            retention::a_revocation_is_kept_while_a_token_it_concerns_may_be_valid,
+            retention::pruning_and_revoking_everything_at_once_both_succeed,
             retention::a_token_that_outlived_the_event_revoking_it_is_revoked_again,
 
             delegations::an_offer_reads_back_as_inserted_with_its_audit_event,
