@@ -2,7 +2,7 @@
 //! broker in-process (mTLS, PostgreSQL or SQLite), N agents minting over
 //! keep-alive connections; first for `seconds` with nothing to prune, then with
 //! R tokens long expired added to the store, while the broker's own pruner
-//! (every 200 ms, batches of `retention.batch`) deletes them, until it has.
+//! (every second, batches of `retention.batch`) deletes them, until it has.
 //! Prints mint throughput and p50/p99/p99.9 of both phases, and the prune rate.
 //!
 //! cargo run --release --example prune_load -- [concurrency] [seconds] [rows]
@@ -86,6 +86,7 @@ async fn seed(db_url: &str, rows: u64) -> anyhow::Result<()> {
             "ANALYZE tokens".to_string(),
         ]
     };
+    let postgres = !db_url.starts_with("sqlite:");
     for sql in steps {
         let t = Instant::now();
         if db_url.starts_with("sqlite:") {
@@ -103,6 +104,20 @@ async fn seed(db_url: &str, rows: u64) -> anyhow::Result<()> {
             "seeded in {:>5.1} s: {}",
             t.elapsed().as_secs_f64(),
             sql.split_whitespace().take(8).collect::<Vec<_>>().join(" ")
+        );
+    }
+    if postgres {
+        // What a token costs on disk, with its indexes: for sizing retention.
+        let mut c = sqlx::PgConnection::connect(db_url).await?;
+        let (bytes, n): (i64, i64) = sqlx::query_as(
+            "SELECT pg_total_relation_size('tokens'), (SELECT count(*) FROM tokens)",
+        )
+        .fetch_one(&mut c)
+        .await?;
+        println!(
+            "tokens: {n} rows, {:.0} MB with their indexes ({:.0} bytes a token)",
+            bytes as f64 / 1e6,
+            bytes as f64 / n.max(1) as f64
         );
     }
     Ok(())
@@ -208,8 +223,8 @@ orchestrator = ["spiffe://example.org/orchestrator/*"]
 dir = "{d}/policies"
 environment = "prod-eu"
 [retention]
-interval = "200ms"
-tokens = "1h"
+interval = "1s"
+tokens = "2h"
 "#,
         d = dir.path().display()
     );
