@@ -1,5 +1,6 @@
 //! Audit events: one per decision, written in the same transaction as the state
 //! change it records.
+pub mod archive;
 pub mod chain;
 
 use crate::domain::TaskId;
@@ -51,12 +52,15 @@ pub enum Action {
     /// A compromised agent: every token and active task of it revoked and its
     /// issuance frozen, in one transaction.
     AgentQuarantined,
+    /// The oldest sealed events were exported and the store's chain anchored
+    /// after them, so that they could be removed.
+    AuditArchived,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -81,6 +85,7 @@ impl Action {
         Action::IssuanceFrozen,
         Action::IssuanceUnfrozen,
         Action::AgentQuarantined,
+        Action::AuditArchived,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -114,6 +119,7 @@ impl Action {
             Action::IssuanceFrozen => "issuance_frozen",
             Action::IssuanceUnfrozen => "issuance_unfrozen",
             Action::AgentQuarantined => "agent_quarantined",
+            Action::AuditArchived => "audit_archived",
         }
     }
 
