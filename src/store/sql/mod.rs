@@ -21,6 +21,7 @@ use std::time::Duration;
 mod approvals;
 mod arg;
 mod audit;
+mod audit_archive;
 mod delegations;
 mod dialect;
 mod driver;
@@ -52,6 +53,8 @@ pub enum Write {
     RegisterKey,
     AppendAudit,
     SealAudit,
+    AnchorAudit,
+    RemoveArchivedAudit,
 }
 
 impl Write {
