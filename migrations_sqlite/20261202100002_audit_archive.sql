@@ -26,6 +26,13 @@ BEGIN
     SELECT RAISE(ABORT, 'the audit anchor moves only forward, to a sealed event with its hash');
 END;
 
+-- Its one row is inserted above: an INSERT (OR REPLACE, even on a connection
+-- without recursive_triggers) would replace it past the update guard.
+CREATE TRIGGER audit_anchor_no_insert BEFORE INSERT ON audit_anchor
+BEGIN
+    SELECT RAISE(ABORT, 'the audit anchor moves only forward, to a sealed event with its hash');
+END;
+
 -- Append-only, but for archived events: an event is deleted only if it is
 -- sealed at or below the anchor, i.e. was exported and anchored first.
 DROP TRIGGER audit_events_no_delete;

@@ -5,6 +5,7 @@
 //! batches. The export verifies offline against a checkpoint
 //! (`domain::audit::archive`); the stored chain verifies from the anchor.
 use super::{Broker, BrokerError};
+use crate::clock::to_micros;
 use crate::domain::audit::archive::Refused;
 use crate::domain::audit::chain::{Checkpoint, Sealed, Verifier, to_hex};
 use crate::domain::audit::{Action, AuditEvent};
@@ -66,9 +67,10 @@ impl Broker {
         let head = self.store.audit_head().await?;
         let anchor = head.anchor;
         let through = match end {
+            // To the microsecond, as the store keeps times.
             ExportEnd::Before(t) => {
                 (self.store)
-                    .audit_dated_before(anchor.seq, head.seq, t)
+                    .audit_dated_before(anchor.seq, head.seq, to_micros(t))
                     .await?
             }
             ExportEnd::Through(seq) if seq > head.seq => {
@@ -118,6 +120,7 @@ impl Broker {
         through: Checkpoint,
         before: OffsetDateTime,
     ) -> Result<AuditArchived, BrokerError> {
+        let before = to_micros(before);
         self.seal_audit().await?;
         let head = self.store.audit_head().await?;
         let from = head.anchor;
