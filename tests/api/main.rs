@@ -3,6 +3,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod audit_archive;
 mod audit_archive_db;
 mod audit_sqlite;
 mod cli;
