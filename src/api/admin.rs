@@ -207,7 +207,10 @@ impl AdminService for AdminApi {
             .caller(&req, "mayfly.v1.AdminService/ExportAudit", &[Role::Admin])
             .await?;
         let r = req.get_ref();
-        let end = match (convert::time_opt("before", r.before.as_ref())?, r.through_sequence) {
+        let end = match (
+            convert::time_opt("before", r.before.as_ref())?,
+            r.through_sequence,
+        ) {
             (Some(t), 0) => ExportEnd::Before(t),
             (None, 0) => {
                 return Err(crate::error::invalid(

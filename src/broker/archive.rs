@@ -172,16 +172,15 @@ impl Broker {
             return Err(hash_differs(&through));
         }
         let events = through.seq - from.seq;
-        let audit = AuditEvent::new(self.now(), caller.id.as_str(), Action::AuditArchived).detail(
-            json!({
+        let audit =
+            AuditEvent::new(self.now(), caller.id.as_str(), Action::AuditArchived).detail(json!({
                 "through_seq": through.seq,
                 "through_hash": to_hex(&through.hash),
                 "previous_seq": from.seq,
                 "previous_hash": to_hex(&from.hash),
                 "events": events,
                 "before": rfc3339(before),
-            }),
-        );
+            }));
         match self.store.anchor_audit(&from, &through, &audit).await? {
             Anchoring::Moved => {}
             Anchoring::AnchorMoved(now) => {
@@ -229,7 +228,11 @@ impl Broker {
 
     /// The stored event at `seq` (the anchor itself at its position) as a
     /// checkpoint.
-    async fn checkpoint_at(&self, anchor: &Checkpoint, seq: u64) -> Result<Checkpoint, BrokerError> {
+    async fn checkpoint_at(
+        &self,
+        anchor: &Checkpoint,
+        seq: u64,
+    ) -> Result<Checkpoint, BrokerError> {
         if seq == anchor.seq {
             return Ok(anchor.clone());
         }

@@ -206,7 +206,10 @@ pub(super) fn verify(out: &Printer, file: &Path, checkpoint: Option<&str>) -> an
 
 /// Verifies the archive at `path` line by line; an error reading it is the
 /// outer error, a line that does not verify the inner one.
-fn verify_file(path: &Path, checkpoint: Option<Checkpoint>) -> anyhow::Result<Result<Summary, Bad>> {
+fn verify_file(
+    path: &Path,
+    checkpoint: Option<Checkpoint>,
+) -> anyhow::Result<Result<Summary, Bad>> {
     let file = std::fs::File::open(path).map_err(|e| Failed {
         code: exit::USAGE,
         message: format!("cannot read {}: {e}", path.display()),

@@ -71,10 +71,16 @@ async fn guards(store: &SqlStore, raw: &mut Raw, postgres: bool) {
 
     // Above the anchor, unsealed (the archive's own event), or all at once.
     let del = "DELETE FROM audit_events WHERE seq = $1";
-    refused(raw.run(del, 3, &[]).await, "a sealed event above the anchor");
+    refused(
+        raw.run(del, 3, &[]).await,
+        "a sealed event above the anchor",
+    );
     let unsealed = "DELETE FROM audit_events WHERE seq IS NULL";
     refused(raw.run(unsealed, 0, &[]).await, "an unsealed event");
-    refused(raw.run("DELETE FROM audit_events", 0, &[]).await, "every event");
+    refused(
+        raw.run("DELETE FROM audit_events", 0, &[]).await,
+        "every event",
+    );
     if postgres {
         refused(raw.run("TRUNCATE audit_events", 0, &[]).await, "truncate");
     }

@@ -38,7 +38,9 @@ pub enum Refused {
         "event {seq} is missing from the store: the chain is broken (run `mayfly audit verify`)"
     )]
     Missing { seq: u64 },
-    #[error("event {seq} has another hash than {given} in the store: the archive does not match it")]
+    #[error(
+        "event {seq} has another hash than {given} in the store: the archive does not match it"
+    )]
     HashDiffers { seq: u64, given: String },
     #[error("event {seq} is dated {}, not before {}", rfc3339(*.at), rfc3339(*.before))]
     NotBefore {
@@ -359,7 +361,9 @@ fn hex(field: &str, s: &str) -> Result<Vec<u8>, String> {
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, String> {
     serde_json::from_str(text).map_err(|e| {
         let full = e.to_string();
-        let why = full.rsplit_once(" at line ").map_or(full.as_str(), |(w, _)| w);
+        let why = full
+            .rsplit_once(" at line ")
+            .map_or(full.as_str(), |(w, _)| w);
         format!("not {what}: {} (column {})", short(why), e.column())
     })
 }

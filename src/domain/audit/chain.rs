@@ -454,7 +454,10 @@ mod tests {
     fn a_checkpoint_is_written_and_read_as_sequence_colon_hash() {
         let c = Checkpoint::new(12, hash(&chain(1)[0], &GENESIS).to_vec());
         assert_eq!(Checkpoint::parse(&c.to_string()), Ok(c.clone()));
-        assert_eq!(Checkpoint::genesis().to_string(), format!("0:{}", "0".repeat(64)));
+        assert_eq!(
+            Checkpoint::genesis().to_string(),
+            format!("0:{}", "0".repeat(64))
+        );
         for bad in ["12", "x:ab", "-1:00", "12:abc", ""] {
             assert!(Checkpoint::parse(bad).is_err(), "{bad}");
         }

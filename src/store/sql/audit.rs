@@ -1,11 +1,11 @@
 //! The audit trail: events written with the changes they record, sealed into
 //! one hash chain in the order they became visible, and the queries over it.
 use super::driver::micros;
-use super::{audit_archive, dialect};
 use super::filter::Filter;
 use super::*;
-use crate::domain::audit::chain;
+use super::{audit_archive, dialect};
 use crate::domain::audit::Action;
+use crate::domain::audit::chain;
 use crate::domain::audit::chain::{Checkpoint, Sealed};
 
 fn audit_from_row(r: &Row) -> Result<AuditEvent, StoreError> {

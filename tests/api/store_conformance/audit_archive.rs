@@ -57,7 +57,10 @@ async fn anchor<S: Store>(s: &S, from: &Checkpoint, through: &Checkpoint) -> Anc
 /// verify` does; the positions verified.
 async fn verify_from_anchor<S: Store>(s: &S) -> Vec<u64> {
     let head = s.audit_head().await.unwrap();
-    let chain = s.audit_chain(head.anchor.seq, head.seq, 1000).await.unwrap();
+    let chain = s
+        .audit_chain(head.anchor.seq, head.seq, 1000)
+        .await
+        .unwrap();
     let mut v = Verifier::after(head.anchor.clone());
     for e in &chain {
         v.push(e).unwrap_or_else(|broken| panic!("{broken}"));
@@ -152,7 +155,10 @@ pub async fn only_events_at_or_below_the_anchor_are_removed_in_batches<S: Store>
     assert_eq!(verify_from_anchor(s).await, [6, 7, 8]);
     // Queries see what is stored.
     let found = sealed(s).await;
-    assert_eq!(found.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [6, 7, 8]);
+    assert_eq!(
+        found.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        [6, 7, 8]
+    );
 }
 
 pub async fn an_anchor_at_the_head_leaves_only_the_archive_events<S: Store>(s: &S) {

@@ -109,7 +109,10 @@ fn an_edited_event_a_gap_a_reordering_and_a_cut_are_each_named_by_line() {
     let e = why(&edited(&lines, 3, |v| v["detail"] = "{}".into()), None);
     assert_eq!(e.line, 3);
     // The time people read must be the one hashed.
-    let e = why(&edited(&lines, 2, |v| v["at"] = "2026-11-23T11:00:00Z".into()), None);
+    let e = why(
+        &edited(&lines, 2, |v| v["at"] = "2026-11-23T11:00:00Z".into()),
+        None,
+    );
     assert!(e.why.contains("at_micros"), "{e}");
 
     let mut gap = lines.clone();
@@ -136,7 +139,10 @@ fn a_header_that_does_not_fit_its_events_or_a_checkpoint_is_refused() {
     let lines = archive(&Checkpoint::genesis(), &full);
     let e = verify(&edited(&lines, 1, |v| v["events"] = 3.into()), None).unwrap_err();
     assert_eq!(e.line, 1);
-    let e = verify(&edited(&lines, 1, |v| v["last"]["hash"] = to_hex(&GENESIS).into()), None);
+    let e = verify(
+        &edited(&lines, 1, |v| v["last"]["hash"] = to_hex(&GENESIS).into()),
+        None,
+    );
     assert_eq!(e.unwrap_err().line, 5);
     let e = verify(&edited(&lines, 1, |v| v["version"] = 2.into()), None).unwrap_err();
     assert!(e.why.contains("version 2"), "{e}");
