@@ -26,6 +26,10 @@ pub(super) async fn archive(
     path: &Path,
 ) -> anyhow::Result<()> {
     let before = at_micros(when("--before", &Some(before.to_string()))?)?;
+    // Asked before the broker is (creating the file below is what guarantees it).
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(exists(path));
+    }
     let mut client = AdminServiceClient::new(ch).max_decoding_message_size(MAX_ANSWER_BYTES);
     let first = client
         .export_audit(pb::ExportAuditRequest {
@@ -54,10 +58,7 @@ pub(super) async fn archive(
         .create_new(true)
         .open(path)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => usage(format!(
-                "--out {}: the file exists; an archive is never overwritten",
-                path.display()
-            )),
+            std::io::ErrorKind::AlreadyExists => exists(path),
             _ => anyhow::Error::new(e).context(format!("--out {}", path.display())),
         })?;
     // Until the file is written and verifies, it is not an archive: removed.
@@ -115,6 +116,13 @@ pub(super) async fn archive(
         "anchor": summary.anchor.to_string(),
         "checkpoint": now.to_string(),
     }))
+}
+
+fn exists(path: &Path) -> anyhow::Error {
+    usage(format!(
+        "--out {}: the file exists; an archive is never overwritten",
+        path.display()
+    ))
 }
 
 /// Writes the header and every page of the export to `file`, then flushes and

@@ -7,6 +7,7 @@ mod audit_archive;
 mod audit_archive_db;
 mod audit_sqlite;
 mod cli;
+mod cli_archive;
 mod crm_example;
 mod delegation;
 mod deploy;
