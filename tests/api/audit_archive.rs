@@ -83,12 +83,12 @@ fn sealed(e: &pb::SealedAuditEvent) -> Sealed {
 /// page of `limit` at a time: the archive's lines and its last event.
 async fn export(app: &TestApp, before: OffsetDateTime, limit: u32) -> (Vec<String>, Checkpoint) {
     let mut admin = app.admin(ADMIN).await;
-    let mut req = pb::ExportAuditRequest {
+    let req = pb::ExportAuditRequest {
         before: Some(ts(before)),
         limit,
         ..Default::default()
     };
-    let first = admin.export_audit(req.clone()).await.unwrap().into_inner();
+    let first = admin.export_audit(req).await.unwrap().into_inner();
     let (anchor, through) = (point(first.anchor.as_ref()), point(first.through.as_ref()));
     let mut lines = vec![header_line(&anchor, &through, before).unwrap()];
     let mut page = first;
@@ -98,13 +98,13 @@ async fn export(app: &TestApp, before: OffsetDateTime, limit: u32) -> (Vec<Strin
         if page.next_after == 0 {
             return (lines, through);
         }
-        req = pb::ExportAuditRequest {
+        let req = pb::ExportAuditRequest {
             through_sequence: through.seq,
             after_sequence: page.next_after,
             limit,
             ..Default::default()
         };
-        page = admin.export_audit(req.clone()).await.unwrap().into_inner();
+        page = admin.export_audit(req).await.unwrap().into_inner();
     }
 }
 
