@@ -290,7 +290,7 @@ impl ArchiveVerifier {
                 return Err(format!(
                     "the checkpoint's event {} is not in this archive, which holds events {} to {} (after event {})",
                     c.seq,
-                    start.seq + 1,
+                    start.seq.saturating_add(1),
                     last.seq,
                     start.seq
                 ));
@@ -385,7 +385,9 @@ fn short(s: &str) -> String {
     out
 }
 
-const SHORT: usize = 120;
+const SHORT: usize = 100;
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

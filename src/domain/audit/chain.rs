@@ -141,7 +141,8 @@ pub struct Broken {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     start: Checkpoint,
-    next: u64,
+    /// The position of the last event verified.
+    last: u64,
     prev: Vec<u8>,
     /// An event's hash recorded outside the store earlier: the chain must still
     /// pass through it.
@@ -159,7 +160,7 @@ impl Verifier {
     /// event archived and removed) or an archive's first line.
     pub fn after(start: Checkpoint) -> Self {
         Verifier {
-            next: start.seq.saturating_add(1),
+            last: start.seq,
             prev: start.hash.clone(),
             start,
             checkpoint: None,
@@ -187,7 +188,12 @@ impl Verifier {
     /// The position of the last event verified (where the chain starts, before
     /// any).
     pub fn last_seq(&self) -> u64 {
-        self.next - 1
+        self.last
+    }
+
+    /// The position the next event must have (none past the last there is).
+    fn next(&self) -> u64 {
+        self.last.saturating_add(1)
     }
 
     /// Events verified so far.
@@ -197,22 +203,17 @@ impl Verifier {
 
     /// Checks the next event of the chain.
     pub fn push(&mut self, e: &Sealed) -> Result<(), Broken> {
-        if e.seq != self.next {
-            let why = if e.seq > self.next {
+        if e.seq != self.next() || self.last == u64::MAX {
+            let why = if e.seq > self.last {
                 format!(
                     "missing: the chain goes from event {} to event {} (deleted)",
-                    self.next - 1,
-                    e.seq
+                    self.last, e.seq
                 )
             } else {
-                format!(
-                    "out of order: event {} follows event {}",
-                    e.seq,
-                    self.next - 1
-                )
+                format!("out of order: event {} follows event {}", e.seq, self.last)
             };
             return Err(Broken {
-                seq: self.next,
+                seq: self.next(),
                 why,
             });
         }
@@ -241,7 +242,7 @@ impl Verifier {
             });
         }
         self.prev = e.hash.clone();
-        self.next += 1;
+        self.last = e.seq;
         Ok(())
     }
 
@@ -271,7 +272,7 @@ impl Verifier {
         }
         if c.seq > self.last_seq() {
             return Err(Broken {
-                seq: self.next,
+                seq: self.next(),
                 why: format!(
                     "the chain ends at event {} before the checkpoint's event {} (cut short)",
                     self.last_seq(),
@@ -287,7 +288,7 @@ impl Verifier {
         self.passed_checkpoint()?;
         if head_seq != self.last_seq() || head_hash != self.prev.as_slice() {
             return Err(Broken {
-                seq: self.next,
+                seq: self.next(),
                 why: format!(
                     "the chain's head is at event {head_seq} but the stored events end at event {} (deleted from the end, or the head was altered)",
                     self.last_seq()

@@ -196,3 +196,21 @@ fn a_malformed_file_is_an_error_naming_its_line_and_quoting_little() {
         assert!(!e.why.contains('\u{202e}'), "{e}");
     }
 }
+
+#[test]
+fn positions_at_the_end_of_the_range_verify_or_are_refused_without_overflowing() {
+    let mut e = chain(1).remove(0);
+    e.seq = u64::MAX;
+    e.hash = hash(&e, &GENESIS).to_vec();
+    let anchor = Checkpoint::new(u64::MAX - 1, GENESIS);
+    let lines = archive(&anchor, std::slice::from_ref(&e));
+    assert_eq!(verify(&lines, None).unwrap().last.seq, u64::MAX);
+    let mut more = lines.clone();
+    more.push(lines[1].clone());
+    assert_eq!(verify(&more, None).unwrap_err().line, 3);
+    let at_end = Checkpoint::new(u64::MAX, e.hash.clone());
+    let empty = archive(&at_end, &[]);
+    assert_eq!(verify(&empty, Some(at_end)).unwrap().events, 0);
+    let e = verify(&empty, Some(Checkpoint::new(0, GENESIS.to_vec()))).unwrap_err();
+    assert!(e.why.contains("not in this archive"), "{e}");
+}
