@@ -248,7 +248,7 @@ impl Verifier {
 
     /// Checks that the chain passed through the checkpoint, if there is one
     /// (or starts at it).
-    pub fn passed_checkpoint(&self) -> Result<(), Broken> {
+    fn passed_checkpoint(&self) -> Result<(), Broken> {
         let Some(c) = &self.checkpoint else {
             return Ok(());
         };
