@@ -160,6 +160,11 @@ impl Broker {
         // remove the evidence.
         let mut v = Verifier::after(from.clone());
         if let Some(b) = self.walk(&mut v, through.seq).await? {
+            // Or another archive removed them while they were read.
+            let now = self.store.audit_head().await?.anchor;
+            if now != from {
+                return Err(Refused::AnchorMoved { anchor: now.seq }.into());
+            }
             return Err(Refused::Broken(b).into());
         }
         if v.last_seq() != through.seq {
