@@ -143,10 +143,10 @@ enum Attr {
 /// - an enum value is its name without the enum's prefix, in lower case
 ///   (`active`); a number the enum does not know is shown as that number, quoted;
 /// - a time is RFC 3339 in UTC, to the second; unset, `null`;
-/// - an unset message is `null`; strings, numbers and booleans are shown as they
-///   are, the empty string too (`"end_reason": ""`): proto3 cannot tell an empty
-///   string from none, and which empty string means "none" would be a mapping per
-///   message;
+/// - an unset message or `optional` field is `null`; strings, numbers and
+///   booleans are shown as they are, the empty string too (`"end_reason": ""`):
+///   proto3 cannot tell an empty string from none (but in an `optional` field),
+///   and which empty string means "none" would be a mapping per message;
 /// - a string field `<name>_json` holds JSON text: shown parsed, as `<name>`;
 /// - a message that is only a oneof is shown as its member, `{"token": "…"}`; a
 ///   `bool` member (the oneofs' "must be true" markers) as its name, `"all"`;
@@ -175,8 +175,8 @@ fn json(fds: &tonic_prost_build::FileDescriptorSet) -> Result<Json, String> {
         }
         let m = messages
             .get(&name)
-            .filter(|m| m.nested_type.is_empty() && !m.field.iter().any(|f| f.proto3_optional()))
-            .ok_or_else(|| format!("{name}: no JSON rule for it (nested or optional)"))?;
+            .filter(|m| m.nested_type.is_empty())
+            .ok_or_else(|| format!("{name}: no JSON rule for it (nested)"))?;
         let message = |attribute: &str| {
             (
                 Attr::Message,
@@ -185,8 +185,11 @@ fn json(fds: &tonic_prost_build::FileDescriptorSet) -> Result<Json, String> {
             )
         };
         json.attributes.push(message("derive(serde::Serialize)"));
-        let member = |f: &&FieldDescriptorProto| f.oneof_index.is_some();
-        match m.oneof_decl.len() {
+        // A proto3 `optional` field sits in a oneof of its own that prost does
+        // not generate: it is an `Option`, shown as its value or `null`.
+        let member = |f: &&FieldDescriptorProto| f.oneof_index.is_some() && !f.proto3_optional();
+        let optional = m.field.iter().filter(|f| f.proto3_optional()).count();
+        match m.oneof_decl.len() - optional {
             0 => {}
             1 if m.field.iter().all(|f| member(&f)) => {
                 json.attributes.push(message("serde(transparent)"));

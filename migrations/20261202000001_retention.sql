@@ -13,3 +13,30 @@ CREATE INDEX revocations_at_idx ON revocations (at, seq);
 -- one index fewer for each token and audit event written.
 DROP INDEX tokens_task_idx;
 DROP INDEX audit_task_idx;
+
+-- Revocation events were append-only; now the pruner deletes them, once older
+-- than any token they concern lives. The database holds that line itself, by
+-- its own clock: a role that may delete (the brokers') deletes an event only
+-- once it is older than 25 hours (the longest token, 24 h, and a margin) and
+-- never the last one, and nobody truncates the table.
+CREATE FUNCTION mayfly_revocation_prune_guard() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.at < now() - interval '25 hours'
+       AND OLD.seq < (SELECT last_seq FROM revocation_counter) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'revocation event % is kept: only events older than 25 hours, and never the last, are pruned', OLD.seq;
+END $$;
+
+CREATE TRIGGER revocations_prune_guard BEFORE DELETE ON revocations
+    FOR EACH ROW EXECUTE FUNCTION mayfly_revocation_prune_guard();
+
+CREATE FUNCTION mayfly_revocation_no_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'revocation events are pruned one by one, never truncated';
+END $$;
+
+CREATE TRIGGER revocations_no_truncate BEFORE TRUNCATE ON revocations
+    FOR EACH STATEMENT EXECUTE FUNCTION mayfly_revocation_no_truncate();

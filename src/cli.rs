@@ -5,6 +5,10 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod audit;
+
+pub use audit::AuditCommand;
+
 /// Mayfly: just-in-time, task-scoped, certificate-bound credentials for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "mayfly", version, about)]
@@ -305,54 +309,6 @@ pub enum FreezeTargetArg {
     Agent { agent: String },
     Workflow { workflow: String },
     All,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Verify the whole hash chain; exit 1 naming the first broken event.
-    Verify {
-        /// "<sequence>:<hash>" from an earlier check, kept outside the database:
-        /// the chain must still pass through it.
-        #[arg(long)]
-        checkpoint: Option<String>,
-    },
-    /// Events by or about an agent, under a task, of an action, in a window, in
-    /// chain order. `--jsonl` pages through all of them, one JSON line each (for a
-    /// SIEM).
-    Events {
-        #[arg(long)]
-        agent: Option<String>,
-        #[arg(long)]
-        task: Option<String>,
-        /// e.g. token_minted, mint_denied, revocation
-        #[arg(long)]
-        action: Option<String>,
-        /// RFC 3339, or a duration ago (e.g. 1h).
-        #[arg(long)]
-        since: Option<String>,
-        /// RFC 3339, or a duration ago.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        #[arg(long)]
-        jsonl: bool,
-    },
-    /// Everything under one task: the task (objective, scopes, how it ended and
-    /// why), its tokens and its events.
-    Task { task: String },
-    /// Which agents held tokens for an audience (and resources overlapping a
-    /// pattern) in a window.
-    Access {
-        #[arg(long)]
-        audience: String,
-        #[arg(long)]
-        resource: Option<String>,
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -42,6 +42,13 @@ impl ManualClock {
         }
     }
 
+    /// A clock that starts at `t`.
+    pub fn starting_at(t: OffsetDateTime) -> Self {
+        ManualClock {
+            now: Arc::new(Mutex::new(t)),
+        }
+    }
+
     pub fn advance(&self, by: std::time::Duration) {
         let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
         *now += by;

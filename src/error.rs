@@ -36,6 +36,8 @@ impl From<BrokerError> for Status {
                 Status::new(refused(r), bounded(e.to_string()))
             }
             BrokerError::BadToken { .. } => Status::invalid_argument(bounded(e.to_string())),
+            // The request does not match the audit trail as stored now.
+            BrokerError::Archive(_) => Status::failed_precondition(bounded(e.to_string())),
             BrokerError::Store(StoreError::Unavailable(cause)) => store_unavailable(&cause),
             // The registration lapsed because the store could not be reached to
             // renew it: to the client, the store is unavailable.

@@ -1,14 +1,25 @@
-//! AdminService: the security team revokes and inspects tokens.
+//! AdminService: the security team revokes and inspects tokens, and checks,
+//! queries, exports and archives the audit trail.
 use super::pb::admin_service_server::AdminService;
 use super::pb::*;
 use super::{Auth, convert};
-use crate::broker::Broker;
+use crate::broker::{Broker, ExportEnd};
+use crate::domain::audit::chain::{Checkpoint, from_hex, to_hex};
 use crate::domain::text::quote;
 use crate::identity::Role;
 use crate::store::{ApprovalFilter, AuditFilter, TokenFilter};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
+
+/// The most an ExportAudit page holds of its events' encoding (with at least one
+/// event, however large): far below what a gRPC client reads by default (4 MiB).
+const EXPORT_PAGE_BYTES: usize = 1 << 20;
+
+/// A SHA-256 hash in hex, in the request field `field`.
+fn hash(field: &'static str, hex: &str) -> Result<Vec<u8>, Status> {
+    from_hex(hex).ok_or_else(|| crate::error::invalid(field, "must be 64 hex digits (SHA-256)"))
+}
 
 pub struct AdminApi {
     pub broker: Arc<Broker>,
@@ -174,12 +185,7 @@ impl AdminService for AdminApi {
                     "is required with checkpoint_hash",
                 ));
             }
-            (seq, h) => Some((
-                seq,
-                crate::domain::audit::chain::from_hex(h).ok_or_else(|| {
-                    crate::error::invalid("checkpoint_hash", "must be 64 hex digits (SHA-256)")
-                })?,
-            )),
+            (seq, h) => Some(Checkpoint::new(seq, hash("checkpoint_hash", h)?)),
         };
         let check = self.broker.verify_audit(checkpoint).await?;
         Ok(Response::new(VerifyAuditResponse {
@@ -188,7 +194,91 @@ impl AdminService for AdminApi {
             intact: check.broken.is_none(),
             first_broken: check.broken.as_ref().map_or(0, |b| b.seq),
             problem: check.broken.map(|b| b.why).unwrap_or_default(),
-            head_hash: crate::domain::audit::chain::to_hex(&check.head_hash),
+            head_hash: to_hex(&check.head_hash),
+            anchor: Some(convert::checkpoint(&check.anchor)),
+        }))
+    }
+
+    async fn export_audit(
+        &self,
+        req: Request<ExportAuditRequest>,
+    ) -> Result<Response<ExportAuditResponse>, Status> {
+        self.auth
+            .caller(&req, "mayfly.v1.AdminService/ExportAudit", &[Role::Admin])
+            .await?;
+        let r = req.get_ref();
+        let end = match (
+            convert::time_opt("before", r.before.as_ref())?,
+            r.through_sequence,
+        ) {
+            (Some(t), 0) => ExportEnd::Before(t),
+            (None, 0) => {
+                return Err(crate::error::invalid(
+                    "before",
+                    "is required (or through_sequence, after a first page)",
+                ));
+            }
+            (None, seq) => ExportEnd::Through(seq),
+            (Some(_), _) => {
+                return Err(crate::error::invalid(
+                    "through_sequence",
+                    "cannot be given with before: one or the other",
+                ));
+            }
+        };
+        let limit = convert::limit(r.limit)?;
+        let page = (self.broker)
+            .export_audit(end, r.after_sequence, limit)
+            .await?;
+        // Bounded in bytes too: a page holds at least one event, but no more
+        // than fit in EXPORT_PAGE_BYTES, whatever their details hold.
+        let (mut events, mut bytes) = (vec![], 0);
+        for e in &page.events {
+            let e = convert::sealed_event(e);
+            bytes += prost::Message::encoded_len(&e);
+            if !events.is_empty() && bytes > EXPORT_PAGE_BYTES {
+                break;
+            }
+            events.push(e);
+        }
+        let next_after = match events.last() {
+            Some(e) if e.sequence < page.through.seq => e.sequence,
+            _ => 0,
+        };
+        Ok(Response::new(ExportAuditResponse {
+            anchor: Some(convert::checkpoint(&page.anchor)),
+            through: Some(convert::checkpoint(&page.through)),
+            events,
+            next_after,
+        }))
+    }
+
+    #[instrument(skip_all, fields(caller))]
+    async fn archive_audit(
+        &self,
+        req: Request<ArchiveAuditRequest>,
+    ) -> Result<Response<ArchiveAuditResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(&req, "mayfly.v1.AdminService/ArchiveAudit", &[Role::Admin])
+            .await?;
+        tracing::Span::current().record("caller", caller.id.as_str());
+        let r = req.get_ref();
+        if r.through_sequence == 0 {
+            return Err(crate::error::invalid(
+                "through_sequence",
+                "must be at least 1: the archive's last event",
+            ));
+        }
+        let through = Checkpoint::new(r.through_sequence, hash("through_hash", &r.through_hash)?);
+        let before = convert::time_opt("before", r.before.as_ref())?
+            .ok_or_else(|| crate::error::invalid("before", "is required"))?;
+        let a = self.broker.archive_audit(&caller, through, before).await?;
+        Ok(Response::new(ArchiveAuditResponse {
+            previous_anchor: Some(convert::checkpoint(&a.previous)),
+            anchor: Some(convert::checkpoint(&a.anchor)),
+            events_archived: a.events,
+            events_removed: a.removed,
         }))
     }
 

@@ -360,6 +360,32 @@ pub fn audit_event(seq: u64, e: &crate::domain::audit::AuditEvent) -> pb::AuditE
     }
 }
 
+pub fn checkpoint(c: &crate::domain::audit::chain::Checkpoint) -> pb::AuditCheckpoint {
+    pb::AuditCheckpoint {
+        sequence: c.seq,
+        hash: crate::domain::audit::chain::to_hex(&c.hash),
+    }
+}
+
+/// A sealed event with every field its hash covers, as the store renders them.
+pub fn sealed_event(e: &crate::domain::audit::chain::Sealed) -> pb::SealedAuditEvent {
+    use crate::domain::audit::chain::to_hex;
+    pb::SealedAuditEvent {
+        sequence: e.seq,
+        prev_hash: to_hex(&e.prev_hash),
+        hash: to_hex(&e.hash),
+        at_micros: e.at_micros,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        outcome: e.outcome.clone(),
+        task_id: e.task.clone(),
+        agent: e.agent.clone(),
+        jti: e.jti.clone(),
+        reason: e.reason.clone(),
+        detail: e.detail.clone(),
+    }
+}
+
 #[cfg(test)]
 mod properties {
     use super::*;

@@ -207,6 +207,13 @@ pub(super) async fn pruner(
                 u[i] = if p.recorded { 0 } else { carried[i] + n };
             }
         }
+        // Archived audit events an interrupted archive left in the store (at or
+        // below the anchor; `mayfly audit archive` removes its own).
+        match b.remove_archived_audit().await {
+            Ok(0) => {}
+            Ok(events) => info!(events, "removed archived audit events left in the store"),
+            Err(error) => warn!(%error, "could not remove archived audit events; will retry"),
+        }
         let [tokens, offers, approvals, tasks, revocations] = p.rows;
         if let Some(error) = &p.stopped {
             warn!(%error, tokens, offers, approvals, tasks, revocations, "pruning stopped early; will retry");

@@ -15,8 +15,9 @@
 //!   `misuse.rs`.
 //! - `prune.rs` prunes what stopped mattering, after its retention.
 //! - `keys.rs` registers and reads the keyring's keys and signs tokens.
-//! - `audit.rs` seals, verifies and queries the audit trail; `watch.rs` is what
-//!   a revocation watch stream reads.
+//! - `audit.rs` seals, verifies and queries the audit trail; `archive.rs`
+//!   exports and archives its oldest events; `watch.rs` is what a revocation
+//!   watch stream reads.
 use crate::clock::{Clock, to_micros};
 use crate::domain::refusal::Refusal;
 use crate::policy::Policy;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 mod approvals;
+mod archive;
 mod audit;
 mod delegate;
 mod end;
@@ -46,6 +48,7 @@ mod revoke;
 mod step_up;
 mod watch;
 
+pub use archive::{AuditArchived, ExportEnd, ExportPage};
 pub use audit::{AgentAccess, AuditCheck};
 pub use delegate::{DelegateRequest, Delegated, MAX_OPEN_OFFERS};
 pub use end::Sweep;
@@ -70,6 +73,9 @@ pub enum BrokerError {
     /// A token given in the request field `field` is not one this broker issued.
     #[error("{field}: {why}")]
     BadToken { field: &'static str, why: BadToken },
+    /// An export or archive of the audit trail does not match the store.
+    #[error(transparent)]
+    Archive(#[from] crate::domain::audit::archive::Refused),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -21,6 +21,8 @@ pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> any
                 "intact": r.intact, "events_checked": r.events_checked,
                 "head_sequence": r.head_sequence, "head_hash": r.head_hash,
                 "checkpoint": format!("{}:{}", r.head_sequence, r.head_hash),
+                // Where the stored chain starts: its archives hold what came before.
+                "anchor": r.anchor.as_ref().map(|a| format!("{}:{}", a.sequence, a.hash)),
                 "first_broken": (!r.intact).then_some(r.first_broken),
                 "problem": (!r.intact).then_some(&r.problem),
             }));
@@ -135,6 +137,13 @@ pub(super) async fn audit(ch: Channel, out: &Printer, cmd: &AuditCommand) -> any
                 "revocations": revocations,
                 "events": events,
             }))?;
+        }
+        AuditCommand::Archive { before, out: file } => {
+            archive::archive(ch, out, before, file).await?;
+        }
+        // Offline: answered before connecting (`run`).
+        AuditCommand::VerifyArchive { file, checkpoint } => {
+            archive::verify(out, file, checkpoint.as_deref())?;
         }
         AuditCommand::Access {
             audience,

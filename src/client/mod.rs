@@ -3,6 +3,7 @@
 //! command; `output` shows the result (a message as it derives `Serialize`, see
 //! `api::json`) as JSON, a table or one field.
 mod admin;
+mod archive;
 mod args;
 mod output;
 mod task;
@@ -119,6 +120,10 @@ pub(super) fn status(e: tonic::Status) -> anyhow::Error {
 
 pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyhow::Result<()> {
     let out = Printer::new(output, args.field.clone());
+    // Verifying an archive needs no broker.
+    if let ClientCommand::Audit(AuditCommand::VerifyArchive { file, checkpoint }) = cmd {
+        return archive::verify(&out, file, checkpoint.as_deref());
+    }
     let ch = connect(args).await.map_err(|e| Failed {
         code: exit::UNREACHABLE,
         message: format!("{e:#}"),

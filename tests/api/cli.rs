@@ -3,7 +3,7 @@ use mayfly::api::pb;
 use serde_json::Value;
 
 /// Runs the `mayfly` binary as `who` against `app`, asking for JSON.
-async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String) {
+pub(crate) async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String) {
     let mut with_json = vec!["--output", "json"];
     with_json.extend_from_slice(args);
     let out = run_as(app, who, &with_json).await;
@@ -17,7 +17,7 @@ async fn mayfly(app: &TestApp, who: &str, args: &[&str]) -> (bool, Value, String
 }
 
 /// The `mayfly` binary as `who` against `app`, with `args`, not yet run.
-fn command_as(app: &TestApp, who: &str, args: &[&str]) -> tokio::process::Command {
+pub(crate) fn command_as(app: &TestApp, who: &str, args: &[&str]) -> tokio::process::Command {
     let dir = app.pki.dir.path();
     let name = who.rsplit('/').next().unwrap();
     let cert = dir.join(format!("{name}.crt"));

@@ -3,8 +3,11 @@ mod support;
 
 mod admin;
 mod audit;
+mod audit_archive;
+mod audit_archive_db;
 mod audit_sqlite;
 mod cli;
+mod cli_archive;
 mod crm_example;
 mod delegation;
 mod deploy;

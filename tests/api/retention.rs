@@ -8,7 +8,7 @@ use mayfly::api::pb::admin_service_client::AdminServiceClient;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::api::pb::verifier_service_client::VerifierServiceClient;
-use mayfly::clock::Clock;
+use mayfly::clock::{Clock, ManualClock};
 use mayfly::identity::devcerts::SvidSpec;
 use std::time::Duration;
 use tonic::Code;
@@ -172,8 +172,8 @@ async fn what_is_past_its_retention_is_pruned_and_a_cursor_before_the_history_re
         c.complete(&t.id).await;
         old.push((t, m));
     }
-    // A day and three hours later: their tokens expired long ago, their tasks
-    // ended, their revocations older than any token they could concern.
+    // A day and three hours later (now): their tokens expired long ago, their
+    // tasks ended, their revocations older than any token they could concern.
     app.clock.advance(Duration::from_secs(27 * 3600));
     let live = c.open(AGENT).await;
     eventually("a mint once the key's registration is renewed", || async {
@@ -262,9 +262,21 @@ async fn what_is_past_its_retention_is_pruned_and_a_cursor_before_the_history_re
     assert!(metric(&metrics, "mayfly_pruned_rows_total{kind=\"revocations\"}") >= 2.0);
 }
 
+/// A clock 27 hours behind: what the test writes first is dated as old as the
+/// database's own clock will find it once the test moves this one to the
+/// present (PostgreSQL deletes no revocation event younger than 25 hours).
+fn a_day_and_three_hours_ago() -> ManualClock {
+    ManualClock::starting_at(time::OffsetDateTime::now_utc() - time::Duration::hours(27))
+}
+
 #[tokio::test]
 async fn postgres_prunes_what_is_past_its_retention() {
-    let app = spawn_with(std::sync::Arc::new(Pki::new()), pruning()).await;
+    let app = spawn_on_clock(
+        std::sync::Arc::new(Pki::new()),
+        pruning(),
+        a_day_and_three_hours_ago(),
+    )
+    .await;
     what_is_past_its_retention_is_pruned_and_a_cursor_before_the_history_resyncs(&app).await;
 }
 
@@ -272,7 +284,12 @@ async fn postgres_prunes_what_is_past_its_retention() {
 async fn sqlite_prunes_what_is_past_its_retention() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/mayfly.db", dir.path().display());
-    let app = spawn_with(std::sync::Arc::new(Pki::new()), pruning().database(&url)).await;
+    let app = spawn_on_clock(
+        std::sync::Arc::new(Pki::new()),
+        pruning().database(&url),
+        a_day_and_three_hours_ago(),
+    )
+    .await;
     what_is_past_its_retention_is_pruned_and_a_cursor_before_the_history_resyncs(&app).await;
 }
 

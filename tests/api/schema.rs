@@ -81,10 +81,13 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
              GRANT SELECT, INSERT, UPDATE ON tasks, tokens, delegations, approvals,
                    revocation_counter, signing_keys TO {role};
              GRANT SELECT, INSERT ON revocations TO {role};
+             GRANT DELETE ON tasks, tokens, delegations, approvals, revocations TO {role};
              GRANT SELECT, INSERT, DELETE ON freezes TO {role};
              GRANT SELECT, INSERT ON audit_events TO {role};
              GRANT UPDATE (seq, prev_hash, hash) ON audit_events TO {role};
              GRANT SELECT, UPDATE ON audit_chain TO {role};
+             GRANT SELECT, UPDATE ON audit_anchor TO {role};
+             GRANT DELETE ON audit_events TO {role};
              GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
         ),
     )
@@ -113,6 +116,39 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
     assert!(v.intact, "{v:?}");
     assert!(v.events_checked >= 3, "{v:?}");
 
+    // Archiving moves the anchor and removes what it archived.
+    let mut admin = app.admin(ADMIN).await;
+    let later = mayfly::clock::Clock::now(&app.clock) + std::time::Duration::from_secs(1);
+    let before = prost_types::Timestamp {
+        seconds: later.unix_timestamp(),
+        nanos: 0,
+    };
+    let export = admin
+        .export_audit(pb::ExportAuditRequest {
+            before: Some(before),
+            ..Default::default()
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let through = export.through.expect("an end");
+    let archived = admin
+        .archive_audit(pb::ArchiveAuditRequest {
+            through_sequence: through.sequence,
+            through_hash: through.hash,
+            before: Some(before),
+        })
+        .await
+        .expect("archive")
+        .into_inner();
+    assert_eq!(archived.events_removed, v.events_checked);
+    let v = admin
+        .verify_audit(pb::VerifyAuditRequest::default())
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.intact, "{v:?}");
+
     // What the role cannot do to the audit trail.
     for attack in [
         "UPDATE audit_events SET reason = 'nothing happened'",
@@ -120,8 +156,13 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
         "TRUNCATE audit_events",
         "ALTER TABLE audit_events DISABLE TRIGGER ALL",
         "UPDATE audit_chain SET last_seq = 0",
+        "UPDATE audit_anchor SET seq = 0",
+        "DELETE FROM audit_anchor",
+        "TRUNCATE audit_anchor",
         "UPDATE revocations SET reason = 'nothing happened'",
+        // The role may prune, but no revocation younger than 25 hours.
         "DELETE FROM revocations",
+        "TRUNCATE revocations",
         "CREATE TABLE shadow (x int)",
     ] {
         let e = exec(&broker_url, attack).await.expect_err(attack);
@@ -130,7 +171,9 @@ async fn brokers_run_on_a_schema_another_role_owns_and_migrates() {
             e.contains("permission denied")
                 || e.contains("must be owner")
                 || e.contains("append-only")
-                || e.contains("moves only by sealing"),
+                || e.contains("moves only by sealing")
+                || e.contains("audit anchor")
+                || e.contains("only events older than 25 hours"),
             "{attack}: {e}"
         );
     }

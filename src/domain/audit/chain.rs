@@ -3,6 +3,9 @@
 //! canonical encoding (migrations/20261123000003_audit_chain.sql computes it in
 //! PostgreSQL; [`hash`] computes the same here, independently). [`Verifier`]
 //! walks the stored chain in order and names the first event that breaks it.
+//! Archiving removes the oldest events from the store: the stored chain then
+//! starts after its anchor, a [`Checkpoint`] (the last event removed), and is
+//! verified from there; the archive verifies offline (`archive`).
 use ring::digest;
 
 /// The hash before the first event.
@@ -79,6 +82,51 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A position in the chain and the hash of the event there: a checkpoint kept
+/// outside the store, the store's anchor (the last event archived and removed,
+/// or [`Checkpoint::genesis`]), an archive's first and last. Written
+/// `<seq>:<hash>`, as `mayfly audit verify` prints it and `--checkpoint` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: Vec<u8>,
+}
+
+impl Checkpoint {
+    pub fn new(seq: u64, hash: impl Into<Vec<u8>>) -> Self {
+        Checkpoint {
+            seq,
+            hash: hash.into(),
+        }
+    }
+
+    /// Before the first event: position 0, the genesis hash.
+    pub fn genesis() -> Self {
+        Checkpoint::new(0, GENESIS)
+    }
+
+    /// `<seq>:<hash>` (the hash in hex); the error says what is wrong, quoting
+    /// at most a short prefix of the text.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        use crate::domain::text::quote;
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{} is not \"<sequence>:<hash>\"", quote(s)))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("sequence {} is not a number", quote(seq)))?;
+        let hash = from_hex(hash)
+            .ok_or_else(|| format!("hash {} is not 64 hex digits (SHA-256)", quote(hash)))?;
+        Ok(Checkpoint { seq, hash })
+    }
+}
+
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, to_hex(&self.hash))
+    }
+}
+
 /// Where and how the chain is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("audit event {seq}: {why}")]
@@ -88,63 +136,84 @@ pub struct Broken {
     pub why: String,
 }
 
-/// Checks a chain fed to it in order, page by page.
+/// Checks a chain fed to it in order, page by page, from where it starts: the
+/// first event, or the one after an anchor.
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    next: u64,
+    start: Checkpoint,
+    /// The position of the last event verified.
+    last: u64,
     prev: Vec<u8>,
     /// An event's hash recorded outside the store earlier: the chain must still
     /// pass through it.
-    checkpoint: Option<(u64, Vec<u8>)>,
+    checkpoint: Option<Checkpoint>,
 }
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier {
-            next: 1,
-            prev: GENESIS.to_vec(),
-            checkpoint: None,
-        }
+        Verifier::after(Checkpoint::genesis())
     }
 }
 
 impl Verifier {
-    /// A verifier that also requires event `seq` to have hash `hash`.
-    pub fn with_checkpoint(seq: u64, hash: Vec<u8>) -> Self {
+    /// A verifier of the chain that follows `start`: the store's anchor (the last
+    /// event archived and removed) or an archive's first line.
+    pub fn after(start: Checkpoint) -> Self {
         Verifier {
-            checkpoint: Some((seq, hash)),
-            ..Default::default()
+            last: start.seq,
+            prev: start.hash.clone(),
+            start,
+            checkpoint: None,
         }
     }
 
-    /// The hash of the last event verified.
+    /// A verifier from the first event that also requires event `seq` to have
+    /// hash `hash`.
+    pub fn with_checkpoint(seq: u64, hash: Vec<u8>) -> Self {
+        Verifier::default().through(Checkpoint::new(seq, hash))
+    }
+
+    /// This verifier, also requiring the chain to pass through `checkpoint` (or
+    /// to start there).
+    pub fn through(mut self, checkpoint: Checkpoint) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// The hash of the last event verified (where the chain starts, before any).
     pub fn last_hash(&self) -> &[u8] {
         &self.prev
     }
 
+    /// The position of the last event verified (where the chain starts, before
+    /// any).
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    /// The position the next event must have (none past the last there is).
+    fn next(&self) -> u64 {
+        self.last.saturating_add(1)
+    }
+
     /// Events verified so far.
     pub fn checked(&self) -> u64 {
-        self.next - 1
+        self.last_seq() - self.start.seq
     }
 
     /// Checks the next event of the chain.
     pub fn push(&mut self, e: &Sealed) -> Result<(), Broken> {
-        if e.seq != self.next {
-            let why = if e.seq > self.next {
+        if e.seq != self.next() || self.last == u64::MAX {
+            let why = if e.seq > self.last {
                 format!(
                     "missing: the chain goes from event {} to event {} (deleted)",
-                    self.next - 1,
-                    e.seq
+                    self.last, e.seq
                 )
             } else {
-                format!(
-                    "out of order: event {} follows event {}",
-                    e.seq,
-                    self.next - 1
-                )
+                format!("out of order: event {} follows event {}", e.seq, self.last)
             };
             return Err(Broken {
-                seq: self.next,
+                seq: self.next(),
                 why,
             });
         }
@@ -163,9 +232,9 @@ impl Verifier {
                 why: "its content does not match its hash (edited)".into(),
             });
         }
-        if let Some((seq, hash)) = &self.checkpoint
-            && *seq == e.seq
-            && hash != &e.hash
+        if let Some(c) = &self.checkpoint
+            && c.seq == e.seq
+            && c.hash != e.hash
         {
             return Err(Broken {
                 seq: e.seq,
@@ -173,29 +242,56 @@ impl Verifier {
             });
         }
         self.prev = e.hash.clone();
-        self.next += 1;
+        self.last = e.seq;
+        Ok(())
+    }
+
+    /// Checks that the chain passed through the checkpoint, if there is one
+    /// (or starts at it).
+    fn passed_checkpoint(&self) -> Result<(), Broken> {
+        let Some(c) = &self.checkpoint else {
+            return Ok(());
+        };
+        let start = self.start.seq;
+        if c.seq < start {
+            return Err(Broken {
+                seq: c.seq,
+                why: format!(
+                    "the checkpoint's event {} comes before this chain, which starts after event {start}",
+                    c.seq
+                ),
+            });
+        }
+        if c.seq == start && c.hash != self.start.hash {
+            return Err(Broken {
+                seq: c.seq,
+                why: format!(
+                    "the chain starts after event {start}, whose hash differs from the checkpoint recorded earlier (the chain was rewritten from here or before)"
+                ),
+            });
+        }
+        if c.seq > self.last_seq() {
+            return Err(Broken {
+                seq: self.next(),
+                why: format!(
+                    "the chain ends at event {} before the checkpoint's event {} (cut short)",
+                    self.last_seq(),
+                    c.seq
+                ),
+            });
+        }
         Ok(())
     }
 
     /// Checks the end of the chain against the store's head.
     pub fn finish(&self, head_seq: u64, head_hash: &[u8]) -> Result<(), Broken> {
-        if let Some((seq, _)) = &self.checkpoint
-            && *seq > self.checked()
-        {
+        self.passed_checkpoint()?;
+        if head_seq != self.last_seq() || head_hash != self.prev.as_slice() {
             return Err(Broken {
-                seq: self.next,
-                why: format!(
-                    "the chain ends at event {} before the checkpoint's event {seq} (cut short)",
-                    self.checked()
-                ),
-            });
-        }
-        if head_seq != self.checked() || head_hash != self.prev.as_slice() {
-            return Err(Broken {
-                seq: self.next,
+                seq: self.next(),
                 why: format!(
                     "the chain's head is at event {head_seq} but the stored events end at event {} (deleted from the end, or the head was altered)",
-                    self.checked()
+                    self.last_seq()
                 ),
             });
         }
@@ -315,5 +411,59 @@ mod tests {
         }
         let err = v.finish(5, &full[4].hash).unwrap_err();
         assert_eq!(err.seq, 4);
+    }
+
+    #[test]
+    fn a_chain_stored_after_an_anchor_verifies_from_it_and_names_what_breaks_it() {
+        let full = chain(6);
+        let anchor = Checkpoint::new(2, full[1].hash.clone());
+        let mut v = Verifier::after(anchor.clone());
+        for e in &full[2..] {
+            v.push(e).unwrap();
+        }
+        v.finish(6, &full[5].hash).unwrap();
+        assert_eq!((v.checked(), v.last_seq()), (4, 6));
+
+        // Nothing stored after it: the anchor is the head.
+        let v = Verifier::after(Checkpoint::new(6, full[5].hash.clone()));
+        v.finish(6, &full[5].hash).unwrap();
+        assert_eq!(v.checked(), 0);
+
+        // The first stored event must follow the anchor.
+        let mut v = Verifier::after(Checkpoint::new(2, GENESIS.to_vec()));
+        assert_eq!(v.push(&full[2]).unwrap_err().seq, 3);
+        let mut v = Verifier::after(anchor.clone());
+        let err = v.push(&full[3]).unwrap_err();
+        assert!(err.why.contains("missing"), "{err}");
+
+        // A checkpoint at the anchor is checked against its hash; one before it
+        // cannot be checked here.
+        let through = |c: Checkpoint| {
+            let mut v = Verifier::after(anchor.clone()).through(c);
+            full[2..].iter().try_for_each(|e| v.push(e))?;
+            v.finish(6, &full[5].hash)
+        };
+        through(Checkpoint::new(2, full[1].hash.clone())).unwrap();
+        through(Checkpoint::new(4, full[3].hash.clone())).unwrap();
+        let err = through(Checkpoint::new(2, full[0].hash.clone())).unwrap_err();
+        assert!(err.why.contains("checkpoint"), "{err}");
+        let err = through(Checkpoint::new(1, full[0].hash.clone())).unwrap_err();
+        assert!(err.why.contains("comes before"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_and_read_as_sequence_colon_hash() {
+        let c = Checkpoint::new(12, hash(&chain(1)[0], &GENESIS).to_vec());
+        assert_eq!(Checkpoint::parse(&c.to_string()), Ok(c.clone()));
+        assert_eq!(
+            Checkpoint::genesis().to_string(),
+            format!("0:{}", "0".repeat(64))
+        );
+        for bad in ["12", "x:ab", "-1:00", "12:abc", ""] {
+            assert!(Checkpoint::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("1:{}", "z".repeat(10_000));
+        let err = Checkpoint::parse(&long).unwrap_err();
+        assert!(err.len() < 200, "{err}");
     }
 }

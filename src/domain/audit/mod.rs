@@ -1,5 +1,6 @@
 //! Audit events: one per decision, written in the same transaction as the state
 //! change it records.
+pub mod archive;
 pub mod chain;
 
 use crate::domain::TaskId;
@@ -54,12 +55,15 @@ pub enum Action {
     /// The broker pruned what stopped mattering (expired tokens, lapsed offers
     /// and approvals, ended tasks, old revocation events), after its retention.
     RecordsPruned,
+    /// The oldest sealed events were exported and the store's chain anchored
+    /// after them, so that they could be removed.
+    AuditArchived,
 }
 
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 26] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -85,6 +89,7 @@ impl Action {
         Action::IssuanceUnfrozen,
         Action::AgentQuarantined,
         Action::RecordsPruned,
+        Action::AuditArchived,
     ];
 
     /// The action stored as `name`, if there is one.
@@ -119,6 +124,7 @@ impl Action {
             Action::IssuanceUnfrozen => "issuance_unfrozen",
             Action::AgentQuarantined => "agent_quarantined",
             Action::RecordsPruned => "records_pruned",
+            Action::AuditArchived => "audit_archived",
         }
     }
 

@@ -1,11 +1,12 @@
 //! The audit trail: events written with the changes they record, sealed into
 //! one hash chain in the order they became visible, and the queries over it.
-use super::dialect;
 use super::driver::micros;
 use super::filter::Filter;
 use super::*;
+use super::{audit_archive, dialect};
+use crate::domain::audit::Action;
 use crate::domain::audit::chain;
-use crate::domain::audit::{Action, chain::Sealed};
+use crate::domain::audit::chain::{Checkpoint, Sealed};
 
 fn audit_from_row(r: &Row) -> Result<AuditEvent, StoreError> {
     let action = r.text("action")?;
@@ -87,18 +88,29 @@ impl AuditStore for SqlStore {
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
-        let db = &self.db;
-        let row = db
-            .fetch_one(query(
-                "SELECT last_seq, last_hash, (SELECT coalesce(max(seq), 0) FROM audit_events) AS max_seq
-                 FROM audit_chain",
-            ))
-            .await?;
-        Ok(AuditHead {
-            seq: seq(&row, "last_seq")?,
-            hash: row.bytes("last_hash")?,
-            max_seq: seq(&row, "max_seq")?,
-        })
+        audit_archive::head(&self.db).await
+    }
+
+    async fn audit_dated_before(
+        &self,
+        after: u64,
+        upto: u64,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        audit_archive::dated_before(&self.db, after, upto, before).await
+    }
+
+    async fn anchor_audit(
+        &self,
+        from: &Checkpoint,
+        through: &Checkpoint,
+        audit: &AuditEvent,
+    ) -> Result<Anchoring, StoreError> {
+        audit_archive::anchor(&self.db, from, through, audit).await
+    }
+
+    async fn remove_archived_audit(&self, n: u32) -> Result<u64, StoreError> {
+        audit_archive::remove(&self.db, n).await
     }
 
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError> {

@@ -21,6 +21,7 @@ use std::time::Duration;
 mod approvals;
 mod arg;
 mod audit;
+mod audit_archive;
 mod delegations;
 mod dialect;
 mod driver;
@@ -54,6 +55,8 @@ pub enum Write {
     AppendAudit,
     SealAudit,
     Prune,
+    AnchorAudit,
+    RemoveArchivedAudit,
 }
 
 impl Write {

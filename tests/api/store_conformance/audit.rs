@@ -3,7 +3,7 @@
 //! per-agent access report.
 use super::fixtures::*;
 use mayfly::domain::Target;
-use mayfly::domain::audit::chain::{GENESIS, Verifier};
+use mayfly::domain::audit::chain::{Checkpoint, GENESIS, Verifier};
 use mayfly::domain::audit::{Action, AuditEvent};
 use mayfly::domain::*;
 use mayfly::domain::{Task, TaskId};
@@ -55,6 +55,7 @@ pub async fn an_empty_store_has_no_events_no_revocations_and_a_genesis_head<S: S
         seq: 0,
         hash: GENESIS.to_vec(),
         max_seq: 0,
+        anchor: Checkpoint::genesis(),
     };
     assert_eq!(s.audit_head().await.unwrap(), empty);
     assert_eq!(s.seal_audit(100).await.unwrap(), 0);

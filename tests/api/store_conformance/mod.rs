@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod approvals;
 mod audit;
+mod audit_archive;
 mod delegations;
 mod fixtures;
 mod freezes;
@@ -167,6 +168,11 @@ macro_rules! every_case {
             audit::query_audit_filters_by_task_action_and_time,
             audit::query_audit_pages_after_a_position_and_sees_only_sealed_events,
             audit::token_access_counts_tokens_per_agent_and_resource,
+
+            audit_archive::the_anchor_moves_only_forward_to_a_sealed_event_with_its_hash,
+            audit_archive::only_events_at_or_below_the_anchor_are_removed_in_batches,
+            audit_archive::an_anchor_at_the_head_leaves_only_the_archive_events,
+            audit_archive::audit_dated_before_ends_where_the_first_event_at_or_after_the_time_is,
         );
     };
 }

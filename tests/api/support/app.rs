@@ -41,6 +41,12 @@ pub async fn spawn_with(pki: Arc<Pki>, settings: Settings) -> TestApp {
     start(pki, settings, ManualClock::default()).await
 }
 
+/// The broker configured by `settings`, on `clock` (one that starts in the past,
+/// say, so that what it writes is dated as the database's own clock would).
+pub async fn spawn_on_clock(pki: Arc<Pki>, settings: Settings, clock: ManualClock) -> TestApp {
+    start(pki, settings, clock).await
+}
+
 /// Another broker on `of`'s database and clock (replicas must agree on the time:
 /// a token minted by one must not be "not yet valid" on another).
 pub async fn spawn_replica(pki: Arc<Pki>, of: &TestApp, settings: Settings) -> TestApp {
