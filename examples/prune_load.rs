@@ -7,7 +7,8 @@
 //!
 //! cargo run --release --example prune_load -- [concurrency] [seconds] [rows]
 //! (defaults 8, 10 and 1,000,000; STORE=sqlite: the embedded store in a
-//! temporary file; DATABASE_URL as for mint_load)
+//! temporary file; BATCH: `retention.batch`, default 500; DATABASE_URL as for
+//! mint_load)
 mod common;
 
 use mayfly::api::pb;
@@ -225,8 +226,10 @@ environment = "prod-eu"
 [retention]
 interval = "1s"
 tokens = "2h"
+batch = {batch}
 "#,
-        d = dir.path().display()
+        d = dir.path().display(),
+        batch = std::env::var("BATCH").unwrap_or_else(|_| "500".into()),
     );
     let cfg = Config::parse(&cfg, "bench")?;
     cfg.validate()?;

@@ -1,7 +1,8 @@
 //! Pruning what stopped mattering, after its retention: expired tokens, lapsed
 //! offers and approvals, ended tasks, revocation events older than every token
 //! they could concern. Many small batches, each its own transaction, with a
-//! pause between them so writes never wait long behind one; one audit event
+//! pause between them, so writes never wait long behind one (SQLite's store
+//! also rests as long as a batch took: see `store/sql/retention.rs`); one audit event
 //! per pass that pruned anything, saying what and up to when (what a pass
 //! could not record goes into the next one's).
 use super::{Broker, BrokerError, SYSTEM_ACTOR};
@@ -10,8 +11,7 @@ use crate::domain::retention::{Prunable, Retention};
 use serde_json::json;
 use std::time::Duration;
 
-/// Between two batches: room for the writes queued behind one (SQLite has a
-/// single writer; PostgreSQL's connections are shared with minting).
+/// Between two batches: room for the writes queued behind one.
 const PAUSE: Duration = Duration::from_millis(2);
 
 /// What one pass pruned.

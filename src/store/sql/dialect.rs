@@ -148,6 +148,16 @@ pub(super) fn pruning_turn(db: &Db) -> Option<&'static str> {
     }
 }
 
+/// After a pruning batch: SQLite's one writer is given to the other writes for
+/// as long as the batch held it, so pruning holds it at most half the time and
+/// a mint waits behind one batch at most. PostgreSQL's writes do not wait on
+/// the rows a batch deletes, and go on meanwhile.
+pub(super) async fn after_pruning(db: &Db, batch_took: std::time::Duration) {
+    if let Conn::Sqlite(_) = db.conn {
+        tokio::time::sleep(batch_took).await;
+    }
+}
+
 /// Answers when the database does. A PostgreSQL pool can be busy, hold a broken
 /// connection, or the server be only at its connection limit, none of which is
 /// "down": an idle pooled connection answers `SELECT 1`; with none idle, a pool

@@ -9,8 +9,10 @@ use super::*;
 
 /// Up to `$2` tokens expired before `$1`, oldest first, that no token is
 /// delegated from (a parent goes in a later batch, once its children have):
-/// so no row deleted is referred to by a token kept. In PostgreSQL the rows
-/// are locked, skipping any a write holds.
+/// so no row deleted is referred to by a token kept. In the order of their
+/// index (`tokens_expiry_idx`), so the read stops at the batch instead of
+/// sorting every expired token; in PostgreSQL the rows are locked, skipping
+/// any a write holds.
 async fn token_batch(
     db: &Db,
     tx: &mut Tx,
@@ -22,7 +24,7 @@ async fn token_batch(
             query(format!(
                 "SELECT jti FROM tokens t WHERE expires_at < $1
                     AND NOT EXISTS (SELECT 1 FROM tokens c WHERE c.parent_jti = t.jti)
-                 ORDER BY expires_at, jti LIMIT $2 {}",
+                 ORDER BY expires_at, depth DESC LIMIT $2 {}",
                 dialect::lock(db, "FOR UPDATE SKIP LOCKED")
             ))
             .bind(before)
@@ -144,6 +146,7 @@ impl RetentionStore for SqlStore {
         before: OffsetDateTime,
         batch: u32,
     ) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
         let mut tx = self.db.begin(Write::Prune).await?;
         if let Some(turn) = dialect::pruning_turn(&self.db)
             && !tx.fetch_one(query(turn)).await?.bool("turn")?
@@ -160,6 +163,7 @@ impl RetentionStore for SqlStore {
             Prunable::Revocations => revocations(&mut tx, before, batch).await?,
         };
         tx.commit().await?;
+        dialect::after_pruning(&self.db, started.elapsed()).await;
         Ok(n)
     }
 
