@@ -357,7 +357,7 @@ fn assert_resync(status: &tonic::Status, cursor: u64, head: u64) {
 
 /// Rolls the store's revocations back to what it held at sequence `to`, as a
 /// restore from a backup or a failover to a lagging standby would (as the
-/// database's superuser, behind the broker's back). Tokens and tasks are left
+/// database's superuser, behind the broker's back, its triggers off). Tokens and tasks are left
 /// as they are: the watch stream reads revocations only.
 pub async fn roll_back_revocations(db_url: &str, to: u64) {
     use sqlx::Connection;
@@ -378,6 +378,12 @@ pub async fn roll_back_revocations(db_url: &str, to: u64) {
         }
     } else {
         let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+        // As a restore does (pg_restore --disable-triggers): the guard that
+        // keeps young revocation events from being deleted does not apply.
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut conn)
+            .await
+            .unwrap();
         for s in statements {
             sqlx::query(sqlx::AssertSqlSafe(s))
                 .execute(&mut conn)
