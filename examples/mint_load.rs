@@ -16,14 +16,6 @@ use mayfly::config::Config;
 use mayfly::token::{Claims, Confirmation, KeyRecord, KeySet, SigningKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn crypto() -> anyhow::Result<()> {
     let key = SigningKey::generate().map_err(|_| anyhow::anyhow!("keygen"))?;
@@ -96,28 +88,7 @@ async fn main() -> anyhow::Result<()> {
         _ => db.url.clone(),
     };
     let ca = common::broker_files(dir.path())?;
-    let cfg = format!(
-        r#"
-[server]
-grpc_addr = "127.0.0.1:0"
-http_addr = "127.0.0.1:0"
-cert = "{d}/broker.crt"
-key = "{d}/broker.key"
-[database]
-url = "{db_url}"
-max_connections = 32
-[[trust_domains]]
-name = "example.org"
-bundle = "{d}/ca.pem"
-[roles]
-agent = ["spiffe://example.org/agent/*"]
-orchestrator = ["spiffe://example.org/orchestrator/*"]
-[policy]
-dir = "{d}/policies"
-environment = "prod-eu"
-"#,
-        d = dir.path().display()
-    );
+    let cfg = common::broker_config(dir.path(), &db_url, "");
     let cfg = Config::parse(&cfg, "bench")?;
     cfg.validate()?;
     let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
@@ -127,14 +98,7 @@ environment = "prod-eu"
         let _ = stop_rx.await;
     }));
 
-    let channel = |id: &str| -> anyhow::Result<_> {
-        let svid = ca.svid(id)?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-            .identity(Identity::from_pem(svid.cert_pem, svid.key_pem))
-            .domain_name("localhost");
-        Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
-    };
+    let channel = |id: &str| common::channel(&ca, addr, id);
     let orch = channel("spiffe://example.org/orchestrator/main")?
         .connect()
         .await?;
@@ -206,8 +170,8 @@ environment = "prod-eu"
         elapsed.as_secs_f64(),
         tasks.len(),
         all.len(),
-        percentile(&all, 0.50).as_secs_f64() * 1e3,
-        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        common::percentile(&all, 0.50).as_secs_f64() * 1e3,
+        common::percentile(&all, 0.99).as_secs_f64() * 1e3,
     );
     let _ = stop_tx.send(());
     let _ = server_task.await;

@@ -19,17 +19,10 @@ use sqlx::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 /// Old tasks the backlog's tokens belong to (ended three days ago).
 const OLD_TASKS: u64 = 1000;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn report(phase: &str, lat: &mut [Duration], errors: u64, took: Duration) {
     lat.sort();
@@ -38,9 +31,9 @@ fn report(phase: &str, lat: &mut [Duration], errors: u64, took: Duration) {
         lat.len() as f64 / took.as_secs_f64(),
         took.as_secs_f64(),
         lat.len(),
-        percentile(lat, 0.50).as_secs_f64() * 1e3,
-        percentile(lat, 0.99).as_secs_f64() * 1e3,
-        percentile(lat, 0.999).as_secs_f64() * 1e3,
+        common::percentile(lat, 0.50).as_secs_f64() * 1e3,
+        common::percentile(lat, 0.99).as_secs_f64() * 1e3,
+        common::percentile(lat, 0.999).as_secs_f64() * 1e3,
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
 }
@@ -204,32 +197,11 @@ async fn main() -> anyhow::Result<()> {
         _ => db.url.clone(),
     };
     let ca = common::broker_files(dir.path())?;
-    let cfg = format!(
-        r#"
-[server]
-grpc_addr = "127.0.0.1:0"
-http_addr = "127.0.0.1:0"
-cert = "{d}/broker.crt"
-key = "{d}/broker.key"
-[database]
-url = "{db_url}"
-max_connections = 32
-[[trust_domains]]
-name = "example.org"
-bundle = "{d}/ca.pem"
-[roles]
-agent = ["spiffe://example.org/agent/*"]
-orchestrator = ["spiffe://example.org/orchestrator/*"]
-[policy]
-dir = "{d}/policies"
-environment = "prod-eu"
-[retention]
-interval = "1s"
-tokens = "2h"
-batch = {batch}
-"#,
-        d = dir.path().display(),
-        batch = std::env::var("BATCH").unwrap_or_else(|_| "500".into()),
+    let batch = std::env::var("BATCH").unwrap_or_else(|_| "500".into());
+    let cfg = common::broker_config(
+        dir.path(),
+        &db_url,
+        &format!("[retention]\ninterval = \"1s\"\ntokens = \"2h\"\nbatch = {batch}"),
     );
     let cfg = Config::parse(&cfg, "bench")?;
     cfg.validate()?;
@@ -241,14 +213,7 @@ batch = {batch}
         let _ = stop_rx.await;
     }));
 
-    let channel = |id: &str| -> anyhow::Result<_> {
-        let svid = ca.svid(id)?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
-            .identity(Identity::from_pem(svid.cert_pem, svid.key_pem))
-            .domain_name("localhost");
-        Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
-    };
+    let channel = |id: &str| common::channel(&ca, addr, id);
     let orch = channel("spiffe://example.org/orchestrator/main")?
         .connect()
         .await?;

@@ -7,6 +7,8 @@
 //! cargo run --release --example revocation_load -- [revocations]
 //! DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) must allow
 //! CREATE DATABASE; a fresh database is created and dropped.
+// Shared with the other load generators: this one runs brokers of its own.
+#[allow(dead_code)]
 mod common;
 
 use mayfly::api::pb;
@@ -20,13 +22,6 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const ISSUER: &str = "https://mayfly.bench";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn config(dir: &std::path::Path, db_url: &str) -> anyhow::Result<Config> {
     let cfg = format!(
@@ -196,9 +191,9 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "propagation {what}: {} revocations, Revoke reply -> verifier rejects: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             lat.len(),
-            percentile(lat, 0.50).as_secs_f64() * 1e3,
-            percentile(lat, 0.99).as_secs_f64() * 1e3,
-            percentile(lat, 1.0).as_secs_f64() * 1e3,
+            common::percentile(lat, 0.50).as_secs_f64() * 1e3,
+            common::percentile(lat, 0.99).as_secs_f64() * 1e3,
+            common::percentile(lat, 1.0).as_secs_f64() * 1e3,
         );
     }
 

@@ -4,7 +4,55 @@ use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::identity::devcerts::DevCa;
 use sqlx::Connection;
-use tonic::transport::Channel;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The `p` quantile of sorted latencies.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The config of a broker on ephemeral ports over `db_url`, with the files
+/// [`broker_files`] wrote into `dir`, agents and orchestrators by path, and
+/// `extra` (more sections) at the end.
+pub fn broker_config(dir: &std::path::Path, db_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+cert = "{d}/broker.crt"
+key = "{d}/broker.key"
+[database]
+url = "{db_url}"
+max_connections = 32
+[[trust_domains]]
+name = "example.org"
+bundle = "{d}/ca.pem"
+[roles]
+agent = ["spiffe://example.org/agent/*"]
+orchestrator = ["spiffe://example.org/orchestrator/*"]
+[policy]
+dir = "{d}/policies"
+environment = "prod-eu"
+{extra}
+"#,
+        d = dir.display()
+    )
+}
+
+/// An mTLS endpoint to the broker at `addr` as a fresh SVID for `id`.
+pub fn channel(ca: &DevCa, addr: std::net::SocketAddr, id: &str) -> anyhow::Result<Endpoint> {
+    let svid = ca.svid(id)?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+        .identity(Identity::from_pem(svid.cert_pem, svid.key_pem))
+        .domain_name("localhost");
+    Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
+}
 
 /// A database created for one run, dropped by [`BenchDb::drop_now`].
 pub struct BenchDb {
