@@ -9,12 +9,12 @@
 //! CREATE DATABASE; a fresh database is created and dropped.
 mod common;
 
-use mayfly::api::pb;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::clock::SystemClock;
 use mayfly::config::Config;
 use mayfly::token::{Claims, Confirmation, KeyRecord, KeySet, SigningKey};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn crypto() -> anyhow::Result<()> {
@@ -120,48 +120,17 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..concurrency.clamp(1, 4) {
         clients.push(TokenServiceClient::new(channel(agent_id)?.connect().await?));
     }
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut workers = vec![];
-    for w in 0..concurrency {
-        let mut c = clients[w % clients.len()].clone();
-        let task_id = tasks[w % tasks.len()].clone();
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0u64;
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                i += 1;
-                let req = pb::MintTokenRequest {
-                    task_id: task_id.clone(),
-                    scope: Some(pb::Scope {
-                        audience: "crm-api".into(),
-                        resource: format!("customers/eu/{w}-{i}"),
-                        action: "read".into(),
-                    }),
-                    ttl_seconds: 300,
-                };
-                let t = Instant::now();
-                match c.mint_token(req).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        if errors == 0 {
-                            eprintln!("worker {w}: mint failed: {e}");
-                        }
-                        errors += 1;
-                    }
-                }
-            }
-            (lat, errors)
-        }));
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
     let started = Instant::now();
-    let mut all = vec![];
-    let mut errors = 0;
-    for w in workers {
-        let (lat, e) = w.await?;
-        all.extend(lat);
-        errors += e;
-    }
+    let (mut all, errors) = common::mint_until(&clients, &tasks, concurrency, stop).await?;
+    timer.await?;
     let elapsed = started.elapsed();
     all.sort();
     println!(

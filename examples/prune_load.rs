@@ -11,7 +11,6 @@
 //! mint_load)
 mod common;
 
-use mayfly::api::pb;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::clock::SystemClock;
 use mayfly::config::Config;
@@ -19,7 +18,6 @@ use sqlx::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Old tasks the backlog's tokens belong to (ended three days ago).
 const OLD_TASKS: u64 = 1000;
@@ -130,54 +128,6 @@ async fn left(db_url: &str) -> anyhow::Result<bool> {
     })
 }
 
-/// Mints from `concurrency` workers until `stop`; their latencies and errors.
-async fn mint_until(
-    clients: &[TokenServiceClient<Channel>],
-    tasks: &[String],
-    concurrency: usize,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<(Vec<Duration>, u64)> {
-    let mut workers = vec![];
-    for w in 0..concurrency {
-        let mut c = clients[w % clients.len()].clone();
-        let task_id = tasks[w % tasks.len()].clone();
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let req = pb::MintTokenRequest {
-                    task_id: task_id.clone(),
-                    scope: Some(pb::Scope {
-                        audience: "crm-api".into(),
-                        resource: format!("customers/eu/{w}-{i}"),
-                        action: "read".into(),
-                    }),
-                    ttl_seconds: 300,
-                };
-                let t = Instant::now();
-                match c.mint_token(req).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        if errors == 0 {
-                            eprintln!("worker {w}: mint failed: {e}");
-                        }
-                        errors += 1;
-                    }
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let (mut all, mut errors) = (vec![], 0);
-    for w in workers {
-        let (lat, e) = w.await?;
-        all.extend(lat);
-        errors += e;
-    }
-    Ok((all, errors))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -238,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let (mut lat, errors) = mint_until(&clients, &tasks, concurrency, stop).await?;
+    let (mut lat, errors) = common::mint_until(&clients, &tasks, concurrency, stop).await?;
     timer.await?;
     report("nothing to prune:", &mut lat, errors, t.elapsed());
 
@@ -265,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
             t.elapsed()
         })
     };
-    let (mut lat, errors) = mint_until(&clients, &tasks, concurrency, stop).await?;
+    let (mut lat, errors) = common::mint_until(&clients, &tasks, concurrency, stop).await?;
     let pruned_in = watcher.await?;
     report("pruning the backlog:", &mut lat, errors, t.elapsed());
     println!(

@@ -2,9 +2,12 @@
 //! files, and the example policies with a budget a run cannot exhaust.
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
+use mayfly::api::pb::token_service_client::TokenServiceClient;
 use mayfly::identity::devcerts::DevCa;
 use sqlx::Connection;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The `p` quantile of sorted latencies.
@@ -137,4 +140,52 @@ pub async fn support_task(orchestrator: Channel, objective: &str) -> anyhow::Res
         .task
         .ok_or_else(|| anyhow::anyhow!("no task"))?;
     Ok(task.id)
+}
+
+/// Mints from `concurrency` workers until `stop`; their latencies and errors.
+pub async fn mint_until(
+    clients: &[TokenServiceClient<Channel>],
+    tasks: &[String],
+    concurrency: usize,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let mut workers = vec![];
+    for w in 0..concurrency {
+        let mut c = clients[w % clients.len()].clone();
+        let task_id = tasks[w % tasks.len()].clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let req = pb::MintTokenRequest {
+                    task_id: task_id.clone(),
+                    scope: Some(pb::Scope {
+                        audience: "crm-api".into(),
+                        resource: format!("customers/eu/{w}-{i}"),
+                        action: "read".into(),
+                    }),
+                    ttl_seconds: 300,
+                };
+                let t = Instant::now();
+                match c.mint_token(req).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("worker {w}: mint failed: {e}");
+                        }
+                        errors += 1;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (vec![], 0);
+    for w in workers {
+        let (lat, e) = w.await?;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok((all, errors))
 }
