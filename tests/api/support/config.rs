@@ -76,7 +76,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             database: None,
-            connect_timeout: Duration::from_secs(2),
+            // Generous: on two cores, a fresh database is migrated while other
+            // tests create theirs (tests of timeouts set their own).
+            connect_timeout: Duration::from_secs(10),
             migrate: true,
             trust_domains: vec![],
             sweep: Duration::from_millis(50),
