@@ -101,6 +101,9 @@ pub fn prepare(dir: &Path, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result
             std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
         }
     }
+    // The issuer is where the front door is: its metadata is then served at the
+    // issuer's own well-known URL (RFC 8414 §3).
+    let issuer = format!("https://{}", dialable(grpc));
     let config = format!(
         r#"# Written by `mayfly dev` on every start; edit the flags, not this file.
 [server]
@@ -108,7 +111,7 @@ grpc_addr = "{grpc}"
 http_addr = "{http}"
 cert = "certs/broker.crt"
 key = "certs/broker.key"
-issuer = "https://mayfly.dev.local"
+issuer = "{issuer}"
 
 [database]
 url = "sqlite://mayfly.db"
@@ -151,17 +154,22 @@ fn sh(word: &str) -> String {
     }
 }
 
-/// What to paste into a shell to try the broker: open a task, mint a token, see
-/// it active, complete the task, see it dead. Every line is a real command.
-pub fn walkthrough(d: &DevDir, exe: &Path, mut grpc: SocketAddr) -> String {
-    // Listening on every interface: clients still dial a name the broker's
-    // certificate carries.
-    if grpc.ip().is_unspecified() {
-        grpc.set_ip(match grpc {
+/// The address clients dial: listening on every interface, they still dial a
+/// name the broker's certificate carries.
+fn dialable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
+    addr
+}
+
+/// What to paste into a shell to try the broker: open a task, mint a token, see
+/// it active, complete the task, see it dead. Every line is a real command.
+pub fn walkthrough(d: &DevDir, exe: &Path, grpc: SocketAddr) -> String {
+    let grpc = dialable(grpc);
     let certs = sh(&d.certs().display().to_string());
     let agent = format!("spiffe://{TRUST_DOMAIN}/agent/support-eu-1");
     let as_ = |who: &str| format!(r#""$M" --cert "$C/{who}.crt" --key "$C/{who}.key""#);

@@ -52,8 +52,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             grpc_addr,
             http_addr,
         } => {
-            let (d, cfg) = mayfly::dev::prepare(&dir, grpc_addr, http_addr)?;
-            let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
+            // Bound first: the issuer (and the metadata's URLs) name the port.
+            let listeners = mayfly::app::Listeners::bind(grpc_addr, http_addr).await?;
+            let (d, cfg) = mayfly::dev::prepare(
+                &dir,
+                listeners.grpc.local_addr()?,
+                listeners.http.local_addr()?,
+            )?;
+            let app = mayfly::app::build_on(cfg, Arc::new(SystemClock), listeners).await?;
             let exe = std::env::current_exe().context("locating the mayfly binary")?;
             print!(
                 "{}",

@@ -1,7 +1,8 @@
 //! gRPC services, one file per caller role; `convert` turns proto messages into
 //! domain types (or INVALID_ARGUMENT naming the field) and back; `codec` is their
 //! protobuf codec (a body that does not decode is INVALID_ARGUMENT too); `json`
-//! how the answers show as JSON.
+//! how the answers show as JSON; `oauth` the OAuth front door over the same
+//! broker calls.
 #[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
@@ -12,6 +13,8 @@ pub mod convert;
 #[cfg(feature = "server")]
 pub mod json;
 #[cfg(feature = "server")]
+pub mod oauth;
+#[cfg(feature = "server")]
 mod task;
 #[cfg(feature = "server")]
 mod token;
@@ -21,7 +24,7 @@ mod verifier;
 #[cfg(feature = "server")]
 pub use admin::AdminApi;
 #[cfg(feature = "server")]
-pub use auth::Auth;
+pub use auth::{Auth, Refused};
 #[cfg(feature = "server")]
 pub use task::TaskApi;
 #[cfg(feature = "server")]

@@ -15,7 +15,8 @@ use tower_service::Service;
 
 use super::refusals::Reason;
 
-/// The one gRPC method a client without an SVID may call.
+/// The one gRPC method a client without an SVID may call (the OAuth front
+/// door's public documents are `api::oauth::is_public`).
 const PUBLIC_GRPC: &[&str] = &["/grpc.health.v1.Health/Check"];
 
 /// The calls in flight on one connection, and whether it has had one.
@@ -100,10 +101,25 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         if self.refuse_anonymous
             && let Err(why) = &self.info.identity
             && !PUBLIC_GRPC.contains(&req.uri().path())
+            && !crate::api::oauth::is_public(req.uri().path())
         {
             // Refused on its headers: the body is never read, and dropping it
-            // tells the client to stop sending (RST_STREAM).
-            let resp = crate::error::unauthenticated(why).into_http::<Body>();
+            // tells the client to stop sending (RST_STREAM). A gRPC call is
+            // answered with a gRPC status; anything else as the OAuth front
+            // door answers a client that failed to authenticate.
+            let grpc = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let resp = if grpc {
+                crate::error::unauthenticated(why).into_http::<Body>()
+            } else {
+                use axum::response::IntoResponse;
+                crate::error::oauth::OauthError::from(crate::api::Refused::Unauthenticated(
+                    why.clone(),
+                ))
+                .into_response()
+            };
             drop(req);
             return Box::pin(std::future::ready(Ok(Tracked::response(resp, in_flight))));
         }

@@ -199,7 +199,7 @@ pub async fn serve(
                         remote: Some(peer),
                         identity: Err(crate::identity::VerifyError::NoCertificate),
                     };
-                    conn.serve_http(tcp, info).await
+                    conn.serve_http(tcp, info, false).await
                 }
             }
             metrics::CONNECTIONS_OPEN.dec();
@@ -282,6 +282,7 @@ impl Connection {
         };
         let conn = TlsConn::new(stream, &tls.bundles);
         let info = conn.info().clone();
+        let h2 = conn.is_h2();
         match &info.identity {
             Ok(caller) => {
                 // Proved an identity: never evicted for a newcomer.
@@ -303,11 +304,12 @@ impl Connection {
                     .sample(Reason::Unauthenticated, self.peer, || why.to_string());
             }
         }
-        self.serve_http(conn, info).await
+        self.serve_http(conn, info, h2).await
     }
 
-    /// Serves HTTP/2 (gRPC port) or HTTP/1 (HTTP port) on an accepted stream.
-    async fn serve_http<IO>(self, io: IO, info: ConnInfo)
+    /// Serves HTTP/2 (`h2`: gRPC and the OAuth front door) or HTTP/1 (the HTTP
+    /// port, and the front door's HTTP/1.1 clients) on an accepted stream.
+    async fn serve_http<IO>(self, io: IO, info: ConnInfo, h2: bool)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -332,7 +334,7 @@ impl Connection {
             (false, false) => (limits.first_request_timeout, Some(HTTP_LIFETIME)),
         };
         let idle = activity.idle(limits.first_request_timeout, idle_after);
-        if grpc {
+        if h2 {
             let (streams, stream_window, conn_window) = if authenticated {
                 (limits.max_concurrent_streams, 64 * 1024, 256 * 1024)
             } else {

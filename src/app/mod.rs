@@ -63,8 +63,40 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds the broker from validated settings: bundles, TLS, store, key, listeners.
+/// The broker's two listeners: the mTLS port (gRPC and the OAuth front door)
+/// and the plain HTTP port.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `server.grpc_addr` and `server.http_addr`.
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(grpc)
+            .await
+            .with_context(|| format!("cannot listen on server.grpc_addr {grpc}"))?;
+        let http = TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen on server.http_addr {http}"))?;
+        Ok(Listeners { grpc, http })
+    }
+}
+
+/// Builds the broker from validated settings: bundles, TLS, store, key,
+/// listeners on the configured addresses.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let listeners = Listeners::bind(config.server.grpc_addr, config.server.http_addr).await?;
+    build_on(config, clock, listeners).await
+}
+
+/// Builds the broker on listeners already bound (`mayfly dev` names its
+/// issuer after the port it got).
+pub async fn build_on(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+) -> anyhow::Result<App> {
     install_crypto();
     let tls = load_tls(&config)?;
     let url = config
@@ -143,22 +175,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     .map_err(|e| anyhow::anyhow!("starting the broker: {e}"))?
     .with_approval_ttl(config.tasks.approval_ttl)
     .with_notice_poll(config.revocation.poll_interval);
-    let grpc = TcpListener::bind(config.server.grpc_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on server.grpc_addr {}",
-                config.server.grpc_addr
-            )
-        })?;
-    let http = TcpListener::bind(config.server.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on server.http_addr {}",
-                config.server.http_addr
-            )
-        })?;
+    let Listeners { grpc, http } = listeners;
     Ok(App {
         broker: Arc::new(broker),
         policy,
@@ -244,7 +261,7 @@ impl App {
                 .add_service(
                     VerifierServiceServer::new(VerifierApi {
                         broker: b.clone(),
-                        auth,
+                        auth: auth.clone(),
                         shutdown: cancel.clone(),
                         poll: self.config.revocation.poll_interval,
                         heartbeat: self.config.revocation.heartbeat,
@@ -253,6 +270,22 @@ impl App {
                 )
                 .prepare()
                 .into_axum_router();
+        // The OAuth front door shares the mTLS port: one address, one
+        // certificate and the same limits for everything that needs an SVID.
+        let c = &self.config;
+        let oauth = crate::api::oauth::OauthState::new(
+            b.clone(),
+            auth,
+            crate::api::oauth::Metadata::new(
+                &c.server.issuer,
+                c.oauth.base_url(&c.server.issuer),
+                c.revocation.heartbeat,
+                c.oauth.poll_interval,
+            ),
+            l.token_message_bytes,
+            c.oauth.poll_interval,
+        );
+        let grpc_router = grpc_router.merge(crate::api::oauth::router(oauth));
 
         let shared = listener::Shared::new(l.clone(), self.max_connections);
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(self.tls);

@@ -137,6 +137,8 @@ fn server_tls(config: &Config, bundles: &TrustBundles) -> anyhow::Result<TlsAcce
         .with_client_cert_verifier(bundles.handshake_verifier())
         .with_single_cert(chain, key)
         .context("server.cert and server.key do not form a usable pair")?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC needs HTTP/2; the OAuth front door on the same port also speaks
+    // HTTP/1.1, which most OAuth clients (curl, httpx, requests) choose.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(tls)))
 }

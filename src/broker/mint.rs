@@ -28,6 +28,8 @@ pub struct Minted {
     pub jti: Uuid,
     pub expires_at: OffsetDateTime,
     pub ttl: Duration,
+    /// What the token is for (its `aud` and `scope` claims).
+    pub scope: Scope,
 }
 
 /// What a mint request gets.
@@ -106,6 +108,7 @@ impl Broker {
             jti: record.jti,
             expires_at: record.expires_at,
             ttl: grant.ttl,
+            scope: record.scope,
         }))
     }
 

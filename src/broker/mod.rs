@@ -56,6 +56,7 @@ pub use mint::{Mint, MintRequest, Minted};
 pub use misuse::MisuseKind;
 pub use open::StartTask;
 pub use prune::Pruned;
+pub use revoke::GivenBy;
 
 /// The actor named when the broker itself acts (the expiry sweeper).
 pub const SYSTEM_ACTOR: &str = "mayfly";

@@ -80,6 +80,7 @@ impl Broker {
                     jti: record.jti,
                     expires_at,
                     ttl: Duration::try_from(expires_at - now).unwrap_or_default(),
+                    scope: record.scope,
                 });
             }
             Redeem::Refused(refusal) => {

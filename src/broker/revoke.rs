@@ -1,5 +1,6 @@
-//! Revocation by the security team: a token, a task, an agent, a workflow or
-//! everything, committed with its audit event and then published.
+//! Revocation: by the security team (a token, a task, an agent, a workflow or
+//! everything), or of one token given back by its holder (RFC 7009); committed
+//! with its audit event and then published.
 use super::refuse::Refusing;
 use super::{Broker, BrokerError};
 use crate::domain::audit::{Action, AuditEvent};
@@ -8,7 +9,15 @@ use crate::domain::{Missing, Revocation, Target, Trigger};
 use crate::identity::Caller;
 use crate::store::Revoked;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+/// Who gives a token back: its holder, or the security team (which may end any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenBy {
+    Holder,
+    Admin,
+}
 
 impl Broker {
     pub async fn revoke(
@@ -17,46 +26,112 @@ impl Broker {
         target: Target,
         reason: String,
     ) -> Result<Revoked, BrokerError> {
+        if let Some(revoked) = self
+            .record_revocation(caller, &target, &reason, Trigger::Admin)
+            .await?
+        {
+            return Ok(revoked);
+        }
+        let now = self.now();
+        let event = || {
+            about(
+                &target,
+                AuditEvent::new(now, caller.id.as_str(), Action::RevocationDenied).detail(json!({
+                    "target": target.kind(),
+                    "value": target.value(),
+                    "requested_reason": reason,
+                })),
+            )
+        };
+        let refusal = Refusal::NotFound(Missing::Target(target.clone()));
+        Err(self.refuse(&Refusing::new(caller, &event), refusal).await)
+    }
+
+    /// Revokes `token` at the request of `caller` (RFC 7009). `Ok(None)` when
+    /// there is nothing to revoke: not a token this broker signed and recorded,
+    /// or expired already; RFC 7009 answers such a request as a success, and it
+    /// leaves nothing behind (anyone with an SVID may send garbage). A holder may
+    /// give back only its own token (`client_id` is the holder); the security team
+    /// any.
+    pub async fn give_back(
+        &self,
+        caller: &Caller,
+        token: &str,
+        by: GivenBy,
+    ) -> Result<Option<Revoked>, BrokerError> {
+        let now = self.now();
+        let claims = match self
+            .verify_signature(token, now.unix_timestamp(), 0)
+            .await?
+        {
+            Ok(c) if c.iss == self.issuer => c,
+            Ok(_) => return Ok(None),
+            Err(why) => {
+                debug!(%why, "token given back: not a valid token; nothing to revoke");
+                return Ok(None);
+            }
+        };
+        let Ok(jti) = Uuid::parse_str(&claims.jti) else {
+            return Ok(None);
+        };
+        let (trigger, reason) = if claims.client_id == caller.id.as_str() {
+            (Trigger::Returned, "given back by its holder (RFC 7009)")
+        } else if by == GivenBy::Admin {
+            (
+                Trigger::Admin,
+                "revoked at the OAuth revocation endpoint (RFC 7009)",
+            )
+        } else {
+            let event = || {
+                AuditEvent::new(now, caller.id.as_str(), Action::RevocationDenied)
+                    .jti(jti)
+                    .detail(json!({"target": "token", "value": jti, "holder": claims.client_id}))
+            };
+            let refusal = Refusal::NotTheHolder {
+                jti,
+                presenter: caller.id.clone(),
+                holder: claims.client_id.clone(),
+            };
+            return Err(self.refuse(&Refusing::new(caller, &event), refusal).await);
+        };
+        self.record_revocation(caller, &Target::Token(jti), reason, trigger)
+            .await
+    }
+
+    /// Commits a revocation with its audit event, then publishes it. `None`: the
+    /// target does not exist.
+    async fn record_revocation(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        reason: &str,
+        trigger: Trigger,
+    ) -> Result<Option<Revoked>, BrokerError> {
         let now = self.now();
         let revocation = Revocation {
             target: target.clone(),
-            reason: reason.clone(),
+            reason: reason.to_string(),
             actor: caller.id.to_string(),
-            trigger: Trigger::Admin,
+            trigger,
             at: now,
         };
         let audit = about(
-            &target,
+            target,
             AuditEvent::new(now, caller.id.as_str(), Action::Revocation)
-                .reason(&reason)
-                .detail(
-                    json!({"target": target.kind(), "value": target.value(), "trigger": "admin"}),
-                ),
+                .reason(reason)
+                .detail(json!({"target": target.kind(), "value": target.value(), "trigger": trigger.as_str()})),
         );
         let Some(revoked) = self.store.revoke(&revocation, &audit).await? else {
-            let event = || {
-                about(
-                    &target,
-                    AuditEvent::new(now, caller.id.as_str(), Action::RevocationDenied).detail(
-                        json!({
-                            "target": target.kind(),
-                            "value": target.value(),
-                            "requested_reason": reason,
-                        }),
-                    ),
-                )
-            };
-            let refusal = Refusal::NotFound(Missing::Target(target.clone()));
-            return Err(self.refuse(&Refusing::new(caller, &event), refusal).await);
+            return Ok(None);
         };
         if revoked.repeated {
             info!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "already revoked; nothing added to the stream");
-            return Ok(revoked);
+            return Ok(Some(revoked));
         }
         self.hub.committed(revoked.event.seq);
-        self.metrics.revoked(Trigger::Admin.as_str());
+        self.metrics.revoked(trigger.as_str());
         warn!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "revoked");
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 }
 

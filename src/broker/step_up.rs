@@ -136,6 +136,7 @@ impl Broker {
                     jti: record.jti,
                     expires_at: record.expires_at,
                     ttl,
+                    scope: record.scope,
                 }))
             }
             Spend::NotApproved(a) => {

@@ -77,6 +77,42 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub oauth: OauthConfig,
+}
+
+/// The OAuth front door, served on the mTLS port beside gRPC (`api::oauth`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OauthConfig {
+    /// Where clients reach the mTLS port (`https://host:port`, maybe with a path
+    /// prefix a proxy adds): the metadata's endpoints start with it. Unset, it is
+    /// `server.issuer`.
+    pub url: Option<String>,
+    /// How often a client may poll a pending step-up approval (RFC 8628
+    /// `interval`); sooner is answered `slow_down`.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for OauthConfig {
+    fn default() -> Self {
+        OauthConfig {
+            url: None,
+            poll_interval: default_poll(),
+        }
+    }
+}
+
+impl OauthConfig {
+    /// The public base URL, without a trailing `/`.
+    pub fn base_url<'a>(&'a self, issuer: &'a str) -> &'a str {
+        self.url.as_deref().unwrap_or(issuer).trim_end_matches('/')
+    }
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,8 +225,8 @@ pub struct ServerConfig {
     /// The broker's own certificate chain (PEM) and private key (PEM).
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// The `iss` claim of every token.
-    #[serde(default = "default_issuer")]
+    /// The `iss` claim of every token and the issuer identifier of the OAuth
+    /// metadata (RFC 8414): an `https` URL without query or fragment.
     pub issuer: String,
     /// How long to wait for open streams to drain on shutdown.
     #[serde(default = "default_drain", with = "humantime_serde")]
@@ -205,9 +241,6 @@ fn default_tls_reload() -> Duration {
     Duration::from_secs(5)
 }
 
-fn default_issuer() -> String {
-    "mayfly".into()
-}
 fn default_drain() -> Duration {
     Duration::from_secs(10)
 }

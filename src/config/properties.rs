@@ -12,7 +12,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("server", "http_addr", "\"127.0.0.1:8080\""),
     ("server", "cert", "\"broker.crt\""),
     ("server", "key", "\"broker.key\""),
-    ("server", "issuer", "\"mayfly\""),
+    ("server", "issuer", "\"https://mayfly.test\""),
     ("server", "shutdown_grace", "\"10s\""),
     ("server", "reload_interval", "\"5s\""),
     (

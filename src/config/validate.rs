@@ -36,8 +36,12 @@ impl Config {
                 "must differ from server.grpc_addr",
             ));
         }
-        if self.server.issuer.trim().is_empty() {
-            return Err(invalid("server.issuer", "must not be empty"));
+        https_url("server.issuer", &self.server.issuer)?;
+        if let Some(url) = &self.oauth.url {
+            https_url("oauth.url", url)?;
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.oauth.poll_interval) {
+            return Err(invalid("oauth.poll_interval", "must be between 1s and 60s"));
         }
         if self.trust_domains.is_empty() {
             return Err(invalid(
@@ -176,4 +180,31 @@ impl super::RetentionConfig {
         }
         Ok(())
     }
+}
+
+/// RFC 8414 §2: an issuer identifier (and so every endpoint under it) is an
+/// `https` URL with a host and no query or fragment.
+fn https_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let shown = crate::domain::text::quote(value);
+    let url =
+        url::Url::parse(value).map_err(|e| invalid(key, format!("{shown} is not a URL: {e}")))?;
+    if url.scheme() != "https" {
+        return Err(invalid(
+            key,
+            format!("{shown} must be an https URL (RFC 8414)"),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(key, format!("{shown} has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            key,
+            format!("{shown} must have no query or fragment"),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(key, format!("{shown} must carry no credentials")));
+    }
+    Ok(())
 }

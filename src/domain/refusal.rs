@@ -212,6 +212,16 @@ pub enum Refusal {
     },
     #[error("approval {approval} was requested by another agent")]
     NotTheRequester { approval: Uuid },
+
+    // ---- giving a token back --------------------------------------------------
+    /// An agent may give back only a token it holds; the security team revokes
+    /// any.
+    #[error("token {jti} is held by {holder}, not by {presenter}; only its holder gives it back")]
+    NotTheHolder {
+        jti: Uuid,
+        presenter: SpiffeId,
+        holder: String,
+    },
     #[error("{decider} holds the agent role; agents never decide step-up approvals")]
     AgentDecides { decider: SpiffeId },
     #[error("{decider} requested approval {approval}; nobody decides their own request")]

@@ -66,6 +66,8 @@ pub enum Trigger {
     TaskCompleted,
     TaskExpired,
     Deviation,
+    /// Its holder gave the token back before it expired (RFC 7009).
+    Returned,
 }
 
 impl Trigger {
@@ -75,6 +77,7 @@ impl Trigger {
             Trigger::TaskCompleted => "task_completed",
             Trigger::TaskExpired => "task_expired",
             Trigger::Deviation => "deviation",
+            Trigger::Returned => "returned",
         }
     }
 
@@ -84,6 +87,7 @@ impl Trigger {
             Trigger::TaskCompleted,
             Trigger::TaskExpired,
             Trigger::Deviation,
+            Trigger::Returned,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)

@@ -38,6 +38,22 @@ pub enum ScopeError {
     WildcardAction,
 }
 
+impl ScopeError {
+    /// The part of the scope that is wrong: `audience`, `resource` or `action`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ScopeError::Empty { field }
+            | ScopeError::TooLong { field, .. }
+            | ScopeError::BadChar { field, .. }
+            | ScopeError::DotSegment { field, .. } => field,
+            ScopeError::EmptySegment(_)
+            | ScopeError::PartialWildcard(_)
+            | ScopeError::InnerDoubleStar => "resource",
+            ScopeError::WildcardAction => "action",
+        }
+    }
+}
+
 /// One permission. `resource` is a `/`-separated pattern: a `*` segment matches one
 /// segment, a trailing `**` matches one or more. `action` may be `*` only in declared
 /// scopes (workflows and tasks), never in a mint request.

@@ -103,6 +103,12 @@ impl TlsConn {
     pub fn info(&self) -> &ConnInfo {
         &self.info
     }
+
+    /// Whether the client chose HTTP/2 by ALPN (gRPC clients do; an HTTP/1.1
+    /// client of the OAuth front door does not).
+    pub fn is_h2(&self) -> bool {
+        self.inner.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
 }
 
 impl AsyncRead for TlsConn {

@@ -17,6 +17,7 @@ mod freeze;
 mod hardening;
 mod identity;
 mod input;
+mod oauth;
 mod operations;
 mod persistence;
 mod policy;

@@ -99,3 +99,13 @@ pub async fn tokens_stored(url: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// Rows in `table` of the database at `url` (a table name the test names).
+pub async fn rows(url: &str, table: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    // The table names are the tests' own constants.
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}

@@ -4,6 +4,7 @@
 mod app;
 mod config;
 mod db;
+mod oauth;
 mod pki;
 mod process;
 mod proxy;
@@ -12,6 +13,7 @@ mod requests;
 pub use app::*;
 pub use config::*;
 pub use db::*;
+pub use oauth::*;
 pub use pki::*;
 pub use process::*;
 pub use proxy::*;

@@ -1,5 +1,6 @@
-//! The one place where errors become gRPC statuses. The client gets the reason,
-//! never internals; the cause is logged once, here.
+//! The one place where errors become gRPC statuses (here) and OAuth answers
+//! (`oauth`). The client gets the reason, never internals; the cause is logged
+//! once, here.
 use crate::broker::BrokerError;
 use crate::domain::refusal::Refusal;
 use crate::identity::VerifyError;
@@ -9,6 +10,8 @@ use crate::token::KeyError;
 use tonic::{Code, Status};
 use tracing::error;
 
+pub mod oauth;
+
 /// The longest status message sent, in bytes. Every value a message quotes is
 /// already a short prefix (`domain::text::quote`); this bounds what is left
 /// (reasons naming SPIFFE IDs, policy reasons), since a client may refuse a large
@@ -17,7 +20,7 @@ use tracing::error;
 pub const MAX_MESSAGE: usize = 4096;
 
 /// `message`, cut on a character boundary to at most [`MAX_MESSAGE`] bytes.
-fn bounded(message: String) -> String {
+pub(crate) fn bounded(message: String) -> String {
     if message.len() <= MAX_MESSAGE {
         return message;
     }
@@ -103,6 +106,7 @@ fn refused(r: &Refusal) -> Code {
         | ApprovalDenied { .. }
         | RepeatedStepUp { .. }
         | NotTheRequester { .. }
+        | NotTheHolder { .. }
         | AgentDecides { .. }
         | OwnApproval { .. } => Code::PermissionDenied,
     }

@@ -1,0 +1,187 @@
+//! The request body of an OAuth endpoint: `application/x-www-form-urlencoded`
+//! (RFC 6749 §3.2), refused unread when it is larger than the endpoint allows or
+//! of another type; each parameter at most once (§3.2), an empty value as if it
+//! were omitted (§3.1), parameters the endpoint does not know ignored (§3.2).
+use crate::domain::text::quote;
+use crate::error::oauth::OauthError;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use std::collections::BTreeMap;
+
+/// The most parameters a body may carry: every endpoint knows fewer than 16, and
+/// a body of thousands of empty pairs is refused rather than counted.
+const MAX_PARAMS: usize = 64;
+
+/// A parsed form: each parameter once, empty values dropped.
+#[derive(Debug, Default)]
+pub struct Form(BTreeMap<String, String>);
+
+impl Form {
+    /// Reads a form body of at most `limit` bytes. The type and a declared
+    /// length are judged from the headers, before a byte of the body is read.
+    pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Form, OauthError> {
+        content_type(headers)?;
+        let too_large = || {
+            OauthError::invalid("request body", format!("is larger than {limit} bytes"))
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        };
+        if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| OauthError::invalid("Content-Length", "is not a number"))?;
+            if len > limit as u64 {
+                return Err(too_large());
+            }
+        }
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| too_large())?;
+        Form::parse(&bytes)
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Form, OauthError> {
+        let mut params = BTreeMap::new();
+        for (i, (name, value)) in form_urlencoded::parse(bytes).enumerate() {
+            if i >= MAX_PARAMS {
+                return Err(OauthError::invalid(
+                    "request body",
+                    format!("has more than {MAX_PARAMS} parameters"),
+                ));
+            }
+            if value.is_empty() {
+                // RFC 6749 §3.1: sent without a value, as if omitted. Repeated
+                // (even empty) it is still refused below.
+                if params.contains_key(name.as_ref()) {
+                    return Err(repeated(&name));
+                }
+                continue;
+            }
+            if params
+                .insert(name.to_string(), value.into_owned())
+                .is_some()
+            {
+                return Err(repeated(&name));
+            }
+        }
+        Ok(Form(params))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn require(&self, name: &str) -> Result<&str, OauthError> {
+        self.get(name)
+            .ok_or_else(|| OauthError::invalid(name, "is required"))
+    }
+
+    /// Refuses a parameter the grant fixes itself: a client that sends it
+    /// expects it to count, and it would not.
+    pub fn refuse(&self, name: &str, why: &str) -> Result<(), OauthError> {
+        match self.get(name) {
+            Some(_) => Err(OauthError::invalid(name, why)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn repeated(name: &str) -> OauthError {
+    OauthError::new(
+        crate::error::oauth::Code::InvalidRequest,
+        format!(
+            "parameter {} is repeated; each parameter may be sent once (RFC 6749 §3.2)",
+            quote(name)
+        ),
+    )
+}
+
+/// `application/x-www-form-urlencoded`, with at most a `charset=utf-8`.
+fn content_type(headers: &HeaderMap) -> Result<(), OauthError> {
+    let wrong = |shown: &str| {
+        OauthError::invalid(
+            "Content-Type",
+            format!("{shown}; send the parameters as application/x-www-form-urlencoded"),
+        )
+    };
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Err(wrong("is missing"));
+    };
+    let v = v.to_str().map_err(|_| wrong("is not text"))?;
+    let mut parts = v.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(wrong(&format!("is {}", quote(essence))));
+    }
+    for p in parts {
+        let ok = p.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset")
+                && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        });
+        if !ok {
+            return Err(wrong(&format!("has the parameter {}", quote(p))));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_parameter_is_refused_naming_it() {
+        let e = Form::parse(b"grant_type=client_credentials&scope=a&scope=b").unwrap_err();
+        assert!(
+            e.description.contains("\"scope\" is repeated"),
+            "{}",
+            e.description
+        );
+        let e = Form::parse(b"scope=&scope=").unwrap_err();
+        assert!(e.description.contains("repeated"), "{}", e.description);
+    }
+
+    #[test]
+    fn empty_values_are_omitted_and_values_are_decoded() {
+        let f = Form::parse(b"a=&b=x+y%2Fz&c=%E2%82%AC").unwrap();
+        assert_eq!(f.get("a"), None);
+        assert_eq!(f.get("b"), Some("x y/z"));
+        assert_eq!(f.get("c"), Some("€"));
+        assert!(
+            f.require("a")
+                .unwrap_err()
+                .description
+                .starts_with("a: is required")
+        );
+    }
+
+    #[test]
+    fn only_the_form_type_is_accepted() {
+        let mut h = HeaderMap::new();
+        assert!(content_type(&h).is_err());
+        for ok in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-URLEncoded; charset=UTF-8",
+            "application/x-www-form-urlencoded;charset=\"utf-8\"",
+        ] {
+            h.insert(header::CONTENT_TYPE, ok.parse().unwrap());
+            assert!(content_type(&h).is_ok(), "{ok}");
+        }
+        for bad in [
+            "application/json",
+            "multipart/form-data; boundary=x",
+            "application/x-www-form-urlencoded; charset=latin1",
+        ] {
+            h.insert(header::CONTENT_TYPE, bad.parse().unwrap());
+            let e = content_type(&h).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_body_of_many_parameters_is_refused() {
+        let body: String = (0..100).map(|i| format!("p{i}=1&")).collect();
+        assert!(Form::parse(body.as_bytes()).is_err());
+    }
+}
