@@ -72,12 +72,14 @@
 //! # Ok(())
 //! # }
 //! ```
+mod bearer;
 mod keys;
 mod misuse;
 mod revocations;
 mod scope;
 mod watch;
 
+pub use bearer::{BearerError, bearer_token};
 pub use keys::{JwksError, key_set_from_jwks};
 pub use revocations::{Revocation, RevocationSet, Revoked};
 pub use scope::{RequiredScope, RequiredScopeError};
