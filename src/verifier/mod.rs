@@ -75,12 +75,14 @@
 mod bearer;
 mod keys;
 mod misuse;
+mod resource;
 mod revocations;
 mod scope;
 mod watch;
 
 pub use bearer::{BearerError, bearer_token};
 pub use keys::{JwksError, key_set_from_jwks};
+pub use resource::{ProtectedResource, ResourceError, WELL_KNOWN};
 pub use revocations::{Revocation, RevocationSet, Revoked};
 pub use scope::{RequiredScope, RequiredScopeError};
 
