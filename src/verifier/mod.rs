@@ -25,6 +25,12 @@
 //! [`Verdict::Revoked`] is one of the history before the restore. Set the staleness well above the broker's
 //! `[revocation] heartbeat` (5 s by default): three heartbeats is a good bound.
 //!
+//! For the tool's HTTP edge, [`bearer_token`] reads the token of a request's
+//! `Authorization` header, and [`ProtectedResource`] holds the tool's RFC 9728
+//! metadata: the document to serve at its [`ProtectedResource::well_known_path`]
+//! and the [`Answer`] (status, `WWW-Authenticate`, body) to every refusal, as the
+//! MCP authorization spec asks of an MCP server.
+//!
 //! The module sits behind the cargo feature `verifier` (on by default). The feature
 //! only gates this module: the crate's server dependencies are not optional yet,
 //! so a resource server still compiles them.
@@ -65,20 +71,27 @@
 //!         tracing::info!(caller = %claims.sub, task = %claims.task, jti = %claims.jti, "allowed");
 //!     }
 //!     refused => {
-//!         // Log why, never the token; answer 401/403.
+//!         // Log why, never the token; answer 401/403/503
+//!         // (`ProtectedResource::answer_verdict`).
 //!         tracing::info!(verdict = %refused, "refused");
 //!     }
 //! }
 //! # Ok(())
 //! # }
 //! ```
+mod answer;
+mod bearer;
 mod keys;
 mod misuse;
+mod resource;
 mod revocations;
 mod scope;
 mod watch;
 
+pub use answer::{Answer, CONTENT_TYPE};
+pub use bearer::{BearerError, bearer_token};
 pub use keys::{JwksError, key_set_from_jwks};
+pub use resource::{ProtectedResource, ResourceError, WELL_KNOWN};
 pub use revocations::{Revocation, RevocationSet, Revoked};
 pub use scope::{RequiredScope, RequiredScopeError};
 
