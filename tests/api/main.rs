@@ -18,6 +18,7 @@ mod hardening;
 mod identity;
 mod input;
 mod oauth;
+mod oauth_clients;
 mod oauth_grants;
 mod operations;
 mod persistence;

@@ -27,7 +27,10 @@ async fn token(client: &OauthClient, pairs: &[(&str, &str)]) -> Reply {
 }
 
 fn description(r: &Reply) -> String {
-    r.json()["error_description"].as_str().unwrap_or_default().to_string()
+    r.json()["error_description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A support task for AGENT that also declares deleting ticket 4711 (a step-up
@@ -74,7 +77,10 @@ async fn a_step_up_mint_is_polled_to_its_one_token_and_polling_too_fast_slows_do
     let task = task_with_delete(&app).await;
     let (agent, _) = app.oauth(AGENT);
     let r = ask_delete(&agent, &task).await;
-    assert_eq!((r.status, r.error().as_str()), (400, "authorization_pending"));
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (400, "authorization_pending")
+    );
     let j = r.json();
     let code = j["device_code"].as_str().unwrap().to_string();
     assert_eq!(j["interval"], 5);
@@ -106,7 +112,10 @@ async fn a_step_up_mint_is_polled_to_its_one_token_and_polling_too_fast_slows_do
     let t = r.json();
     assert_eq!(t["scope"], "delete:tickets/4711");
     let c = claims(t["access_token"].as_str().unwrap());
-    assert_eq!((c["aud"].as_str(), c["task"].as_str()), (Some("tickets"), Some(task.as_str())));
+    assert_eq!(
+        (c["aud"].as_str(), c["task"].as_str()),
+        (Some("tickets"), Some(task.as_str()))
+    );
     // One approval, one token: spent.
     app.clock.advance(Duration::from_secs(11));
     let r = poll(&agent, &code).await;
@@ -168,7 +177,11 @@ async fn parent_token(app: &TestApp, ttl: &str) -> (String, String, OauthClient)
     )
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    (task, r.json()["access_token"].as_str().unwrap().to_string(), agent)
+    (
+        task,
+        r.json()["access_token"].as_str().unwrap().to_string(),
+        agent,
+    )
 }
 
 /// The holder's exchange of `subject` for an offer to `sub_agent`.
@@ -235,7 +248,15 @@ async fn token_exchange_delegates_down_a_chain_that_keeps_every_actor() {
     )
     .await;
     let parent = r.json()["access_token"].as_str().unwrap().to_string();
-    let r = offer(&root_agent, &parent, HELPER1, "github", "read:repos/acme/api", "200").await;
+    let r = offer(
+        &root_agent,
+        &parent,
+        HELPER1,
+        "github",
+        "read:repos/acme/api",
+        "200",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let o = r.json();
     assert_eq!(o["issued_token_type"], OFFER);
@@ -252,15 +273,34 @@ async fn token_exchange_delegates_down_a_chain_that_keeps_every_actor() {
     let (p, c) = (claims(&parent), claims(&child));
     assert_eq!(c["sub"], AGENT2, "the task's agent stays the subject");
     assert_eq!(c["act"], json!({"sub": HELPER1}));
-    assert_eq!(c["cnf"]["x5t#S256"], mayfly::identity::thumbprint(&cert1.cert_der));
+    assert_eq!(
+        c["cnf"]["x5t#S256"],
+        mayfly::identity::thumbprint(&cert1.cert_der)
+    );
     assert!(c["exp"].as_i64() <= p["exp"].as_i64());
     assert_eq!(c["task"], task.as_str());
 
     // Re-exchange: the grandchild keeps the whole chain; no fresh lifetime
     // beyond its parent's.
-    let r = offer(&helper1, &child, HELPER2, "github", "read:repos/acme/api", "250").await;
+    let r = offer(
+        &helper1,
+        &child,
+        HELPER2,
+        "github",
+        "read:repos/acme/api",
+        "250",
+    )
+    .await;
     assert_eq!(r.error(), "invalid_request", "{}", description(&r));
-    let r = offer(&helper1, &child, HELPER2, "github", "read:repos/acme/api", "100").await;
+    let r = offer(
+        &helper1,
+        &child,
+        HELPER2,
+        "github",
+        "read:repos/acme/api",
+        "100",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["depth"], 2);
     let (helper2, _) = app.oauth(HELPER2);
@@ -278,11 +318,25 @@ async fn token_exchange_delegates_down_a_chain_that_keeps_every_actor() {
     );
     // A third level is past the workflow's depth.
     let (agent, _) = app.oauth(AGENT);
-    let r = offer(&helper2, &grandchild, AGENT, "github", "read:repos/acme/api", "50").await;
+    let r = offer(
+        &helper2,
+        &grandchild,
+        AGENT,
+        "github",
+        "read:repos/acme/api",
+        "50",
+    )
+    .await;
     assert_eq!(r.error(), "access_denied", "{}", description(&r));
     // Revoking the root reaches the grandchild.
     let (admin, _) = app.oauth(ADMIN);
-    assert_eq!(admin.form("/oauth/revoke", &form(&[("token", &parent)])).await.status, 200);
+    assert_eq!(
+        admin
+            .form("/oauth/revoke", &form(&[("token", &parent)]))
+            .await
+            .status,
+        200
+    );
     let (verifier, _) = app.oauth(VERIFIER);
     let r = verifier
         .form("/oauth/introspect", &form(&[("token", &grandchild)]))
@@ -298,17 +352,89 @@ async fn every_widening_and_every_wrong_exchange_is_refused() {
     let before = app.task_tokens(&task).await.len();
     let cases = [
         // Audience widened: another tool (one the task declares).
-        (offer(&agent, &parent, HELPER1, "tickets", "comment:tickets/4711", "60").await, "invalid_target", "audience"),
+        (
+            offer(
+                &agent,
+                &parent,
+                HELPER1,
+                "tickets",
+                "comment:tickets/4711",
+                "60",
+            )
+            .await,
+            "invalid_target",
+            "audience",
+        ),
         // Action widened: write from a read token.
-        (offer(&agent, &parent, HELPER1, "crm-api", "write:customers/eu/42", "60").await, "invalid_scope", "action"),
+        (
+            offer(
+                &agent,
+                &parent,
+                HELPER1,
+                "crm-api",
+                "write:customers/eu/42",
+                "60",
+            )
+            .await,
+            "invalid_scope",
+            "action",
+        ),
         // Resource widened: all of the EU from one customer.
-        (offer(&agent, &parent, HELPER1, "crm-api", "read:customers/eu/*", "60").await, "invalid_scope", "resource"),
+        (
+            offer(
+                &agent,
+                &parent,
+                HELPER1,
+                "crm-api",
+                "read:customers/eu/*",
+                "60",
+            )
+            .await,
+            "invalid_scope",
+            "resource",
+        ),
         // A fresh lifetime beyond the parent's.
-        (offer(&agent, &parent, HELPER1, "crm-api", "read:customers/eu/42", "3600").await, "invalid_request", "outlive"),
+        (
+            offer(
+                &agent,
+                &parent,
+                HELPER1,
+                "crm-api",
+                "read:customers/eu/42",
+                "3600",
+            )
+            .await,
+            "invalid_request",
+            "outlive",
+        ),
         // To itself.
-        (offer(&agent, &parent, AGENT, "crm-api", "read:customers/eu/42", "60").await, "invalid_request", "own holder"),
+        (
+            offer(
+                &agent,
+                &parent,
+                AGENT,
+                "crm-api",
+                "read:customers/eu/42",
+                "60",
+            )
+            .await,
+            "invalid_request",
+            "own holder",
+        ),
         // Not a token of this broker.
-        (offer(&agent, "a.b.c", HELPER1, "crm-api", "read:customers/eu/42", "60").await, "invalid_grant", "subject_token"),
+        (
+            offer(
+                &agent,
+                "a.b.c",
+                HELPER1,
+                "crm-api",
+                "read:customers/eu/42",
+                "60",
+            )
+            .await,
+            "invalid_grant",
+            "subject_token",
+        ),
     ];
     for (r, code, says) in cases {
         let d = description(&r);
@@ -318,18 +444,44 @@ async fn every_widening_and_every_wrong_exchange_is_refused() {
     // Malformed exchanges.
     let malformed: [(&[(&str, &str)], &str); 4] = [
         (
-            &[("grant_type", EXCHANGE), ("subject_token", &parent), ("subject_token_type", ACCESS), ("sub_agent", HELPER1), ("audience", "crm-api"), ("scope", "read:customers/eu/42"), ("ttl_seconds", "60")],
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &parent),
+                ("subject_token_type", ACCESS),
+                ("sub_agent", HELPER1),
+                ("audience", "crm-api"),
+                ("scope", "read:customers/eu/42"),
+                ("ttl_seconds", "60"),
+            ],
             "requested_token_type",
         ),
         (
-            &[("grant_type", EXCHANGE), ("subject_token", &parent), ("subject_token_type", ACCESS), ("requested_token_type", OFFER), ("actor_token", &parent), ("actor_token_type", ACCESS), ("sub_agent", HELPER1), ("audience", "crm-api"), ("scope", "read:customers/eu/42"), ("ttl_seconds", "60")],
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &parent),
+                ("subject_token_type", ACCESS),
+                ("requested_token_type", OFFER),
+                ("actor_token", &parent),
+                ("actor_token_type", ACCESS),
+                ("sub_agent", HELPER1),
+                ("audience", "crm-api"),
+                ("scope", "read:customers/eu/42"),
+                ("ttl_seconds", "60"),
+            ],
             "actor_token",
         ),
         (
-            &[("grant_type", EXCHANGE), ("subject_token", &parent), ("subject_token_type", "urn:x:saml")],
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &parent),
+                ("subject_token_type", "urn:x:saml"),
+            ],
             "subject_token_type",
         ),
-        (&[("grant_type", EXCHANGE), ("subject_token_type", ACCESS)], "subject_token: is required"),
+        (
+            &[("grant_type", EXCHANGE), ("subject_token_type", ACCESS)],
+            "subject_token: is required",
+        ),
     ];
     for (pairs, says) in malformed {
         let r = token(&agent, pairs).await;
@@ -338,7 +490,15 @@ async fn every_widening_and_every_wrong_exchange_is_refused() {
     }
 
     // The offer goes to HELPER1 only; redeemed once; its scope is fixed.
-    let o = offer(&agent, &parent, HELPER1, "crm-api", "read:customers/eu/42", "60").await;
+    let o = offer(
+        &agent,
+        &parent,
+        HELPER1,
+        "crm-api",
+        "read:customers/eu/42",
+        "60",
+    )
+    .await;
     let id = o.json()["access_token"].as_str().unwrap().to_string();
     let (helper1, _) = app.oauth(HELPER1);
     let (helper2, _) = app.oauth(HELPER2);
@@ -346,20 +506,40 @@ async fn every_widening_and_every_wrong_exchange_is_refused() {
     assert_eq!(r.error(), "invalid_grant", "{}", description(&r));
     let widened = token(
         &helper1,
-        &[("grant_type", EXCHANGE), ("subject_token", &id), ("subject_token_type", OFFER), ("scope", "read:customers/eu/*")],
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &id),
+            ("subject_token_type", OFFER),
+            ("scope", "read:customers/eu/*"),
+        ],
     )
     .await;
     assert_eq!(widened.error(), "invalid_request");
     assert!(description(&widened).contains("fixed by the offer"));
     assert_eq!(redeem(&helper1, &id).await.status, 200);
-    assert_eq!(redeem(&helper1, &id).await.error(), "invalid_grant", "redeemed once");
-    assert_eq!(redeem(&helper1, "not-an-offer").await.error(), "invalid_grant");
+    assert_eq!(
+        redeem(&helper1, &id).await.error(),
+        "invalid_grant",
+        "redeemed once"
+    );
+    assert_eq!(
+        redeem(&helper1, "not-an-offer").await.error(),
+        "invalid_grant"
+    );
     assert_eq!(app.task_tokens(&task).await.len(), before + 1);
 
     // A subject token checked against the caller: AGENT2 presenting AGENT's
     // token is refused, and as on gRPC that is a deviation of AGENT's task.
     let (agent2, _) = app.oauth(AGENT2);
-    let r = offer(&agent2, &parent, HELPER1, "crm-api", "read:customers/eu/42", "60").await;
+    let r = offer(
+        &agent2,
+        &parent,
+        HELPER1,
+        "crm-api",
+        "read:customers/eu/42",
+        "60",
+    )
+    .await;
     assert_eq!(r.error(), "invalid_grant");
     assert!(description(&r).contains("bound to"), "{}", description(&r));
     assert_eq!(app.get_task(&task).await.state, 4, "deviated");

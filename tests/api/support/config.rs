@@ -26,6 +26,7 @@ pub struct Settings {
     policies: Policies,
     retention: Retention,
     limits: Limits,
+    oauth_poll: Duration,
 }
 
 /// The policy directory the config names, written next to the PKI's files.
@@ -91,6 +92,7 @@ impl Default for Settings {
             policies: Policies::Test { max_tokens: 5 },
             retention: Retention::default(),
             limits: Limits::default(),
+            oauth_poll: Duration::from_secs(5),
         }
     }
 }
@@ -190,6 +192,12 @@ impl Settings {
     }
 
     /// `[limits]`.
+    /// `oauth.poll_interval`: how often a step-up approval may be polled.
+    pub fn oauth_poll(mut self, d: Duration) -> Self {
+        self.oauth_poll = d;
+        self
+    }
+
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -258,6 +266,9 @@ impl Settings {
             },
             retention: self.retention.clone(),
             limits: self.limits.clone(),
+            oauth: Oauth {
+                poll_interval: self.oauth_poll,
+            },
         }
     }
 
@@ -294,6 +305,13 @@ struct File {
     policy: Policy,
     retention: Retention,
     limits: Limits,
+    oauth: Oauth,
+}
+
+#[derive(Serialize)]
+struct Oauth {
+    #[serde(with = "humantime_serde")]
+    poll_interval: Duration,
 }
 
 #[derive(Serialize)]
