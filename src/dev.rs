@@ -4,6 +4,7 @@
 //! example policies, and the configuration that ties them together, then prints
 //! the commands that walk a task's whole life. Not for production: the identities
 //! are self-issued and every key sits in the directory.
+use crate::api::oauth::metadata::WELL_KNOWN;
 use crate::config::Config;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -171,6 +172,7 @@ fn dialable(mut addr: SocketAddr) -> SocketAddr {
 pub fn walkthrough(d: &DevDir, exe: &Path, grpc: SocketAddr) -> String {
     let grpc = dialable(grpc);
     let certs = sh(&d.certs().display().to_string());
+    let base = format!("https://{grpc}");
     let agent = format!("spiffe://{TRUST_DOMAIN}/agent/support-eu-1");
     let as_ = |who: &str| format!(r#""$M" --cert "$C/{who}.crt" --key "$C/{who}.key""#);
     let (orch, agent_, verifier, admin) = (
@@ -206,13 +208,27 @@ pub fn walkthrough(d: &DevDir, exe: &Path, grpc: SocketAddr) -> String {
     line("# The security team's view: the task's story, and the audit chain verified".into());
     line(format!(r#"{admin} audit task "$TASK""#));
     line(format!("{admin} audit verify"));
+    line(format!(
+        "# The same from any language: the OAuth front door, here with curl (metadata: {base}{WELL_KNOWN})"
+    ));
+    line(format!(
+        r#"curl -sS --fail-with-body --cacert "$C/ca.pem" {base}{WELL_KNOWN}"#
+    ));
+    line(format!(
+        "TASK=$({orch} task start --agent {agent} --workflow support-triage \
+         --objective 'answer ticket 4712' --scope 'crm-api customers/eu/* read' --duration 30m --field id)"
+    ));
+    line(format!(
+        r#"curl -sS --fail-with-body --cacert "$C/ca.pem" --cert "$C/agent.crt" --key "$C/agent.key" {base}/oauth/token -d grant_type=client_credentials -d task_id="$TASK" -d audience=crm-api -d scope=read:customers/eu/42 -d ttl_seconds=120"#
+    ));
     s
 }
 
 /// The banner `mayfly dev` prints once the broker listens.
 pub fn banner(d: &DevDir, exe: &Path, grpc: SocketAddr, http: SocketAddr) -> String {
     format!(
-        "Mayfly dev broker: gRPC https://{grpc} (mTLS), HTTP http://{http} (/readyz, /metrics, /.well-known/jwks.json)\n\
+        "Mayfly dev broker: gRPC and OAuth https://{grpc} (mTLS), HTTP http://{http} (/readyz, /metrics, /.well-known/jwks.json)\n\
+         OAuth metadata (RFC 8414): https://{dial}{WELL_KNOWN}\n\
          Everything is in {root}: SQLite database {db}, dev CA and SVIDs in {certs}, policies in {policies}.\n\
          Not for production: the identities are self-issued and their keys sit in that directory.\n\
          \n\
@@ -225,6 +241,7 @@ pub fn banner(d: &DevDir, exe: &Path, grpc: SocketAddr, http: SocketAddr) -> Str
         certs = d.certs().display(),
         policies = d.policies().display(),
         walk = walkthrough(d, exe, grpc),
+        dial = dialable(grpc),
     )
 }
 

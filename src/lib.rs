@@ -13,7 +13,9 @@
 //!   refusal is recorded, counted and answered as a deviation.
 //! - `revocation`: the fan-out hub, following other replicas (NOTIFY), cursors.
 //! - `store`: the `Store` traits, the fail-fast gate, PostgreSQL and SQLite.
-//! - [`api`]: the gRPC services and proto conversion; `error`: errors to statuses.
+//! - [`api`]: the gRPC services and proto conversion, and `api::oauth`, the OAuth
+//!   front door on the same port over the same use cases; `error`: errors to
+//!   gRPC statuses and OAuth errors.
 //! - `app`: building and running the broker, serving connections under caps and
 //!   deadlines; `config`: settings.
 //! - `cli`, `client`: the `mayfly` command line and its client commands.

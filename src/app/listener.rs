@@ -358,7 +358,10 @@ impl Connection {
             b.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size((limits.max_header_bytes as usize).max(8192))
-                .keep_alive(true);
+                // On the mTLS port a client that proved nothing gets one call
+                // (a public document): no keep-alive, so requests it pipelined
+                // behind the first are never read.
+                .keep_alive(authenticated || !grpc);
             let conn = b.serve_connection(io, service);
             self.drive(HttpConn::H1(conn), activity, idle, lifetime)
                 .await

@@ -493,3 +493,33 @@ async fn oauth_h2(
         .unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+#[tokio::test]
+async fn a_client_without_a_certificate_gets_one_public_document_per_connection() {
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let cfg = client_tls(&app.pki.ca, None, &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    // Two requests on one keep-alive connection, and a third after a while.
+    let get = b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    tls.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was never closed");
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+}

@@ -73,7 +73,23 @@ async fn decide(app: &TestApp, id: &str, decision: mayfly::api::pb::Decision) {
 
 #[tokio::test]
 async fn a_step_up_mint_is_polled_to_its_one_token_and_polling_too_fast_slows_down() {
-    let app = spawn_app().await;
+    step_up_polled_to_its_one_token(&spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_step_up_polling_and_token_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/mayfly.db", dir.path().display());
+    let app = spawn_with(
+        std::sync::Arc::new(Pki::new()),
+        Settings::new().database(&url),
+    )
+    .await;
+    step_up_polled_to_its_one_token(&app).await;
+    exchange_down_a_chain(&app).await;
+}
+
+async fn step_up_polled_to_its_one_token(app: &TestApp) {
     let task = task_with_delete(&app).await;
     let (agent, _) = app.oauth(AGENT);
     let r = ask_delete(&agent, &task).await;
@@ -106,7 +122,7 @@ async fn a_step_up_mint_is_polled_to_its_one_token_and_polling_too_fast_slows_do
     app.clock.advance(Duration::from_secs(11));
     assert_eq!(poll(&agent2, &code).await.error(), "invalid_grant");
 
-    decide(&app, &code, mayfly::api::pb::Decision::Approve).await;
+    decide(app, &code, mayfly::api::pb::Decision::Approve).await;
     let r = poll(&agent, &code).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let t = r.json();
@@ -223,7 +239,10 @@ async fn redeem(sub: &OauthClient, offer: &str) -> Reply {
 
 #[tokio::test]
 async fn token_exchange_delegates_down_a_chain_that_keeps_every_actor() {
-    let app = spawn_app().await;
+    exchange_down_a_chain(&spawn_app().await).await;
+}
+
+async fn exchange_down_a_chain(app: &TestApp) {
     // The coding workflow allows delegation two deep.
     let task = app
         .open_task_with(mayfly::api::pb::StartTaskRequest {
