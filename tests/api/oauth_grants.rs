@@ -90,7 +90,7 @@ async fn sqlite_step_up_polling_and_token_exchange() {
 }
 
 async fn step_up_polled_to_its_one_token(app: &TestApp) {
-    let task = task_with_delete(&app).await;
+    let task = task_with_delete(app).await;
     let (agent, _) = app.oauth(AGENT);
     let r = ask_delete(&agent, &task).await;
     assert_eq!(
