@@ -283,9 +283,12 @@ impl App {
                 c.oauth.poll_interval,
             ),
             l.token_message_bytes,
+            l.first_request_timeout,
             c.oauth.poll_interval,
         );
-        let grpc_router = grpc_router.merge(crate::api::oauth::router(oauth));
+        let grpc_router = grpc_router
+            .merge(crate::api::oauth::router(oauth))
+            .fallback(crate::api::oauth::fallback);
 
         let shared = listener::Shared::new(l.clone(), self.max_connections);
         let (tls_tx, tls_rx) = tokio::sync::watch::channel(self.tls);

@@ -9,7 +9,7 @@ use crate::domain::{Missing, Revocation, Target, Trigger};
 use crate::identity::Caller;
 use crate::store::Revoked;
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 /// Who gives a token back: its holder, or the security team (which may end any).
@@ -60,8 +60,12 @@ impl Broker {
         by: GivenBy,
     ) -> Result<Option<Revoked>, BrokerError> {
         let now = self.now();
+        // Any time window: a token a verifier may still accept (its leeway, a
+        // replica's clock ahead of this one's) must die when given back; the
+        // store leaves alone what expired past the clock margin.
+        let margin = crate::domain::retention::CLOCK_MARGIN.as_secs() as i64;
         let claims = match self
-            .verify_signature(token, now.unix_timestamp(), 0)
+            .verify_signature(token, now.unix_timestamp(), margin)
             .await?
         {
             Ok(c) if c.iss == self.issuer => c,
@@ -74,6 +78,16 @@ impl Broker {
         let Ok(jti) = Uuid::parse_str(&claims.jti) else {
             return Ok(None);
         };
+        // Already dead (revoked, or its task ended and took it along): nothing
+        // to write. A holder giving the same token back in a loop costs a read,
+        // never the revocation sequence's lock or an audit row.
+        match self.store.token_status(jti).await? {
+            Some(s) if !s.revoked && s.task_state == crate::domain::TaskState::Active => {}
+            _ => {
+                debug!("token given back: already revoked or its task ended");
+                return Ok(None);
+            }
+        }
         let (trigger, reason) = if claims.client_id == caller.id.as_str() {
             (Trigger::Returned, "given back by its holder (RFC 7009)")
         } else if by == GivenBy::Admin {
@@ -125,7 +139,7 @@ impl Broker {
             return Ok(None);
         };
         if revoked.repeated {
-            info!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "already revoked; nothing added to the stream");
+            debug!(caller = %caller.id, target = %target, %reason, seq = revoked.event.seq, "already revoked; nothing added to the stream");
             return Ok(Some(revoked));
         }
         self.hub.committed(revoked.event.seq);

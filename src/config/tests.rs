@@ -7,6 +7,7 @@ grpc_addr = "127.0.0.1:8443"
 http_addr = "127.0.0.1:8080"
 cert = "broker.crt"
 key = "broker.key"
+issuer = "https://mayfly.example.org"
 
 [database]
 url = "postgres://postgres@127.0.0.1/mayfly"
@@ -95,4 +96,40 @@ fn environment_overrides_the_file_and_bad_values_are_named() {
 fn the_database_url_is_never_printed() {
     let c = Config::parse(GOOD, "t.toml").unwrap();
     assert!(!format!("{c:?}").contains("postgres://"));
+}
+
+#[test]
+fn the_issuer_must_be_an_https_url_and_the_front_door_settings_are_bounded() {
+    let issuer = r#"issuer = "https://mayfly.example.org""#;
+    for (bad, names) in [
+        (r#"issuer = "mayfly""#, "server.issuer"),
+        (
+            r#"issuer = "http://mayfly.example.org""#,
+            "must be an https URL",
+        ),
+        (
+            r#"issuer = "https://mayfly.example.org/?tenant=a""#,
+            "no query or fragment",
+        ),
+    ] {
+        let e = err_of(&GOOD.replace(issuer, bad));
+        assert!(e.contains(names), "{bad}: {e}");
+    }
+    let missing = GOOD.replace(issuer, "");
+    assert!(err_of(&missing).contains("issuer"), "{}", err_of(&missing));
+    for (oauth, names) in [
+        ("url = \"ftp://x\"", "oauth.url"),
+        ("poll_interval = \"0s\"", "oauth.poll_interval"),
+        ("poll_interval = \"2m\"", "oauth.poll_interval"),
+    ] {
+        let e = err_of(&format!("{GOOD}\n[oauth]\n{oauth}\n"));
+        assert!(e.contains(names), "{oauth}: {e}");
+    }
+    let c = Config::parse(
+        &format!("{GOOD}\n[oauth]\nurl = \"https://localhost:8443/\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.oauth.base_url(&c.server.issuer), "https://localhost:8443");
 }

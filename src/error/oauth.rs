@@ -80,7 +80,7 @@ impl OauthError {
         OauthError {
             code,
             status: code.status(),
-            description: bounded(description.into()),
+            description: rfc6749_text(&bounded(description.into())),
             extra: Map::new(),
         }
     }
@@ -99,6 +99,25 @@ impl OauthError {
         self.extra.insert(key.to_string(), value.into());
         self
     }
+}
+
+/// `error_description` in the characters RFC 6749 §5.2 allows (printable
+/// ASCII but `"` and `\`): quotes become `'`, a backslash `/`, `§` "sec.",
+/// `…` "...", and anything else outside the set `?`. The sentence stays the
+/// one a gRPC client reads, spelled for OAuth clients that check the set.
+fn rfc6749_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push('\''),
+            '\\' => out.push('/'),
+            '§' => out.push_str("sec. "),
+            '…' => out.push_str("..."),
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
 }
 
 impl IntoResponse for OauthError {
@@ -266,6 +285,23 @@ mod tests {
             assert_eq!(o.code, code, "{shown}");
             assert_eq!(o.status.as_u16(), status, "{shown}");
         }
+    }
+
+    #[test]
+    fn descriptions_keep_to_the_characters_rfc_6749_allows() {
+        let o = OauthError::new(
+            Code::InvalidRequest,
+            "scope: \"ré\\ad\u{202e}\" is repeated (RFC 6749 §3.2)…\n",
+        );
+        assert_eq!(
+            o.description,
+            "scope: 'r?/ad?' is repeated (RFC 6749 sec. 3.2)...?"
+        );
+        assert!(
+            o.description
+                .chars()
+                .all(|c| matches!(c, ' '..='!' | '#'..='[' | ']'..='~'))
+        );
     }
 
     #[test]

@@ -104,10 +104,11 @@ impl TlsConn {
         &self.info
     }
 
-    /// Whether the client chose HTTP/2 by ALPN (gRPC clients do; an HTTP/1.1
-    /// client of the OAuth front door does not).
+    /// Whether the connection speaks HTTP/2: the client chose `h2` by ALPN, or
+    /// offered no ALPN at all (gRPC over TLS without ALPN, as before the
+    /// front door spoke HTTP/1.1). Only a client that chose `http/1.1` gets it.
     pub fn is_h2(&self) -> bool {
-        self.inner.get_ref().1.alpn_protocol() == Some(b"h2")
+        self.inner.get_ref().1.alpn_protocol() != Some(b"http/1.1")
     }
 }
 

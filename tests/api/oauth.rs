@@ -156,7 +156,7 @@ async fn every_refusal_is_answered_with_its_rfc_error_and_status() {
             "grant_type=password&username=a".into(),
             400,
             "unsupported_grant_type",
-            "\"password\"",
+            "'password'",
         ),
         (
             orch.clone(),
@@ -281,7 +281,7 @@ async fn bad_input_gets_the_rfc_error_and_stores_nothing() {
         r.json()["error_description"]
             .as_str()
             .unwrap()
-            .contains("\"scope\" is repeated")
+            .contains("'scope' is repeated")
     );
     // Not a form.
     let r = agent
@@ -405,7 +405,8 @@ async fn an_agent_gives_back_its_own_token_and_an_admin_revokes_any() {
     let ev = next_events(&mut watch, 1).await;
     assert_eq!(ev[0].trigger, "returned");
     assert_eq!(ev[0].actor, AGENT);
-    // Again: still 200, nothing new on the stream.
+    // Again: still 200, and nothing written (no revocation, no audit event).
+    let before = app.stored().await;
     assert_eq!(
         agent
             .form("/oauth/revoke", &form(&[("token", &mine)]))
@@ -413,6 +414,15 @@ async fn an_agent_gives_back_its_own_token_and_an_admin_revokes_any() {
             .status,
         200
     );
+    assert_eq!(app.stored().await, before);
+    // A delegation offer is not revoked here, and says so.
+    let r = agent
+        .form(
+            "/oauth/revoke",
+            &form(&[("token", &uuid::Uuid::new_v4().to_string())]),
+        )
+        .await;
+    assert_eq!(r.error(), "unsupported_token_type");
 
     // The security team revokes any token.
     let (admin, _) = app.oauth(ADMIN);
@@ -522,4 +532,68 @@ async fn a_client_without_a_certificate_gets_one_public_document_per_connection(
     assert!(read.is_ok(), "the connection was never closed");
     let text = String::from_utf8_lossy(&seen);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn a_path_the_port_does_not_serve_is_404_and_a_body_must_arrive_in_time() {
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_with(
+        std::sync::Arc::new(Pki::new()),
+        Settings::new().limits(Limits {
+            first_request_timeout: Some(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let (agent, id) = app.oauth(AGENT);
+    // Never a 200 a client could read as "revoked".
+    for path in ["/oauth/revoke/", "//oauth/revoke", "/oauth/revocation", "/"] {
+        let r = agent.form(path, "token=x").await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (404, "invalid_request"),
+            "{path}"
+        );
+    }
+    // gRPC clients still get UNIMPLEMENTED for a method that does not exist.
+    let r = agent
+        .send(
+            "POST",
+            "/mayfly.v1.TokenService/Nope",
+            &[("content-type", "application/grpc")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.header("grpc-status"), Some("12"), "{r:?}");
+
+    // A body trickled slower than limits.first_request_timeout: 408.
+    let cfg = client_tls(&app.pki.ca, Some(&id), &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /oauth/token HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\ngrant_type=",
+    )
+    .await
+    .unwrap();
+    let mut seen = vec![];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tls.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains('}') {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within"), "{text}");
 }

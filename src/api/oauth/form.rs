@@ -14,12 +14,19 @@ const MAX_PARAMS: usize = 64;
 
 /// A parsed form: each parameter once, empty values dropped.
 #[derive(Debug, Default)]
-pub struct Form(BTreeMap<String, String>);
+pub struct Form(pub(super) BTreeMap<String, String>);
 
 impl Form {
     /// Reads a form body of at most `limit` bytes. The type and a declared
     /// length are judged from the headers, before a byte of the body is read.
-    pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Form, OauthError> {
+    /// The body must arrive within `deadline` (a client trickling it would
+    /// otherwise hold its call, and so its connection, open indefinitely).
+    pub async fn read(
+        headers: &HeaderMap,
+        body: Body,
+        limit: usize,
+        deadline: std::time::Duration,
+    ) -> Result<Form, OauthError> {
         content_type(headers)?;
         let too_large = || {
             OauthError::invalid("request body", format!("is larger than {limit} bytes"))
@@ -35,14 +42,22 @@ impl Form {
                 return Err(too_large());
             }
         }
-        let bytes = axum::body::to_bytes(body, limit)
+        let bytes = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
             .await
+            .map_err(|_| {
+                OauthError::invalid(
+                    "request body",
+                    format!("did not arrive within {} s", deadline.as_secs_f64()),
+                )
+                .with_status(StatusCode::REQUEST_TIMEOUT)
+            })?
             .map_err(|_| too_large())?;
         Form::parse(&bytes)
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Form, OauthError> {
         let mut params = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
         for (i, (name, value)) in form_urlencoded::parse(bytes).enumerate() {
             if i >= MAX_PARAMS {
                 return Err(OauthError::invalid(
@@ -50,19 +65,13 @@ impl Form {
                     format!("has more than {MAX_PARAMS} parameters"),
                 ));
             }
-            if value.is_empty() {
-                // RFC 6749 §3.1: sent without a value, as if omitted. Repeated
-                // (even empty) it is still refused below.
-                if params.contains_key(name.as_ref()) {
-                    return Err(repeated(&name));
-                }
-                continue;
-            }
-            if params
-                .insert(name.to_string(), value.into_owned())
-                .is_some()
-            {
+            // Repeated is refused even when empty.
+            if !seen.insert(name.to_string()) {
                 return Err(repeated(&name));
+            }
+            // RFC 6749 §3.1: sent without a value, as if omitted.
+            if !value.is_empty() {
+                params.insert(name.into_owned(), value.into_owned());
             }
         }
         Ok(Form(params))
@@ -134,7 +143,7 @@ mod tests {
     fn a_repeated_parameter_is_refused_naming_it() {
         let e = Form::parse(b"grant_type=client_credentials&scope=a&scope=b").unwrap_err();
         assert!(
-            e.description.contains("\"scope\" is repeated"),
+            e.description.contains("'scope' is repeated"),
             "{}",
             e.description
         );

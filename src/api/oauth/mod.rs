@@ -27,6 +27,8 @@ mod form;
 mod introspect;
 pub mod metadata;
 mod poll;
+#[cfg(test)]
+mod properties;
 mod revoke;
 mod token;
 
@@ -49,8 +51,10 @@ pub struct OauthState {
     pub broker: Arc<Broker>,
     pub auth: Auth,
     pub metadata: Arc<Metadata>,
-    /// The largest form body, in bytes (`limits.token_message_bytes`).
+    /// The largest form body, in bytes (`limits.token_message_bytes`), and how
+    /// long it may take to arrive (`limits.first_request_timeout`).
     pub form_bytes: usize,
+    pub form_deadline: Duration,
     /// Step-up polling: the interval and who polled when.
     pub polls: Arc<poll::Polls>,
 }
@@ -61,6 +65,7 @@ impl OauthState {
         auth: Auth,
         metadata: Metadata,
         form_bytes: usize,
+        form_deadline: Duration,
         poll_interval: Duration,
     ) -> Self {
         OauthState {
@@ -68,6 +73,7 @@ impl OauthState {
             auth,
             metadata: Arc::new(metadata),
             form_bytes,
+            form_deadline,
             polls: Arc::new(poll::Polls::new(poll_interval)),
         }
     }
@@ -86,7 +92,7 @@ impl OauthState {
             .auth
             .check(parts.extensions.get::<ConnInfo>(), endpoint, roles)
             .await?;
-        let form = Form::read(&parts.headers, body, self.form_bytes).await?;
+        let form = Form::read(&parts.headers, body, self.form_bytes, self.form_deadline).await?;
         if let Some(id) = form.get("client_id")
             && id != caller.id.as_str()
         {
@@ -114,6 +120,35 @@ pub fn router(state: OauthState) -> Router {
         .route(metadata::INTROSPECT, post(introspect::introspect))
         .route(metadata::REVOKE, post(revoke::revoke))
         .with_state(state)
+}
+
+/// What the mTLS port answers for a path it does not serve: a gRPC call gets
+/// gRPC's `UNIMPLEMENTED` (as tonic's own fallback would), anything else a 404
+/// OAuth error, never a `200` a client could read as success (an RFC 7009
+/// revocation is answered `200`).
+pub async fn fallback(req: Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!(
+            "{} is not a method of this broker",
+            crate::domain::text::quote(req.uri().path())
+        ))
+        .into_http();
+    }
+    OauthError::invalid(
+        "path",
+        format!(
+            "{} {} is not an endpoint of this broker; the metadata at {} names them",
+            req.method(),
+            crate::domain::text::quote(req.uri().path()),
+            metadata::WELL_KNOWN
+        ),
+    )
+    .with_status(axum::http::StatusCode::NOT_FOUND)
+    .into_response()
 }
 
 /// Whether a path of the mTLS port is served to a client without an SVID: the

@@ -2,8 +2,11 @@
 //! once per interval; sooner is `slow_down`, and its interval grows by 5 s for
 //! that approval. Judged before the store is read, so polling too fast costs
 //! the broker a map lookup; kept per replica, in memory, and only for
-//! approvals the broker handed out or their requester polled (a poll of an
-//! approval that is not the caller's leaves nothing here).
+//! approvals the broker handed out or their requester polled, with the
+//! requester: a poll by anyone else neither slows the requester down nor
+//! learns from a `slow_down` that the approval exists (it goes to the store,
+//! which refuses it).
+use crate::domain::SpiffeId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,8 +24,9 @@ pub struct Polls {
     seen: Mutex<HashMap<Uuid, Seen>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Seen {
+    requester: SpiffeId,
     last: OffsetDateTime,
     interval: Duration,
 }
@@ -40,21 +44,23 @@ impl Polls {
         self.lock().get(&id).map_or(self.interval, |s| s.interval)
     }
 
-    /// `Some(new interval)` when `id` was polled less than its interval ago: the
-    /// poll is answered `slow_down`, and counts as the latest.
-    pub fn too_soon(&self, id: Uuid, now: OffsetDateTime) -> Option<Duration> {
+    /// `Some(new interval)` when `caller` polled its approval `id` less than
+    /// its interval ago: the poll is answered `slow_down`. Either way the poll
+    /// counts as the latest, so polls racing each other are slowed down too.
+    pub fn too_soon(&self, id: Uuid, caller: &SpiffeId, now: OffsetDateTime) -> Option<Duration> {
         let mut seen = self.lock();
-        let s = seen.get_mut(&id)?;
-        if now - s.last >= s.interval {
+        let s = seen.get_mut(&id).filter(|s| s.requester == *caller)?;
+        let early = now - s.last < s.interval;
+        s.last = now;
+        if !early {
             return None;
         }
         s.interval += SLOW_DOWN_STEP;
-        s.last = now;
         Some(s.interval)
     }
 
-    /// Records a poll of (or the handing out of) the caller's own approval.
-    pub fn polled(&self, id: Uuid, now: OffsetDateTime) {
+    /// Records a poll of (or the handing out of) `requester`'s own approval.
+    pub fn polled(&self, id: Uuid, requester: &SpiffeId, now: OffsetDateTime) {
         let mut seen = self.lock();
         if seen.len() >= MAX_TRACKED && !seen.contains_key(&id) {
             let horizon = self.interval * 4 + SLOW_DOWN_STEP * 8;
@@ -71,6 +77,7 @@ impl Polls {
         seen.insert(
             id,
             Seen {
+                requester: requester.clone(),
                 last: now,
                 interval,
             },
@@ -92,31 +99,49 @@ impl Polls {
 mod tests {
     use super::*;
 
+    fn agent(n: u32) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://example.org/agent/a{n}")).unwrap()
+    }
+
+    fn at(s: u64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
+    }
+
     #[test]
     fn polling_sooner_than_the_interval_slows_the_client_down_by_five_seconds() {
         let p = Polls::new(Duration::from_secs(5));
-        let id = Uuid::new_v4();
-        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(p.too_soon(id, t0), None, "never polled");
-        p.polled(id, t0);
-        assert_eq!(
-            p.too_soon(id, t0 + Duration::from_secs(1)),
-            Some(Duration::from_secs(10))
-        );
+        let (id, a) = (Uuid::new_v4(), agent(1));
+        assert_eq!(p.too_soon(id, &a, at(0)), None, "never polled");
+        p.polled(id, &a, at(0));
+        assert_eq!(p.too_soon(id, &a, at(1)), Some(Duration::from_secs(10)));
         // The interval now counts from the slowed-down poll, at 10 s.
-        assert!(p.too_soon(id, t0 + Duration::from_secs(9)).is_some());
+        assert!(p.too_soon(id, &a, at(9)).is_some());
         assert_eq!(p.interval(id), Duration::from_secs(15));
-        assert_eq!(p.too_soon(id, t0 + Duration::from_secs(24)), None);
+        assert_eq!(p.too_soon(id, &a, at(24)), None);
+        // A poll let through counts: another right after it is too soon.
+        assert!(p.too_soon(id, &a, at(25)).is_some());
         p.forget(id);
         assert_eq!(p.interval(id), Duration::from_secs(5));
     }
 
     #[test]
+    fn another_agent_polling_neither_slows_the_requester_nor_is_slowed() {
+        let p = Polls::new(Duration::from_secs(5));
+        let (id, a, b) = (Uuid::new_v4(), agent(1), agent(2));
+        p.polled(id, &a, at(0));
+        for s in 1..5 {
+            assert_eq!(p.too_soon(id, &b, at(s)), None);
+        }
+        assert_eq!(p.interval(id), Duration::from_secs(5));
+        assert_eq!(p.too_soon(id, &a, at(5)), None);
+    }
+
+    #[test]
     fn the_map_stays_bounded() {
         let p = Polls::new(Duration::from_secs(1));
-        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let a = agent(1);
         for i in 0..(MAX_TRACKED + 10) {
-            p.polled(Uuid::new_v4(), t0 + Duration::from_millis(i as u64));
+            p.polled(Uuid::new_v4(), &a, at(0) + Duration::from_millis(i as u64));
         }
         assert!(p.lock().len() <= MAX_TRACKED);
     }

@@ -19,6 +19,14 @@ async fn give_back(s: &OauthState, req: Request) -> Result<Response, OauthError>
         .await?;
     // `token_type_hint` is only a hint (RFC 7009 §2.1): Mayfly issues one kind.
     let token = form.require("token")?;
+    // A delegation offer (the `access_token` of a holder's exchange) is not
+    // revoked here: answering 200 would tell its delegator it was withdrawn.
+    if uuid::Uuid::parse_str(token).is_ok() {
+        return Err(OauthError::new(
+            crate::error::oauth::Code::UnsupportedTokenType,
+            "a delegation offer is not revoked at this endpoint: it lapses at its expiry, and revoking the token it was offered from (or its task) ends it",
+        ));
+    }
     let by = if s.auth.roles.has(&caller.id, Role::Admin) {
         GivenBy::Admin
     } else {

@@ -112,7 +112,7 @@ fn is_scheme(s: &str) -> bool {
 
 /// The one scope a token is for: the tool from [`audience`], and `scope` as
 /// the token's own `scope` claim spells it, `<action>:<resource>`.
-fn requested_scope(form: &Form) -> Result<Scope, OauthError> {
+pub(super) fn requested_scope(form: &Form) -> Result<Scope, OauthError> {
     let audience = audience(form)?;
     let scope = form.get("scope").ok_or_else(|| {
         OauthError::new(
@@ -157,7 +157,7 @@ async fn mint(s: &OauthState, caller: &Caller, form: &Form) -> Result<Response, 
         Ok(Mint::Minted(m)) => Ok(access_token(&m)),
         Ok(Mint::Pending(a)) => {
             let now = s.auth.clock.now();
-            s.polls.polled(a.id, now);
+            s.polls.polled(a.id, &caller.id, now);
             Err(pending(s, a.id, a.expires_at, now))
         }
         Err(e) => {
@@ -209,7 +209,7 @@ async fn poll(s: &OauthState, caller: &Caller, form: &Form) -> Result<Response, 
         )
     })?;
     let now = s.auth.clock.now();
-    if let Some(interval) = s.polls.too_soon(id, now) {
+    if let Some(interval) = s.polls.too_soon(id, &caller.id, now) {
         return Err(OauthError::new(
             Code::SlowDown,
             format!(
@@ -231,7 +231,7 @@ async fn poll(s: &OauthState, caller: &Caller, form: &Form) -> Result<Response, 
     };
     match approval.state_at(now) {
         ApprovalState::Pending | ApprovalState::Approved => {
-            s.polls.polled(id, now);
+            s.polls.polled(id, &caller.id, now);
             Err(pending(s, id, approval.expires_at, now))
         }
         ApprovalState::Denied => settled(
