@@ -597,3 +597,52 @@ async fn a_path_the_port_does_not_serve_is_404_and_a_body_must_arrive_in_time() 
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("did not arrive within"), "{text}");
 }
+
+#[tokio::test]
+async fn with_the_store_down_the_front_door_fails_closed_with_503() {
+    let (app, proxy, direct) =
+        spawn_behind_proxy(Settings::new().connect_timeout(std::time::Duration::from_secs(2)))
+            .await;
+    let task = app.open_task(AGENT, 600).await;
+    let (agent, _) = app.oauth(AGENT);
+    let t = agent
+        .form("/oauth/token", &mint_form(&task.id, "customers/eu/1"))
+        .await
+        .json();
+    let token = t["access_token"].as_str().unwrap().to_string();
+    proxy.cut();
+    let learned = std::time::Instant::now();
+    while app.http_get("/readyz").await.0 != 503 {
+        assert!(
+            learned.elapsed() < std::time::Duration::from_secs(30),
+            "never unready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // No token, never "active": 503 temporarily_unavailable, Retry-After.
+    let r = agent
+        .form("/oauth/token", &mint_form(&task.id, "customers/eu/2"))
+        .await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (503, "temporarily_unavailable")
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.json().get("access_token").is_none());
+    let (verifier, _) = app.oauth(VERIFIER);
+    let r = verifier
+        .form("/oauth/introspect", &form(&[("token", &token)]))
+        .await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (503, "temporarily_unavailable")
+    );
+    // The metadata is served from memory meanwhile.
+    let r = app
+        .oauth_anonymous()
+        .get("/.well-known/oauth-authorization-server")
+        .await;
+    assert_eq!(r.status, 200);
+    proxy.restore();
+    assert_eq!(tokens_stored(&direct.url).await, 1);
+}
