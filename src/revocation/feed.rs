@@ -14,8 +14,15 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `cancel`: listens, wakes `hub` on every notice, reconnects with
-/// backoff.
+/// backoff. Then closes the hub: the broker is shutting down, and every watch
+/// stream waiting on it ends.
 pub async fn follow_store(store: Arc<dyn Store>, hub: Hub, cancel: CancellationToken) {
+    follow(store, &hub, &cancel).await;
+    hub.close();
+}
+
+/// Returns only once `cancel` is cancelled.
+async fn follow(store: Arc<dyn Store>, hub: &Hub, cancel: &CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     let mut was_down = false;
     loop {
@@ -29,7 +36,7 @@ pub async fn follow_store(store: Arc<dyn Store>, hub: Hub, cancel: CancellationT
                     info!("listening for revocations from other replicas again");
                 }
                 backoff = BACKOFF_MIN;
-                catch_up(store.as_ref(), &hub).await;
+                catch_up(store.as_ref(), hub).await;
                 if was_down {
                     // Deaf meanwhile: a decision or a new key may have been missed.
                     hub.approval_decided();
@@ -46,7 +53,7 @@ pub async fn follow_store(store: Arc<dyn Store>, hub: Hub, cancel: CancellationT
                         Ok(Some(Notice::KeysChanged)) => hub.keys_changed(),
                         Ok(None) => {
                             debug!("revocation feed reconnected; catching up from the store");
-                            catch_up(store.as_ref(), &hub).await;
+                            catch_up(store.as_ref(), hub).await;
                             // A decision or a new key may have been missed.
                             hub.approval_decided();
                             hub.keys_changed();

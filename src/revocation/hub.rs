@@ -3,6 +3,7 @@
 //! store and never skips an event.
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 /// The highest revocation sequence known to be committed, and a wake-up for
 /// waits on step-up approval decisions (made on any replica).
@@ -11,6 +12,8 @@ pub struct Hub {
     latest: watch::Sender<u64>,
     approvals: Arc<Notify>,
     keys: Arc<Notify>,
+    /// Cancelled at shutdown, ending the watch streams that wait on the hub.
+    closing: CancellationToken,
 }
 
 impl Hub {
@@ -19,7 +22,20 @@ impl Hub {
             latest: watch::Sender::new(latest),
             approvals: Arc::new(Notify::new()),
             keys: Arc::new(Notify::new()),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Called at shutdown (by the follower, `follow_store`, which runs until
+    /// then): the watch streams opened on [`Hub::closing`] end.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once the hub is closed: the shutdown of a watch stream whose
+    /// edge is not handed the broker's own (the OAuth front door's feed).
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// Called when another broker registered a new signing key.
