@@ -8,7 +8,7 @@
 //! - `metadata`: RFC 8414 metadata (public, from memory), the endpoint paths.
 //! - `form`: request bodies; `token`: the token endpoint (mint, step-up
 //!   polling, token exchange for delegation); `introspect` (RFC 7662) and
-//!   `revoke` (RFC 7009).
+//!   `revoke` (RFC 7009); `feed`: the revocation stream as Server-Sent Events.
 use super::Auth;
 use crate::broker::{Broker, Minted};
 use crate::error::oauth::OauthError;
@@ -23,6 +23,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod feed;
 mod form;
 mod introspect;
 pub mod metadata;
@@ -107,12 +108,14 @@ impl OauthState {
 /// port. `app::calls` lets only `PUBLIC` paths through without an SVID.
 pub fn router(state: OauthState) -> Router {
     let well_known = state.metadata.path.clone();
+    let feed = feed::Feed::new(&state);
     Router::new()
         .route(&well_known, get(served_metadata))
         .route(metadata::JWKS, get(jwks))
         .route(metadata::TOKEN, post(token::token))
         .route(metadata::INTROSPECT, post(introspect::introspect))
         .route(metadata::REVOKE, post(revoke::revoke))
+        .route(metadata::FEED, get(feed::feed).with_state(feed))
         .with_state(state)
 }
 
