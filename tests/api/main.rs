@@ -18,6 +18,7 @@ mod hardening;
 mod identity;
 mod input;
 mod oauth;
+mod oauth_feed;
 mod operations;
 mod persistence;
 mod policy;
