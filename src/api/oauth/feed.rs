@@ -165,7 +165,7 @@ impl Cursor {
         match (last, after) {
             (Some(last), Some(after)) if last < after => Err(OauthError::invalid(
                 "Last-Event-ID",
-                format!("is {last}, before after={after}: the client cannot have seen both last"),
+                format!("is {last}, before after={after}: they cannot both be the last event seen"),
             )),
             (Some(last), Some(after)) if last == after => Ok(Cursor { after, at }),
             (Some(last), _) => Ok(Cursor {
