@@ -5,8 +5,8 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::{Broker, MisuseKind};
 use crate::identity::Role;
-use crate::revocation::{Anchor, Resync, ResyncReason};
-use futures::Stream;
+use crate::revocation::{Pace, WatchError, Watched};
+use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,19 +25,21 @@ pub struct VerifierApi {
     pub heartbeat: Duration,
 }
 
-const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
+/// Who may introspect over gRPC and follow the revocation stream (here and on
+/// the front door's feed).
+pub(super) const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
 const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Verifier];
-const BATCH: u32 = 500;
 /// Only resource servers report misuse; the security team revokes directly.
 const REPORTERS: &[Role] = &[Role::Verifier];
 
-/// Counts a watch refused or ended for a resync.
-fn resynced(why: ResyncReason) {
-    crate::metrics::WATCH_RESYNCS
-        .get_or_create(&crate::metrics::Reason {
-            reason: why.as_str(),
-        })
-        .inc();
+/// A watch refused or ended: FAILED_PRECONDITION to resync (`error.rs` says
+/// why), the store's status, or UNAUTHENTICATED once the SVID has expired.
+fn status(e: WatchError) -> Status {
+    match e {
+        WatchError::Resync(r) => r.into(),
+        WatchError::Store(e) => e.into(),
+        expired @ WatchError::SvidExpired => Status::unauthenticated(expired.to_string()),
+    }
 }
 
 #[tonic::async_trait]
@@ -131,85 +133,27 @@ impl VerifierService for VerifierApi {
             )
             .await?;
         let r = req.get_ref();
-        let after = r.after_sequence;
         let after_at = convert::time_opt("after_event_at", r.after_event_at.as_ref())?;
-        let broker = self.broker.clone();
-        let shutdown = self.shutdown.clone();
-        let poll = self.poll;
-        let heartbeat = self.heartbeat;
-        // The stream may not outlive the caller's SVID: it ends, UNAUTHENTICATED,
-        // when the certificate does, and the verifier reconnects with a fresh one.
-        let clock = self.auth.clock.clone();
-        let valid_until = caller.valid_until;
-        // Subscribe before the first read, so nothing committed in between is missed.
-        let mut wake = broker.hub().subscribe();
-        // A cursor past the store's head (a restored store, a lagging standby) is
-        // refused: the events later committed under its numbers would never be
-        // sent, while heartbeats would say they had been. So is one before the
-        // history kept: the events after it that were pruned would never be sent.
-        let bounds = broker.revocation_bounds().await?;
-        if let Some(refused) = Resync::at_open(after, bounds) {
-            // Counted, not logged one by one: a verifier may ask again and again.
-            resynced(refused.why);
-            tracing::debug!(caller = %caller.id, after, first = bounds.first, head = bounds.head, why = ?refused.why, "revocation watch refused: the store cannot serve the cursor; the verifier must resync");
-            return Err(refused.into());
-        }
-        tracing::info!(caller = %caller.id, after, "revocation watch opened");
-        let stream = async_stream::try_stream! {
-            // The event the stream stands on; every read starts at it again, so a
-            // store whose history was replaced under the stream is noticed.
-            let mut anchor = Anchor::claimed(after, after_at);
-            // Quiet since: a heartbeat goes out once the stream has sent nothing
-            // for `heartbeat`, so the verifier can tell quiet from cut off.
-            let mut quiet_since = tokio::time::Instant::now();
-            loop {
-                // Always read from the store by cursor: a watcher that fell behind is
-                // caught up from there, never skipped.
-                loop {
-                    let batch = broker.revocations_after(anchor.read_after(), BATCH).await.map_err(Status::from)?;
-                    let full = batch.len() as u32 == BATCH;
-                    let seen = match anchor.check(&batch) {
-                        Ok(n) => n,
-                        Err(diverged) => {
-                            let bounds = broker.revocation_bounds().await.map_err(Status::from)?;
-                            let resync = Resync::diverged(anchor.seq(), bounds, diverged);
-                            resynced(resync.why);
-                            tracing::warn!(caller = %caller.id, cursor = anchor.seq(), first = bounds.first, head = bounds.head, why = ?resync.why, "revocation watch ended: the store no longer holds what the stream sent; the verifier must resync");
-                            Err::<usize, Status>(resync.into())?
-                        }
-                    };
-                    for ev in batch.into_iter().skip(seen) {
-                        quiet_since = tokio::time::Instant::now();
-                        yield convert::watch_event(&ev);
-                        anchor = Anchor::Sent(ev);
-                    }
-                    if !full {
-                        break;
-                    }
-                }
-                // Caught up: the read above found the anchor and nothing after it,
-                // so the anchor is the store's head. Only now may a heartbeat say
-                // so; one due while waiting below comes back here first.
-                if quiet_since.elapsed() >= heartbeat {
-                    quiet_since = tokio::time::Instant::now();
-                    yield convert::heartbeat(anchor.seq(), clock.now());
-                }
-                let left = valid_until - clock.now().unix_timestamp();
-                if left <= 0 {
-                    Err(Status::unauthenticated(
-                        "the client's X.509-SVID expired; reconnect with a fresh SVID and the last sequence seen",
-                    ))?;
-                }
-                let beat_at = quiet_since + heartbeat;
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    changed = wake.changed() => if changed.is_err() { break },
-                    _ = tokio::time::sleep(poll.min(Duration::from_secs(left as u64))) => {}
-                    // Due: read the store again, then send it (above).
-                    _ = tokio::time::sleep_until(beat_at) => {}
-                }
-            }
+        let pace = Pace {
+            poll: self.poll,
+            heartbeat: self.heartbeat,
         };
+        let watch = self
+            .broker
+            .watch_revocations(
+                &caller,
+                r.after_sequence,
+                after_at,
+                pace,
+                self.shutdown.clone(),
+            )
+            .await
+            .map_err(status)?;
+        let stream = watch.map(|item| match item {
+            Ok(Watched::Event(ev)) => Ok(convert::watch_event(&ev)),
+            Ok(Watched::Heartbeat { head, at }) => Ok(convert::heartbeat(head, at)),
+            Err(e) => Err(status(e)),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -282,9 +282,16 @@ impl App {
                 c.revocation.heartbeat,
                 c.oauth.poll_interval,
             ),
-            l.token_message_bytes,
-            l.first_request_timeout,
-            c.oauth.poll_interval,
+            crate::api::oauth::Tuning {
+                form_bytes: l.token_message_bytes,
+                form_deadline: l.first_request_timeout,
+                poll_interval: c.oauth.poll_interval,
+                watch: crate::api::oauth::Pace {
+                    poll: c.revocation.poll_interval,
+                    heartbeat: c.revocation.heartbeat,
+                },
+            },
+            cancel.clone(),
         );
         let grpc_router = grpc_router
             .merge(crate::api::oauth::router(oauth))

@@ -19,6 +19,7 @@ mod identity;
 mod input;
 mod oauth;
 mod oauth_clients;
+mod oauth_feed;
 mod oauth_grants;
 mod operations;
 mod persistence;

@@ -190,7 +190,7 @@ async fn authlib_httpx_and_curl_use_every_grant_and_endpoint() {
     // curl: the same endpoints, the same answers.
     let curl = |who: Option<&str>, args: &[&str]| -> (String, String) {
         let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        cmd.args(["-sS", "--max-time", "30", "--cacert"])
             .arg(certs.path().join("ca.pem"))
             .args(["-w", "\n%{http_code}"]);
         if let Some(who) = who {
@@ -202,9 +202,18 @@ async fn authlib_httpx_and_curl_use_every_grant_and_endpoint() {
         let out = cmd.args(args).output().expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+        if code.is_empty() || code == "000" {
+            panic!(
+                "curl {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         (code.to_string(), body.to_string())
     };
-    let json = |s: &str| -> Value { serde_json::from_str(s).unwrap_or_else(|_| panic!("{s}")) };
+    let json = |s: &str| -> Value {
+        serde_json::from_str(s).unwrap_or_else(|_| panic!("not JSON: {s:?}"))
+    };
     let token_url = format!("{base}/oauth/token");
     let (code, body) = curl(
         None,

@@ -8,7 +8,7 @@
 //! - `metadata`: RFC 8414 metadata (public, from memory), the endpoint paths.
 //! - `form`: request bodies; `token`: the token endpoint (mint, step-up
 //!   polling, token exchange for delegation); `introspect` (RFC 7662) and
-//!   `revoke` (RFC 7009).
+//!   `revoke` (RFC 7009); `feed`: the revocation stream as Server-Sent Events.
 use super::Auth;
 use crate::broker::{Broker, Minted};
 use crate::error::oauth::OauthError;
@@ -22,7 +22,11 @@ use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
+pub use crate::revocation::Pace;
+
+mod feed;
 mod form;
 mod introspect;
 pub mod metadata;
@@ -57,6 +61,18 @@ pub struct OauthState {
     pub form_deadline: Duration,
     /// Step-up polling: the interval and who polled when.
     pub polls: Arc<poll::Polls>,
+    /// The revocation feed's pace (`[revocation]`, as the gRPC watch's).
+    pub watch: Pace,
+    /// Cancelled at shutdown: every feed ends.
+    pub shutdown: CancellationToken,
+}
+
+/// How the front door is tuned, from `[limits]`, `[oauth]` and `[revocation]`.
+pub struct Tuning {
+    pub form_bytes: usize,
+    pub form_deadline: Duration,
+    pub poll_interval: Duration,
+    pub watch: Pace,
 }
 
 impl OauthState {
@@ -64,17 +80,18 @@ impl OauthState {
         broker: Arc<Broker>,
         auth: Auth,
         metadata: Metadata,
-        form_bytes: usize,
-        form_deadline: Duration,
-        poll_interval: Duration,
+        tuning: Tuning,
+        shutdown: CancellationToken,
     ) -> Self {
         OauthState {
             broker,
             auth,
             metadata: Arc::new(metadata),
-            form_bytes,
-            form_deadline,
-            polls: Arc::new(poll::Polls::new(poll_interval)),
+            form_bytes: tuning.form_bytes,
+            form_deadline: tuning.form_deadline,
+            polls: Arc::new(poll::Polls::new(tuning.poll_interval)),
+            watch: tuning.watch,
+            shutdown,
         }
     }
 
@@ -113,12 +130,14 @@ impl OauthState {
 /// port. `app::calls` lets only `PUBLIC` paths through without an SVID.
 pub fn router(state: OauthState) -> Router {
     let well_known = state.metadata.path.clone();
+    let feed = feed::Feed::new(&state);
     Router::new()
         .route(&well_known, get(served_metadata))
         .route(metadata::JWKS, get(jwks))
         .route(metadata::TOKEN, post(token::token))
         .route(metadata::INTROSPECT, post(introspect::introspect))
         .route(metadata::REVOKE, post(revoke::revoke))
+        .route(metadata::FEED, get(feed::feed).with_state(feed))
         .with_state(state)
 }
 

@@ -1,6 +1,6 @@
 //! Test support, one module per concern: the database of a test, its PKI, the
 //! broker's config file, the broker in-process or as a child process, a proxy
-//! the test can cut, and the requests tests send.
+//! the test can cut, the requests tests send, and a Server-Sent Events client.
 mod app;
 mod config;
 mod db;
@@ -9,6 +9,7 @@ mod pki;
 mod process;
 mod proxy;
 mod requests;
+mod sse;
 
 pub use app::*;
 pub use config::*;
@@ -18,3 +19,4 @@ pub use pki::*;
 pub use process::*;
 pub use proxy::*;
 pub use requests::*;
+pub use sse::*;
