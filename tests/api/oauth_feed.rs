@@ -21,22 +21,6 @@ fn fast() -> Settings {
         .watch_poll(Duration::from_millis(100))
 }
 
-/// Commits `n` agent revocations through gRPC as the admin; their sequences.
-async fn revoke_agents(app: &TestApp, tag: &str, n: usize) -> Vec<u64> {
-    let mut admin = app.admin(ADMIN).await;
-    let mut seqs = vec![];
-    for i in 0..n {
-        let agent = format!("spiffe://example.org/agent/{tag}-{i}");
-        let r = admin
-            .revoke(revoke_request(Target::Agent(agent), "drill"))
-            .await
-            .expect("revoke")
-            .into_inner();
-        seqs.push(r.event.expect("the event").sequence);
-    }
-    seqs
-}
-
 fn ids(messages: &[SseMessage]) -> Vec<u64> {
     messages
         .iter()
@@ -125,7 +109,7 @@ async fn after_heartbeats(feed: &mut SseFeed) -> Option<SseMessage> {
 #[tokio::test]
 async fn events_arrive_in_order_with_their_sequence_as_id_and_heartbeats_carry_the_head() {
     let app = spawn_with(Arc::new(Pki::new()), fast()).await;
-    assert_eq!(revoke_agents(&app, "a", 3).await, [1, 2, 3]);
+    assert_eq!(app.revoke_agents("a", 3).await, [1, 2, 3]);
     let mut feed = app.feed(VERIFIER, FEED, &[]).await;
     assert_eq!(feed.status, 200);
     assert_eq!(feed.header("content-type"), Some("text/event-stream"));
@@ -166,7 +150,7 @@ async fn events_arrive_in_order_with_their_sequence_as_id_and_heartbeats_carry_t
     // Caught up: a heartbeat at the head, without an id.
     assert_eq!(feed.heartbeat().await, 3);
     // What is committed next follows, with the next id.
-    revoke_agents(&app, "b", 1).await;
+    app.revoke_agents("b", 1).await;
     assert_eq!(ids(&feed.events(1).await), [4]);
     assert_eq!(feed.heartbeat().await, 4);
     // An open feed is a watcher, as a gRPC stream is.
@@ -277,7 +261,7 @@ async fn a_feed_resumed_with_last_event_id_or_after_gets_exactly_the_later_event
 #[tokio::test]
 async fn a_cursor_past_the_head_is_refused_with_409_and_where_the_history_stands() {
     let app = spawn_with(Arc::new(Pki::new()), fast()).await;
-    revoke_agents(&app, "a", 2).await;
+    app.revoke_agents("a", 2).await;
     let resyncs = || async {
         let (_, m) = app.http_get("/metrics").await;
         metric(&m, "mayfly_watch_resyncs_total{reason=\"ahead\"}")
@@ -313,7 +297,7 @@ async fn a_cursor_past_the_head_is_refused_with_409_and_where_the_history_stands
 #[tokio::test]
 async fn a_cursor_before_the_kept_history_is_refused_and_the_feed_serves_from_the_start() {
     let app = spawn_with(Arc::new(Pki::new()), fast()).await;
-    revoke_agents(&app, "a", 5).await;
+    app.revoke_agents("a", 5).await;
     prune_before(&app.db_url, 3).await;
     for last in ["1", "2"] {
         let (status, body) =
@@ -345,7 +329,7 @@ async fn a_cursor_before_the_kept_history_is_refused_and_the_feed_serves_from_th
 #[tokio::test]
 async fn a_store_rolled_back_under_an_open_feed_ends_it_with_a_resync_message() {
     let app = spawn_with(Arc::new(Pki::new()), fast()).await;
-    revoke_agents(&app, "a", 5).await;
+    app.revoke_agents("a", 5).await;
     let mut feed = app.feed(VERIFIER, FEED, &[]).await;
     assert_eq!(ids(&feed.events(5).await), [1, 2, 3, 4, 5]);
     assert_eq!(feed.heartbeat().await, 5);
@@ -407,7 +391,7 @@ async fn a_revocation_through_one_replica_reaches_a_feed_on_another() {
     wait_for_listeners(&a.db_url, 2).await;
     let mut on_b = b.feed(VERIFIER, FEED, &[]).await;
     assert_eq!(on_b.status, 200);
-    assert_eq!(revoke_agents(&a, "through-a", 1).await, [1]);
+    assert_eq!(a.revoke_agents("through-a", 1).await, [1]);
     let got = on_b.events(1).await;
     assert_eq!(ids(&got), [1]);
     assert_eq!(
@@ -438,7 +422,7 @@ async fn wait_for_listeners(db_url: &str, n: i64) {
 #[tokio::test]
 async fn curl_reads_the_feed_as_a_stock_client_over_http2_and_http1() {
     let app = spawn_with(Arc::new(Pki::new()), fast()).await;
-    revoke_agents(&app, "a", 2).await;
+    app.revoke_agents("a", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let id = app.pki.ca.svid(VERIFIER).unwrap();
     std::fs::write(dir.path().join("v.crt"), &id.cert_pem).unwrap();
@@ -498,7 +482,7 @@ async fn a_feed_outlives_the_idle_timeout_and_ends_at_shutdown() {
     while quiet.elapsed() < Duration::from_millis(1500) {
         assert_eq!(feed.heartbeat().await, 0);
     }
-    revoke_agents(&app, "a", 1).await;
+    app.revoke_agents("a", 1).await;
     assert_eq!(ids(&feed.events(1).await), [1]);
 
     // Shut down: the feed ends (cleanly, not cut off) and the broker stops

@@ -302,22 +302,6 @@ fn after(after_sequence: u64) -> pb::WatchRevocationsRequest {
     }
 }
 
-/// Commits `n` agent revocations; their sequence numbers.
-async fn revoke_agents(app: &TestApp, tag: &str, n: usize) -> Vec<u64> {
-    let mut admin = app.admin(ADMIN).await;
-    let mut seqs = vec![];
-    for i in 0..n {
-        let agent = format!("spiffe://example.org/agent/{tag}-{i}");
-        let r = admin
-            .revoke(revoke_request(Target::Agent(agent), "drill"))
-            .await
-            .expect("revoke")
-            .into_inner();
-        seqs.push(r.event.expect("the event").sequence);
-    }
-    seqs
-}
-
 /// The next message that is not an event: `Ok(heartbeat sequence)`, or the
 /// status the stream ended with (failing after 10 s, or if it just closes).
 async fn next_heartbeat(
@@ -397,7 +381,7 @@ pub async fn roll_back_revocations(db_url: &str, to: u64) {
 async fn a_cursor_ahead_of_the_store_is_refused_and_no_heartbeat_claims_more_than_the_store_holds()
 {
     let app = spawn_with(std::sync::Arc::new(Pki::new()), fast_heartbeats()).await;
-    revoke_agents(&app, "a", 2).await;
+    app.revoke_agents("a", 2).await;
     let head = app.store().await.last_revocation_seq().await.unwrap();
     assert_eq!(head, 2);
     for cursor in [0, 1, 2, 3, 677, u64::MAX] {
@@ -416,7 +400,7 @@ async fn a_cursor_ahead_of_the_store_is_refused_and_no_heartbeat_claims_more_tha
     // Events committed later are delivered to streams opened at the head, and
     // heartbeats follow the head.
     let mut stream = open_watch(&app, after(head)).await.unwrap();
-    let seqs = revoke_agents(&app, "b", 2).await;
+    let seqs = app.revoke_agents("b", 2).await;
     let got: Vec<u64> = next_events(&mut stream, 2)
         .await
         .iter()
@@ -429,7 +413,7 @@ async fn a_cursor_ahead_of_the_store_is_refused_and_no_heartbeat_claims_more_tha
 /// A stream at sequence 5 whose store is rolled back to 2 ends with the resync
 /// status; its cursor is refused; from 0 the store's history is served.
 async fn a_rolled_back_store_ends_the_stream_and_refuses_its_cursor(app: &TestApp) {
-    revoke_agents(app, "before", 5).await;
+    app.revoke_agents("before", 5).await;
     let mut stream = open_watch(app, after(0)).await.unwrap();
     let sent = next_events(&mut stream, 5).await;
     assert_eq!(next_heartbeat(&mut stream).await.ok(), Some(5));
@@ -453,7 +437,7 @@ async fn a_rolled_back_store_ends_the_stream_and_refuses_its_cursor(app: &TestAp
     assert_resync(&refused, 5, 2);
 
     // Revocations committed after the restore reuse 3..5: served from 0.
-    let reused = revoke_agents(app, "after", 4).await;
+    let reused = app.revoke_agents("after", 4).await;
     assert_eq!(reused, [3, 4, 5, 6]);
     let mut again = open_watch(app, after(0)).await.unwrap();
     let history = next_events(&mut again, 6).await;
@@ -497,14 +481,14 @@ async fn a_store_rolled_back_and_grown_past_the_cursor_again_ends_the_stream_ins
             .watch_poll(Duration::from_secs(3600)),
     )
     .await;
-    revoke_agents(&app, "before", 5).await;
+    app.revoke_agents("before", 5).await;
     let mut stream = open_watch(&app, after(0)).await.unwrap();
     next_events(&mut stream, 5).await;
 
     roll_back_revocations(&app.db_url, 2).await;
     // 3..5 under reused numbers, then 6, which wakes the stream: sending 6 alone
     // would skip the new 3..5 for good.
-    assert_eq!(revoke_agents(&app, "after", 4).await, [3, 4, 5, 6]);
+    assert_eq!(app.revoke_agents("after", 4).await, [3, 4, 5, 6]);
     let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("an answer within 10 s");
@@ -534,7 +518,7 @@ async fn refusal(app: &TestApp, req: pb::WatchRevocationsRequest) -> Option<toni
 #[tokio::test]
 async fn a_cursor_whose_event_the_store_replaced_is_refused_when_the_verifier_names_its_time() {
     let app = spawn_with(std::sync::Arc::new(Pki::new()), fast_heartbeats()).await;
-    revoke_agents(&app, "before", 5).await;
+    app.revoke_agents("before", 5).await;
     let mut stream = open_watch(&app, after(0)).await.unwrap();
     let old = next_events(&mut stream, 5).await.remove(4);
     drop(stream);
@@ -542,7 +526,7 @@ async fn a_cursor_whose_event_the_store_replaced_is_refused_when_the_verifier_na
     // Restored to 2, then grown past 5 again (time has moved on meanwhile).
     roll_back_revocations(&app.db_url, 2).await;
     app.clock.advance(Duration::from_secs(1));
-    assert_eq!(revoke_agents(&app, "after", 4).await, [3, 4, 5, 6]);
+    assert_eq!(app.revoke_agents("after", 4).await, [3, 4, 5, 6]);
     let new = next_events(&mut open_watch(&app, after(4)).await.unwrap(), 1)
         .await
         .remove(0);

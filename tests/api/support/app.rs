@@ -211,6 +211,25 @@ impl TestApp {
         http_get(self.http, path).await
     }
 
+    /// Commits `n` agent revocations through gRPC as the admin; their sequences.
+    pub async fn revoke_agents(&self, tag: &str, n: usize) -> Vec<u64> {
+        let mut admin = self.admin(ADMIN).await;
+        let mut seqs = vec![];
+        for i in 0..n {
+            let agent = format!("spiffe://example.org/agent/{tag}-{i}");
+            let r = admin
+                .revoke(super::requests::revoke_request(
+                    pb::revocation_target::Target::Agent(agent),
+                    "drill",
+                ))
+                .await
+                .expect("revoke")
+                .into_inner();
+            seqs.push(r.event.expect("the event").sequence);
+        }
+        seqs
+    }
+
     /// The audit events `actor` caused, oldest first, as stored.
     pub async fn audit_by(&self, actor: &str) -> Vec<AuditRow> {
         audit_by(&self.store().await, actor).await

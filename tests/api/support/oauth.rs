@@ -101,17 +101,7 @@ impl OauthClient {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Reply {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let tls = self
-            .tls
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake");
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .expect("HTTP/1.1 handshake");
-        tokio::spawn(conn);
+        let mut send = http1(self.addr, &self.tls).await;
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -132,6 +122,24 @@ impl OauthClient {
             body,
         }
     }
+}
+
+/// An HTTP/1.1 connection over TLS to `addr` (as `localhost`), driven in the
+/// background; its request sender.
+pub async fn http1(
+    addr: SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+) -> hyper::client::conn::http1::SendRequest<axum::body::Body> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tls
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    send
 }
 
 impl TestApp {

@@ -6,7 +6,6 @@ use super::app::TestApp;
 use super::oauth::client_tls;
 use futures::StreamExt;
 use mayfly::identity::devcerts::Issued;
-use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,16 +163,7 @@ impl TestApp {
     ) -> SseFeed {
         let cfg = client_tls(&self.pki.ca, identity, &[b"http/1.1"]);
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(self.grpc).await.unwrap();
-        let tls = tls
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake");
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .expect("HTTP/1.1 handshake");
-        tokio::spawn(conn);
+        let mut send = super::oauth::http1(self.grpc, &tls).await;
         let mut req = hyper::Request::builder()
             .uri(path)
             .header("host", "localhost")
