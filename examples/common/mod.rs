@@ -25,6 +25,7 @@ pub fn broker_config(dir: &std::path::Path, db_url: &str, extra: &str) -> String
     format!(
         r#"
 [server]
+issuer = "https://mayfly.bench"
 grpc_addr = "127.0.0.1:0"
 http_addr = "127.0.0.1:0"
 cert = "{d}/broker.crt"
