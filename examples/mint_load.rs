@@ -184,6 +184,13 @@ impl FrontDoor {
 }
 
 impl Conn {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_closed(),
+            Conn::H2(s) => s.is_closed(),
+        }
+    }
+
     async fn send(
         &mut self,
         req: hyper::Request<Body>,
@@ -279,6 +286,22 @@ impl Minter for HttpMinter {
 enum Worker {
     Grpc(GrpcMinter),
     Http(HttpMinter),
+}
+
+impl Worker {
+    /// Reopens a front-door connection that the broker closed while this edge
+    /// waited for its turn (an idle HTTP/1.1 connection is closed after
+    /// `limits.header_read_timeout`), so that a round measures mints over open
+    /// connections; whether it did.
+    async fn reopen(&mut self) -> anyhow::Result<bool> {
+        match self {
+            Worker::Http(m) if m.conn.as_ref().is_none_or(Conn::is_closed) => {
+                m.conn = Some(m.door.connect().await?);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 impl Minter for Worker {
@@ -458,6 +481,16 @@ async fn main() -> anyhow::Result<()> {
         let mut rates = vec![0.0; pools.len()];
         for i in order {
             let (edge, workers, total) = &mut pools[i];
+            let mut reopened = 0;
+            for w in workers.iter_mut() {
+                reopened += usize::from(w.reopen().await?);
+            }
+            if reopened > 0 {
+                println!(
+                    "{}: {reopened} connections closed by the broker since the last round, reopened",
+                    edge.name()
+                );
+            }
             let (back, mut figures) = round(std::mem::take(workers), seconds as f64).await?;
             *workers = back;
             figures.print(&format!("{} round {}", edge.name(), r + 1));
