@@ -313,12 +313,27 @@ impl Minter for Worker {
     }
 }
 
-/// What one edge measured: latencies of its mints, failures, time spent.
+/// What one edge measured: latencies of its mints, failures, time spent, and
+/// the CPU time this process (broker and load generator) spent meanwhile.
 #[derive(Default)]
 struct Figures {
     lat: Vec<Duration>,
     errors: u64,
     took: Duration,
+    cpu: Option<Duration>,
+}
+
+/// This process's CPU time, user and system, all threads (`/proc/self/stat`,
+/// in USER_HZ ticks: 100 a second on Linux); None where there is no procfs.
+/// Unlike a rate, it hardly moves when other work shares the cores.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses: state first,
+    // utime and stime the 12th and 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 impl Figures {
@@ -327,6 +342,10 @@ impl Figures {
     }
 
     fn add(&mut self, other: &Figures) {
+        self.cpu = match self.took.is_zero() {
+            true => other.cpu,
+            false => self.cpu.zip(other.cpu).map(|(a, b)| a + b),
+        };
         self.lat.extend_from_slice(&other.lat);
         self.errors += other.errors;
         self.took += other.took;
@@ -335,8 +354,15 @@ impl Figures {
     fn print(&mut self, label: &str) {
         self.lat.sort();
         let ms = |p| common::percentile(&self.lat, p).as_secs_f64() * 1e3;
+        let cpu = match self.cpu {
+            Some(c) if !self.lat.is_empty() => format!(
+                "; process CPU {:.0} us/mint",
+                c.as_secs_f64() * 1e6 / self.lat.len() as f64
+            ),
+            _ => String::new(),
+        };
         println!(
-            "{label:<16} {:>7.0} tokens/s over {:>5.1} s, {} ok, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            "{label:<16} {:>7.0} tokens/s over {:>5.1} s, {} ok, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms{cpu}",
             self.rate(),
             self.took.as_secs_f64(),
             self.lat.len(),
@@ -359,11 +385,22 @@ async fn round(workers: Vec<Worker>, seconds: f64) -> anyhow::Result<(Vec<Worker
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_time());
     let (workers, lat, errors) = common::run_until(workers, stop).await?;
     timer.await?;
     let took = started.elapsed();
-    Ok((workers, Figures { lat, errors, took }))
+    let cpu = cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    Ok((
+        workers,
+        Figures {
+            lat,
+            errors,
+            took,
+            cpu,
+        },
+    ))
 }
 
 #[tokio::main]
@@ -509,8 +546,18 @@ async fn main() -> anyhow::Result<()> {
     let first = pools[0].2.rate();
     for (i, (edge, _, total)) in pools.iter().enumerate().skip(1) {
         let each: Vec<String> = ratios[i].iter().map(|q| format!("{q:.2}")).collect();
+        // The median round: one round disturbed by other work on the machine
+        // moves the overall ratio, hardly the median.
+        let mut sorted = ratios[i].clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
         println!(
-            "{} / {}: {:.2} of the throughput (rounds: {})",
+            "{} / {}: {:.2} of the throughput (rounds: {}; median round {median:.2})",
             edge.name(),
             pools[0].0.name(),
             total.rate() / first,
