@@ -1,5 +1,6 @@
 //! Shared by the load generators: a throwaway database, a dev CA with the broker's
-//! files, and the example policies with a budget a run cannot exhaust.
+//! files, the example policies with a budget a run cannot exhaust, and the
+//! workers' minting loop (over gRPC here; mint_load adds the OAuth front door).
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
 use mayfly::api::pb::token_service_client::TokenServiceClient;
@@ -25,6 +26,7 @@ pub fn broker_config(dir: &std::path::Path, db_url: &str, extra: &str) -> String
     format!(
         r#"
 [server]
+issuer = "https://mayfly.bench"
 grpc_addr = "127.0.0.1:0"
 http_addr = "127.0.0.1:0"
 cert = "{d}/broker.crt"
@@ -142,50 +144,92 @@ pub async fn support_task(orchestrator: Channel, objective: &str) -> anyhow::Res
     Ok(task.id)
 }
 
-/// Mints from `concurrency` workers until `stop`; their latencies and errors.
+/// One load worker's way to mint: gRPC's `MintToken` ([`GrpcMinter`]), or the
+/// OAuth front door (mint_load's HTTP workers).
+pub trait Minter: Send + 'static {
+    /// Mints one token; an error (a refusal included) is a failure, never a mint.
+    fn mint(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A worker minting over a (shared, keep-alive HTTP/2) gRPC channel.
+pub struct GrpcMinter {
+    pub client: TokenServiceClient<Channel>,
+    pub task_id: String,
+    pub worker: usize,
+    /// Mints so far: each asks for its own resource.
+    pub count: u64,
+}
+
+impl Minter for GrpcMinter {
+    async fn mint(&mut self) -> anyhow::Result<()> {
+        self.count += 1;
+        let req = pb::MintTokenRequest {
+            task_id: self.task_id.clone(),
+            scope: Some(pb::Scope {
+                audience: "crm-api".into(),
+                resource: format!("customers/eu/{}-{}", self.worker, self.count),
+                action: "read".into(),
+            }),
+            ttl_seconds: 300,
+        };
+        self.client.mint_token(req).await?;
+        Ok(())
+    }
+}
+
+/// Runs every minter in a worker of its own until `stop`; hands the minters back
+/// (their connections stay open for the next round) with the latencies of the
+/// mints and the number of failures.
+pub async fn run_until<M: Minter>(
+    minters: Vec<M>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<M>, Vec<Duration>, u64)> {
+    let mut workers = vec![];
+    for (w, mut m) in minters.into_iter().enumerate() {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match m.mint().await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("worker {w}: mint failed: {e:#}");
+                        }
+                        errors += 1;
+                    }
+                }
+            }
+            (m, lat, errors)
+        }));
+    }
+    let (mut minters, mut all, mut errors) = (vec![], vec![], 0);
+    for w in workers {
+        let (m, lat, e) = w.await?;
+        minters.push(m);
+        all.extend(lat);
+        errors += e;
+    }
+    Ok((minters, all, errors))
+}
+
+/// Mints over gRPC from `concurrency` workers until `stop`; their latencies and
+/// errors.
 pub async fn mint_until(
     clients: &[TokenServiceClient<Channel>],
     tasks: &[String],
     concurrency: usize,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(Vec<Duration>, u64)> {
-    let mut workers = vec![];
-    for w in 0..concurrency {
-        let mut c = clients[w % clients.len()].clone();
-        let task_id = tasks[w % tasks.len()].clone();
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let req = pb::MintTokenRequest {
-                    task_id: task_id.clone(),
-                    scope: Some(pb::Scope {
-                        audience: "crm-api".into(),
-                        resource: format!("customers/eu/{w}-{i}"),
-                        action: "read".into(),
-                    }),
-                    ttl_seconds: 300,
-                };
-                let t = Instant::now();
-                match c.mint_token(req).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        if errors == 0 {
-                            eprintln!("worker {w}: mint failed: {e}");
-                        }
-                        errors += 1;
-                    }
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let (mut all, mut errors) = (vec![], 0);
-    for w in workers {
-        let (lat, e) = w.await?;
-        all.extend(lat);
-        errors += e;
-    }
+    let minters = (0..concurrency)
+        .map(|w| GrpcMinter {
+            client: clients[w % clients.len()].clone(),
+            task_id: tasks[w % tasks.len()].clone(),
+            worker: w,
+            count: 0,
+        })
+        .collect();
+    let (_, all, errors) = run_until(minters, stop).await?;
     Ok((all, errors))
 }
