@@ -354,9 +354,20 @@ impl Connection {
             self.drive(HttpConn::H2(conn), activity, idle, lifetime)
                 .await
         } else {
+            // hyper's HTTP/1 header timer also runs while a keep-alive
+            // connection waits for its next request: for a client that proved
+            // an SVID (the front door's HTTP/1.1 clients) it is the idle
+            // deadline, as on HTTP/2, or every agent minting less often than
+            // `header_read_timeout` would pay a new handshake; a client that
+            // proved nothing keeps the short one.
+            let header_deadline = if authenticated {
+                limits.idle_timeout
+            } else {
+                limits.header_read_timeout
+            };
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
+                .header_read_timeout(header_deadline)
                 .max_buf_size((limits.max_header_bytes as usize).max(8192))
                 // On the mTLS port a client that proved nothing gets one call
                 // (a public document): no keep-alive, so requests it pipelined

@@ -646,3 +646,41 @@ async fn with_the_store_down_the_front_door_fails_closed_with_503() {
     proxy.restore();
     assert_eq!(tokens_stored(&direct.url).await, 1);
 }
+
+#[tokio::test]
+async fn an_authenticated_http1_connection_outlives_the_header_deadline_while_idle() {
+    let app = spawn_with(
+        std::sync::Arc::new(Pki::new()),
+        Settings::new().limits(Limits {
+            header_read_timeout: Some(std::time::Duration::from_millis(500)),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let task = app.open_task(AGENT, 600).await;
+    let id = app.pki.ca.svid(AGENT).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls(
+        &app.pki.ca,
+        Some(&id),
+        &[b"http/1.1"],
+    )));
+    let mut send = http1(app.grpc, &tls).await;
+    for n in 0..2 {
+        let req = hyper::Request::post("/oauth/token")
+            .header("host", "localhost")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(mint_form(
+                &task.id,
+                &format!("customers/eu/{n}"),
+            )))
+            .unwrap();
+        let resp = send
+            .send_request(req)
+            .await
+            .expect("the same connection serves");
+        assert_eq!(resp.status(), 200);
+        let _ = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 1 << 20).await;
+        // Idle past the header deadline (but not the idle one).
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    }
+}
