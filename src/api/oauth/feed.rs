@@ -325,7 +325,7 @@ mod tests {
             (
                 &["x"],
                 None,
-                "Last-Event-ID: is not a sequence number: \"x\"",
+                "Last-Event-ID: is not a sequence number: 'x'",
             ),
             (&["-1"], None, "Last-Event-ID: is not a sequence number"),
             (&["+1"], None, "Last-Event-ID: is not a sequence number"),
@@ -334,7 +334,7 @@ mod tests {
             (
                 &[],
                 Some("after=1e3"),
-                "after: is not a sequence number: \"1e3\"",
+                "after: is not a sequence number: '1e3'",
             ),
             (
                 &[],
@@ -344,7 +344,7 @@ mod tests {
             (
                 &[],
                 Some("after=1&after=2"),
-                "parameter \"after\" is repeated",
+                "parameter 'after' is repeated",
             ),
             (
                 &[],
