@@ -398,6 +398,13 @@ async fn a_revocation_through_one_replica_reaches_a_feed_on_another() {
         got[0].json()["target"],
         json!({"agent": "spiffe://example.org/agent/through-a-0"})
     );
+    // The client loses B, events are committed through B meanwhile, and it
+    // resumes on A from the last id it saw: exactly the later ones.
+    drop(on_b);
+    assert_eq!(b.revoke_agents("through-b", 2).await, [2, 3]);
+    let mut on_a = a.feed(VERIFIER, FEED, &[("Last-Event-ID", "1")]).await;
+    assert_eq!(on_a.status, 200);
+    assert_eq!(ids(&on_a.events(2).await), [2, 3]);
 }
 
 async fn wait_for_listeners(db_url: &str, n: i64) {

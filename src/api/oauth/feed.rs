@@ -322,11 +322,7 @@ mod tests {
                 Some("after=7"),
                 "Last-Event-ID: is 3, before after=7",
             ),
-            (
-                &["x"],
-                None,
-                "Last-Event-ID: is not a sequence number: 'x'",
-            ),
+            (&["x"], None, "Last-Event-ID: is not a sequence number: 'x'"),
             (&["-1"], None, "Last-Event-ID: is not a sequence number"),
             (&["+1"], None, "Last-Event-ID: is not a sequence number"),
             (&[" 1"], None, "Last-Event-ID: is not a sequence number"),
