@@ -47,7 +47,6 @@ impl Metadata {
             "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],
             "revocation_endpoint_auth_methods_supported": ["tls_client_auth"],
             "tls_client_certificate_bound_access_tokens": true,
-            "token_endpoint_auth_signing_alg_values_supported": [],
             "access_token_signing_alg_values_supported": ["EdDSA"],
             "mayfly_revocation_feed_endpoint": at(FEED),
             "mayfly_revocation_feed_heartbeat_seconds": heartbeat.as_secs_f64(),
