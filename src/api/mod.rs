@@ -15,7 +15,7 @@ pub mod json;
 #[cfg(feature = "server")]
 pub mod oauth;
 #[cfg(feature = "server")]
-mod task;
+pub(crate) mod task;
 #[cfg(feature = "server")]
 mod token;
 #[cfg(feature = "server")]

@@ -14,7 +14,23 @@ pub struct TaskApi {
     pub auth: Auth,
 }
 
-const READERS: &[Role] = &[Role::Orchestrator, Role::Admin];
+pub(crate) const READERS: &[Role] = &[Role::Orchestrator, Role::Admin];
+
+/// A task to open, parsed from the request (gRPC's, or the front door's JSON
+/// made into one): each field by the rule its name says.
+pub(crate) fn start_input(r: &StartTaskRequest) -> Result<StartTask, Status> {
+    Ok(StartTask {
+        agent: convert::spiffe_id("agent", &r.agent)?,
+        workflow: convert::workflow_name(&r.workflow)?,
+        objective: convert::objective(&r.objective)?,
+        scopes: convert::declared_scopes(&r.scopes)?,
+        duration: convert::seconds(
+            "duration_seconds",
+            r.duration_seconds,
+            convert::MAX_TASK_SECONDS,
+        )?,
+    })
+}
 
 #[tonic::async_trait]
 impl TaskService for TaskApi {
@@ -32,18 +48,7 @@ impl TaskService for TaskApi {
             )
             .await?;
         tracing::Span::current().record("caller", caller.id.as_str());
-        let r = req.get_ref();
-        let input = StartTask {
-            agent: convert::spiffe_id("agent", &r.agent)?,
-            workflow: convert::workflow_name(&r.workflow)?,
-            objective: convert::objective(&r.objective)?,
-            scopes: convert::declared_scopes(&r.scopes)?,
-            duration: convert::seconds(
-                "duration_seconds",
-                r.duration_seconds,
-                convert::MAX_TASK_SECONDS,
-            )?,
-        };
+        let input = start_input(req.get_ref())?;
         let task = self.broker.start_task(&caller, input).await?;
         tracing::info!(task = %task.id, agent = %task.agent, workflow = %task.workflow, "task opened");
         Ok(Response::new(StartTaskResponse {

@@ -21,6 +21,7 @@ mod oauth;
 mod oauth_clients;
 mod oauth_feed;
 mod oauth_grants;
+mod oauth_tasks;
 mod operations;
 mod persistence;
 mod policy;

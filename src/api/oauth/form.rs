@@ -17,42 +17,16 @@ const MAX_PARAMS: usize = 64;
 pub struct Form(pub(super) BTreeMap<String, String>);
 
 impl Form {
-    /// Reads a form body of at most `limit` bytes. The type and a declared
-    /// length are judged from the headers, before a byte of the body is read.
-    /// The body must arrive within `deadline` (a client trickling it would
-    /// otherwise hold its call, and so its connection, open indefinitely).
+    /// Reads a form body of at most `limit` bytes, within `deadline` (see
+    /// [`bounded_body`]).
     pub async fn read(
         headers: &HeaderMap,
         body: Body,
         limit: usize,
         deadline: std::time::Duration,
     ) -> Result<Form, OauthError> {
-        content_type(headers)?;
-        let too_large = || {
-            OauthError::invalid("request body", format!("is larger than {limit} bytes"))
-                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-        };
-        if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-            let len: u64 = len
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| OauthError::invalid("Content-Length", "is not a number"))?;
-            if len > limit as u64 {
-                return Err(too_large());
-            }
-        }
-        let bytes = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
-            .await
-            .map_err(|_| {
-                OauthError::invalid(
-                    "request body",
-                    format!("did not arrive within {} s", deadline.as_secs_f64()),
-                )
-                .with_status(StatusCode::REQUEST_TIMEOUT)
-            })?
-            .map_err(|_| too_large())?;
-        Form::parse(&bytes)
+        content_type(headers, FORM)?;
+        Form::parse(&bounded_body(headers, body, limit, deadline).await?)
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Form, OauthError> {
@@ -106,12 +80,50 @@ fn repeated(name: &str) -> OauthError {
     )
 }
 
-/// `application/x-www-form-urlencoded`, with at most a `charset=utf-8`.
-fn content_type(headers: &HeaderMap) -> Result<(), OauthError> {
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The body of a request: at most `limit` bytes (a declared length is judged
+/// from the headers, before a byte is read), arrived within `deadline` (a
+/// client trickling it would otherwise hold its call, and so its connection,
+/// open indefinitely).
+pub async fn bounded_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<axum::body::Bytes, OauthError> {
+    let too_large = || {
+        OauthError::invalid("request body", format!("is larger than {limit} bytes"))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| OauthError::invalid("Content-Length", "is not a number"))?;
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            OauthError::invalid(
+                "request body",
+                format!("did not arrive within {} s", deadline.as_secs_f64()),
+            )
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+        })?
+        .map_err(|_| too_large())
+}
+
+/// `expected` (a media type), with at most a `charset=utf-8`.
+pub fn content_type(headers: &HeaderMap, expected: &str) -> Result<(), OauthError> {
     let wrong = |shown: &str| {
         OauthError::invalid(
             "Content-Type",
-            format!("{shown}; send the parameters as application/x-www-form-urlencoded"),
+            format!("{shown}; send the request as {expected}"),
         )
     };
     let Some(v) = headers.get(header::CONTENT_TYPE) else {
@@ -120,7 +132,7 @@ fn content_type(headers: &HeaderMap) -> Result<(), OauthError> {
     let v = v.to_str().map_err(|_| wrong("is not text"))?;
     let mut parts = v.split(';').map(str::trim);
     let essence = parts.next().unwrap_or_default();
-    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    if !essence.eq_ignore_ascii_case(expected) {
         return Err(wrong(&format!("is {}", quote(essence))));
     }
     for p in parts {
@@ -168,14 +180,14 @@ mod tests {
     #[test]
     fn only_the_form_type_is_accepted() {
         let mut h = HeaderMap::new();
-        assert!(content_type(&h).is_err());
+        assert!(content_type(&h, FORM).is_err());
         for ok in [
             "application/x-www-form-urlencoded",
             "Application/X-WWW-Form-URLEncoded; charset=UTF-8",
             "application/x-www-form-urlencoded;charset=\"utf-8\"",
         ] {
             h.insert(header::CONTENT_TYPE, ok.parse().unwrap());
-            assert!(content_type(&h).is_ok(), "{ok}");
+            assert!(content_type(&h, FORM).is_ok(), "{ok}");
         }
         for bad in [
             "application/json",
@@ -183,7 +195,7 @@ mod tests {
             "application/x-www-form-urlencoded; charset=latin1",
         ] {
             h.insert(header::CONTENT_TYPE, bad.parse().unwrap());
-            let e = content_type(&h).unwrap_err();
+            let e = content_type(&h, FORM).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
     }

@@ -15,6 +15,8 @@ pub const INTROSPECT: &str = "/oauth/introspect";
 pub const REVOKE: &str = "/oauth/revoke";
 pub const FEED: &str = "/oauth/revocations";
 pub const JWKS: &str = "/.well-known/jwks.json";
+/// Orchestrators' tasks (not OAuth: JSON, in the front door's error shape).
+pub const TASKS: &str = "/v1/tasks";
 
 /// The metadata document and the path it is served at.
 pub struct Metadata {
@@ -52,6 +54,7 @@ impl Metadata {
             "mayfly_revocation_feed_heartbeat_seconds": heartbeat.as_secs_f64(),
             "mayfly_step_up_interval_seconds": poll.as_secs(),
             "mayfly_delegation_offer_token_type": OFFER_TYPE,
+            "mayfly_tasks_endpoint": at(TASKS),
         });
         Metadata {
             path,

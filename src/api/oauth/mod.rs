@@ -8,7 +8,8 @@
 //! - `metadata`: RFC 8414 metadata (public, from memory), the endpoint paths.
 //! - `form`: request bodies; `token`: the token endpoint (mint, step-up
 //!   polling, token exchange for delegation); `introspect` (RFC 7662) and
-//!   `revoke` (RFC 7009); `feed`: the revocation stream as Server-Sent Events.
+//!   `revoke` (RFC 7009); `feed`: the revocation stream as Server-Sent Events;
+//!   `tasks`: opening, reading and completing tasks, for orchestrators.
 use super::Auth;
 use crate::broker::{Broker, Minted};
 use crate::error::oauth::OauthError;
@@ -34,6 +35,7 @@ mod poll;
 #[cfg(test)]
 mod properties;
 mod revoke;
+mod tasks;
 mod token;
 
 pub use form::Form;
@@ -137,6 +139,12 @@ pub fn router(state: OauthState) -> Router {
         .route(metadata::TOKEN, post(token::token))
         .route(metadata::INTROSPECT, post(introspect::introspect))
         .route(metadata::REVOKE, post(revoke::revoke))
+        .route(metadata::TASKS, post(tasks::open))
+        .route(&format!("{}/{{id}}", metadata::TASKS), get(tasks::get))
+        .route(
+            &format!("{}/{{id}}/complete", metadata::TASKS),
+            post(tasks::complete),
+        )
         .route(metadata::FEED, get(feed::feed).with_state(feed))
         .with_state(state)
 }
