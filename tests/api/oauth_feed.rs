@@ -72,30 +72,6 @@ async fn prune_before(db_url: &str, first: u64) {
     .unwrap();
 }
 
-/// Rolls the store's revocations back to sequence `to` in one transaction, as
-/// a restore does: `verifier::roll_back_revocations` deletes the events and
-/// moves the head in two, and a stream reading between them sees the events
-/// gone with the head still at the old one.
-async fn roll_back(db_url: &str, to: u64) {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    for s in [
-        "SET LOCAL session_replication_role = replica".to_string(),
-        format!("DELETE FROM revocations WHERE seq > {to}"),
-        format!(
-            "UPDATE revocation_counter SET last_seq = {to},
-             last_at = coalesce((SELECT at FROM revocations WHERE seq = {to}), last_at)"
-        ),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(s))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
-}
-
 /// Reads until a message that is not a heartbeat.
 async fn after_heartbeats(feed: &mut SseFeed) -> Option<SseMessage> {
     loop {
@@ -334,7 +310,7 @@ async fn a_store_rolled_back_under_an_open_feed_ends_it_with_a_resync_message() 
     assert_eq!(ids(&feed.events(5).await), [1, 2, 3, 4, 5]);
     assert_eq!(feed.heartbeat().await, 5);
 
-    roll_back(&app.db_url, 2).await;
+    crate::verifier::roll_back_revocations(&app.db_url, 2).await;
     let last = after_heartbeats(&mut feed).await.expect("a last message");
     assert_eq!(
         (last.event.as_str(), last.id.as_deref()),

@@ -230,29 +230,40 @@ async fn what_is_past_its_retention_is_pruned_and_a_cursor_before_the_history_re
         4
     );
 
-    // Audited, by the broker, with what went and up to when; counted.
-    let events = c
-        .admin
-        .clone()
-        .query_audit(pb::QueryAuditRequest {
-            action: "records_pruned".into(),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    assert!(!events.is_empty(), "pruning is audited");
-    let mut rows = std::collections::HashMap::<String, u64>::new();
-    for e in &events {
-        assert_eq!(e.actor, "mayfly");
-        let d: serde_json::Value = serde_json::from_str(&e.detail_json).unwrap();
-        for kind in ["tokens", "offers", "approvals", "tasks", "revocations"] {
-            assert!(d[kind]["before"].is_i64(), "{d}");
-            *rows.entry(kind.into()).or_default() += d[kind]["rows"].as_u64().unwrap();
+    // Audited, by the broker, with what went and up to when; counted. A pass
+    // records its event once all its batches are done, which may be after
+    // the deletions seen above.
+    let pruned = || async {
+        c.admin
+            .clone()
+            .query_audit(pb::QueryAuditRequest {
+                action: "records_pruned".into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+    };
+    let rows_of = |events: &[pb::AuditEventInfo]| {
+        let mut rows = std::collections::HashMap::<String, u64>::new();
+        for e in events {
+            assert_eq!(e.actor, "mayfly");
+            let d: serde_json::Value = serde_json::from_str(&e.detail_json).unwrap();
+            for kind in ["tokens", "offers", "approvals", "tasks", "revocations"] {
+                assert!(d[kind]["before"].is_i64(), "{d}");
+                *rows.entry(kind.into()).or_default() += d[kind]["rows"].as_u64().unwrap();
+            }
         }
-    }
+        rows
+    };
+    eventually("pruning is audited", || async {
+        let rows = rows_of(&pruned().await);
+        rows.get("revocations") == Some(&2) && rows.get("tasks") == Some(&3)
+    })
+    .await;
+    let rows = rows_of(&pruned().await);
     assert_eq!(rows["tokens"], 3);
     assert_eq!(rows["tasks"], 3);
     assert_eq!(rows["revocations"], 2);

@@ -345,6 +345,8 @@ fn assert_resync(status: &tonic::Status, cursor: u64, head: u64) {
 /// as they are: the watch stream reads revocations only.
 pub async fn roll_back_revocations(db_url: &str, to: u64) {
     use sqlx::Connection;
+    // One transaction: a stream reading in between must not see the events
+    // gone under the old head.
     let statements = [
         format!("DELETE FROM revocations WHERE seq > {to}"),
         format!(
@@ -354,26 +356,30 @@ pub async fn roll_back_revocations(db_url: &str, to: u64) {
     ];
     if db_url.starts_with("sqlite:") {
         let mut conn = sqlx::SqliteConnection::connect(db_url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
         for s in statements {
             sqlx::query(sqlx::AssertSqlSafe(s))
-                .execute(&mut conn)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
         }
+        tx.commit().await.unwrap();
     } else {
         let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
         // As a restore does (pg_restore --disable-triggers): the guard that
         // keeps young revocation events from being deleted does not apply.
-        sqlx::query("SET session_replication_role = replica")
-            .execute(&mut conn)
+        sqlx::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *tx)
             .await
             .unwrap();
         for s in statements {
             sqlx::query(sqlx::AssertSqlSafe(s))
-                .execute(&mut conn)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
         }
+        tx.commit().await.unwrap();
     }
 }
 
