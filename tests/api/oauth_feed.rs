@@ -364,7 +364,7 @@ async fn a_revocation_through_one_replica_reaches_a_feed_on_another() {
     let pki = Arc::new(Pki::new());
     let a = spawn_with(pki.clone(), replica()).await;
     let b = spawn_replica(pki, &a, replica()).await;
-    wait_for_listeners(&a.db_url, 2).await;
+    crate::replicas::wait_for_listeners(&a.db_url, 2).await;
     let mut on_b = b.feed(VERIFIER, FEED, &[]).await;
     assert_eq!(on_b.status, 200);
     assert_eq!(a.revoke_agents("through-a", 1).await, [1]);
@@ -381,25 +381,6 @@ async fn a_revocation_through_one_replica_reaches_a_feed_on_another() {
     let mut on_a = a.feed(VERIFIER, FEED, &[("Last-Event-ID", "1")]).await;
     assert_eq!(on_a.status, 200);
     assert_eq!(ids(&on_a.events(2).await), [2, 3]);
-}
-
-async fn wait_for_listeners(db_url: &str, n: i64) {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
-    for _ in 0..200 {
-        let listening: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if listening >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{n} replicas did not start listening within 10s");
 }
 
 #[tokio::test]

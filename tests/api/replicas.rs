@@ -27,7 +27,8 @@ async fn two_replicas() -> (TestApp, TestApp) {
     (a, b)
 }
 
-async fn wait_for_listeners(db_url: &str, n: i64) {
+/// Waits until `n` brokers LISTEN on the database at `db_url`.
+pub async fn wait_for_listeners(db_url: &str, n: i64) {
     let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
     for _ in 0..200 {
         let listening: i64 = sqlx::query_scalar(
