@@ -5,7 +5,7 @@ use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::{Broker, MisuseKind};
 use crate::identity::Role;
-use crate::revocation::{Pace, WatchError, Watched};
+use crate::revocation::{Pace, Watched};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,16 +31,6 @@ pub(super) const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
 const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Verifier];
 /// Only resource servers report misuse; the security team revokes directly.
 const REPORTERS: &[Role] = &[Role::Verifier];
-
-/// A watch refused or ended: FAILED_PRECONDITION to resync (`error.rs` says
-/// why), the store's status, or UNAUTHENTICATED once the SVID has expired.
-fn status(e: WatchError) -> Status {
-    match e {
-        WatchError::Resync(r) => r.into(),
-        WatchError::Store(e) => e.into(),
-        expired @ WatchError::SvidExpired => Status::unauthenticated(expired.to_string()),
-    }
-}
 
 #[tonic::async_trait]
 impl VerifierService for VerifierApi {
@@ -148,11 +138,11 @@ impl VerifierService for VerifierApi {
                 self.shutdown.clone(),
             )
             .await
-            .map_err(status)?;
+            .map_err(Status::from)?;
         let stream = watch.map(|item| match item {
             Ok(Watched::Event(ev)) => Ok(convert::watch_event(&ev)),
             Ok(Watched::Heartbeat { head, at }) => Ok(convert::heartbeat(head, at)),
-            Err(e) => Err(status(e)),
+            Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -4,7 +4,7 @@
 use crate::broker::BrokerError;
 use crate::domain::refusal::Refusal;
 use crate::identity::VerifyError;
-use crate::revocation::Resync;
+use crate::revocation::{Resync, WatchError};
 use crate::store::StoreError;
 use crate::token::KeyError;
 use tonic::{Code, Status};
@@ -135,6 +135,18 @@ impl From<StoreError> for Status {
 impl From<Resync> for Status {
     fn from(e: Resync) -> Status {
         Status::failed_precondition(e.to_string())
+    }
+}
+
+/// A watch refused or ended: FAILED_PRECONDITION to resync (above), the
+/// store's status, or UNAUTHENTICATED once the SVID has expired.
+impl From<WatchError> for Status {
+    fn from(e: WatchError) -> Status {
+        match e {
+            WatchError::Resync(r) => r.into(),
+            WatchError::Store(e) => e.into(),
+            expired @ WatchError::SvidExpired => Status::unauthenticated(expired.to_string()),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use super::bounded;
 use crate::api::Refused;
 use crate::broker::BrokerError;
 use crate::domain::refusal::{Refusal, Widening};
+use crate::revocation::WatchError;
 use crate::store::StoreError;
 use crate::token::KeyError;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -173,6 +174,30 @@ impl From<BrokerError> for OauthError {
             BrokerError::Internal(cause) => {
                 error!(error = %cause, "internal error");
                 OauthError::new(Code::ServerError, "internal error")
+            }
+        }
+    }
+}
+
+/// A revocation feed refused before it opens, or ended. A cursor the store
+/// cannot serve is 409 Conflict, for both ways it can be wrong (ahead of the
+/// store's head, before the history it keeps): the cursor conflicts with the
+/// store's history as it stands, and asking again will not help (410 Gone
+/// would fit the pruned case only, and say the feed itself is gone).
+/// `invalid_request`, the cursor being the request's bad parameter; `first` and
+/// `head` say where the history stands. The client resyncs: drops its claim of
+/// completeness and reads from the start (no cursor).
+impl From<WatchError> for OauthError {
+    fn from(e: WatchError) -> Self {
+        match e {
+            WatchError::Resync(r) => OauthError::new(Code::InvalidRequest, r.to_string())
+                .with_status(StatusCode::CONFLICT)
+                .with("first", r.bounds.first)
+                .with("head", r.bounds.head),
+            // The store down: 503 temporarily_unavailable, as every endpoint.
+            WatchError::Store(e) => BrokerError::Store(e).into(),
+            expired @ WatchError::SvidExpired => {
+                OauthError::new(Code::InvalidClient, expired.to_string())
             }
         }
     }

@@ -7,13 +7,13 @@
 //! `event: resync`.
 use super::super::verifier::VERIFIERS;
 use super::{Form, OauthState, answer};
-use crate::broker::BrokerError;
+
 use crate::domain::text::{quote, rfc3339};
-use crate::error::oauth::{Code, OauthError};
+use crate::error::oauth::OauthError;
 use crate::identity::ConnInfo;
 use crate::revocation::{Pace, WatchError, Watched};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -64,7 +64,7 @@ async fn open(f: &Feed, req: Request) -> Result<Response, OauthError> {
         .broker
         .watch_revocations(&caller, after, at, f.pace, f.shutdown.clone())
         .await
-        .map_err(refused)?;
+        .map_err(OauthError::from)?;
     // The watch yields at most one error, last: it becomes the last message.
     let messages = watch.map(|item| {
         Ok::<_, Infallible>(match item {
@@ -165,28 +165,6 @@ fn sequence(name: &str, v: &str) -> Result<u64, OauthError> {
         .ok_or_else(|| OauthError::invalid(name, format!("is not a sequence number: {}", quote(v))))
 }
 
-/// A feed refused before it opens. A cursor the store cannot serve is 409
-/// Conflict, for both ways it can be wrong (ahead of the store's head, before
-/// the history it keeps): the cursor conflicts with the store's history as it
-/// stands, and asking again will not help (410 Gone would fit the pruned case
-/// only, and say the feed itself is gone). `invalid_request`, the cursor being
-/// the request's bad parameter; `first` and `head` say where the history
-/// stands. The client resyncs: drops its claim of completeness and reads from
-/// the start (no cursor).
-fn refused(e: WatchError) -> OauthError {
-    match e {
-        WatchError::Resync(r) => OauthError::new(Code::InvalidRequest, r.to_string())
-            .with_status(StatusCode::CONFLICT)
-            .with("first", r.bounds.first)
-            .with("head", r.bounds.head),
-        // The store down: 503 temporarily_unavailable, as every endpoint.
-        WatchError::Store(e) => BrokerError::Store(e).into(),
-        expired @ WatchError::SvidExpired => {
-            OauthError::new(Code::InvalidClient, expired.to_string())
-        }
-    }
-}
-
 /// An event or a heartbeat as an SSE message. The data is JSON on one line
 /// (serde_json escapes every control character in a string), so no value can
 /// break the framing; an event names a token by its `jti` only.
@@ -236,7 +214,7 @@ fn ending(e: WatchError) -> Event {
             }),
         ),
         other => {
-            let o = refused(other);
+            let o = OauthError::from(other);
             (
                 "error",
                 json!({"error": o.code.as_str(), "error_description": o.description}),
@@ -250,6 +228,7 @@ fn ending(e: WatchError) -> Event {
 mod tests {
     use super::*;
     use crate::domain::{Revocation, Target, Trigger};
+    use crate::error::oauth::Code;
     use crate::revocation::Resync;
     use crate::store::RevocationBounds;
 
@@ -371,7 +350,7 @@ mod tests {
         let bounds = RevocationBounds { first: 3, head: 9 };
         let resync = Resync::at_open(12, bounds).unwrap();
         let sentence = resync.to_string();
-        let e = refused(resync.into());
+        let e = OauthError::from(WatchError::from(resync));
         assert_eq!((e.code, e.status.as_u16()), (Code::InvalidRequest, 409));
         assert_eq!(e.description, sentence);
         assert_eq!(

@@ -204,9 +204,20 @@ async fn jwks(State(s): State<OauthState>) -> Response {
         .into_response()
 }
 
+/// A parameter parsed by the gRPC edge's rule for the field of the same name,
+/// refused as `invalid_request` with that rule's sentence.
+fn param<T>(r: Result<T, tonic::Status>) -> Result<T, OauthError> {
+    r.map_err(|s| OauthError::new(crate::error::oauth::Code::InvalidRequest, s.message()))
+}
+
 /// A 200 JSON answer that must not be cached (RFC 6749 §5.1).
-fn no_store(body: serde_json::Value) -> Response {
-    let mut resp = axum::Json(body).into_response();
+fn no_store(body: impl serde::Serialize) -> Response {
+    no_store_as(axum::http::StatusCode::OK, body)
+}
+
+/// A JSON answer with `status` that must not be cached.
+fn no_store_as(status: axum::http::StatusCode, body: impl serde::Serialize) -> Response {
+    let mut resp = (status, axum::Json(body)).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -4,15 +4,15 @@
 //! its field rules (`api::task::start_input`) and its refusals, answered in
 //! the front door's error shape.
 use super::form::{bounded_body, content_type};
-use super::{OauthState, answer};
+use super::{OauthState, answer, no_store_as, param};
 use crate::api::convert;
 use crate::api::pb;
 use crate::api::task::{READERS, start_input};
-use crate::error::oauth::{Code, OauthError};
+use crate::error::oauth::OauthError;
 use crate::identity::{ConnInfo, Role};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 
 /// The largest task request, in bytes: as gRPC's (`limits.task_message_bytes`
@@ -40,19 +40,6 @@ struct OpenScope {
     audience: String,
     resource: String,
     action: String,
-}
-
-/// A field rule of the gRPC edge, refused as `invalid_request`.
-fn param<T>(r: Result<T, tonic::Status>) -> Result<T, OauthError> {
-    r.map_err(|s| OauthError::new(Code::InvalidRequest, s.message()))
-}
-
-/// A JSON answer that must not be cached.
-fn json(status: StatusCode, body: &impl serde::Serialize) -> Result<Response, OauthError> {
-    let mut resp = (status, axum::Json(body)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
 }
 
 pub(super) async fn open(State(s): State<OauthState>, req: Request) -> Response {
@@ -99,12 +86,12 @@ async fn start(s: &OauthState, req: Request) -> Result<Response, OauthError> {
     let input = param(start_input(&request))?;
     let task = s.broker.start_task(&caller, input).await?;
     tracing::info!(caller = %caller.id, task = %task.id, agent = %task.agent, workflow = %task.workflow, "task opened");
-    json(
+    Ok(no_store_as(
         StatusCode::CREATED,
-        &pb::StartTaskResponse {
+        pb::StartTaskResponse {
             task: Some(convert::task(&task)),
         },
-    )
+    ))
 }
 
 pub(super) async fn get(
@@ -122,12 +109,12 @@ async fn read(s: &OauthState, id: &str, req: Request) -> Result<Response, OauthE
         .await?;
     let id = param(convert::task_id("task_id", id))?;
     let task = s.broker.get_task(id).await?;
-    json(
+    Ok(no_store_as(
         StatusCode::OK,
-        &pb::GetTaskResponse {
+        pb::GetTaskResponse {
             task: Some(convert::task(&task)),
         },
-    )
+    ))
 }
 
 pub(super) async fn complete(
@@ -151,11 +138,11 @@ async fn end(s: &OauthState, id: &str, req: Request) -> Result<Response, OauthEr
     let id = param(convert::task_id("task_id", id))?;
     let (task, event) = s.broker.complete_task(&caller, id).await?;
     tracing::info!(caller = %caller.id, task = %task.id, seq = event.seq, "task completed; its tokens are revoked");
-    json(
+    Ok(no_store_as(
         StatusCode::OK,
-        &pb::CompleteTaskResponse {
+        pb::CompleteTaskResponse {
             task: Some(convert::task(&task)),
             revocation_sequence: event.seq,
         },
-    )
+    ))
 }

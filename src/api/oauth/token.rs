@@ -11,7 +11,7 @@
 //!   (`RedeemDelegation`).
 use super::{
     ACCESS_TOKEN_TYPE, DEVICE_CODE, Form, JWT_TYPE, OFFER_TYPE, OauthState, TOKEN_EXCHANGE,
-    access_token, answer, no_store,
+    access_token, answer, no_store, param,
 };
 use crate::api::convert;
 use crate::broker::{BrokerError, DelegateRequest, Mint, MintRequest};
@@ -52,11 +52,6 @@ async fn grant(s: &OauthState, req: Request) -> Result<Response, OauthError> {
             ),
         )),
     }
-}
-
-/// A parameter parsed by the gRPC edge's rule for the field of the same name.
-fn param<T>(r: Result<T, tonic::Status>) -> Result<T, OauthError> {
-    r.map_err(|s| OauthError::new(Code::InvalidRequest, s.message()))
 }
 
 fn ttl(form: &Form) -> Result<Duration, OauthError> {
