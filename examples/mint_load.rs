@@ -23,7 +23,6 @@ mod common;
 use axum::body::Body;
 use common::{GrpcMinter, Minter};
 use mayfly::api::pb::token_service_client::TokenServiceClient;
-use mayfly::clock::SystemClock;
 use mayfly::config::Config;
 use mayfly::identity::devcerts::DevCa;
 use mayfly::token::{Claims, Confirmation, KeyRecord, KeySet, SigningKey};
@@ -427,12 +426,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = common::broker_config(dir.path(), &db_url, "");
     let cfg = Config::parse(&cfg, "bench")?;
     cfg.validate()?;
-    let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
-    let addr = app.grpc_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let broker = common::serve(cfg).await?;
+    let addr = broker.addr;
 
     let channel = |id: &str| common::channel(&ca, addr, id);
     let orch = channel("spiffe://example.org/orchestrator/main")?
@@ -564,8 +559,7 @@ async fn main() -> anyhow::Result<()> {
             each.join(", ")
         );
     }
-    let _ = stop_tx.send(());
-    let _ = server_task.await;
+    broker.stop().await;
     db.drop_now().await?;
     Ok(())
 }

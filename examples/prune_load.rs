@@ -12,7 +12,6 @@
 mod common;
 
 use mayfly::api::pb::token_service_client::TokenServiceClient;
-use mayfly::clock::SystemClock;
 use mayfly::config::Config;
 use sqlx::Connection;
 use std::sync::Arc;
@@ -156,12 +155,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse(&cfg, "bench")?;
     cfg.validate()?;
     let batch = cfg.retention.batch;
-    let app = mayfly::app::build(cfg, Arc::new(SystemClock)).await?;
-    let addr = app.grpc_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let broker = common::serve(cfg).await?;
+    let addr = broker.addr;
 
     let channel = |id: &str| common::channel(&ca, addr, id);
     let orch = channel("spiffe://example.org/orchestrator/main")?
@@ -224,8 +219,7 @@ async fn main() -> anyhow::Result<()> {
         rows as f64 / pruned_in.as_secs_f64(),
     );
 
-    let _ = stop_tx.send(());
-    let _ = server_task.await;
+    broker.stop().await;
     db.drop_now().await?;
     Ok(())
 }

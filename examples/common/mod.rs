@@ -121,6 +121,31 @@ pub fn broker_files(dir: &std::path::Path) -> anyhow::Result<DevCa> {
 }
 
 /// The support agent of the example policies.
+/// The real broker, built from `cfg`, serving in this process until
+/// [`InProcess::stop`].
+pub struct InProcess {
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn serve(cfg: mayfly::config::Config) -> anyhow::Result<InProcess> {
+    let app = mayfly::app::build(cfg, Arc::new(mayfly::clock::SystemClock)).await?;
+    let addr = app.grpc_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(InProcess { addr, stop, task })
+}
+
+impl InProcess {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 pub const AGENT: &str = "spiffe://example.org/agent/support-eu-1";
 
 /// Opens a support-triage task for [`AGENT`] reading EU customers.
