@@ -149,19 +149,7 @@ async fn a_feed_resumed_with_last_event_id_or_after_gets_exactly_the_later_event
     const EACH: usize = 10;
     let total = (REVOKERS * EACH) as u64;
     let mut feed = app.feed(VERIFIER, FEED, &[]).await;
-    let mut joins = vec![];
-    for r in 0..REVOKERS {
-        let mut admin = app.admin(ADMIN).await;
-        joins.push(tokio::spawn(async move {
-            for i in 0..EACH {
-                let agent = format!("spiffe://example.org/agent/r{r}-{i}");
-                admin
-                    .revoke(revoke_request(Target::Agent(agent), "drill"))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
+    let joins = app.revoke_concurrently(REVOKERS, EACH).await;
     // Part of the stream, then gone while the revokers go on.
     let first = ids(&feed.events(10).await);
     drop(feed);

@@ -101,19 +101,7 @@ async fn the_watch_resumes_from_a_cursor_with_concurrent_revokers_missing_nothin
         .unwrap()
         .into_inner();
 
-    let mut joins = vec![];
-    for r in 0..REVOKERS {
-        let mut admin = app.admin(ADMIN).await;
-        joins.push(tokio::spawn(async move {
-            for i in 0..EACH {
-                let agent = format!("spiffe://example.org/agent/r{r}-{i}");
-                admin
-                    .revoke(revoke_request(Target::Agent(agent), "drill"))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
+    let joins = app.revoke_concurrently(REVOKERS, EACH).await;
 
     // Read part of the stream, then disconnect while revokers are still going.
     let first = next_events(&mut stream, 10).await;

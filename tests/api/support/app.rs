@@ -230,6 +230,32 @@ impl TestApp {
         seqs
     }
 
+    /// Starts `revokers` admins revoking `each` agents at once (agents
+    /// `r<revoker>-<i>`); join them to wait for every revocation.
+    pub async fn revoke_concurrently(
+        &self,
+        revokers: usize,
+        each: usize,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut joins = vec![];
+        for r in 0..revokers {
+            let mut admin = self.admin(ADMIN).await;
+            joins.push(tokio::spawn(async move {
+                for i in 0..each {
+                    let agent = format!("spiffe://example.org/agent/r{r}-{i}");
+                    admin
+                        .revoke(super::requests::revoke_request(
+                            pb::revocation_target::Target::Agent(agent),
+                            "drill",
+                        ))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        joins
+    }
+
     /// The audit events `actor` caused, oldest first, as stored.
     pub async fn audit_by(&self, actor: &str) -> Vec<AuditRow> {
         audit_by(&self.store().await, actor).await
