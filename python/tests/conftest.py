@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from mayfly import SvidFiles
+from mayfly import Agent, Orchestrator, Scope, SvidFiles, Task
 
 REPO = Path(__file__).resolve().parents[2]
 MAYFLY = Path(os.environ.get("MAYFLY_BIN", str(REPO / "target" / "debug" / "mayfly")))
@@ -134,8 +134,29 @@ def _psql(sql: str) -> None:
     subprocess.run(["psql", DATABASE_URL, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, timeout=60)
 
 
+#: Added to the example policies: the payments workflow's step-up action at
+#: any hour (the example allows minting only 06:00-20:00 UTC).
+ANY_HOUR = """
+@id("python-tests-payments")
+@reason("the Python tests mint payments tokens at any hour")
+permit (principal, action == Mayfly::Action::"Mint", resource in Mayfly::Tool::"payments-api")
+when {
+  context.workflow == Mayfly::Workflow::"payments" &&
+  principal.path like "/agent/finance-*" &&
+  ["read", "pay"].contains(context.action)
+};
+"""
+
+
+def policies(root: Path) -> None:
+    """The example policies (what ``mayfly dev`` ships), plus :data:`ANY_HOUR`."""
+    shutil.copytree(REPO / "examples" / "policies", root / "policies")
+    (root / "policies" / "python-tests.cedar").write_text(ANY_HOUR)
+
+
 def start_dev(root: Path) -> Broker:
     grpc, http = free_port(), free_port()
+    policies(root)  # dev keeps a policy directory it finds
     argv = [str(MAYFLY), "dev", "--dir", str(root), "--grpc-addr", f"127.0.0.1:{grpc}"]
     argv += ["--http-addr", f"127.0.0.1:{http}"]
     return Broker("sqlite", root, argv, grpc, http)
@@ -144,7 +165,7 @@ def start_dev(root: Path) -> Broker:
 def start_serve(root: Path, db: str, heartbeat: str = "1s") -> Broker:
     grpc, http = free_port(), free_port()
     subprocess.run([str(MAYFLY), "dev-certs", str(root / "certs")], check=True, capture_output=True)
-    shutil.copytree(REPO / "examples" / "policies", root / "policies")
+    policies(root)
     (root / "mayfly.toml").write_text(
         f"""
 [server]
@@ -166,6 +187,9 @@ agent = ["spiffe://{TRUST_DOMAIN}/agent/*"]
 orchestrator = ["spiffe://{TRUST_DOMAIN}/orchestrator/*"]
 admin = ["spiffe://{TRUST_DOMAIN}/admin/*"]
 verifier = ["spiffe://{TRUST_DOMAIN}/verifier/*"]
+
+[oauth]
+poll_interval = "1s"
 
 [revocation]
 heartbeat = "{heartbeat}"
@@ -220,3 +244,31 @@ def own_broker(tmp_path: Path, _binary: Path) -> Iterator[Broker]:
     """A broker of the test's own (PostgreSQL), for tests that stop or pause it."""
     with running("postgres", tmp_path) as b:
         yield b
+
+
+SUPPORT = "support-triage"
+CRM_EU = Scope("crm-api", "customers/eu/*", "read")
+
+
+@pytest.fixture()
+def orchestrator(broker: Broker) -> Iterator[Orchestrator]:
+    with Orchestrator(broker.url, broker.svid("orchestrator")) as o:
+        yield o
+
+
+@pytest.fixture()
+def agent(broker: Broker) -> Iterator[Agent]:
+    with Agent(broker.url, broker.svid("agent")) as a:
+        yield a
+
+
+@pytest.fixture()
+def support_task(orchestrator: Orchestrator) -> Task:
+    """An active support-triage task for the dev agent, reading EU customers."""
+    return orchestrator.open_task(AGENT, SUPPORT, "answer ticket 4713", [CRM_EU], duration=600)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (``@pytest.mark.anyio``) run on asyncio."""
+    return "asyncio"

@@ -170,7 +170,9 @@ class WorkloadApi:
     def current(self) -> tuple[ssl.SSLContext, int]:
         from cryptography.hazmat.primitives import serialization
 
-        svid = self._source.svid
+        # One snapshot: the SVID and the bundles of the same update.
+        context = self._source.get_x509_context()
+        svid = context.default_svid
         chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain)
         with self._lock:
             if self._context is None or chain != self._seen:
@@ -179,7 +181,7 @@ class WorkloadApi:
                     serialization.PrivateFormat.PKCS8,
                     serialization.NoEncryption(),
                 )
-                bundle = self._source.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+                bundle = context.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
                 if bundle is None:
                     raise CredentialsError("the Workload API sent no bundle for the SVID's trust domain")
                 cadata = "".join(
