@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 from typing import Any
 
@@ -222,6 +223,8 @@ def test_a_valid_token_passes_and_each_flaw_has_its_verdict() -> None:
             f"{h}.{p}.{sig}.x",
             f"{h}=.{p}.{sig}",
             f"{h}.{p}.{sig}=",
+            f"{h}.{p}\ud800.{sig}",
+            f"{h}.{p}é.{sig}",
             s.sign(claims(), typ="JWT"),
             s.sign(claims(), typ=None),
             s.sign(claims(), kid=None),
@@ -339,3 +342,23 @@ def test_refusals_answer_as_the_mcp_authorization_spec_asks() -> None:
     ]:
         with pytest.raises(ValueError):
             ProtectedResource(bad, ["https://mayfly"])
+
+
+def test_any_text_or_header_is_a_refusal_never_an_exception() -> None:
+    rng = random.Random(7)  # noqa: S311 (reproducible inputs, not keys)
+    s = Signer()
+    c = s.checker()
+    good = s.sign(claims())
+    chars = 'AZaz09-_.=+/ \t\x00é\ud800{}":,'
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            t = "".join(rng.choice(chars) for _ in range(rng.randrange(0, 40)))
+        else:
+            i = rng.randrange(len(good))
+            t = good[:i] + rng.choice(chars) + good[i + 1 :]
+            if t == good:
+                continue
+        with pytest.raises(Refused):
+            c.check(t, CERT, None)
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 30)))
+        assert isinstance(bearer_token([b"Bearer " + raw]), (str, BearerError))

@@ -186,7 +186,8 @@ def split(token: str, seen: Seen | None = None) -> Compact:
     """The token's segments and kid, without verifying anything; raises
     :class:`Bad` (malformed) for anything but an ``EdDSA``, ``at+jwt`` JWS."""
     parts = token.split(".")
-    if len(parts) != 3:
+    # A bearer token is ASCII (RFC 6750 b64token); anything else is not ours.
+    if len(parts) != 3 or not token.isascii():
         raise Bad(Verdict.MALFORMED)
     header, payload, signature = parts
     known = seen.kid(header) if seen is not None else None
