@@ -5,8 +5,10 @@ too) on Mayfly's OAuth front door over mutual TLS.
   tokens (cached per scope), wait for step-up approvals, delegate and redeem.
 - :class:`Orchestrator` / :class:`AsyncOrchestrator` open, complete and look
   up tasks, and report deviations (``with orchestrator.task(...)``).
-- :mod:`mayfly.verifier` checks tokens locally against the JWKS and a live
-  revocation set; :mod:`mayfly.asgi` protects a Starlette/FastAPI/MCP app.
+- :class:`Verifier` / :class:`AsyncVerifier` (:mod:`mayfly.verifier`) check
+  tokens locally against the JWKS and a live revocation set;
+  :mod:`mayfly.asgi` protects a Starlette/FastAPI/MCP app, and
+  :mod:`mayfly.uvicorn` serves it with the client certificate it needs.
 - :class:`SvidFiles` / :class:`WorkloadApi` are the caller's X.509-SVID.
 """
 
@@ -30,6 +32,16 @@ from .errors import (
     Unavailable,
 )
 from .orchestrator import AsyncOrchestrator, Ended, Orchestrator, Task
+from .verifier import (
+    AsyncVerifier,
+    Claims,
+    Refused,
+    RequiredScope,
+    RequiredScopeError,
+    Verdict,
+    Verifier,
+    VerifierConfig,
+)
 
 __all__ = [
     "AccessDenied",
@@ -37,6 +49,8 @@ __all__ = [
     "ApprovalPending",
     "AsyncAgent",
     "AsyncOrchestrator",
+    "AsyncVerifier",
+    "Claims",
     "Credentials",
     "CredentialsError",
     "Ended",
@@ -51,6 +65,9 @@ __all__ = [
     "Offer",
     "Orchestrator",
     "ProtocolError",
+    "Refused",
+    "RequiredScope",
+    "RequiredScopeError",
     "Scope",
     "SlowDown",
     "SvidFiles",
@@ -59,6 +76,9 @@ __all__ = [
     "TokenCache",
     "UnauthorizedClient",
     "Unavailable",
+    "Verdict",
+    "Verifier",
+    "VerifierConfig",
     "WorkloadApi",
 ]
 __version__ = "0.1.0"
