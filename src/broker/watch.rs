@@ -54,6 +54,10 @@ impl Broker {
             // Quiet since: a heartbeat goes out once the stream has sent nothing
             // for `heartbeat`, so the verifier can tell quiet from cut off.
             let mut quiet_since = tokio::time::Instant::now();
+            // The first time the stream is caught up it says so at once: a
+            // verifier counts itself synced (and serves) only from a heartbeat,
+            // which would otherwise come a whole `heartbeat` after it connects.
+            let mut announced = false;
             loop {
                 // Always read from the store by cursor: a watcher that fell behind is
                 // caught up from there, never skipped.
@@ -82,7 +86,8 @@ impl Broker {
                 // Caught up: the read above found the anchor and nothing after it,
                 // so the anchor is the store's head. Only now may a heartbeat say
                 // so; one due while waiting below comes back here first.
-                if quiet_since.elapsed() >= heartbeat {
+                if !announced || quiet_since.elapsed() >= heartbeat {
+                    announced = true;
                     quiet_since = tokio::time::Instant::now();
                     yield Watched::Heartbeat { head: anchor.seq(), at: broker.clock.now() };
                 }

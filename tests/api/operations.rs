@@ -349,9 +349,7 @@ async fn dev_certs_then_serve_then_sigterm_drains_open_streams_and_exits_cleanly
         .unwrap();
     assert!(status.success());
     // The open stream ends cleanly, and the process exits 0.
-    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
-        .await
-        .expect("stream ends on shutdown");
+    let end = after_heartbeats(&mut watch).await;
     assert!(matches!(end, Ok(None)), "{end:?}");
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -374,9 +372,7 @@ async fn shutdown_ends_open_watch_streams_and_returns_cleanly() {
     let app = spawn_app().await;
     let mut watch = app.watch(0).await;
     let stopping = tokio::spawn(app.stop());
-    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
-        .await
-        .expect("stream ends");
+    let end = after_heartbeats(&mut watch).await;
     assert!(matches!(end, Ok(None)), "{end:?}");
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await

@@ -116,6 +116,25 @@ pub async fn next_events(
     out
 }
 
+/// The next message of a watch stream that is not a heartbeat: an event, the
+/// end (`Ok(None)`) or the status it ended with (failing after 10 s). A stream
+/// sends a heartbeat as soon as it is first caught up.
+pub async fn after_heartbeats(
+    stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
+) -> Result<Option<pb::WatchRevocationsResponse>, tonic::Status> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message or the end within 10 s");
+        match msg {
+            Ok(Some(pb::WatchRevocationsResponse {
+                kind: Some(pb::watch_revocations_response::Kind::Heartbeat(_)),
+            })) => continue,
+            other => return other,
+        }
+    }
+}
+
 pub async fn introspect_active(app: &TestApp, token: &str) -> bool {
     app.verifier(VERIFIER)
         .await
