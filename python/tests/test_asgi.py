@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import AGENT, Broker, free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,6 +25,8 @@ from mayfly.asgi import ASGIApp, MayflyAuth, McpToolScopes, Message, Reject
 from mayfly.asgi import Scope as AsgiScope
 from mayfly.resource import ProtectedResource
 from mayfly.uvicorn import config, with_client_cert
+
+from .conftest import AGENT, Broker, free_port
 
 AUD = "crm-api"
 TOOLS = McpToolScopes({"get_customer": "read:customers/eu/{customer_id}"})

@@ -14,7 +14,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import AGENT, Broker
 
 from mayfly import (
     Agent,
@@ -29,6 +28,8 @@ from mayfly import (
     VerifierConfig,
 )
 from mayfly.verifier import Checker
+
+from .conftest import AGENT, Broker
 
 AUD, WORKFLOW = "crm-api", "support-triage"
 NEED = RequiredScope("read", "customers/eu/42")
