@@ -23,6 +23,7 @@ mod oauth_clients;
 mod oauth_deviation;
 mod oauth_feed;
 mod oauth_grants;
+mod oauth_misuse;
 mod oauth_tasks;
 mod operations;
 mod persistence;

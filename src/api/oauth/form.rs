@@ -2,7 +2,7 @@
 //! (RFC 6749 §3.2), refused unread when it is larger than the endpoint allows or
 //! of another type; each parameter at most once (§3.2), an empty value as if it
 //! were omitted (§3.1), parameters the endpoint does not know ignored (§3.2).
-//! Mayfly's own endpoints (tasks) take JSON instead
+//! Mayfly's own endpoints (tasks, misuse reports) take JSON instead
 //! ([`json_body`]), bounded the same way.
 use crate::domain::text::quote;
 use crate::error::oauth::OauthError;

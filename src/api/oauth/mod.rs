@@ -10,7 +10,7 @@
 //!   polling, token exchange for delegation); `introspect` (RFC 7662) and
 //!   `revoke` (RFC 7009); `feed`: the revocation stream as Server-Sent Events;
 //!   `tasks`: opening, reading, completing tasks and reporting them deviated,
-//!   for orchestrators.
+//!   for orchestrators; `misuse`: misuse reports, for resource servers.
 use super::Auth;
 use crate::broker::{Broker, Minted};
 use crate::error::oauth::OauthError;
@@ -32,6 +32,7 @@ mod feed;
 mod form;
 mod introspect;
 pub mod metadata;
+mod misuse;
 mod poll;
 #[cfg(test)]
 mod properties;
@@ -169,6 +170,7 @@ pub fn router(state: OauthState) -> Router {
             &format!("{}/{{id}}/deviate", metadata::TASKS),
             post(tasks::deviate),
         )
+        .route(metadata::MISUSE, post(misuse::report))
         .route(metadata::FEED, get(feed::feed).with_state(feed))
         .with_state(state)
 }
