@@ -153,7 +153,7 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Orchestrators: open, complete and read tasks.
+    /// Orchestrators: open, complete, report deviated and read tasks.
     #[command(subcommand)]
     Task(TaskCommand),
     /// Agents: mint tokens. Verifiers: introspect them.
@@ -243,6 +243,14 @@ pub enum TaskCommand {
     /// Complete a task: every token of it is revoked.
     Complete {
         task: String,
+    },
+    /// Report that a task deviated (its agent left the objective): it ends as
+    /// deviated, and every token of it is revoked.
+    Deviate {
+        task: String,
+        /// What the agent did (required, one line, audited).
+        #[arg(long)]
+        reason: String,
     },
     Get {
         task: String,

@@ -1,8 +1,9 @@
-//! TaskService: orchestrators open, complete and read tasks.
+//! TaskService: orchestrators open, complete, report deviated and read tasks.
 use super::pb::task_service_server::TaskService;
 use super::pb::*;
 use super::{Auth, convert};
 use crate::broker::{Broker, StartTask};
+use crate::domain::TaskId;
 use crate::identity::Role;
 use crate::store::TaskFilter;
 use std::sync::Arc;
@@ -30,6 +31,15 @@ pub(crate) fn start_input(r: &StartTaskRequest) -> Result<StartTask, Status> {
             convert::MAX_TASK_SECONDS,
         )?,
     })
+}
+
+/// A deviation report, parsed from the request (gRPC's, or the front door's
+/// path and JSON made into one): the task, and the reason (required, one line).
+pub(crate) fn deviation_input(r: &ReportDeviationRequest) -> Result<(TaskId, String), Status> {
+    Ok((
+        convert::task_id("task_id", &r.task_id)?,
+        convert::required_text("reason", &r.reason, convert::MAX_REASON)?,
+    ))
 }
 
 #[tonic::async_trait]
@@ -76,6 +86,34 @@ impl TaskService for TaskApi {
         let (task, event) = self.broker.complete_task(&caller, id).await?;
         tracing::info!(seq = event.seq, "task completed; its tokens are revoked");
         Ok(Response::new(CompleteTaskResponse {
+            task: Some(convert::task(&task)),
+            revocation_sequence: event.seq,
+        }))
+    }
+
+    #[instrument(skip_all, fields(caller, task))]
+    async fn report_deviation(
+        &self,
+        req: Request<ReportDeviationRequest>,
+    ) -> Result<Response<ReportDeviationResponse>, Status> {
+        let caller = self
+            .auth
+            .caller(
+                &req,
+                "mayfly.v1.TaskService/ReportDeviation",
+                &[Role::Orchestrator],
+            )
+            .await?;
+        let (id, reason) = deviation_input(req.get_ref())?;
+        tracing::Span::current()
+            .record("caller", caller.id.as_str())
+            .record("task", id.to_string());
+        let (task, event) = self.broker.report_deviation(&caller, id, reason).await?;
+        tracing::warn!(
+            seq = event.seq,
+            "task reported deviated; its tokens are revoked"
+        );
+        Ok(Response::new(ReportDeviationResponse {
             task: Some(convert::task(&task)),
             revocation_sequence: event.seq,
         }))

@@ -29,8 +29,22 @@ pub struct VerifierApi {
 /// the front door's feed).
 pub(super) const VERIFIERS: &[Role] = &[Role::Verifier, Role::Admin];
 const ANYONE: &[Role] = &[Role::Agent, Role::Orchestrator, Role::Admin, Role::Verifier];
-/// Only resource servers report misuse; the security team revokes directly.
-const REPORTERS: &[Role] = &[Role::Verifier];
+/// Only resource servers report misuse (here and on the front door); the
+/// security team revokes directly.
+pub(super) const REPORTERS: &[Role] = &[Role::Verifier];
+
+/// A misuse report, parsed from the request (gRPC's, or the front door's JSON
+/// made into one): the token is required (the broker judges what it is), the
+/// kind one of the two, the evidence optional and one line.
+pub(super) fn misuse_input(r: &ReportMisuseRequest) -> Result<(MisuseKind, String), Status> {
+    if r.token.is_empty() {
+        return Err(crate::error::invalid("token", "is required"));
+    }
+    let kind = MisuseKind::parse(&r.kind).ok_or_else(|| {
+        crate::error::invalid("kind", "must be \"binding_mismatch\" or \"out_of_scope\"")
+    })?;
+    Ok((kind, convert::evidence(&r.evidence)?))
+}
 
 #[tonic::async_trait]
 impl VerifierService for VerifierApi {
@@ -90,13 +104,7 @@ impl VerifierService for VerifierApi {
             .caller(&req, "mayfly.v1.VerifierService/ReportMisuse", REPORTERS)
             .await?;
         let r = req.get_ref();
-        if r.token.is_empty() {
-            return Err(crate::error::invalid("token", "is required"));
-        }
-        let kind = MisuseKind::parse(&r.kind).ok_or_else(|| {
-            crate::error::invalid("kind", "must be \"binding_mismatch\" or \"out_of_scope\"")
-        })?;
-        let evidence = convert::evidence(&r.evidence)?;
+        let (kind, evidence) = misuse_input(r)?;
         let (task, seq) = self
             .broker
             .report_misuse(&caller, &r.token, kind, &evidence)

@@ -1,6 +1,7 @@
-//! Ending tasks: the orchestrator that opened a task completes it; the sweeper
-//! expires every task past its deadline. Either way all the task's tokens are
-//! revoked in the same transaction, and the revocation published.
+//! Ending tasks: the orchestrator that opened a task completes it (or reports it
+//! deviated, `deviate.rs`); the sweeper expires every task past its deadline.
+//! Either way all the task's tokens are revoked in the same transaction, and the
+//! revocation published.
 use super::refuse::Refusing;
 use super::{Broker, BrokerError, SYSTEM_ACTOR};
 use crate::domain::audit::{Action, AuditEvent};
@@ -27,32 +28,78 @@ pub struct Sweep {
     pub stopped: Option<BrokerError>,
 }
 
+/// How the orchestrator that opened a task ends it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ending {
+    Complete,
+    /// Reported deviated (`deviate.rs`).
+    Deviate,
+}
+
+impl Ending {
+    fn state(self) -> TaskState {
+        match self {
+            Ending::Complete => TaskState::Completed,
+            Ending::Deviate => TaskState::Deviated,
+        }
+    }
+
+    fn trigger(self) -> Trigger {
+        match self {
+            Ending::Complete => Trigger::TaskCompleted,
+            Ending::Deviate => Trigger::Deviation,
+        }
+    }
+
+    /// What another orchestrator's attempt is recorded as.
+    fn denied(self) -> Action {
+        match self {
+            Ending::Complete => Action::TaskCompleteDenied,
+            Ending::Deviate => Action::TaskDeviateDenied,
+        }
+    }
+}
+
 impl Broker {
     pub async fn complete_task(
         &self,
         caller: &Caller,
         id: TaskId,
     ) -> Result<(Task, Event), BrokerError> {
+        self.end_as_opener(caller, id, Ending::Complete, "task completed".into())
+            .await
+    }
+
+    /// Ends an active task as `ending` says, for the orchestrator that opened
+    /// it (another is refused, and the refusal audited); `reason` is the
+    /// revocation's. The ended task and its revocation event.
+    pub(super) async fn end_as_opener(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        ending: Ending,
+        reason: String,
+    ) -> Result<(Task, Event), BrokerError> {
         let task = self.get_task(id).await?;
         let now = self.now();
         let event = || {
-            AuditEvent::new(now, caller.id.as_str(), Action::TaskCompleteDenied)
+            AuditEvent::new(now, caller.id.as_str(), ending.denied())
                 .task(id)
                 .agent(&task.agent)
                 .detail(json!({"opened_by": task.opened_by}))
         };
         self.judged(
             &Refusing::new(caller, &event),
-            task.completable_by(&caller.id),
+            task.endable_by(&caller.id, ending.state()),
         )
         .await?;
         let outcome = self
             .end_task(
                 id,
-                TaskState::Completed,
-                Trigger::TaskCompleted,
+                ending.state(),
+                ending.trigger(),
                 caller.id.as_str(),
-                "task completed".into(),
+                reason,
             )
             .await?;
         match outcome {
@@ -98,6 +145,9 @@ impl Broker {
         if let EndOutcome::Ended { revoked, .. } = &outcome {
             self.hub.committed(revoked.event.seq);
             self.metrics.revoked(trigger.as_str());
+            if to == TaskState::Deviated {
+                self.metrics.deviated();
+            }
         }
         Ok(outcome)
     }

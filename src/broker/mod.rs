@@ -7,7 +7,8 @@
 //! (above) alone chooses the status code a refusal is answered with.
 //!
 //! - `open.rs` opens a task; `end.rs` completes one and sweeps expired ones;
-//!   `read.rs` reads tasks and tokens.
+//!   `deviate.rs` ends one an orchestrator reports deviated; `read.rs` reads
+//!   tasks and tokens.
 //! - `mint.rs` mints; `step_up.rs` is a mint's step-up branch; `approvals.rs`
 //!   waits for and decides step-up approvals.
 //! - `delegate.rs` offers a token to a sub-agent; `redeem.rs` redeems an offer.
@@ -32,6 +33,7 @@ mod approvals;
 mod archive;
 mod audit;
 mod delegate;
+mod deviate;
 mod end;
 mod freeze;
 mod introspect;

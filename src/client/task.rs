@@ -37,6 +37,17 @@ pub(super) async fn run(ch: Channel, out: &Printer, cmd: &TaskCommand) -> anyhow
                 .into_inner();
             out.print(&r)?;
         }
+        TaskCommand::Deviate { task, reason } => {
+            let r = TaskServiceClient::new(ch)
+                .report_deviation(pb::ReportDeviationRequest {
+                    task_id: task.clone(),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            out.print(&r)?;
+        }
         TaskCommand::Get { task } => {
             let r = TaskServiceClient::new(ch)
                 .get_task(pb::GetTaskRequest {

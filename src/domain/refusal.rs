@@ -85,8 +85,14 @@ pub enum Refusal {
     // ---- tasks ----------------------------------------------------------------
     #[error("task {task} belongs to another agent")]
     NotOwner { task: TaskId },
-    #[error("task {task} was opened by {opened_by}; only that orchestrator may complete it")]
-    NotOpener { task: TaskId, opened_by: SpiffeId },
+    /// Another orchestrator tried to end the task as `to` (complete it, or
+    /// report it deviated).
+    #[error("task {task} was opened by {opened_by}; only that orchestrator may {}", ending(*.to))]
+    NotOpener {
+        task: TaskId,
+        opened_by: SpiffeId,
+        to: TaskState,
+    },
     #[error(transparent)]
     TaskClosed(#[from] TaskClosed),
     /// The write refused a freeze that was lifted again since.
@@ -256,6 +262,14 @@ impl Refusal {
                 | Refusal::ForeignToken { .. }
                 | Refusal::RepeatedStepUp { .. }
         )
+    }
+}
+
+/// What ending a task as `to` is called in a refusal.
+fn ending(to: TaskState) -> &'static str {
+    match to {
+        TaskState::Deviated => "report it deviated",
+        _ => "complete it",
     }
 }
 

@@ -122,12 +122,14 @@ impl Task {
         self.scopes.iter().find(|s| s.covers(requested))
     }
 
-    /// Whether `orchestrator` may complete the task: only the one that opened it.
-    pub fn completable_by(&self, orchestrator: &SpiffeId) -> Result<(), Refusal> {
+    /// Whether `orchestrator` may end the task as `to` (complete it, or report it
+    /// deviated): only the one that opened it.
+    pub fn endable_by(&self, orchestrator: &SpiffeId, to: TaskState) -> Result<(), Refusal> {
         if self.opened_by != *orchestrator {
             return Err(Refusal::NotOpener {
                 task: self.id,
                 opened_by: self.opened_by.clone(),
+                to,
             });
         }
         Ok(())
@@ -250,19 +252,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_orchestrator_that_opened_a_task_completes_it() {
+    fn only_the_orchestrator_that_opened_a_task_completes_it_or_reports_it_deviated() {
         use crate::domain::fixture::{AGENT, task};
         let t = task();
         let opener = t.opened_by.clone();
-        assert_eq!(t.completable_by(&opener), Ok(()));
-        let refused = t.completable_by(&AGENT).unwrap_err();
-        assert_eq!(
-            refused.to_string(),
-            format!(
-                "task {} was opened by {}; only that orchestrator may complete it",
-                t.id, t.opened_by
-            )
-        );
+        for (to, may) in [
+            (TaskState::Completed, "complete it"),
+            (TaskState::Deviated, "report it deviated"),
+        ] {
+            assert_eq!(t.endable_by(&opener, to), Ok(()));
+            let refused = t.endable_by(&AGENT, to).unwrap_err();
+            assert_eq!(
+                refused.to_string(),
+                format!(
+                    "task {} was opened by {}; only that orchestrator may {may}",
+                    t.id, t.opened_by
+                )
+            );
+        }
     }
 
     #[test]

@@ -5,17 +5,6 @@ use crate::support::*;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
 
-/// A form to mint `read` of `customers/eu/<n>` under `task` for 60 s.
-fn mint_form(task: &str, resource: &str) -> String {
-    form(&[
-        ("grant_type", "client_credentials"),
-        ("task_id", task),
-        ("audience", "crm-api"),
-        ("scope", &format!("read:{resource}")),
-        ("ttl_seconds", "60"),
-    ])
-}
-
 /// The token's claims, checked with an implementation that is not Mayfly's.
 async fn verified_claims(app: &TestApp, token: &str) -> Value {
     let (_, jwks) = http_get(app.http, "/.well-known/jwks.json").await;

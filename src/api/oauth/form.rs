@@ -2,6 +2,8 @@
 //! (RFC 6749 §3.2), refused unread when it is larger than the endpoint allows or
 //! of another type; each parameter at most once (§3.2), an empty value as if it
 //! were omitted (§3.1), parameters the endpoint does not know ignored (§3.2).
+//! Mayfly's own endpoints (tasks, misuse reports) take JSON instead
+//! ([`json_body`]), bounded the same way.
 use crate::domain::text::quote;
 use crate::error::oauth::OauthError;
 use axum::body::Body;
@@ -116,6 +118,43 @@ pub async fn bounded_body(
             .with_status(StatusCode::REQUEST_TIMEOUT)
         })?
         .map_err(|_| too_large())
+}
+
+/// How much of a JSON parser's message is quoted: enough to name the field
+/// and the position, not a value of any length.
+const MESSAGE_CHARS: usize = 120;
+
+/// A JSON object (`application/json`, at most `limit` bytes, within `deadline`:
+/// see [`bounded_body`]) as `T`, whose fields are the endpoint's; a body that is
+/// not one is refused as not being `what` ("a task to open"), with the first
+/// characters of the parser's message, which names the field or the position.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+    what: &str,
+) -> Result<T, OauthError> {
+    content_type(headers, "application/json")?;
+    let bytes = bounded_body(headers, body, limit, deadline).await?;
+    // serde reads a struct from an array of its fields too (`["why"]`): the
+    // fields are named, or it is not a request.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(OauthError::invalid(
+            "request body",
+            format!("is not {what}: a JSON object is expected"),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // serde's message may carry a whole value (an unknown field's name, a
+        // string of the wrong type): its first characters only.
+        let message = e.to_string();
+        let mut why: String = message.chars().take(MESSAGE_CHARS).collect();
+        if why.len() < message.len() {
+            why.push_str("...");
+        }
+        OauthError::invalid("request body", format!("is not {what}: {why}"))
+    })
 }
 
 /// `expected` (a media type), with at most a `charset=utf-8`.

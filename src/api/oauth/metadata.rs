@@ -1,7 +1,7 @@
 //! Authorization server metadata (RFC 8414), built once at start and served
 //! from memory to anyone: it names the endpoints, the grants, the client
 //! authentication (`tls_client_auth`, RFC 8705) and Mayfly's own members for
-//! the revocation feed and delegation offers.
+//! the revocation feed, delegation offers, tasks and misuse reports.
 use super::{DEVICE_CODE, OFFER_TYPE, TOKEN_EXCHANGE};
 use serde_json::json;
 use std::time::Duration;
@@ -17,6 +17,8 @@ pub const FEED: &str = "/oauth/revocations";
 pub const JWKS: &str = "/.well-known/jwks.json";
 /// Orchestrators' tasks (not OAuth: JSON, in the front door's error shape).
 pub const TASKS: &str = "/v1/tasks";
+/// Verifiers' misuse reports (JSON, as the tasks).
+pub const MISUSE: &str = "/v1/misuse";
 
 /// The metadata document and the path it is served at.
 pub struct Metadata {
@@ -55,6 +57,7 @@ impl Metadata {
             "mayfly_step_up_interval_seconds": poll.as_secs(),
             "mayfly_delegation_offer_token_type": OFFER_TYPE,
             "mayfly_tasks_endpoint": at(TASKS),
+            "mayfly_misuse_endpoint": at(MISUSE),
         });
         Metadata {
             path,
@@ -85,6 +88,10 @@ mod tests {
         assert_eq!(
             v["jwks_uri"],
             "https://mayfly.example:8443/.well-known/jwks.json"
+        );
+        assert_eq!(
+            v["mayfly_misuse_endpoint"],
+            "https://mayfly.example:8443/v1/misuse"
         );
         assert_eq!(v["tls_client_certificate_bound_access_tokens"], true);
         assert_eq!(

@@ -9,7 +9,8 @@
 //! - `form`: request bodies; `token`: the token endpoint (mint, step-up
 //!   polling, token exchange for delegation); `introspect` (RFC 7662) and
 //!   `revoke` (RFC 7009); `feed`: the revocation stream as Server-Sent Events;
-//!   `tasks`: opening, reading and completing tasks, for orchestrators.
+//!   `tasks`: opening, reading, completing tasks and reporting them deviated,
+//!   for orchestrators; `misuse`: misuse reports, for resource servers.
 use super::Auth;
 use crate::broker::{Broker, Minted};
 use crate::error::oauth::OauthError;
@@ -31,6 +32,7 @@ mod feed;
 mod form;
 mod introspect;
 pub mod metadata;
+mod misuse;
 mod poll;
 #[cfg(test)]
 mod properties;
@@ -126,6 +128,25 @@ impl OauthState {
         }
         Ok((caller, form))
     }
+
+    /// The caller and its JSON body as `T` (`what` names it in a refusal), of at
+    /// most `limit` bytes ([`form::json_body`]): the caller first, as for a form.
+    async fn caller_and_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request,
+        endpoint: &'static str,
+        roles: &[Role],
+        limit: usize,
+        what: &str,
+    ) -> Result<(Caller, T), OauthError> {
+        let (parts, body) = req.into_parts();
+        let caller = self
+            .auth
+            .check(parts.extensions.get::<ConnInfo>(), endpoint, roles)
+            .await?;
+        let json = form::json_body(&parts.headers, body, limit, self.form_deadline, what).await?;
+        Ok((caller, json))
+    }
 }
 
 /// The routes of the front door, to merge with the gRPC router on the mTLS
@@ -145,6 +166,11 @@ pub fn router(state: OauthState) -> Router {
             &format!("{}/{{id}}/complete", metadata::TASKS),
             post(tasks::complete),
         )
+        .route(
+            &format!("{}/{{id}}/deviate", metadata::TASKS),
+            post(tasks::deviate),
+        )
+        .route(metadata::MISUSE, post(misuse::report))
         .route(metadata::FEED, get(feed::feed).with_state(feed))
         .with_state(state)
 }

@@ -1,13 +1,13 @@
 //! Tasks over HTTP, for orchestrators that speak HTTP rather than gRPC (the
-//! Python package's `Orchestrator`): open, read and complete a task, JSON in
-//! and out. Each is the broker call of its `TaskService` twin, with its roles,
-//! its field rules (`api::task::start_input`) and its refusals, answered in
-//! the front door's error shape.
-use super::form::{bounded_body, content_type};
+//! Python package's `Orchestrator`): open, read, complete a task and report it
+//! deviated, JSON in and out. Each is the broker call of its `TaskService`
+//! twin, with its roles, its field rules (`api::task::start_input`,
+//! `deviation_input`) and its refusals, answered in the front door's error
+//! shape.
 use super::{OauthState, answer, no_store_as, param};
 use crate::api::convert;
 use crate::api::pb;
-use crate::api::task::{READERS, start_input};
+use crate::api::task::{READERS, deviation_input, start_input};
 use crate::error::oauth::OauthError;
 use crate::identity::{ConnInfo, Role};
 use axum::extract::{Path, Request, State};
@@ -18,10 +18,6 @@ use serde::Deserialize;
 /// The largest task request, in bytes: as gRPC's (`limits.task_message_bytes`
 /// is not handed to the front door; objectives and scope lists fit in 64 KiB).
 const MAX_TASK_BYTES: usize = 64 * 1024;
-
-/// How much of a JSON parser's message is quoted: enough to name the field
-/// and the position, not a value of any length.
-const MESSAGE_CHARS: usize = 120;
 
 /// `POST /v1/tasks`: the fields of gRPC's `StartTaskRequest`, by name.
 #[derive(Deserialize)]
@@ -47,27 +43,15 @@ pub(super) async fn open(State(s): State<OauthState>, req: Request) -> Response 
 }
 
 async fn start(s: &OauthState, req: Request) -> Result<Response, OauthError> {
-    let (parts, body) = req.into_parts();
-    let caller = s
-        .auth
-        .check(
-            parts.extensions.get::<ConnInfo>(),
+    let (caller, open): (_, Open) = s
+        .caller_and_json(
+            req,
             "POST /v1/tasks",
             &[Role::Orchestrator],
+            MAX_TASK_BYTES,
+            "a task to open",
         )
         .await?;
-    content_type(&parts.headers, "application/json")?;
-    let bytes = bounded_body(&parts.headers, body, MAX_TASK_BYTES, s.form_deadline).await?;
-    let open: Open = serde_json::from_slice(&bytes).map_err(|e| {
-        // serde's message may carry a whole value (an unknown field's name, a
-        // string of the wrong type): its first characters only.
-        let message = e.to_string();
-        let mut why: String = message.chars().take(MESSAGE_CHARS).collect();
-        if why.len() < message.len() {
-            why.push_str("...");
-        }
-        OauthError::invalid("request body", format!("is not a task to open: {why}"))
-    })?;
     let request = pb::StartTaskRequest {
         agent: open.agent,
         workflow: open.workflow,
@@ -141,6 +125,49 @@ async fn end(s: &OauthState, id: &str, req: Request) -> Result<Response, OauthEr
     Ok(no_store_as(
         StatusCode::OK,
         pb::CompleteTaskResponse {
+            task: Some(convert::task(&task)),
+            revocation_sequence: event.seq,
+        },
+    ))
+}
+
+/// `POST /v1/tasks/{id}/deviate`: gRPC's `ReportDeviationRequest`, the task
+/// being the path's. A missing reason is an empty one, refused by gRPC's rule
+/// with gRPC's sentence.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deviation {
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn deviate(
+    State(s): State<OauthState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    answer(deviated(&s, id, req).await)
+}
+
+async fn deviated(s: &OauthState, id: String, req: Request) -> Result<Response, OauthError> {
+    let (caller, report): (_, Deviation) = s
+        .caller_and_json(
+            req,
+            "POST /v1/tasks/{id}/deviate",
+            &[Role::Orchestrator],
+            MAX_TASK_BYTES,
+            "a deviation report",
+        )
+        .await?;
+    let (id, reason) = param(deviation_input(&pb::ReportDeviationRequest {
+        task_id: id,
+        reason: report.reason,
+    }))?;
+    let (task, event) = s.broker.report_deviation(&caller, id, reason).await?;
+    tracing::warn!(caller = %caller.id, task = %task.id, seq = event.seq, "task reported deviated; its tokens are revoked");
+    Ok(no_store_as(
+        StatusCode::OK,
+        pb::ReportDeviationResponse {
             task: Some(convert::task(&task)),
             revocation_sequence: event.seq,
         },

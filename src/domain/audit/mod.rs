@@ -23,6 +23,8 @@ pub enum Action {
     CallDenied,
     /// An orchestrator was refused completing a task it did not open.
     TaskCompleteDenied,
+    /// An orchestrator was refused reporting a deviation of a task it did not open.
+    TaskDeviateDenied,
     /// An administrative revocation was refused (its target does not exist).
     RevocationDenied,
     /// A verifier reported a token misused (replayed by another certificate, or
@@ -63,7 +65,7 @@ pub enum Action {
 impl Action {
     /// Every action, so that stored names parse back without a second list to keep
     /// in step.
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 27] = [
         Action::TaskOpened,
         Action::TaskOpenDenied,
         Action::TaskCompleted,
@@ -75,6 +77,7 @@ impl Action {
         Action::Revocation,
         Action::CallDenied,
         Action::TaskCompleteDenied,
+        Action::TaskDeviateDenied,
         Action::RevocationDenied,
         Action::MisuseReported,
         Action::DelegationOffered,
@@ -110,6 +113,7 @@ impl Action {
             Action::Revocation => "revocation",
             Action::CallDenied => "call_denied",
             Action::TaskCompleteDenied => "task_complete_denied",
+            Action::TaskDeviateDenied => "task_deviate_denied",
             Action::RevocationDenied => "revocation_denied",
             Action::MisuseReported => "misuse_reported",
             Action::DelegationOffered => "delegation_offered",
@@ -135,6 +139,7 @@ impl Action {
             | Action::TaskDeviated
             | Action::CallDenied
             | Action::TaskCompleteDenied
+            | Action::TaskDeviateDenied
             | Action::RevocationDenied
             | Action::MisuseReported
             | Action::DelegationDenied
@@ -212,6 +217,7 @@ mod tests {
         for a in [
             Action::CallDenied,
             Action::TaskCompleteDenied,
+            Action::TaskDeviateDenied,
             Action::RevocationDenied,
             Action::DelegationDenied,
             Action::RedeemDenied,

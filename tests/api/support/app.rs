@@ -256,6 +256,14 @@ impl TestApp {
         joins
     }
 
+    /// The audit events under `task` (its id as the API shows it), in chain
+    /// order, as stored.
+    pub async fn task_audit(&self, task: &str) -> Vec<mayfly::domain::audit::AuditEvent> {
+        use mayfly::store::AuditStore;
+        let id = mayfly::domain::TaskId(task.parse().expect("a task id"));
+        self.store().await.audit_for_task(id).await.unwrap()
+    }
+
     /// The audit events `actor` caused, oldest first, as stored.
     pub async fn audit_by(&self, actor: &str) -> Vec<AuditRow> {
         audit_by(&self.store().await, actor).await

@@ -164,6 +164,18 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
+/// A form to mint `read` of `resource` (`customers/eu/42`) of the CRM under
+/// `task` for 60 s.
+pub fn mint_form(task: &str, resource: &str) -> String {
+    form(&[
+        ("grant_type", "client_credentials"),
+        ("task_id", task),
+        ("audience", "crm-api"),
+        ("scope", &format!("read:{resource}")),
+        ("ttl_seconds", "60"),
+    ])
+}
+
 impl TestApp {
     /// Rows of every table a refused request must leave alone: audit events,
     /// tokens, revocations, delegation offers, approvals.
