@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import VerifyKey
 
 from mayfly._revocations import FeedState, Revocation, RevocationSet, unix_seconds
 from mayfly._token import b64url, keys_from_jwks
@@ -65,7 +66,7 @@ class Signer:
         return f"{signing_input}.{b64(self.key.sign(signing_input.encode()))}"
 
     def checker(self, **kw: Any) -> Checker:
-        c = Checker(ISS, AUD, {self.kid: self.key.public_key()}, **kw)
+        c = Checker(ISS, AUD, {self.kid: VerifyKey(self.key.public_key().public_bytes_raw())}, **kw)
         c.feed("heartbeat", json.dumps({"head": 0}))
         return c
 
@@ -261,7 +262,7 @@ def test_a_revoked_token_is_refused_with_its_event_and_a_stale_feed_refuses_all(
         c.check(s.sign(claims()), CERT, None)
     assert (e.value.verdict, e.value.sequence, e.value.status) == (Verdict.REVOKED, 1, 401)
     assert "event 1" in e.value.description
-    stale = Checker(ISS, AUD, {s.kid: s.key.public_key()})
+    stale = Checker(ISS, AUD, {s.kid: VerifyKey(s.key.public_key().public_bytes_raw())})
     with pytest.raises(Refused) as e:
         stale.check(s.sign(claims()), CERT, None)
     assert (e.value.verdict, e.value.status, e.value.error) == (Verdict.STALE, 503, "temporarily_unavailable")
