@@ -33,7 +33,7 @@ TOOLS = McpToolScopes({"get_customer": "read:customers/eu/{customer_id}"})
 START_SECONDS = 30.0
 
 
-def required(scope: AsgiScope, body: bytes) -> RequiredScope | None:
+def required(scope: AsgiScope, body: bytes | None) -> RequiredScope | None:
     """``/customers/...`` needs ``read`` on that resource; ``/mcp`` maps tool calls."""
     path = str(scope.get("path", ""))
     if path == "/mcp":

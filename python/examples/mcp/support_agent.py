@@ -44,7 +44,7 @@ class ToolTokens(httpx2.Auth):
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        required = self.tools({}, request.content)
+        required = self.tools({"method": request.method}, request.content)
         action, resource = (
             (self.default.action, self.default.resource)
             if required is None

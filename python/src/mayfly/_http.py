@@ -87,8 +87,9 @@ class Call:
 
     method: str
     url: str
-    form: dict[str, str] | None = None
-    json: Any = None
+    # Forms and bodies carry tokens (subject tokens, misuse reports): never shown.
+    form: dict[str, str] | None = field(default=None, repr=False)
+    json: Any = field(default=None, repr=False)
 
 
 def parse(response: httpx.Response) -> Any:
@@ -98,7 +99,7 @@ def parse(response: httpx.Response) -> Any:
     body: Any = None
     if response.content:
         try:
-            body = json.loads(response.content)
+            body = json.loads(response.content, parse_constant=_no_constant)
         except ValueError:
             body = None
     if response.is_success:
@@ -106,6 +107,11 @@ def parse(response: httpx.Response) -> Any:
             raise ProtocolError("the answer is not JSON", response.status_code)
         return body
     raise from_answer(response.status_code, body, response.headers.get("retry-after"))
+
+
+def _no_constant(name: str) -> Any:
+    """JSON has no ``Infinity`` or ``NaN``: a bound read from the broker must be a number."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _unreachable(e: httpx.HTTPError) -> MayflyError:

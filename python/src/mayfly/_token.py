@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -136,7 +136,7 @@ def _opt_str(doc: dict[str, Any], name: str) -> str | None:
 class Compact:
     """A compact JWS whose header is an EdDSA access-token header with a kid."""
 
-    token: str
+    token: str = field(repr=False)
     kid: str
     payload: str
     signature: str

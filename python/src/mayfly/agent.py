@@ -171,10 +171,13 @@ _Key = tuple[str, str, str, str]
 class TokenCache:
     """Tokens by ``(task, audience, resource, action)``, renewed before they
     expire: a token is handed out only while more than ``renew_before`` of its
-    life (a fraction) and at least ``min_remaining`` seconds are left. A
-    token never outlives its task's deadline (the broker caps it); a task the
-    broker says is over (``invalid_grant``) is forgotten at once, and
-    :meth:`forget` forgets one by hand (say, when its orchestrator completes it).
+    life (a fraction) and at least ``min_remaining`` seconds are left, and only
+    to the SVID it was minted with (its ``generation``): after a rotation a
+    token bound to the old certificate would be refused by every tool, and
+    reported as misuse. A token never outlives its task's deadline (the broker
+    caps it); a task the broker says is over (``invalid_grant``) is forgotten at
+    once, and :meth:`forget` forgets one by hand (say, when its orchestrator
+    completes it).
     """
 
     def __init__(
@@ -183,24 +186,25 @@ class TokenCache:
         self._renew_before = renew_before
         self._min_remaining = min_remaining
         self._clock = clock
-        self._tokens: dict[_Key, tuple[Token, float]] = {}
+        self._tokens: dict[_Key, tuple[Token, float, int]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: _Key) -> Token | None:
+    def get(self, key: _Key, generation: int = 0) -> Token | None:
         now = self._clock()
         with self._lock:
             held = self._tokens.get(key)
             if held is None:
                 return None
-            token, lifetime = held
-            if token.expires_at - now > max(self._min_remaining, self._renew_before * lifetime):
+            token, lifetime, minted_with = held
+            fresh = token.expires_at - now > max(self._min_remaining, self._renew_before * lifetime)
+            if fresh and minted_with == generation:
                 return token
             del self._tokens[key]
             return None
 
-    def put(self, key: _Key, token: Token, asked_at: float) -> None:
+    def put(self, key: _Key, token: Token, asked_at: float, generation: int = 0) -> None:
         with self._lock:
-            self._tokens[key] = (token, token.expires_at - asked_at)
+            self._tokens[key] = (token, token.expires_at - asked_at, generation)
 
     def forget(self, task_id: str) -> None:
         with self._lock:
@@ -230,6 +234,7 @@ class Agent:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._conn = SyncConnection(broker, credentials, timeout)
+        self._credentials = credentials
         self.cache = cache if cache is not None else TokenCache(clock=clock)
         self._clock = clock
 
@@ -261,12 +266,13 @@ class Agent:
     def token(self, task: str, audience: str, resource: str, action: str, ttl: int = 300) -> Token:
         """The cached token for this scope, or a new one when it is close to expiry."""
         key = (task, audience, resource, action)
-        held = self.cache.get(key)
+        generation = self._credentials.current()[1]
+        held = self.cache.get(key, generation)
         if held is not None:
             return held
         asked_at = self._clock()
         token = self.mint(task, audience, resource, action, ttl)
-        self.cache.put(key, token, asked_at)
+        self.cache.put(key, token, asked_at, generation)
         return token
 
     def wait_for_approval(self, pending: ApprovalPending | str, timeout: float = 300.0) -> Token:
@@ -317,6 +323,7 @@ class AsyncAgent:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._conn = AsyncConnection(broker, credentials, timeout)
+        self._credentials = credentials
         self.cache = cache if cache is not None else TokenCache(clock=clock)
         self._clock = clock
         self._minting: dict[_Key, asyncio.Lock] = {}
@@ -342,18 +349,19 @@ class AsyncAgent:
 
     async def token(self, task: str, audience: str, resource: str, action: str, ttl: int = 300) -> Token:
         key = (task, audience, resource, action)
-        held = self.cache.get(key)
+        generation = self._credentials.current()[1]
+        held = self.cache.get(key, generation)
         if held is not None:
             return held
         # One mint per scope at a time: concurrent callers share its token.
         lock = self._minting.setdefault(key, asyncio.Lock())
         async with lock:
-            held = self.cache.get(key)
+            held = self.cache.get(key, generation)
             if held is not None:
                 return held
             asked_at = self._clock()
             token = await self.mint(task, audience, resource, action, ttl)
-            self.cache.put(key, token, asked_at)
+            self.cache.put(key, token, asked_at, generation)
             return token
 
     async def wait_for_approval(self, pending: ApprovalPending | str, timeout: float = 300.0) -> Token:

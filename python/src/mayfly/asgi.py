@@ -51,7 +51,7 @@ class Reject(Exception):
 
 #: What a request needs, from its scope and body: a scope, or None for "any
 #: valid token for this audience"; may raise :class:`Reject`.
-RequiredFor = Callable[[Scope, bytes], "RequiredScope | None"]
+RequiredFor = Callable[[Scope, "bytes | None"], "RequiredScope | None"]
 
 
 class _TooLarge(Exception):
@@ -91,8 +91,11 @@ class MayflyAuth:
         max_body: int = MAX_BODY,
         read_body: bool = True,
     ) -> None:
+        if not read_body and isinstance(required, McpToolScopes):
+            # The tool a call names is in its body: unread, no call could be checked.
+            raise ValueError("McpToolScopes needs the body: read_body must be True")
         self.app, self.verifier, self.resource, self.required = app, verifier, resource, required
-        #: ``read_body=False``: ``required`` gets ``b""`` and the app the body
+        #: ``read_body=False``: ``required`` gets ``None`` and the app the body
         #: as it streams in (uploads larger than ``max_body``).
         self.max_body, self.read_body = max_body, read_body
 
@@ -152,7 +155,7 @@ class MayflyAuth:
                 413, "invalid_request", f"the request body is over {self.max_body} bytes"
             )
         try:
-            needed = self.required(scope, body or b"")
+            needed = self.required(scope, body)
             if needed is not None:
                 require(claims, needed)
         except Refused as r:
@@ -222,12 +225,29 @@ def _plain_segment(v: object) -> str | None:
     return s
 
 
+#: MCP methods that need only a valid token for this audience: the session's
+#: own (handshake, discovery, ping) and the listings.
+OPEN_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "prompts/list",
+    }
+)
+
+
 class McpToolScopes:
     """The required scope of an MCP request: a ``tools/call`` needs its tool's
     scope from ``tools`` (tool name → ``"<action>:<resource template>"``, e.g.
     ``{"get_customer": "read:customers/eu/{customer_id}"}``, each placeholder
     an argument that must be one plain segment); a tool not in the table is
-    refused (403); any other MCP message needs any valid token."""
+    refused (403), and so is every other method that reads or changes data
+    (``resources/read``, ``prompts/get``, …): only :data:`OPEN_METHODS` and
+    notifications need no more than a valid token for this audience."""
 
     def __init__(self, tools: Mapping[str, str]) -> None:
         self._tools: dict[str, tuple[str, str, tuple[str, ...]]] = {}
@@ -249,17 +269,29 @@ class McpToolScopes:
         """The tools' scopes as patterns (each placeholder ``*``), for the metadata."""
         return tuple(f"{a}:{t.format_map({f: '*' for f in fields})}" for a, t, fields in self._tools.values())
 
-    def __call__(self, scope: Scope, body: bytes) -> RequiredScope | None:
+    def __call__(self, scope: Scope, body: bytes | None) -> RequiredScope | None:
+        if body is None:
+            raise Reject(500, "server_error", "the request body was not read, so no tool call can be checked")
         if not body.strip():
-            return None  # GET (the server's stream), DELETE (end of session)
+            if scope.get("method") in ("GET", "DELETE"):
+                return None  # the server's stream, the end of a session
+            raise Reject(400, "invalid_request", "the body is not one JSON-RPC message")
         try:
             msg = strict_json(body)
         except ValueError:
             raise Reject(400, "invalid_request", "the body is not one JSON-RPC message") from None
         if not isinstance(msg, dict):
             raise Reject(400, "invalid_request", "the body is not one JSON-RPC message")
-        if msg.get("method") != "tools/call":
-            return None
+        method = msg.get("method")
+        if method != "tools/call":
+            # Deny by default: what reads or changes data has a scope of its own
+            # (resources/read, prompts/get, …); only the session's own messages
+            # and the listings need no more than a token for this audience.
+            if isinstance(method, str) and (method in OPEN_METHODS or method.startswith("notifications/")):
+                return None
+            if method is None and ("result" in msg or "error" in msg):
+                return None  # a reply to the server's own request
+            raise Reject(403, "insufficient_scope", f"no scope is configured for {str(method)[:40]!r}")
         params = msg.get("params")
         name = params.get("name") if isinstance(params, dict) else None
         args = params.get("arguments", {}) if isinstance(params, dict) else None

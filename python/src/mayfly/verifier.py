@@ -38,6 +38,8 @@ from .errors import ProtocolError
 T = TypeVar("T")
 #: Staleness bound in heartbeats of the broker's feed, when not configured.
 HEARTBEATS = 3
+#: The longest staleness bound taken from the broker's heartbeat (seconds).
+MAX_STALENESS = 300.0
 
 
 class AsyncVerifier:
@@ -86,7 +88,8 @@ class AsyncVerifier:
         if staleness is None:
             staleness = DEFAULT_STALENESS
             if isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool) and heartbeat > 0:
-                staleness = HEARTBEATS * float(heartbeat)
+                # Bounded: a feed silent for longer than that is lost, whatever it says.
+                staleness = min(HEARTBEATS * float(heartbeat), MAX_STALENESS)
         loop = asyncio.get_running_loop()
         self._reporter = Reporter(self._conn, e.misuse if cfg.report_misuse else None, cfg.request_timeout)
         self._reporter.start(loop)
@@ -106,6 +109,8 @@ class AsyncVerifier:
         self._tasks = [loop.create_task(follow.run()), loop.create_task(self._refresh_keys())]
 
     async def aclose(self) -> None:
+        # Closed, it hears no more revocations: it refuses from now on.
+        self._checker = None
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
