@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 import mayfly
 from mayfly import Agent, Orchestrator, Scope, SvidFiles, Task, TokenCache
 
-from .conftest import AGENT, CRM_EU, FINANCE_AGENT, SUB_AGENT, SUPPORT, Broker
+from .conftest import AGENT, FINANCE_AGENT, SUB_AGENT, Broker
 
 
 def thumbprint(cert_pem: bytes) -> str:
@@ -192,7 +192,3 @@ async def test_the_async_agent_mints_caches_and_delegates(broker: Broker, suppor
     async with mayfly.AsyncAgent(broker.url, broker.svid("sub-agent")) as sub:
         child = await sub.redeem(offer)
         assert claims(child)["act"] == {"sub": SUB_AGENT}
-
-
-def test_the_support_workflow_is_what_the_fixtures_say() -> None:
-    assert SUPPORT == "support-triage" and CRM_EU.claim == "read:customers/eu/*"

@@ -5,7 +5,6 @@ a token to another SVID than it was minted with, and nothing prints a token."""
 from __future__ import annotations
 
 import json
-import ssl
 import time
 from typing import Any
 
@@ -78,4 +77,3 @@ def test_a_broker_answer_with_infinity_is_not_json() -> None:
     r = httpx.Response(200, content=b'{"mayfly_revocation_feed_heartbeat_seconds": Infinity}')
     with pytest.raises(ProtocolError):
         parse(r)
-    assert isinstance(ssl.create_default_context(), ssl.SSLContext)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -58,10 +59,12 @@ class ToolTokens(httpx2.Auth):
             self.refusal = f"HTTP {response.status_code} {www}".strip()
 
 
-async def call(agent: AsyncAgent, task: str, default: Scope, url: str, ssl_ctx: object, customer: str) -> str:
+async def call(
+    agent: AsyncAgent, task: str, default: Scope, url: str, ssl_ctx: ssl.SSLContext, customer: str
+) -> str:
     """One ``get_customer`` call; what came back, or who refused it and why."""
     tokens = ToolTokens(agent, task, default)
-    async with httpx2.AsyncClient(verify=ssl_ctx, auth=tokens) as http:  # type: ignore[arg-type]
+    async with httpx2.AsyncClient(verify=ssl_ctx, auth=tokens) as http:
         try:
             async with Client(streamable_http_client(url, http_client=http)) as mcp:
                 result = await mcp.call_tool("get_customer", {"customer_id": customer})

@@ -143,15 +143,10 @@ class SyncConnection:
 
     def endpoints(self) -> Endpoints:
         if self._endpoints is None:
-            self._endpoints = Endpoints.from_metadata(
-                self._send(Call("GET", self._metadata_url)), self.issuer
-            )
+            self._endpoints = Endpoints.from_metadata(self.call(Call("GET", self._metadata_url)), self.issuer)
         return self._endpoints
 
     def call(self, call: Call) -> Any:
-        return self._send(call)
-
-    def _send(self, call: Call) -> Any:
         try:
             r = self.client().request(call.method, call.url, data=call.form, json=call.json)
         except httpx.HTTPError as e:
@@ -191,14 +186,11 @@ class AsyncConnection:
     async def endpoints(self) -> Endpoints:
         if self._endpoints is None:
             self._endpoints = Endpoints.from_metadata(
-                await self._send(Call("GET", self._metadata_url)), self.issuer
+                await self.call(Call("GET", self._metadata_url)), self.issuer
             )
         return self._endpoints
 
     async def call(self, call: Call) -> Any:
-        return await self._send(call)
-
-    async def _send(self, call: Call) -> Any:
         try:
             client = await self.client()
             r = await client.request(call.method, call.url, data=call.form, json=call.json)

@@ -20,7 +20,7 @@ import jwt
 
 from ._http import AsyncConnection, Call, Endpoints, SyncConnection
 from .credentials import Credentials
-from .errors import ApprovalPending, ExpiredToken, InvalidGrant, ProtocolError, SlowDown
+from .errors import ApprovalPending, InvalidGrant, ProtocolError, SlowDown
 
 CLIENT_CREDENTIALS = "client_credentials"
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -400,4 +400,4 @@ def _pending(pending: ApprovalPending | str) -> tuple[str, float]:
     return pending, 5.0
 
 
-__all__ = ["Agent", "AsyncAgent", "ExpiredToken", "Offer", "Scope", "Token", "TokenCache"]
+__all__ = ["Agent", "AsyncAgent", "Offer", "Scope", "Token", "TokenCache"]

@@ -9,17 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-#: How much of a bad value an error message quotes.
-QUOTE_CHARS = 40
-
-
-def quote(value: object) -> str:
-    """A short prefix of a value for an error message, never all of it."""
-    text = str(value)
-    if len(text) > QUOTE_CHARS:
-        return repr(text[:QUOTE_CHARS]) + "…"
-    return repr(text)
-
 
 class MayflyError(Exception):
     """The broker (or the HTTP exchange with it) refused a call."""
@@ -75,7 +64,8 @@ class Unavailable(MayflyError):
 
 
 class NotFound(MayflyError):
-    """No such task (or path)."""
+    """A path the broker does not serve (404): a broker older than this
+    package, or a proxy in the way. An unknown task is :class:`InvalidGrant`."""
 
 
 class ApprovalPending(MayflyError):
@@ -116,7 +106,6 @@ _BY_CODE: dict[str, type[MayflyError]] = {
     "expired_token": ExpiredToken,
     "slow_down": SlowDown,
     "temporarily_unavailable": Unavailable,
-    "not_found": NotFound,
 }
 
 
@@ -133,7 +122,7 @@ def from_answer(status: int, body: Any, retry_after: str | None = None) -> Mayfl
     if error == "authorization_pending":
         return ApprovalPending(error, description, status, body)
     if status == 404 and error == "invalid_request":
-        return NotFound("not_found", description, status)
+        return NotFound(error, description, status)
     if error == "temporarily_unavailable":
         seconds: float | None = None
         if retry_after is not None:

@@ -19,7 +19,7 @@ from urllib.parse import quote as urlquote
 from ._http import AsyncConnection, Call, Endpoints, SyncConnection
 from .agent import Scope
 from .credentials import Credentials
-from .errors import InvalidGrant, MayflyError, ProtocolError
+from .errors import InvalidGrant, ProtocolError
 
 #: The most of an exception's text a deviation report carries.
 REASON_CHARS = 500
@@ -258,4 +258,4 @@ class AsyncOrchestrator:
                 await self.complete(t.id)
 
 
-__all__ = ["AsyncOrchestrator", "Ended", "MayflyError", "Orchestrator", "Task"]
+__all__ = ["AsyncOrchestrator", "Ended", "Orchestrator", "Task"]
