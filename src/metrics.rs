@@ -40,6 +40,13 @@ pub static CONNECTIONS_OPEN: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// TLS handshakes in progress (after the ClientHello).
 pub static HANDSHAKES_IN_PROGRESS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 
+/// Mints recorded per transaction by the group commit (store/sql/mints.rs).
+pub static MINT_BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 9,
+    ))
+});
+
 /// Background workers started again after a panic, by worker.
 pub static WORKER_RESTARTS: LazyLock<Family<Worker, Counter>> = LazyLock::new(Family::default);
 
@@ -146,6 +153,11 @@ impl Metrics {
             "mint_duration_seconds",
             "Time to mint a token, from request to persisted token",
             m.mint_seconds.clone(),
+        );
+        registry.register(
+            "mint_batch_size",
+            "Mints judged per token-writing transaction (group commit: 1 when idle)",
+            MINT_BATCH_SIZE.clone(),
         );
         registry.register(
             "store_errors",

@@ -12,7 +12,7 @@ mod url;
 
 pub use audit::{Access, Anchoring, AuditFilter, AuditHead, AuditStore};
 pub use gate::Health;
-pub use sql::{FaultHook, SqlStore, Write};
+pub use sql::{FaultHook, GroupCommits, SqlStore, Write};
 pub use url::{DATABASE_URL_FORMS, DatabaseUrl, redacted};
 
 use crate::domain::audit::AuditEvent;

@@ -12,6 +12,9 @@ pub struct Faults {
     /// Every token write attempted.
     pub insert_calls: AtomicUsize,
     pub down: AtomicBool,
+    /// Batches of minted tokens fail at their commit, after their statements
+    /// ran (then roll back), while set.
+    pub fail_commits: AtomicBool,
     /// Task endings attempted while `down`.
     pub end_calls: AtomicUsize,
 }
@@ -31,6 +34,9 @@ impl FaultHook for Faults {
             if self.fail_inserts.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("connection reset".into()));
             }
+        }
+        if write == Write::CommitTokens && self.fail_commits.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection lost at commit".into()));
         }
         if write == Write::EndTask && self.down.load(Ordering::SeqCst) {
             self.end_calls.fetch_add(1, Ordering::SeqCst);

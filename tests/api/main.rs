@@ -15,6 +15,7 @@ mod dev;
 mod deviation;
 mod faulty;
 mod freeze;
+mod group_commit;
 mod hardening;
 mod identity;
 mod input;

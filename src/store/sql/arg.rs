@@ -16,6 +16,12 @@ pub(super) enum Arg<'a> {
     Bool(bool),
     Json(Cow<'a, serde_json::Value>),
     Bytes(&'a [u8]),
+    /// Arrays, one element per row of a batch (PostgreSQL's `unnest`; SQLite
+    /// gets them as JSON arrays, for `json_each`).
+    Uuids(Vec<Uuid>),
+    Times(Vec<OffsetDateTime>),
+    Texts(Vec<&'a str>),
+    Ints(Vec<i64>),
 }
 
 /// `Arg`s from each type, made by `$how`.
@@ -52,6 +58,10 @@ args! {
     &'a serde_json::Value => |v| Arg::Json(Cow::Borrowed(v));
     &'a [u8] => |v| Arg::Bytes(v);
     &'a Vec<u8> => |v| Arg::Bytes(v);
+    Vec<Uuid> => |v| Arg::Uuids(v);
+    Vec<OffsetDateTime> => |v| Arg::Times(v);
+    Vec<&'a str> => |v| Arg::Texts(v);
+    Vec<i64> => |v| Arg::Ints(v);
 }
 
 /// A JSON argument from anything serialisable.

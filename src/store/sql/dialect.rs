@@ -3,7 +3,6 @@
 //! (Type encodings and notices are the drivers', in `driver`.)
 use super::driver::{Conn, Db, Query, map_err, query};
 use super::tokens::{REFUSAL, TOKEN_ROW, token_args};
-use crate::domain::audit::AuditEvent;
 use crate::domain::{SpiffeId, TokenRecord};
 use crate::store::StoreError;
 use std::borrow::Cow;
@@ -88,9 +87,6 @@ static ONE_STATEMENT: LazyLock<String> = LazyLock::new(|| {
                 INSERT INTO tokens ({TOKEN_ROW})
                 SELECT $1, t.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM t
                 RETURNING jti
-             ), aud AS (
-                INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail)
-                SELECT $10, $16, $17, $18, $2, $3, tok.jti, $19, $20 FROM tok
              )
              SELECT refusal, state, (SELECT count(*) FROM tok) AS recorded FROM k"
     )
@@ -98,28 +94,19 @@ static ONE_STATEMENT: LazyLock<String> = LazyLock::new(|| {
 
 /// The token write as one statement, where the database can: PostgreSQL's
 /// data-modifying `WITH` locks and judges the task's row, counts the token when
-/// the task takes it, and inserts the token and its audit event, in one round
-/// trip; the answer is the judgement, made on the row as it stands once locked.
+/// the task takes it, and inserts it, in one round trip; the answer is the
+/// judgement, made on the row as it stands once locked.
 /// SQLite has no data-modifying `WITH` (and, with one writer, nothing to race).
 pub(super) fn token_in_one_statement<'a>(
     db: &Db,
     t: &'a TokenRecord,
     owner: &'a SpiffeId,
     budget: u32,
-    audit: &'a AuditEvent,
 ) -> Option<Query<'a>> {
     let Conn::Postgres(_) = db.conn else {
         return None;
     };
-    Some(
-        query(ONE_STATEMENT.as_str())
-            .bind_all(token_args(t, owner, budget))
-            .bind(audit.actor.as_str())
-            .bind(audit.action.as_str())
-            .bind(audit.action.outcome())
-            .bind(&audit.reason)
-            .bind(&audit.detail),
-    )
+    Some(query(ONE_STATEMENT.as_str()).bind_all(token_args(t, owner, budget)))
 }
 
 /// Sealing audit events on the server, where the database can: PostgreSQL's

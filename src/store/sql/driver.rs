@@ -27,6 +27,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+use uuid::Uuid;
 
 /// A connected database, and what every call on it passes: the fail-fast gate
 /// (reads are refused while the probe finds the database down, and given up when
@@ -105,6 +106,10 @@ impl<'a> Query<'a> {
                 Arg::Bool(v) => q.bind(v),
                 Arg::Json(v) => q.bind(Json(v.as_ref())),
                 Arg::Bytes(v) => q.bind(v.to_vec()),
+                Arg::Uuids(v) => q.bind(v),
+                Arg::Times(v) => q.bind(v),
+                Arg::Texts(v) => q.bind(v.into_iter().map(str::to_owned).collect::<Vec<_>>()),
+                Arg::Ints(v) => q.bind(v),
             };
         }
         q
@@ -121,10 +126,19 @@ impl<'a> Query<'a> {
                 Arg::Bool(v) => q.bind(i64::from(v)),
                 Arg::Json(v) => q.bind(v.to_string()),
                 Arg::Bytes(v) => q.bind(v.to_vec()),
+                Arg::Uuids(v) => q.bind(json_array(v.iter().map(Uuid::to_string))),
+                Arg::Times(v) => q.bind(json_array(v.into_iter().map(micros))),
+                Arg::Texts(v) => q.bind(json_array(v)),
+                Arg::Ints(v) => q.bind(json_array(v)),
             };
         }
         q
     }
+}
+
+/// An array as SQLite reads one: JSON text, each element as SQLite stores it.
+fn json_array<T: Into<serde_json::Value>>(v: impl IntoIterator<Item = T>) -> String {
+    serde_json::Value::from_iter(v).to_string()
 }
 
 /// Unix microseconds, the precision PostgreSQL keeps.
@@ -201,6 +215,15 @@ impl Db {
         }
         match &self.faults {
             // A fault fails as the database would: the probe is told.
+            Some(f) => watch(&self.health, f.before(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// A transaction that wrote for `what` may commit: the fault hook lets it
+    /// (a hook's failure stands for a commit that failed).
+    pub fn may_commit(&self, what: Write) -> Result<(), StoreError> {
+        match &self.faults {
             Some(f) => watch(&self.health, f.before(what)),
             None => Ok(()),
         }

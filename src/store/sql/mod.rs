@@ -11,11 +11,12 @@
 use super::gate::Health;
 use super::*;
 use driver::{Conn, Db, Lite, Query, Row, Tx, corrupt, json, limit, map_err, query};
+pub use mints::GroupCommits;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 mod approvals;
@@ -28,6 +29,7 @@ mod driver;
 mod filter;
 mod freezes;
 mod keys;
+mod mints;
 mod notices;
 mod retention;
 mod revocations;
@@ -53,6 +55,8 @@ pub enum Write {
     Quarantine,
     RegisterKey,
     AppendAudit,
+    /// The commit of a batch of minted tokens, after its statements ran.
+    CommitTokens,
     SealAudit,
     Prune,
     AnchorAudit,
@@ -79,11 +83,29 @@ pub trait FaultHook: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SqlStore {
     db: Db,
+    /// The group-commit writer of mints, started by the first one (over the
+    /// store as gated and hooked by then).
+    mints: Arc<OnceLock<mints::Mints>>,
+    group_commits: Arc<GroupCommits>,
 }
 
 impl SqlStore {
     fn new(conn: Conn) -> Self {
-        SqlStore { db: Db::new(conn) }
+        SqlStore {
+            db: Db::new(conn),
+            mints: Arc::default(),
+            group_commits: Arc::default(),
+        }
+    }
+
+    fn mints(&self) -> &mints::Mints {
+        self.mints
+            .get_or_init(|| mints::Mints::start(self.db.clone(), self.group_commits.clone()))
+    }
+
+    /// How the mints' writes have been batched so far.
+    pub fn group_commits(&self) -> &GroupCommits {
+        &self.group_commits
     }
 
     /// Connects to PostgreSQL (failing after `timeout` when it is unreachable)
@@ -173,12 +195,14 @@ impl SqlStore {
     /// under way are then given up, writes under way left to finish.
     pub fn gated(mut self, health: Arc<Health>) -> Self {
         self.db.health = Some(health);
+        self.mints = Arc::default();
         self
     }
 
     /// This store, consulting `hook` before every write.
     pub fn with_faults(mut self, hook: Arc<dyn FaultHook>) -> Self {
         self.db.faults = Some(hook);
+        self.mints = Arc::default();
         self
     }
 

@@ -3,6 +3,7 @@
 use super::dialect;
 use super::driver::Arg;
 use super::filter::Filter;
+use super::mints;
 use super::*;
 use std::sync::LazyLock;
 
@@ -90,10 +91,17 @@ fn verdict(row: Option<&Row>) -> Result<Recorded, StoreError> {
     let Some(row) = row else {
         return Ok(Err(Refusal::NoTask));
     };
-    let Some(why) = row.text_opt("refusal")? else {
-        return Ok(Ok(()));
-    };
-    Ok(Err(match why.as_str() {
+    match row.text_opt("refusal")? {
+        None => Ok(Ok(())),
+        Some(why) => refusal_named(&why, row).map(Err),
+    }
+}
+
+/// The refusal a token write names (`why`), the task's `state` read from `row`
+/// when the task is not active.
+pub(super) fn refusal_named(why: &str, row: &Row) -> Result<Refusal, StoreError> {
+    Ok(match why {
+        "task" => Refusal::NoTask,
         "owner" => Refusal::NotOwner,
         "frozen" => Refusal::Frozen,
         "state" => {
@@ -105,7 +113,7 @@ fn verdict(row: Option<&Row>) -> Result<Recorded, StoreError> {
         "deadline" => Refusal::PastDeadline,
         "budget" => Refusal::OutOfBudget,
         other => return Err(corrupt(format!("token refusal {other:?}"))),
-    }))
+    })
 }
 
 /// The answer of a write that judged the task and, when it took the token,
@@ -125,18 +133,17 @@ fn written(row: Option<Row>) -> Result<Recorded, StoreError> {
     }
 }
 
-/// Records a token and its audit event inside `tx`, counting it against the
-/// task's budget, unless the task refuses it (then nothing is written): not
-/// `owner`'s, frozen, not active, past its deadline or out of budget.
-pub(super) async fn record(
+/// Records a token inside `tx`, counting it against the task's budget, unless
+/// the task refuses it (then nothing is written): not `owner`'s, frozen, not
+/// active, past its deadline or out of budget. Its audit event is the caller's.
+pub(super) async fn take(
     db: &Db,
     tx: &mut Tx,
     t: &TokenRecord,
     owner: &SpiffeId,
     budget: u32,
-    audit: &AuditEvent,
 ) -> Result<Recorded, StoreError> {
-    if let Some(q) = dialect::token_in_one_statement(db, t, owner, budget, audit) {
+    if let Some(q) = dialect::token_in_one_statement(db, t, owner, budget) {
         return written(tx.fetch_optional(q).await?);
     }
     // Counted only when the task takes it. Why not is asked only then: this
@@ -156,13 +163,23 @@ pub(super) async fn record(
     }
     tx.execute(query(INSERT.as_str()).bind_all(token_args(t, owner, budget)))
         .await?;
-    let mut audit = audit.clone();
-    audit.task = Some(t.task);
-    audit.agent = Some(t.agent.to_string());
-    audit.jti = Some(t.jti);
-    audit.at = t.issued_at;
-    insert_audit(tx, &[&audit]).await?;
     Ok(Ok(()))
+}
+
+/// [`take`], and the token's audit event when it is recorded.
+pub(super) async fn record(
+    db: &Db,
+    tx: &mut Tx,
+    t: &TokenRecord,
+    owner: &SpiffeId,
+    budget: u32,
+    audit: &AuditEvent,
+) -> Result<Recorded, StoreError> {
+    let recorded = take(db, tx, t, owner, budget).await?;
+    if recorded.is_ok() {
+        insert_audit(tx, &[&mints::minted_event(t, audit)]).await?;
+    }
+    Ok(recorded)
 }
 
 #[async_trait]
@@ -173,19 +190,19 @@ impl TokenStore for SqlStore {
         budget: u32,
         audit: &AuditEvent,
     ) -> Result<Recorded, StoreError> {
-        let db = &self.db;
-        // One statement needs no transaction of its own: one round trip, one
-        // implicit transaction.
-        if let Some(q) = dialect::token_in_one_statement(db, t, &t.agent, budget, audit) {
-            return written(db.write_optional(Write::InsertToken, q).await?);
+        // The batch records direct tokens; a delegated one (a redemption
+        // records those, with its offer) is written alone.
+        if t.parent.is_some() || t.depth != 0 {
+            let db = &self.db;
+            let mut tx = db.begin(Write::InsertToken).await?;
+            let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;
+            match recorded {
+                Ok(()) => tx.commit().await?,
+                Err(_) => tx.rollback().await?,
+            }
+            return Ok(recorded);
         }
-        let mut tx = db.begin(Write::InsertToken).await?;
-        let recorded = record(db, &mut tx, t, &t.agent, budget, audit).await?;
-        match recorded {
-            Ok(()) => tx.commit().await?,
-            Err(_) => tx.rollback().await?,
-        }
-        Ok(recorded)
+        self.mints().record(t, budget, audit).await
     }
 
     async fn token_status(&self, jti: Uuid) -> Result<Option<TokenStatus>, StoreError> {
