@@ -141,7 +141,9 @@ impl Broker {
                 .reason(&reason)
                 .detail(json!({"target": "task", "trigger": trigger.as_str()})),
         ];
-        let outcome = self.store.end_task(id, to, &revocation, &audit).await?;
+        let outcome = self.store.end_task(id, to, &revocation, &audit).await;
+        self.facts.forget(id);
+        let outcome = outcome?;
         if let EndOutcome::Ended { revoked, .. } = &outcome {
             self.hub.committed(revoked.event.seq);
             self.metrics.revoked(trigger.as_str());

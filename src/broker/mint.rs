@@ -12,7 +12,9 @@ use crate::domain::mint::{self, Ask};
 use crate::domain::{Approval, Limits, Scope, Task, TaskId, TokenRecord};
 use crate::identity::Caller;
 use crate::policy::{MintInput, Permit, WorkflowLimits};
+use crate::store::Refusal;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -52,7 +54,8 @@ impl Broker {
 
     async fn mint_inner(&self, caller: &Caller, req: MintRequest) -> Result<Mint, BrokerError> {
         let now = self.now();
-        let task = self.get_task(req.task).await?;
+        let task = self.task_to_mint_in(req.task, now).await?;
+        let task = &*task;
         let event = || {
             AuditEvent::new(now, caller.id.as_str(), Action::MintDenied)
                 .task(task.id)
@@ -62,7 +65,7 @@ impl Broker {
         // The workflow's limits are read for a deviation before the decision
         // only: a covered request takes them from its decision's snapshot, so a
         // mint reads them once.
-        let mut refusing = Refusing::new(caller, &event).in_task(&task, Respond::Workflow);
+        let mut refusing = Refusing::new(caller, &event).in_task(task, Respond::Workflow);
         let ask = Ask {
             holder: &caller.id,
             scope: &req.scope,
@@ -71,13 +74,13 @@ impl Broker {
         };
         // A freeze is judged by the token's write itself (and named then): no
         // extra round trip on the hot path.
-        let admitted = self.judged(&refusing, mint::admit(&task, ask, now)).await?;
+        let admitted = self.judged(&refusing, mint::admit(task, ask, now)).await?;
         let permit = self
             .permit_mint(
                 &refusing,
                 &MintInput {
                     agent: &caller.id,
-                    task: &task,
+                    task,
                     scope: &req.scope,
                     requested_ttl: req.ttl,
                     delegation_depth: 0,
@@ -93,14 +96,18 @@ impl Broker {
             .await?;
         if grant.step_up {
             return self
-                .step_up(&refusing, &task, &req, grant.ttl, &permit)
+                .step_up(&refusing, task, &req, grant.ttl, &permit)
                 .await;
         }
-        let (token, record) = self.sign(caller, &task, &req.scope, now, now + grant.ttl, None)?;
-        let audit = minted_audit(caller, &task, &record, &req, &permit.policies);
+        let (token, record) = self.sign(caller, task, &req.scope, now, now + grant.ttl, None)?;
+        let audit = minted_audit(caller, task, &record, &req, &permit.policies);
         let max_tokens = permit.limits.max_tokens;
         if let Err(refusal) = self.store.insert_token(&record, max_tokens, &audit).await? {
-            return Err(self.written(&refusing, &task, refusal, max_tokens).await);
+            if !matches!(refusal, Refusal::OutOfBudget | Refusal::Frozen) {
+                // Gone, closed or past its deadline: read again next time.
+                self.facts.forget(task.id);
+            }
+            return Err(self.written(&refusing, task, refusal, max_tokens).await);
         }
         self.metrics.token_issued("direct");
         Ok(Mint::Minted(Minted {
@@ -110,6 +117,23 @@ impl Broker {
             ttl: grant.ttl,
             scope: record.scope,
         }))
+    }
+
+    /// The task a mint is for: its facts as first read (`facts`), unless the
+    /// policy reads its count of tokens, which only the store knows now.
+    async fn task_to_mint_in(
+        &self,
+        id: TaskId,
+        now: OffsetDateTime,
+    ) -> Result<Arc<Task>, BrokerError> {
+        if !self.policy.reads_token_count()
+            && let Some(task) = self.facts.get(id, now)
+        {
+            return Ok(task);
+        }
+        let task = Arc::new(self.get_task(id).await?);
+        self.facts.hold(Arc::clone(&task), now);
+        Ok(task)
     }
 
     /// The policy decision on a token for `input.agent`; a denial is refused,

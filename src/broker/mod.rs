@@ -35,6 +35,7 @@ mod audit;
 mod delegate;
 mod deviate;
 mod end;
+mod facts;
 mod freeze;
 mod introspect;
 mod keys;
@@ -121,6 +122,8 @@ pub struct Broker {
     /// Decisions wake waiters at once (on this replica directly, on others
     /// through the store's notices); this bounds the wait when notices are lost.
     notice_poll: Duration,
+    /// Active tasks' facts, as mints first read them.
+    facts: facts::TaskFacts,
 }
 
 impl Broker {
@@ -145,6 +148,7 @@ impl Broker {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             approval_ttl: crate::domain::DEFAULT_APPROVAL_TTL,
             notice_poll: Duration::from_secs(2),
+            facts: Default::default(),
         };
         broker.renew_key().await?;
         broker.refresh_keys().await?;

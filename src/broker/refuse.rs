@@ -236,11 +236,12 @@ impl Broker {
                 .reason(&reason)
                 .detail(json!({"target": "task", "trigger": Trigger::Deviation.as_str()})),
         ];
-        match self
+        let ended = self
             .store
             .end_task(task.id, TaskState::Deviated, &revocation, &audit)
-            .await?
-        {
+            .await;
+        self.facts.forget(task.id);
+        match ended? {
             EndOutcome::Ended { revoked, .. } => {
                 self.hub.committed(revoked.event.seq);
                 self.metrics.revoked(Trigger::Deviation.as_str());

@@ -127,6 +127,10 @@ impl Policy for CedarPolicy {
         self.mint_in(&self.environment, i)
     }
 
+    fn reads_token_count(&self) -> bool {
+        self.current().reads_token_count
+    }
+
     fn longest_token_ttl(&self) -> Duration {
         // The longest any set could allow: a reload may raise a workflow's TTL
         // while the key registration is already out.

@@ -105,6 +105,9 @@ pub(super) struct Loaded {
     pub(super) tools: HashMap<String, DataAttrs>,
     pub(super) resources: Vec<DeclaredResource>,
     pub(super) files: PolicyFiles,
+    /// Whether a policy may read a task's count of tokens (`tokens_minted`):
+    /// then a mint decides on the task as stored now, not as it was first read.
+    pub(super) reads_token_count: bool,
 }
 
 /// Loads `dir`, and loads it again if a file changed while it was being read, so
@@ -304,7 +307,13 @@ fn load_once(dir: &Path) -> Result<Loaded, LoadError> {
     };
     let slices = slice(&policies, ACTIONS.iter().flat_map(|a| keys(a)))
         .map_err(|e| load_error(&schema_file, e))?;
+    // A policy's text naming the attribute at all (in a comment too) counts:
+    // the check errs on the side of reading the task again.
+    let reads_token_count = policies
+        .policies()
+        .any(|p| p.to_string().contains("tokens_minted"));
     let loaded = Loaded {
+        reads_token_count,
         schema,
         policies,
         slices,

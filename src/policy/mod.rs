@@ -101,4 +101,10 @@ pub trait Policy: Send + Sync + 'static {
     fn decide_mint(&self, input: &MintInput<'_>) -> Result<Permit, Denied>;
     /// The longest TTL any token may get: signing keys stay published that long.
     fn longest_token_ttl(&self) -> Duration;
+    /// Whether a decision may read how many tokens a task has recorded, which
+    /// changes with every mint (a task's other facts do not): when it may, the
+    /// broker reads the task afresh for each mint.
+    fn reads_token_count(&self) -> bool {
+        true
+    }
 }
