@@ -16,6 +16,18 @@ pub(super) enum Arg<'a> {
     Bool(bool),
     Json(Cow<'a, serde_json::Value>),
     Bytes(&'a [u8]),
+    /// One value per row, for a statement whose text is the same for any number
+    /// of rows (prepared once).
+    List(List<'a>),
+}
+
+/// A list of values of one type.
+#[derive(Debug, Clone)]
+pub(super) enum List<'a> {
+    Uuid(Vec<Option<Uuid>>),
+    Time(Vec<OffsetDateTime>),
+    Text(Vec<Option<&'a str>>),
+    Json(Vec<&'a serde_json::Value>),
 }
 
 /// `Arg`s from each type, made by `$how`.
@@ -52,6 +64,7 @@ args! {
     &'a serde_json::Value => |v| Arg::Json(Cow::Borrowed(v));
     &'a [u8] => |v| Arg::Bytes(v);
     &'a Vec<u8> => |v| Arg::Bytes(v);
+    List<'a> => |v| Arg::List(v);
 }
 
 /// A JSON argument from anything serialisable.
