@@ -264,8 +264,9 @@ pub(super) async fn key_notices(b: Arc<Broker>, cancel: CancellationToken) {
     }
 }
 
-/// Seals committed audit events into the hash chain: one line when sealing starts
-/// failing and one when it recovers, not one per interval.
+/// Seals committed audit events that arrived unsealed (an older broker's,
+/// during a rolling upgrade) into the hash chain: one line when
+/// sealing starts failing and one when it recovers, not one per interval.
 pub(super) async fn audit_sealer(b: Arc<Broker>, period: Duration, cancel: CancellationToken) {
     let failing = std::sync::atomic::AtomicBool::new(false);
     every(period, cancel, || async {

@@ -36,8 +36,10 @@ pub struct AuditCheck {
 const SEAL_BATCH: u32 = 1000;
 
 impl Broker {
-    /// Seals every committed, unsealed audit event into the chain; returns how
-    /// many. Brokers run it continuously (`audit.seal_interval`).
+    /// Seals every committed audit event that arrived unsealed into the chain;
+    /// returns how many. Events are sealed as they are written; this seals those
+    /// that were not (an older broker's, during a rolling upgrade). Brokers run it continuously
+    /// (`audit.seal_interval`) and before reading the chain.
     pub async fn seal_audit(&self) -> Result<u64, BrokerError> {
         let mut sealed = 0;
         loop {
@@ -60,7 +62,8 @@ impl Broker {
         &self,
         checkpoint: Option<Checkpoint>,
     ) -> Result<AuditCheck, BrokerError> {
-        // Everything committed so far is in the chain before it is checked.
+        // Everything committed so far is in the chain before it is checked (what
+        // arrived unsealed too).
         self.seal_audit().await?;
         let mut retries = 0;
         loop {

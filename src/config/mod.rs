@@ -118,8 +118,10 @@ fn default_poll() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// How often committed audit events are sealed into the hash chain: the most
-    /// an event waits before it is tamper-evident.
+    /// How often committed audit events that arrived unsealed (an older
+    /// broker's, during a rolling upgrade) are sealed into the
+    /// hash chain: the most such an event waits before it is tamper-evident.
+    /// Every other event is sealed as it commits.
     #[serde(default = "default_seal_interval", with = "humantime_serde")]
     pub seal_interval: Duration,
 }

@@ -1,5 +1,5 @@
-//! The audit trail's part of the store: appending, sealing, reading and
-//! archiving the hash-chained events.
+//! The audit trail's part of the store: appending (sealed as written), sealing
+//! what arrived unsealed, reading and archiving the hash-chained events.
 use super::StoreError;
 use crate::domain::audit::AuditEvent;
 use crate::domain::audit::chain::{Checkpoint, Sealed};
@@ -65,6 +65,7 @@ pub enum Anchoring {
 
 #[async_trait]
 pub trait AuditStore {
+    /// Writes an event on its own, sealed: in the chain when this returns.
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Events for a task, oldest first.
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError>;
@@ -100,8 +101,10 @@ pub trait AuditStore {
     /// first; returns how many. Callers loop in small batches until it returns
     /// less than `limit`.
     async fn remove_archived_audit(&self, limit: u32) -> Result<u64, StoreError>;
-    /// Seals up to `batch` committed, unsealed events into the chain, oldest
-    /// first; returns how many.
+    /// Seals up to `batch` committed events that arrived unsealed (written by an
+    /// older broker, during a rolling upgrade) into the
+    /// chain, oldest first, after every event sealed before; returns how many.
+    /// Events written sealed are in the chain from their commit.
     async fn seal_audit(&self, batch: u32) -> Result<u32, StoreError>;
     /// Sealed events matching the filter, in chain order, with their positions.
     async fn query_audit(&self, filter: &AuditFilter)

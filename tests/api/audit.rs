@@ -66,7 +66,8 @@ async fn workload(app: &TestApp) {
         .revoke(revoke_request(Target::Token(parent.jti), "audit test"))
         .await
         .unwrap();
-    // Verifying seals what was committed, so the tampering below finds it sealed.
+    // Verifying seals what arrived unsealed (the mints' events), so the
+    // tampering below finds it sealed.
     assert!(verify(app).await.intact);
 }
 
@@ -98,18 +99,37 @@ async fn the_chain_is_intact_after_real_work_and_ordinary_writers_cannot_change_
 }
 
 #[tokio::test]
-async fn brokers_seal_committed_events_on_their_own() {
+async fn an_event_is_sealed_as_it_commits_and_brokers_seal_what_an_older_one_left_unsealed() {
     let app = spawn_app().await;
     app.open_task(AGENT, 600).await;
+    // Read straight after the write: in the chain already.
     let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let sealed: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE seq = 1 AND hash IS NOT NULL) FROM audit_events",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(sealed, (1, 1));
+
+    // An event as a broker from before sealed writes wrote it, during a rolling
+    // upgrade: no position. This broker's sealer seals it, after the sealed one.
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, outcome)
+         VALUES (now(), 'mayfly', 'call_denied', 'deny')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let unsealed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq IS NULL")
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM audit_events WHERE actor = 'mayfly'")
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        if unsealed == 0 {
+        if let Some(seq) = seq {
+            assert_eq!(seq, 2);
             break;
         }
         assert!(
@@ -118,11 +138,9 @@ async fn brokers_seal_committed_events_on_their_own() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let sealed: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq = 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(sealed, 1);
+    let r = verify(&app).await;
+    assert!(r.intact, "{}: {}", r.first_broken, r.problem);
+    assert_eq!(r.events_checked, 2);
 }
 
 #[tokio::test]

@@ -40,14 +40,19 @@ impl Raw {
     }
 }
 
-/// Five sealed events, the anchor at the second, and an ordinary writer.
+/// Five sealed events, the anchor at the second (its own event sealed at 6),
+/// and an ordinary writer.
 async fn anchored(store: &SqlStore) -> Vec<Sealed> {
     let t0 = OffsetDateTime::from_unix_timestamp(1_795_428_000).unwrap();
     for i in 0..5 {
         let e = AuditEvent::new(t0 + Duration::from_secs(i), "mayfly", Action::CallDenied);
         store.append_audit(&e).await.unwrap();
     }
-    assert_eq!(store.seal_audit(100).await.unwrap(), 5);
+    assert_eq!(
+        store.audit_head().await.unwrap().seq,
+        5,
+        "sealed as written"
+    );
     let chain = store.audit_chain(0, 5, 100).await.unwrap();
     let two = Checkpoint::new(2, chain[1].hash.clone());
     let archived = AuditEvent::new(t0, "mayfly", Action::AuditArchived);
@@ -69,12 +74,24 @@ async fn guards(store: &SqlStore, raw: &mut Raw, postgres: bool) {
     };
     let h = |seq: usize| chain[seq - 1].hash.clone();
 
-    // Above the anchor, unsealed (the archive's own event), or all at once.
+    // Above the anchor, unsealed (as an older broker wrote it), or all at once.
     let del = "DELETE FROM audit_events WHERE seq = $1";
     refused(
         raw.run(del, 3, &[]).await,
         "a sealed event above the anchor",
     );
+    let older = match postgres {
+        true => {
+            "INSERT INTO audit_events (at, actor, action, outcome)
+                 VALUES (now(), 'mayfly', 'call_denied', 'deny')"
+        }
+        // Unix microseconds.
+        false => {
+            "INSERT INTO audit_events (at, actor, action, outcome)
+                  VALUES (1795428000000000, 'mayfly', 'call_denied', 'deny')"
+        }
+    };
+    assert_eq!(raw.run(older, 0, &[]).await, Ok(1));
     let unsealed = "DELETE FROM audit_events WHERE seq IS NULL";
     refused(raw.run(unsealed, 0, &[]).await, "an unsealed event");
     refused(
@@ -89,12 +106,13 @@ async fn guards(store: &SqlStore, raw: &mut Raw, postgres: bool) {
     assert_eq!(raw.run(below, 2, &[]).await, Ok(2));
 
     // The anchor: not backward, not to where it stands, not to another hash,
-    // not past the head (6 is the unsealed archive event), never deleted.
+    // not past the head (6, the archive's event; 7 is the unsealed one),
+    // never deleted.
     let set = "UPDATE audit_anchor SET seq = $1, hash = $2";
     refused(raw.run(set, 1, &h(1)).await, "backward");
     refused(raw.run(set, 2, &h(2)).await, "where it stands");
     refused(raw.run(set, 4, &h(3)).await, "another event's hash");
-    refused(raw.run(set, 6, &h(5)).await, "past the head");
+    refused(raw.run(set, 7, &h(5)).await, "past the head");
     refused(raw.run(set, 99, &h(5)).await, "far past the head");
     refused(raw.run("DELETE FROM audit_anchor", 0, &[]).await, "deleted");
     if postgres {
@@ -109,7 +127,9 @@ async fn guards(store: &SqlStore, raw: &mut Raw, postgres: bool) {
         refused(raw.run(moved, 0, &[]).await, "a second row");
     }
 
-    // Still anchored at 2; the stored chain verifies from there.
+    // Still anchored at 2; the stored chain verifies from there (the older
+    // broker's event once sealed, after the archive's).
+    assert_eq!(store.seal_audit(100).await.unwrap(), 1);
     let head = store.audit_head().await.unwrap();
     assert_eq!(head.anchor, Checkpoint::new(2, h(2)));
     let mut v = Verifier::after(head.anchor.clone());
@@ -117,7 +137,7 @@ async fn guards(store: &SqlStore, raw: &mut Raw, postgres: bool) {
         v.push(&e).unwrap();
     }
     v.finish(head.seq, &head.hash).unwrap();
-    assert_eq!(v.checked(), 3);
+    assert_eq!(v.checked(), 5);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! offline (no broker) against the checkpoint printed, the events gone, `audit
 //! verify` passing from the anchor it shows, a file never overwritten, nothing
 //! to archive, a tampered line named, a second archive continuing the first.
-use crate::audit_archive::spawn_sqlite;
+use crate::audit_archive::{sealer_caught_up, spawn_sqlite};
 use crate::cli::{command_as, mayfly};
 use crate::support::*;
 use mayfly::clock::Clock;
@@ -19,6 +19,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 async fn work(app: &TestApp) {
     let task = app.open_task(AGENT, 600).await;
     app.mint(AGENT, &task.id, "customers/eu/1", 60).await;
+    sealer_caught_up(app).await;
 }
 
 /// `mayfly verify-archive` with no broker to reach (the defaults name none

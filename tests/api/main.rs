@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod audit_archive;
 mod audit_archive_db;
+mod audit_sealed;
 mod audit_sqlite;
 mod cli;
 mod cli_archive;

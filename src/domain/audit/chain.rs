@@ -1,4 +1,5 @@
-//! The audit hash chain. The store seals every event at commit: its position
+//! The audit hash chain. The store seals every event as it commits (one that
+//! arrived unsealed, from an older broker, soon after): its position
 //! (`seq`, gap-free from 1), the previous event's hash and its own, SHA-256 over a
 //! canonical encoding (migrations/20261123000003_audit_chain.sql computes it in
 //! PostgreSQL; [`hash`] computes the same here, independently). [`Verifier`]

@@ -16,12 +16,19 @@ pub(super) enum Arg<'a> {
     Bool(bool),
     Json(Cow<'a, serde_json::Value>),
     Bytes(&'a [u8]),
-    /// Arrays, one element per row of a batch (PostgreSQL's `unnest`; SQLite
-    /// gets them as JSON arrays, for `json_each`).
-    Uuids(Vec<Uuid>),
-    Times(Vec<OffsetDateTime>),
-    Texts(Vec<&'a str>),
-    Ints(Vec<i64>),
+    /// One value per row, for a statement whose text is the same for any number
+    /// of rows (prepared once).
+    List(List<'a>),
+}
+
+/// A list of values of one type.
+#[derive(Debug, Clone)]
+pub(super) enum List<'a> {
+    Uuid(Vec<Option<Uuid>>),
+    Time(Vec<OffsetDateTime>),
+    Text(Vec<Option<&'a str>>),
+    Json(Vec<&'a serde_json::Value>),
+    Int(Vec<i64>),
 }
 
 /// `Arg`s from each type, made by `$how`.
@@ -58,10 +65,7 @@ args! {
     &'a serde_json::Value => |v| Arg::Json(Cow::Borrowed(v));
     &'a [u8] => |v| Arg::Bytes(v);
     &'a Vec<u8> => |v| Arg::Bytes(v);
-    Vec<Uuid> => |v| Arg::Uuids(v);
-    Vec<OffsetDateTime> => |v| Arg::Times(v);
-    Vec<&'a str> => |v| Arg::Texts(v);
-    Vec<i64> => |v| Arg::Ints(v);
+    List<'a> => |v| Arg::List(v);
 }
 
 /// A JSON argument from anything serialisable.

@@ -1,5 +1,11 @@
-//! The audit trail: events written with the changes they record, sealed into
-//! one hash chain in the order they became visible, and the queries over it.
+//! The audit trail: events written with the changes they record, and sealed
+//! as they are written: at its commit, a transaction's events take the next
+//! positions of the one hash chain, under the chain head's row lock, in the
+//! INSERT that writes them ([`write_sealed`], which `Tx::commit` runs last), so
+//! positions follow commit order and a rollback takes none. Events that arrive
+//! with no position (an older broker's, during a rolling upgrade) are
+//! sealed after, by [`AuditStore::seal_audit`],
+//! under the same lock. And the queries over the chain.
 use super::driver::micros;
 use super::filter::Filter;
 use super::*;
@@ -45,13 +51,128 @@ fn sealed_from_row(r: &Row) -> Result<Sealed, StoreError> {
     })
 }
 
+/// Rows per SQLite insert: 12 arguments each, well under its limit.
+const LITE_ROWS: usize = 500;
+
+/// Writes `events` sealed inside `tx`, in order, after the chain's head, and
+/// moves the head past them: the last statements of a transaction, run by its
+/// commit (`Tx::commit`), for the head's row lock is then held to the commit.
+pub(super) async fn write_sealed(tx: &mut Tx, events: &[AuditEvent]) -> Result<(), StoreError> {
+    if let Some(q) = dialect::append_sealed(tx.db(), events) {
+        let row = tx.fetch_one(q).await?;
+        return all_written(row.u64("n")?, events);
+    }
+    // SQLite: one writer, so the head read here stays the head until the commit.
+    let head = tx
+        .fetch_one(query("SELECT last_seq, last_hash FROM audit_chain"))
+        .await?;
+    let (mut at, mut prev) = (seq(&head, "last_seq")?, head.bytes("last_hash")?);
+    let mut sealed = Vec::with_capacity(events.len());
+    for e in events {
+        at += 1;
+        let mut s = as_stored(e, at, prev);
+        s.hash = chain::hash(&s, &s.prev_hash).to_vec();
+        prev = s.hash.clone();
+        sealed.push(s);
+    }
+    for chunk in sealed.chunks(LITE_ROWS) {
+        tx.execute(lite_insert(chunk)).await?;
+    }
+    tx.execute(
+        query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
+            .bind(at)
+            .bind(&prev),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An event in the form the chain's hash covers, at position `seq` after
+/// `prev`, with each value as SQLite stores it: the time in Unix microseconds,
+/// the UUIDs' hyphenated text, the detail's JSON text (what the driver binds
+/// for them). [`lite_insert`] binds exactly these, so the hash covers the
+/// stored bytes.
+fn as_stored(e: &AuditEvent, seq: u64, prev: Vec<u8>) -> Sealed {
+    Sealed {
+        seq,
+        prev_hash: prev,
+        hash: Vec::new(),
+        at_micros: micros(e.at),
+        actor: e.actor.clone(),
+        action: e.action.as_str().into(),
+        outcome: e.action.outcome().into(),
+        task: e.task.map(|t| t.0.to_string()),
+        agent: e.agent.clone(),
+        jti: e.jti.map(|j| j.to_string()),
+        reason: e.reason.clone(),
+        detail: e.detail.to_string(),
+    }
+}
+
+/// One statement inserting sealed events into SQLite.
+fn lite_insert(events: &[Sealed]) -> Query<'_> {
+    const COLUMNS: usize = 12;
+    let mut args = Vec::with_capacity(events.len() * COLUMNS);
+    for e in events {
+        let row: [driver::Arg<'_>; COLUMNS] = [
+            e.at_micros.into(),
+            e.actor.as_str().into(),
+            e.action.as_str().into(),
+            e.outcome.as_str().into(),
+            (&e.task).into(),
+            (&e.agent).into(),
+            (&e.jti).into(),
+            (&e.reason).into(),
+            e.detail.as_str().into(),
+            e.seq.into(),
+            e.prev_hash.as_slice().into(),
+            e.hash.as_slice().into(),
+        ];
+        args.extend(row);
+    }
+    // One event (most transactions'): the statement is built once.
+    if let [_] = events {
+        return query(ONE_LITE_ROW).bind_all(args);
+    }
+    let values: Vec<String> = (0..events.len())
+        .map(|i| {
+            let n: Vec<String> = (1..=COLUMNS)
+                .map(|k| format!("${}", i * COLUMNS + k))
+                .collect();
+            format!("({})", n.join(", "))
+        })
+        .collect();
+    query(format!("{LITE_INSERT} VALUES {}", values.join(", "))).bind_all(args)
+}
+
+const LITE_INSERT: &str = "INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail, seq, prev_hash, hash)";
+const ONE_LITE_ROW: &str = "INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail, seq, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// The server's count of events written is all of them.
+fn all_written(n: u64, events: &[AuditEvent]) -> Result<(), StoreError> {
+    match n == events.len() as u64 {
+        true => Ok(()),
+        false => Err(StoreError::Other(format!(
+            "{} audit events to write, {n} written",
+            events.len()
+        ))),
+    }
+}
+
 #[async_trait]
 impl AuditStore for SqlStore {
     async fn append_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         let db = &self.db;
-        db.execute(Write::AppendAudit, audit_insert(&[e]))
-            .await
-            .map(drop)
+        let events = std::slice::from_ref(e);
+        // One statement needs no transaction of its own: one round trip.
+        if let Some(q) = dialect::append_sealed(db, events) {
+            let row = db.write_optional(Write::AppendAudit, q).await?;
+            let n = row.map_or(Ok(0), |r| r.u64("n"))?;
+            return all_written(n, events);
+        }
+        let mut tx = db.begin(Write::AppendAudit).await?;
+        insert_audit(&mut tx, &[e]).await?;
+        tx.commit().await
     }
 
     async fn audit_for_task(&self, task: TaskId) -> Result<Vec<AuditEvent>, StoreError> {
@@ -225,3 +346,6 @@ impl AuditStore for SqlStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

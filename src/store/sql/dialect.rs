@@ -3,6 +3,7 @@
 //! (Type encodings and notices are the drivers', in `driver`.)
 use super::driver::{Conn, Db, Query, map_err, query};
 use super::tokens::{REFUSAL, TOKEN_ROW, token_args};
+use crate::domain::audit::AuditEvent;
 use crate::domain::{SpiffeId, TokenRecord};
 use crate::store::StoreError;
 use std::borrow::Cow;
@@ -109,10 +110,46 @@ pub(super) fn token_in_one_statement<'a>(
     Some(query(ONE_STATEMENT.as_str()).bind_all(token_args(t, owner, budget)))
 }
 
-/// Sealing audit events on the server, where the database can: PostgreSQL's
-/// `mayfly_audit_seal` (migrations/…_audit_chain.sql) seals a batch in one round
-/// trip under the chain's row lock, so brokers on every replica extend one
-/// chain. SQLite has no server: its one broker seals through its writer.
+/// Writing audit events sealed on the server, where the database can:
+/// PostgreSQL's `mayfly_audit_append` (migrations/…_audit_sealed_writes.sql)
+/// takes the chain's head under its row lock, so brokers on every replica
+/// extend one chain, hashes each event as the database stores it (the jsonb's
+/// text, the uuid's text) and inserts them all, in one round trip. The events
+/// go as one array per column: the statement is the same for any number of
+/// them, so it is prepared once. SQLite has no server, and one writer: its
+/// broker reads the head and hashes in Rust (`audit::write_sealed`).
+pub(super) fn append_sealed<'a>(db: &Db, events: &'a [AuditEvent]) -> Option<Query<'a>> {
+    use super::driver::List;
+    let Conn::Postgres(_) = db.conn else {
+        return None;
+    };
+    let text =
+        |f: fn(&'a AuditEvent) -> Option<&'a str>| List::Text(events.iter().map(f).collect());
+    Some(
+        query(
+            "SELECT mayfly_audit_append($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                    $5::uuid[], $6::text[], $7::uuid[], $8::text[], $9::jsonb[]) AS n",
+        )
+        .bind(List::Time(events.iter().map(|e| e.at).collect()))
+        .bind(text(|e| Some(e.actor.as_str())))
+        .bind(text(|e| Some(e.action.as_str())))
+        .bind(text(|e| Some(e.action.outcome())))
+        .bind(List::Uuid(
+            events.iter().map(|e| e.task.map(|t| t.0)).collect(),
+        ))
+        .bind(text(|e| e.agent.as_deref()))
+        .bind(List::Uuid(events.iter().map(|e| e.jti).collect()))
+        .bind(text(|e| e.reason.as_deref()))
+        .bind(List::Json(events.iter().map(|e| &e.detail).collect())),
+    )
+}
+
+/// Sealing the audit events that arrived with no position (an older broker's,
+/// during a rolling upgrade) on the server, where the
+/// database can: PostgreSQL's `mayfly_audit_seal` (migrations/…_audit_chain.sql)
+/// seals a batch in one round trip under the chain's row lock, the lock sealed
+/// writes take, so they interleave. SQLite has no server: its one broker seals
+/// through its writer.
 pub(super) fn seal_on_the_server(db: &Db, batch: u32) -> Option<Query<'static>> {
     let Conn::Postgres(_) = db.conn else {
         return None;

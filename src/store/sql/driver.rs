@@ -9,14 +9,16 @@
 //! | time   | `timestamptz` | Unix microseconds, `INTEGER`      |
 //! | JSON   | `jsonb`       | its `TEXT`                        |
 //! | bool   | `boolean`     | `INTEGER` 0 or 1                  |
+//! | list   | an array      | a JSON array of the values        |
 //!
 //! Notices differ too ([`Tx::notify`]: `pg_notify`, delivered to every broker at
 //! commit, against a broadcast to this process's feeds after the commit); what
 //! else the databases do differently is in `dialect`.
-pub(super) use super::arg::{Arg, json};
+pub(super) use super::arg::{Arg, List, json};
 use super::notices;
 pub(super) use super::row::Row;
-use super::{FaultHook, Write};
+use super::{FaultHook, Write, audit};
+use crate::domain::audit::AuditEvent;
 use crate::store::gate::Health;
 use crate::store::{Notice, StoreError};
 use sqlx::postgres::PgPool;
@@ -27,7 +29,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
 /// A connected database, and what every call on it passes: the fail-fast gate
 /// (reads are refused while the probe finds the database down, and given up when
@@ -106,10 +107,11 @@ impl<'a> Query<'a> {
                 Arg::Bool(v) => q.bind(v),
                 Arg::Json(v) => q.bind(Json(v.as_ref())),
                 Arg::Bytes(v) => q.bind(v.to_vec()),
-                Arg::Uuids(v) => q.bind(v),
-                Arg::Times(v) => q.bind(v),
-                Arg::Texts(v) => q.bind(v.into_iter().map(str::to_owned).collect::<Vec<_>>()),
-                Arg::Ints(v) => q.bind(v),
+                Arg::List(List::Uuid(v)) => q.bind(v),
+                Arg::List(List::Time(v)) => q.bind(v),
+                Arg::List(List::Text(v)) => q.bind(v),
+                Arg::List(List::Json(v)) => q.bind(v.into_iter().map(Json).collect::<Vec<_>>()),
+                Arg::List(List::Int(v)) => q.bind(v),
             };
         }
         q
@@ -126,19 +128,23 @@ impl<'a> Query<'a> {
                 Arg::Bool(v) => q.bind(i64::from(v)),
                 Arg::Json(v) => q.bind(v.to_string()),
                 Arg::Bytes(v) => q.bind(v.to_vec()),
-                Arg::Uuids(v) => q.bind(json_array(v.iter().map(Uuid::to_string))),
-                Arg::Times(v) => q.bind(json_array(v.into_iter().map(micros))),
-                Arg::Texts(v) => q.bind(json_array(v)),
-                Arg::Ints(v) => q.bind(json_array(v)),
+                Arg::List(v) => q.bind(lite_list(v).to_string()),
             };
         }
         q
     }
 }
 
-/// An array as SQLite reads one: JSON text, each element as SQLite stores it.
-fn json_array<T: Into<serde_json::Value>>(v: impl IntoIterator<Item = T>) -> String {
-    serde_json::Value::from_iter(v).to_string()
+/// A list as SQLite's JSON functions read it, each value encoded as it would
+/// be bound alone (a UUID's text, a time's Unix microseconds).
+fn lite_list(v: List<'_>) -> serde_json::Value {
+    match v {
+        List::Uuid(v) => v.iter().map(|u| u.map(|u| u.to_string())).collect(),
+        List::Time(v) => v.into_iter().map(micros).collect(),
+        List::Text(v) => v.into_iter().collect(),
+        List::Json(v) => v.into_iter().cloned().collect(),
+        List::Int(v) => v.into_iter().collect(),
+    }
 }
 
 /// Unix microseconds, the precision PostgreSQL keeps.
@@ -243,7 +249,8 @@ impl Db {
         let inner = watch(&self.health, inner.map_err(map_err))?;
         Ok(Tx {
             inner,
-            health: self.health.clone(),
+            db: self.clone(),
+            audit: Vec::new(),
         })
     }
 
@@ -377,7 +384,11 @@ async fn run_lite<'c>(
 /// A write transaction; dropped without [`Tx::commit`], it rolls back.
 pub(super) struct Tx {
     inner: Inner,
-    health: Option<Arc<Health>>,
+    /// Where it runs: the gate its calls report to, and the dialect its commit
+    /// asks how to write its audit events.
+    db: Db,
+    /// Its audit events, written sealed by the commit (see [`Tx::record_audit`]).
+    audit: Vec<AuditEvent>,
 }
 
 enum Inner {
@@ -396,7 +407,22 @@ impl Tx {
             Inner::Pg(tx) => run_pg(&mut **tx, q, want).await,
             Inner::Lite { tx, .. } => run_lite(&mut **tx, q, want).await,
         };
-        watch(&self.health, run.map_err(map_err))
+        watch(&self.db.health, run.map_err(map_err))
+    }
+
+    /// The database it runs on.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Records audit events, written sealed by [`Tx::commit`] as the
+    /// transaction's last statement, in the order recorded; a rollback writes
+    /// none. Last, because sealing takes the audit chain's head (the next
+    /// position) under its row lock, held to the commit: a transaction that
+    /// holds it waits on no other lock, so none deadlocks, and it is held only
+    /// for the commit. A transaction that records none never touches the head.
+    pub fn record_audit(&mut self, events: &[&AuditEvent]) {
+        self.audit.extend(events.iter().map(|e| (*e).clone()));
     }
 
     /// Runs a statement; returns the rows it changed.
@@ -433,10 +459,14 @@ impl Tx {
         Ok(())
     }
 
-    /// Commits. SQLite's commit and its notices run in a task of their own, so a
-    /// caller that stops waiting (a cancelled request) cannot commit a write
-    /// without its notice.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// Writes the audit events recorded, sealed, then commits. SQLite's commit
+    /// and its notices run in a task of their own, so a caller that stops
+    /// waiting (a cancelled request) cannot commit a write without its notice.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        let events = std::mem::take(&mut self.audit);
+        if !events.is_empty() {
+            audit::write_sealed(&mut self, &events).await?;
+        }
         let done = match self.inner {
             Inner::Pg(tx) => tx.commit().await.map_err(map_err),
             Inner::Lite {
@@ -462,7 +492,7 @@ impl Tx {
             .await
             .unwrap_or_else(|e| Err(StoreError::Other(format!("committing: {e}")))),
         };
-        watch(&self.health, done)
+        watch(&self.db.health, done)
     }
 
     /// Rolls back (what dropping does, but waiting for it).

@@ -13,6 +13,7 @@
 //! in one statement over arrays (one prepared statement for any batch size);
 //! SQLite's one writer runs each mint's statements in turn in the transaction,
 //! which costs microseconds: its commit (a `fsync`) is what the batch shares.
+use super::arg::List;
 use super::driver::{Conn, Db, Row};
 use super::tokens::{refusal_named, take};
 use super::*;
@@ -276,10 +277,15 @@ async fn judge_in_one_statement(
     tx: &mut Tx,
     batch: &[Pending],
 ) -> Result<Vec<Recorded>, StoreError> {
-    let col = |f: fn(&TokenRecord) -> &str| batch.iter().map(|p| f(&p.token)).collect::<Vec<_>>();
+    let col =
+        |f: fn(&TokenRecord) -> &str| List::Text(batch.iter().map(|p| Some(f(&p.token))).collect());
     let q = super::driver::query(BATCH)
-        .bind(batch.iter().map(|p| p.token.jti).collect::<Vec<_>>())
-        .bind(batch.iter().map(|p| p.token.task.0).collect::<Vec<_>>())
+        .bind(List::Uuid(
+            batch.iter().map(|p| Some(p.token.jti)).collect(),
+        ))
+        .bind(List::Uuid(
+            batch.iter().map(|p| Some(p.token.task.0)).collect(),
+        ))
         .bind(col(|t| t.agent.as_str()))
         .bind(col(|t| &t.workflow))
         .bind(col(|t| &t.scope.audience))
@@ -287,14 +293,15 @@ async fn judge_in_one_statement(
         .bind(col(|t| &t.scope.action))
         .bind(col(|t| &t.kid))
         .bind(col(|t| &t.cert_thumbprint))
-        .bind(batch.iter().map(|p| p.token.issued_at).collect::<Vec<_>>())
-        .bind(batch.iter().map(|p| p.token.expires_at).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|p| i64::from(p.budget))
-                .collect::<Vec<_>>(),
-        );
+        .bind(List::Time(
+            batch.iter().map(|p| p.token.issued_at).collect(),
+        ))
+        .bind(List::Time(
+            batch.iter().map(|p| p.token.expires_at).collect(),
+        ))
+        .bind(List::Int(
+            batch.iter().map(|p| i64::from(p.budget)).collect(),
+        ));
     let rows = tx.fetch_all(q).await?;
     if rows.len() != batch.len() {
         return Err(StoreError::Other(format!(

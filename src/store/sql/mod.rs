@@ -7,7 +7,9 @@
 //!
 //! Every state change and its audit event commit together. In PostgreSQL
 //! anything that takes the revocation counter takes it first, so transactions
-//! always lock in the same order (counter, then tasks, then tokens).
+//! always lock in the same order (counter, then tasks, then tokens), and the
+//! audit chain's head last of all: a transaction's events are written, sealed,
+//! as its last statement (`insert_audit`, `Tx::commit`).
 use super::gate::Health;
 use super::*;
 use driver::{Conn, Db, Lite, Query, Row, Tx, corrupt, json, limit, map_err, query};
@@ -325,51 +327,12 @@ fn lock_file(db: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Inserts audit events, up to [`AUDIT_ROWS`] per statement.
+/// Records audit events in `tx`, written sealed when it commits: as its last
+/// statement, the events take the next positions of the audit chain (see
+/// `Tx::record_audit` for why last). Dropped or rolled back, it writes none.
 async fn insert_audit(tx: &mut Tx, events: &[&AuditEvent]) -> Result<(), StoreError> {
-    for chunk in events.chunks(AUDIT_ROWS) {
-        tx.execute(audit_insert(chunk)).await?;
-    }
+    tx.record_audit(events);
     Ok(())
-}
-
-/// One statement inserting `events`.
-fn audit_insert<'a>(events: &[&'a AuditEvent]) -> Query<'a> {
-    if let [e] = events {
-        // One event (every mint's): the statement is built once.
-        return query(ONE_AUDIT_ROW).bind_all(audit_args(e));
-    }
-    let mut values = Vec::with_capacity(events.len());
-    let mut args = Vec::with_capacity(events.len() * 9);
-    for (i, e) in events.iter().enumerate() {
-        let n: Vec<String> = (1..=9).map(|k| format!("${}", i * 9 + k)).collect();
-        values.push(format!("({})", n.join(", ")));
-        args.extend(audit_args(e));
-    }
-    query(format!(
-        "INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail) VALUES {}",
-        values.join(", ")
-    ))
-    .bind_all(args)
-}
-
-const ONE_AUDIT_ROW: &str = "INSERT INTO audit_events (at, actor, action, outcome, task_id, agent, jti, reason, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
-/// Rows per audit insert: 9 arguments each, well under either database's limit.
-const AUDIT_ROWS: usize = 500;
-
-fn audit_args(e: &AuditEvent) -> [driver::Arg<'_>; 9] {
-    [
-        e.at.into(),
-        e.actor.as_str().into(),
-        e.action.as_str().into(),
-        e.action.outcome().into(),
-        e.task.map(|t| t.0).into(),
-        (&e.agent).into(),
-        e.jti.into(),
-        (&e.reason).into(),
-        (&e.detail).into(),
-    ]
 }
 
 /// A scope, from its three columns.

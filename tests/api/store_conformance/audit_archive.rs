@@ -25,7 +25,8 @@ async fn sealed_chain<S: Store>(s: &S, from: i64, n: i64) -> Vec<Sealed> {
     stored(s).await
 }
 
-/// Seals what was committed; the chain as stored, from its anchor.
+/// Seals what arrived unsealed (nothing here: appends seal their own); the
+/// chain as stored, from its anchor.
 async fn stored<S: Store>(s: &S) -> Vec<Sealed> {
     while s.seal_audit(1000).await.unwrap() > 0 {}
     let head = s.audit_head().await.unwrap();
@@ -83,18 +84,15 @@ async fn drain<S: Store>(s: &S, batch: u32) -> Vec<u64> {
 
 pub async fn the_anchor_moves_only_forward_to_a_sealed_event_with_its_hash<S: Store>(s: &S) {
     let chain = sealed_chain(s, 0, 3).await;
-    for secs in 3..5 {
-        s.append_audit(&event(secs)).await.unwrap();
-    }
     let genesis = Checkpoint::genesis();
     let head = s.audit_head().await.unwrap();
     assert_eq!((head.seq, head.anchor.clone()), (3, genesis.clone()));
 
-    // Not sealed yet (4 is committed, not sealed), a hash that differs, an
-    // anchor read before another archive moved it: nothing moves.
-    let unsealed = Checkpoint::new(4, chain[2].hash.clone());
+    // Past the head (no event there yet), a hash that differs, an anchor read
+    // before another archive moved it: nothing moves.
+    let next = Checkpoint::new(4, chain[2].hash.clone());
     assert_eq!(
-        anchor(s, &genesis, &unsealed).await,
+        anchor(s, &genesis, &next).await,
         Anchoring::NotSealed { head: 3 }
     );
     let wrong = Checkpoint::new(2, chain[0].hash.clone());
@@ -104,6 +102,9 @@ pub async fn the_anchor_moves_only_forward_to_a_sealed_event_with_its_hash<S: St
         anchor(s, &genesis, &past).await,
         Anchoring::NotSealed { head: 3 }
     );
+    for secs in 3..5 {
+        s.append_audit(&event(secs)).await.unwrap();
+    }
     assert_eq!(s.audit_head().await.unwrap().anchor, genesis);
 
     let two = point(&chain[1]);
@@ -142,8 +143,9 @@ pub async fn only_events_at_or_below_the_anchor_are_removed_in_batches<S: Store>
         anchor(s, &Checkpoint::genesis(), &five).await,
         Anchoring::Moved
     );
-    // Anchored, not yet removed: the stored chain starts after the anchor.
-    assert_eq!(verify_from_anchor(s).await, [6, 7]);
+    // Anchored, not yet removed: the stored chain starts after the anchor, and
+    // the archive's own event (8) is in it from its commit.
+    assert_eq!(verify_from_anchor(s).await, [6, 7, 8]);
     assert_eq!(drain(s, 2).await, [2, 2, 1]);
     assert_eq!(drain(s, 2).await, [0]);
 
@@ -169,10 +171,10 @@ pub async fn an_anchor_at_the_head_leaves_only_the_archive_events<S: Store>(s: &
         Anchoring::Moved
     );
     assert_eq!(drain(s, 1000).await, [3]);
-    // Until the archive's own event is sealed, nothing is stored past the anchor.
+    // The archive's own event, sealed as it committed, is all that is stored.
     let head = s.audit_head().await.unwrap();
-    assert_eq!((head.seq, head.max_seq, head.anchor), (3, 0, three.clone()));
-    assert_eq!(verify_from_anchor(s).await, Vec::<u64>::new());
+    assert_eq!((head.seq, head.max_seq, head.anchor), (4, 4, three.clone()));
+    assert_eq!(verify_from_anchor(s).await, [4]);
 
     // A second archive continues from the first.
     let next = stored(s).await;
