@@ -6,6 +6,7 @@ mod audit;
 mod audit_archive;
 mod audit_archive_db;
 mod audit_sqlite;
+mod bench;
 mod cli;
 mod cli_archive;
 mod crm_example;
