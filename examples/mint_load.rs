@@ -1,8 +1,9 @@
 //! Load generator: the real broker in-process (mTLS, PostgreSQL), N agents minting
 //! concurrently over keep-alive connections, through gRPC's `MintToken` and/or the
-//! OAuth front door's `POST /oauth/token` on the same port; plus the raw cost of
-//! signing and verifying one token. Prints rates and latency percentiles, and
-//! each edge's throughput against the first's.
+//! OAuth front door's `POST /oauth/token` on the same port, driven by
+//! `mayfly::bench` (the driver of `mayfly bench`); plus the raw cost of signing
+//! and verifying one token. Prints rates and latency percentiles, the process's
+//! CPU time per mint, and each edge's throughput against the first's.
 //!
 //! cargo run --release --example mint_load -- [concurrency] [seconds] [rounds]
 //! (defaults 16, 10, 1. EDGE: the edges measured, comma-separated, default
@@ -11,26 +12,17 @@
 //! shared HTTP/2 connections). Each round runs every edge for `seconds`, in
 //! turn, the order reversed every other round so that a drift of the machine's
 //! load favours none; every edge first mints for a second unrecorded.
-//! ONE_TASK=1: every worker mints in the same task; STORE=sqlite: the embedded
-//! SQLite store in a temporary file instead of PostgreSQL)
+//! ONE_TASK=1: every worker of an edge mints in the same task; STORE=sqlite: the
+//! embedded SQLite store in a temporary file instead of PostgreSQL)
 //! DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) must allow
 //! CREATE DATABASE; a fresh database is created and dropped.
-// `mint_until` (prune_load's gRPC-only loop) is not used here: each edge's
-// workers go to `run_until` and come back for the next round.
+// `support_task` and `channel` (the other load generators') are not used here.
 #[allow(dead_code)]
 mod common;
 
-use axum::body::Body;
-use common::{GrpcMinter, Minter};
-use mayfly::api::pb::token_service_client::TokenServiceClient;
+use mayfly::bench::{Bench, Edge, Figures};
 use mayfly::config::Config;
-use mayfly::identity::devcerts::DevCa;
 use mayfly::token::{Claims, Confirmation, KeyRecord, KeySet, SigningKey};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn crypto() -> anyhow::Result<()> {
@@ -89,239 +81,6 @@ fn crypto() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A way in to the broker's mint.
-#[derive(Clone, Copy, PartialEq)]
-enum Edge {
-    Grpc,
-    Http1,
-    Http2,
-}
-
-impl Edge {
-    fn parse(s: &str) -> anyhow::Result<Edge> {
-        match s.trim() {
-            "grpc" => Ok(Edge::Grpc),
-            "http" => Ok(Edge::Http1),
-            "h2" => Ok(Edge::Http2),
-            other => anyhow::bail!("EDGE: {other:?} is none of grpc, http, h2"),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Edge::Grpc => "grpc",
-            Edge::Http1 => "http",
-            Edge::Http2 => "h2",
-        }
-    }
-}
-
-/// The front door's address, the agent's TLS client config, and whether it
-/// speaks HTTP/2 (else HTTP/1.1).
-#[derive(Clone)]
-struct FrontDoor {
-    addr: SocketAddr,
-    tls: tokio_rustls::TlsConnector,
-    h2: bool,
-}
-
-/// An open keep-alive connection to the front door.
-enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Body>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-}
-
-impl FrontDoor {
-    /// The agent's certificate, offering `h2` or `http/1.1` only.
-    fn new(ca: &DevCa, addr: SocketAddr, id: &str, h2: bool) -> anyhow::Result<Self> {
-        let svid = ca.svid(id)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
-            roots.add(c?)?;
-        }
-        let chain = CertificateDer::pem_slice_iter(svid.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes())?;
-        let mut cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
-        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
-        cfg.alpn_protocols = vec![alpn.to_vec()];
-        Ok(FrontDoor {
-            addr,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-            h2,
-        })
-    }
-
-    async fn connect(&self) -> anyhow::Result<Conn> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        // As tonic's channels do: a request is one small write, sent at once.
-        tcp.set_nodelay(true)?;
-        let tls = self
-            .tls
-            .connect(ServerName::try_from("localhost")?, tcp)
-            .await?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        anyhow::ensure!(
-            h2 == self.h2,
-            "the broker chose another protocol than offered"
-        );
-        let io = hyper_util::rt::TokioIo::new(tls);
-        Ok(if h2 {
-            let (send, conn) =
-                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                    .await?;
-            tokio::spawn(conn);
-            Conn::H2(send)
-        } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(conn);
-            Conn::H1(send)
-        })
-    }
-}
-
-impl Conn {
-    fn is_closed(&self) -> bool {
-        match self {
-            Conn::H1(s) => s.is_closed(),
-            Conn::H2(s) => s.is_closed(),
-        }
-    }
-
-    async fn send(
-        &mut self,
-        req: hyper::Request<Body>,
-    ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
-        match self {
-            Conn::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Conn::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-        }
-    }
-}
-
-/// What a successful mint answers (RFC 6749 §5.1), the part checked here.
-#[derive(serde::Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    token_type: String,
-}
-
-/// A worker minting through `POST /oauth/token` over its connection: a form
-/// like any OAuth client's, a 200 with a Bearer token or a failure.
-struct HttpMinter {
-    door: FrontDoor,
-    conn: Option<Conn>,
-    task_id: String,
-    worker: usize,
-    count: u64,
-}
-
-impl Minter for HttpMinter {
-    async fn mint(&mut self) -> anyhow::Result<()> {
-        self.count += 1;
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("task_id", &self.task_id)
-            .append_pair("audience", "crm-api")
-            .append_pair(
-                "scope",
-                &format!("read:customers/eu/{}-{}", self.worker, self.count),
-            )
-            .append_pair("ttl_seconds", "300")
-            .finish();
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            // Broken by an earlier failure: a new connection, its handshake
-            // counted in this mint's latency.
-            None => self.conn.insert(self.door.connect().await?),
-        };
-        // HTTP/2 requests carry the authority in the URI; HTTP/1.1 ones in Host.
-        let uri = match conn {
-            Conn::H1(_) => "/oauth/token".to_string(),
-            Conn::H2(_) => format!("https://localhost:{}/oauth/token", self.door.addr.port()),
-        };
-        let req = hyper::Request::post(uri)
-            .header(hyper::header::HOST, "localhost")
-            .header(
-                hyper::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(Body::from(body))?;
-        let resp = match conn.send(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None;
-                return Err(e.into());
-            }
-        };
-        let status = resp.status();
-        let bytes = match axum::body::to_bytes(Body::new(resp.into_body()), 64 * 1024).await {
-            Ok(b) => b,
-            Err(e) => {
-                self.conn = None;
-                return Err(e.into());
-            }
-        };
-        if status != hyper::StatusCode::OK {
-            anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&bytes)?;
-        if answer.access_token.is_empty() || answer.token_type != "Bearer" {
-            anyhow::bail!("no Bearer token in {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(())
-    }
-}
-
-/// One edge's workers, of whichever kind.
-enum Worker {
-    Grpc(GrpcMinter),
-    Http(HttpMinter),
-}
-
-impl Worker {
-    /// Reopens a front-door connection that the broker closed while this edge
-    /// waited for its turn (an idle HTTP/1.1 connection is closed after
-    /// `limits.header_read_timeout`), so that a round measures mints over open
-    /// connections; whether it did.
-    async fn reopen(&mut self) -> anyhow::Result<bool> {
-        match self {
-            Worker::Http(m) if m.conn.as_ref().is_none_or(Conn::is_closed) => {
-                m.conn = Some(m.door.connect().await?);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-}
-
-impl Minter for Worker {
-    async fn mint(&mut self) -> anyhow::Result<()> {
-        match self {
-            Worker::Grpc(m) => m.mint().await,
-            Worker::Http(m) => m.mint().await,
-        }
-    }
-}
-
-/// What one edge measured: latencies of its mints, failures, time spent, and
-/// the CPU time this process (broker and load generator) spent meanwhile.
-#[derive(Default)]
-struct Figures {
-    lat: Vec<Duration>,
-    errors: u64,
-    took: Duration,
-    cpu: Option<Duration>,
-}
-
 /// This process's CPU time, user and system, all threads (`/proc/self/stat`,
 /// in USER_HZ ticks: 100 a second on Linux); None where there is no procfs.
 /// Unlike a rate, it hardly moves when other work shares the cores.
@@ -335,71 +94,52 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.lat.len() as f64 / self.took.as_secs_f64()
-    }
-
-    fn add(&mut self, other: &Figures) {
-        self.cpu = match self.took.is_zero() {
-            true => other.cpu,
-            false => self.cpu.zip(other.cpu).map(|(a, b)| a + b),
-        };
-        self.lat.extend_from_slice(&other.lat);
-        self.errors += other.errors;
-        self.took += other.took;
-    }
-
-    fn print(&mut self, label: &str) {
-        self.lat.sort();
-        let ms = |p| common::percentile(&self.lat, p).as_secs_f64() * 1e3;
-        let cpu = match self.cpu {
-            Some(c) if !self.lat.is_empty() => format!(
-                "; process CPU {:.0} us/mint",
-                c.as_secs_f64() * 1e6 / self.lat.len() as f64
-            ),
-            _ => String::new(),
-        };
-        println!(
-            "{label:<16} {:>7.0} tokens/s over {:>5.1} s, {} ok, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms{cpu}",
-            self.rate(),
-            self.took.as_secs_f64(),
-            self.lat.len(),
-            self.errors,
-            ms(0.50),
-            ms(0.99),
-            ms(0.999),
-        );
+fn edge(s: &str) -> anyhow::Result<Edge> {
+    match s.trim() {
+        "grpc" => Ok(Edge::Grpc),
+        "http" => Ok(Edge::Http),
+        "h2" => Ok(Edge::H2),
+        other => anyhow::bail!("EDGE: {other:?} is none of grpc, http, h2"),
     }
 }
 
-/// Runs `workers` for `seconds`; hands them back (connections open) with what
-/// they measured.
-async fn round(workers: Vec<Worker>, seconds: f64) -> anyhow::Result<(Vec<Worker>, Figures)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let timer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-            stop.store(true, Ordering::Relaxed);
-        })
+/// What an edge measured over rounds, and the CPU time this process (broker and
+/// load generator) spent meanwhile; `None` where that cannot be read.
+struct Total {
+    figures: Figures,
+    cpu: Option<Duration>,
+}
+
+fn print(label: &str, f: &Figures, cpu: Option<Duration>) {
+    let ms = |p| f.latency.quantile(p).as_secs_f64() * 1e3;
+    let cpu = match cpu {
+        Some(c) if f.mints() > 0 => format!(
+            "; process CPU {:.0} us/mint",
+            c.as_secs_f64() * 1e6 / f.mints() as f64
+        ),
+        _ => String::new(),
     };
-    let (started, cpu_before) = (Instant::now(), cpu_time());
-    let (workers, lat, errors) = common::run_until(workers, stop).await?;
-    timer.await?;
-    let took = started.elapsed();
-    let cpu = cpu_time()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
-    Ok((
-        workers,
-        Figures {
-            lat,
-            errors,
-            took,
-            cpu,
-        },
-    ))
+    println!(
+        "{label:<16} {:>7.0} tokens/s over {:>5.1} s, {} ok, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms{cpu}",
+        f.rate(),
+        f.elapsed.as_secs_f64(),
+        f.mints(),
+        f.errors(),
+        ms(0.50),
+        ms(0.99),
+        ms(0.999),
+    );
+    for k in f.error_kinds() {
+        eprintln!("  {} x{}: {}", k.kind, k.count, k.examples.join(" | "));
+    }
+}
+
+/// Runs `bench` for `seconds`: what it measured, and the CPU time spent.
+async fn round(bench: &mut Bench, seconds: f64) -> (Figures, Option<Duration>) {
+    let before = cpu_time();
+    let f = bench.run_for(Duration::from_secs_f64(seconds)).await;
+    let cpu = cpu_time().zip(before).map(|(after, before)| after - before);
+    (f, cpu)
 }
 
 #[tokio::main]
@@ -411,8 +151,9 @@ async fn main() -> anyhow::Result<()> {
     let edges = std::env::var("EDGE")
         .unwrap_or_else(|_| "grpc".into())
         .split(',')
-        .map(Edge::parse)
+        .map(edge)
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let one_task = std::env::var("ONE_TASK").is_ok();
     mayfly::app::install_crypto();
     crypto()?;
 
@@ -427,80 +168,30 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse(&cfg, "bench")?;
     cfg.validate()?;
     let broker = common::serve(cfg).await?;
-    let addr = broker.addr;
+    let parties = common::parties(dir.path(), &ca, broker.addr)?;
 
-    let channel = |id: &str| common::channel(&ca, addr, id);
-    let orch = channel("spiffe://example.org/orchestrator/main")?
-        .connect()
-        .await?;
-    let agent_id = common::AGENT;
-    // One task per worker: each task's budget counter is a row that its mints
-    // update in turn, so one task's mints are serialised by design. Every edge's
-    // worker w mints in task w.
-    let task_count = if std::env::var("ONE_TASK").is_ok() {
-        1
-    } else {
-        concurrency
-    };
-    let mut tasks = vec![];
-    for _ in 0..task_count {
-        tasks.push(common::support_task(orch.clone(), "load").await?);
-    }
-
-    // Every edge's connections are opened before any is measured, and stay open
-    // from round to round. Multiplexing edges share a few connections, as an
-    // agent fleet would hold them; HTTP/1.1 has one call in flight per
-    // connection, so each of its workers holds its own.
-    let shared = concurrency.clamp(1, 4);
-    let mut pools: Vec<(Edge, Vec<Worker>, Figures)> = vec![];
+    // Every edge's connections (and tasks: one per worker, since one task's
+    // mints are serialised by design on its budget row) are opened before any
+    // is measured, and stay open from round to round.
+    let mut pools: Vec<(Edge, Bench, Total)> = vec![];
     for &edge in &edges {
-        let mut workers = vec![];
-        match edge {
-            Edge::Grpc => {
-                let mut clients = vec![];
-                for _ in 0..shared {
-                    clients.push(TokenServiceClient::new(channel(agent_id)?.connect().await?));
-                }
-                for w in 0..concurrency {
-                    workers.push(Worker::Grpc(GrpcMinter {
-                        client: clients[w % clients.len()].clone(),
-                        task_id: tasks[w % tasks.len()].clone(),
-                        worker: w,
-                        count: 0,
-                    }));
-                }
-            }
-            Edge::Http1 | Edge::Http2 => {
-                let door = FrontDoor::new(&ca, addr, agent_id, edge == Edge::Http2)?;
-                let mut h2_conns = vec![];
-                while door.h2 && h2_conns.len() < shared {
-                    if let Conn::H2(s) = door.connect().await? {
-                        h2_conns.push(s);
-                    }
-                }
-                for w in 0..concurrency {
-                    let conn = match h2_conns.get(w % shared) {
-                        Some(s) => Conn::H2(s.clone()),
-                        None => door.connect().await?,
-                    };
-                    workers.push(Worker::Http(HttpMinter {
-                        door: door.clone(),
-                        conn: Some(conn),
-                        task_id: tasks[w % tasks.len()].clone(),
-                        worker: w,
-                        count: 0,
-                    }));
-                }
-            }
-        }
+        let mut bench = Bench::start(common::plan(edge, concurrency, one_task)?, &parties).await?;
         // Unrecorded: the store's statements prepared on its pool connections,
         // the connections' flow-control windows grown, for every edge alike.
-        let (workers, _) = round(workers, 1.0).await?;
-        pools.push((edge, workers, Figures::default()));
+        bench.warm_up(Duration::from_secs(1)).await;
+        let total = Total {
+            figures: Figures::default(),
+            cpu: Some(Duration::ZERO),
+        };
+        pools.push((edge, bench, total));
     }
     println!(
-        "mint: concurrency {concurrency}, {} tasks, {rounds} round(s) of {seconds} s per edge",
-        tasks.len()
+        "mint: concurrency {concurrency}, {} per edge, {rounds} round(s) of {seconds} s per edge",
+        if one_task {
+            "one task"
+        } else {
+            "a task per worker"
+        }
     );
 
     // Per round, each edge's rate over the first edge's in the same round.
@@ -512,33 +203,37 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut rates = vec![0.0; pools.len()];
         for i in order {
-            let (edge, workers, total) = &mut pools[i];
-            let mut reopened = 0;
-            for w in workers.iter_mut() {
-                reopened += usize::from(w.reopen().await?);
-            }
+            let (edge, bench, total) = &mut pools[i];
+            // A front-door connection the broker closed while this edge waited
+            // for its turn, reopened so that a round measures mints over open
+            // connections.
+            let reopened = bench.reopen_closed().await?;
             if reopened > 0 {
                 println!(
                     "{}: {reopened} connections closed by the broker since the last round, reopened",
                     edge.name()
                 );
             }
-            let (back, mut figures) = round(std::mem::take(workers), seconds as f64).await?;
-            *workers = back;
-            figures.print(&format!("{} round {}", edge.name(), r + 1));
+            let (figures, cpu) = round(bench, seconds as f64).await;
+            print(&format!("{} round {}", edge.name(), r + 1), &figures, cpu);
             rates[i] = figures.rate();
-            total.add(&figures);
+            total.figures.merge(&figures);
+            total.cpu = total.cpu.zip(cpu).map(|(a, b)| a + b);
         }
         for (i, rate) in rates.iter().enumerate() {
             ratios[i].push(rate / rates[0]);
         }
     }
     if rounds > 1 || pools.len() > 1 {
-        for (edge, _, total) in &mut pools {
-            total.print(&format!("{} all rounds", edge.name()));
+        for (edge, _, total) in &pools {
+            print(
+                &format!("{} all rounds", edge.name()),
+                &total.figures,
+                total.cpu,
+            );
         }
     }
-    let first = pools[0].2.rate();
+    let first = pools[0].2.figures.rate();
     for (i, (edge, _, total)) in pools.iter().enumerate().skip(1) {
         let each: Vec<String> = ratios[i].iter().map(|q| format!("{q:.2}")).collect();
         // The median round: one round disturbed by other work on the machine
@@ -555,9 +250,12 @@ async fn main() -> anyhow::Result<()> {
             "{} / {}: {:.2} of the throughput (rounds: {}; median round {median:.2})",
             edge.name(),
             pools[0].0.name(),
-            total.rate() / first,
+            total.figures.rate() / first,
             each.join(", ")
         );
+    }
+    for (_, bench, _) in pools {
+        bench.stop();
     }
     broker.stop().await;
     db.drop_now().await?;

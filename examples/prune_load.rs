@@ -4,35 +4,42 @@
 //! R tokens long expired added to the store, while the broker's own pruner
 //! (every second, batches of `retention.batch`) deletes them, until it has.
 //! Prints mint throughput and p50/p99/p99.9 of both phases, and the prune rate.
+//! The agents are `mayfly::bench`'s workers (the driver of `mayfly bench`).
 //!
 //! cargo run --release --example prune_load -- [concurrency] [seconds] [rows]
 //! (defaults 8, 10 and 1,000,000; STORE=sqlite: the embedded store in a
 //! temporary file; BATCH: `retention.batch`, default 500; DATABASE_URL as for
 //! mint_load)
+// `support_task`, `channel` and `percentile` (the other load generators') are
+// not used here.
+#[allow(dead_code)]
 mod common;
 
-use mayfly::api::pb::token_service_client::TokenServiceClient;
+use mayfly::bench::{Bench, Edge, Figures};
 use mayfly::config::Config;
 use sqlx::Connection;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Old tasks the backlog's tokens belong to (ended three days ago).
 const OLD_TASKS: u64 = 1000;
 
-fn report(phase: &str, lat: &mut [Duration], errors: u64, took: Duration) {
-    lat.sort();
+fn report(phase: &str, f: &Figures) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{phase:<22} {:>6.0} mints/s over {:>5.1} s, {} ok, {errors} errors; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        lat.len() as f64 / took.as_secs_f64(),
-        took.as_secs_f64(),
-        lat.len(),
-        common::percentile(lat, 0.50).as_secs_f64() * 1e3,
-        common::percentile(lat, 0.99).as_secs_f64() * 1e3,
-        common::percentile(lat, 0.999).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        "{phase:<22} {:>6.0} mints/s over {:>5.1} s, {} ok, {} errors; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        f.rate(),
+        f.elapsed.as_secs_f64(),
+        f.mints(),
+        f.errors(),
+        ms(f.latency.quantile(0.50)),
+        ms(f.latency.quantile(0.99)),
+        ms(f.latency.quantile(0.999)),
+        ms(f.latency.max()),
     );
+    for k in f.error_kinds() {
+        eprintln!("  {} x{}: {}", k.kind, k.count, k.examples.join(" | "));
+    }
 }
 
 /// Tokens (and the tasks they belong to) that expired three days ago.
@@ -156,40 +163,16 @@ async fn main() -> anyhow::Result<()> {
     cfg.validate()?;
     let batch = cfg.retention.batch;
     let broker = common::serve(cfg).await?;
-    let addr = broker.addr;
-
-    let channel = |id: &str| common::channel(&ca, addr, id);
-    let orch = channel("spiffe://example.org/orchestrator/main")?
-        .connect()
-        .await?;
-    let mut tasks = vec![];
-    for _ in 0..concurrency {
-        tasks.push(common::support_task(orch.clone(), "load").await?);
-    }
-    let mut clients = vec![];
-    for _ in 0..concurrency.clamp(1, 4) {
-        clients.push(TokenServiceClient::new(
-            channel(common::AGENT)?.connect().await?,
-        ));
-    }
+    let parties = common::parties(dir.path(), &ca, broker.addr)?;
+    let mut bench = Bench::start(common::plan(Edge::Grpc, concurrency, false)?, &parties).await?;
 
     // Phase 1: nothing to prune (the pruner runs, and finds nothing).
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Instant::now();
-    let timer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
-    let (mut lat, errors) = common::mint_until(&clients, &tasks, concurrency, stop).await?;
-    timer.await?;
-    report("nothing to prune:", &mut lat, errors, t.elapsed());
+    let f = bench.run_for(Duration::from_secs(seconds)).await;
+    report("nothing to prune:", &f);
 
     // Phase 2: the backlog lands; minting goes on while the pruner deletes it.
     seed(&db_url, rows).await?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let t = Instant::now();
     let watcher = {
         let (stop, url) = (stop.clone(), db_url.clone());
@@ -206,19 +189,20 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
             }
-            stop.store(true, Ordering::Relaxed);
+            stop.cancel();
             t.elapsed()
         })
     };
-    let (mut lat, errors) = common::mint_until(&clients, &tasks, concurrency, stop).await?;
+    let f = bench.run_until(stop).await;
     let pruned_in = watcher.await?;
-    report("pruning the backlog:", &mut lat, errors, t.elapsed());
+    report("pruning the backlog:", &f);
     println!(
         "pruned {rows} tokens in {:.1} s ({:.0} rows/s, batches of {batch}) while minting",
         pruned_in.as_secs_f64(),
         rows as f64 / pruned_in.as_secs_f64(),
     );
 
+    bench.stop();
     broker.stop().await;
     db.drop_now().await?;
     Ok(())

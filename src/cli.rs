@@ -1,13 +1,15 @@
-//! The command line: `serve`, `dev-certs`, and client commands for orchestrators
+//! The command line: `serve`, `dev-certs`, client commands for orchestrators
 //! (`task`), agents (`token`), security teams (`revoke`, `tokens`, `approvals`) and verifiers
-//! (`watch`, `jwks`, `token introspect`).
+//! (`watch`, `jwks`, `token introspect`), and `bench`, the load driver.
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
 mod audit;
+mod bench;
 
 pub use audit::AuditCommand;
+pub use bench::BenchArgs;
 
 /// Mayfly: just-in-time, task-scoped, certificate-bound credentials for AI agents.
 #[derive(Debug, Parser)]
@@ -86,6 +88,11 @@ pub enum Command {
     /// Policy authors: check a policy directory and its decision cases.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Load a running broker: workers mint through one edge (gRPC or the OAuth
+    /// front door) as the agent (`--cert`/`--key`), in tasks the orchestrator
+    /// opens, and the client's figures are printed: mints a second, latency
+    /// percentiles, errors by kind.
+    Bench(BenchArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }

@@ -18,7 +18,8 @@
 //!   gRPC statuses and OAuth errors.
 //! - `app`: building and running the broker, serving connections under caps and
 //!   deadlines; `config`: settings.
-//! - `cli`, `client`: the `mayfly` command line and its client commands.
+//! - `cli`, `client`: the `mayfly` command line and its client commands;
+//!   `bench`: the load driver of `mayfly bench` and the load examples.
 //! - `verifier` (feature `verifier`): the library resource servers embed.
 //! - `testing` (tests only): what the inline unit and property tests share.
 //!
@@ -30,6 +31,8 @@
 pub mod api;
 #[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
+pub mod bench;
 #[cfg(feature = "server")]
 pub mod broker;
 #[cfg(feature = "server")]

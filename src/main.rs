@@ -121,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 } => cases::test(&dir, &file, &environment),
             }));
         }
+        Command::Bench(args) => mayfly::bench::command(&cli.client, cli.output, &args).await,
         Command::Client(call) => mayfly::client::run(&cli.client, cli.output, &call).await,
     };
     done.map(|()| std::process::ExitCode::SUCCESS)

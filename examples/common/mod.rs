@@ -1,14 +1,15 @@
 //! Shared by the load generators: a throwaway database, a dev CA with the broker's
-//! files, the example policies with a budget a run cannot exhaust, and the
-//! workers' minting loop (over gRPC here; mint_load adds the OAuth front door).
+//! files, the example policies with a budget a run cannot exhaust, the broker
+//! in-process, and the parties and plan of the load driver (`mayfly::bench`,
+//! `mayfly bench`'s) that mints against it.
 use mayfly::api::pb;
 use mayfly::api::pb::task_service_client::TaskServiceClient;
-use mayfly::api::pb::token_service_client::TokenServiceClient;
+use mayfly::bench::{Edge, Parties, Plan, TaskPlan};
+use mayfly::client::{Broker, Svid};
 use mayfly::identity::devcerts::DevCa;
 use sqlx::Connection;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The `p` quantile of sorted latencies.
@@ -115,12 +116,18 @@ pub fn broker_files(dir: &std::path::Path) -> anyhow::Result<DevCa> {
     let entities = std::fs::read_to_string(policies.join("entities.json"))?;
     std::fs::write(
         policies.join("entities.json"),
-        entities.replacen("\"max_tokens\": 50,", "\"max_tokens\": 100000000,", 1),
+        entities.replacen(
+            "\"max_tokens\": 50,",
+            &format!("\"max_tokens\": {BUDGET},"),
+            1,
+        ),
     )?;
     Ok(ca)
 }
 
-/// The support agent of the example policies.
+/// The support workflow's budget in the policies [`broker_files`] writes.
+pub const BUDGET: u64 = 100_000_000;
+
 /// The real broker, built from `cfg`, serving in this process until
 /// [`InProcess::stop`].
 pub struct InProcess {
@@ -146,7 +153,61 @@ impl InProcess {
     }
 }
 
+/// The support agent of the example policies.
 pub const AGENT: &str = "spiffe://example.org/agent/support-eu-1";
+pub const ORCHESTRATOR: &str = "spiffe://example.org/orchestrator/main";
+
+/// The broker at `addr` (its CA as [`broker_files`] wrote it into `dir`), and
+/// fresh SVIDs for [`AGENT`] and [`ORCHESTRATOR`] written beside it, as the
+/// load driver reads them.
+pub fn parties(
+    dir: &std::path::Path,
+    ca: &DevCa,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Parties> {
+    let svid = |name: &str, id: &str| -> anyhow::Result<Svid> {
+        let issued = ca.svid(id)?;
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &issued.cert_pem)?;
+        std::fs::write(&key, &issued.key_pem)?;
+        Svid::read(("--cert", &cert), ("--key", &key))
+    };
+    Ok(Parties {
+        broker: Broker::new(
+            &format!("https://{addr}"),
+            Some("localhost"),
+            &dir.join("ca.pem"),
+        )?,
+        agent: svid("agent", AGENT)?,
+        orchestrator: svid("orchestrator", ORCHESTRATOR)?,
+    })
+}
+
+/// `concurrency` workers minting EU customer reads through `edge` over kept
+/// connections, each in a support-triage task of its own (`one_task`: all in
+/// one), within the budget of [`broker_files`]' policies.
+pub fn plan(edge: Edge, concurrency: usize, one_task: bool) -> anyhow::Result<Plan> {
+    Ok(Plan {
+        edge,
+        concurrency,
+        new_connection: false,
+        rate: None,
+        hold: 0,
+        ttl: Duration::from_secs(300),
+        request_timeout: Duration::from_secs(10),
+        tasks: TaskPlan {
+            workflow: "support-triage".into(),
+            scope: mayfly::domain::Scope::declared("crm-api", "customers/eu/*", "read")?,
+            duration: Duration::from_secs(3000),
+            budget: BUDGET,
+            shared: one_task,
+            objective: "load".into(),
+        },
+    })
+}
 
 /// Opens a support-triage task for [`AGENT`] reading EU customers.
 pub async fn support_task(orchestrator: Channel, objective: &str) -> anyhow::Result<String> {
@@ -167,94 +228,4 @@ pub async fn support_task(orchestrator: Channel, objective: &str) -> anyhow::Res
         .task
         .ok_or_else(|| anyhow::anyhow!("no task"))?;
     Ok(task.id)
-}
-
-/// One load worker's way to mint: gRPC's `MintToken` ([`GrpcMinter`]), or the
-/// OAuth front door (mint_load's HTTP workers).
-pub trait Minter: Send + 'static {
-    /// Mints one token; an error (a refusal included) is a failure, never a mint.
-    fn mint(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-/// A worker minting over a (shared, keep-alive HTTP/2) gRPC channel.
-pub struct GrpcMinter {
-    pub client: TokenServiceClient<Channel>,
-    pub task_id: String,
-    pub worker: usize,
-    /// Mints so far: each asks for its own resource.
-    pub count: u64,
-}
-
-impl Minter for GrpcMinter {
-    async fn mint(&mut self) -> anyhow::Result<()> {
-        self.count += 1;
-        let req = pb::MintTokenRequest {
-            task_id: self.task_id.clone(),
-            scope: Some(pb::Scope {
-                audience: "crm-api".into(),
-                resource: format!("customers/eu/{}-{}", self.worker, self.count),
-                action: "read".into(),
-            }),
-            ttl_seconds: 300,
-        };
-        self.client.mint_token(req).await?;
-        Ok(())
-    }
-}
-
-/// Runs every minter in a worker of its own until `stop`; hands the minters back
-/// (their connections stay open for the next round) with the latencies of the
-/// mints and the number of failures.
-pub async fn run_until<M: Minter>(
-    minters: Vec<M>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<(Vec<M>, Vec<Duration>, u64)> {
-    let mut workers = vec![];
-    for (w, mut m) in minters.into_iter().enumerate() {
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                match m.mint().await {
-                    Ok(()) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        if errors == 0 {
-                            eprintln!("worker {w}: mint failed: {e:#}");
-                        }
-                        errors += 1;
-                    }
-                }
-            }
-            (m, lat, errors)
-        }));
-    }
-    let (mut minters, mut all, mut errors) = (vec![], vec![], 0);
-    for w in workers {
-        let (m, lat, e) = w.await?;
-        minters.push(m);
-        all.extend(lat);
-        errors += e;
-    }
-    Ok((minters, all, errors))
-}
-
-/// Mints over gRPC from `concurrency` workers until `stop`; their latencies and
-/// errors.
-pub async fn mint_until(
-    clients: &[TokenServiceClient<Channel>],
-    tasks: &[String],
-    concurrency: usize,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<(Vec<Duration>, u64)> {
-    let minters = (0..concurrency)
-        .map(|w| GrpcMinter {
-            client: clients[w % clients.len()].clone(),
-            task_id: tasks[w % tasks.len()].clone(),
-            worker: w,
-            count: 0,
-        })
-        .collect();
-    let (_, all, errors) = run_until(minters, stop).await?;
-    Ok((all, errors))
 }

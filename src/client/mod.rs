@@ -1,17 +1,20 @@
 //! The client side of the CLI: an mTLS channel from a certificate, a key and a CA
-//! bundle, and one file per service (mirroring `api/`) with a function per
-//! command; `output` shows the result (a message as it derives `Serialize`, see
-//! `api::json`) as JSON, a table or one field.
+//! bundle (`tls`, which `mayfly bench` reads them with too), and one file per
+//! service (mirroring `api/`) with a function per command; `output` shows the
+//! result (a message as it derives `Serialize`, see `api::json`) as JSON, a
+//! table or one field.
 mod admin;
 mod archive;
 mod args;
 mod output;
 mod task;
+mod tls;
 mod token;
 mod verifier;
 
 pub use args::parse_scope;
 pub use output::{Printer, StdoutClosed, field_text, table};
+pub use tls::{Broker, CONNECT_TIMEOUT, Svid};
 
 use crate::api::pb;
 use crate::api::pb::admin_service_client::AdminServiceClient;
@@ -27,36 +30,13 @@ use args::*;
 use output::without;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 /// Connects to the broker over mutual TLS with the caller's SVID.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Channel> {
-    let read = |what: &str, p: &std::path::Path| {
-        std::fs::read(p).with_context(|| format!("{what}: cannot read {}", p.display()))
-    };
-    let cert = read("--cert", &args.cert)?;
-    let key = read("--key", &args.key)?;
-    let ca = read("--ca", &args.ca)?;
-    let uri: tonic::transport::Uri = args
-        .broker
-        .parse()
-        .with_context(|| format!("--broker {:?} is not a URL", args.broker))?;
-    let host = match (&args.server_name, uri.host()) {
-        (Some(name), _) => name.clone(),
-        (None, Some(h)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
-        (None, None) => bail!("--broker {:?} has no host", args.broker),
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(host);
-    Channel::builder(uri)
-        .tls_config(tls)
-        .context("TLS configuration")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the broker at {}", args.broker))
+    let broker = Broker::from_args(args)?;
+    let svid = Svid::read(("--cert", &args.cert), ("--key", &args.key))?;
+    broker.connect(&svid).await
 }
 
 /// Exit codes of the client commands, so scripts can branch on them.
@@ -86,7 +66,7 @@ pub struct Failed {
 }
 
 /// A flag's value that cannot be used (exit code 2, as clap's own).
-pub(super) fn usage(message: String) -> anyhow::Error {
+pub fn usage(message: String) -> anyhow::Error {
     Failed {
         code: exit::USAGE,
         message,
@@ -96,6 +76,12 @@ pub(super) fn usage(message: String) -> anyhow::Error {
 
 /// A gRPC refusal as a message a person can act on, with its exit code.
 pub(super) fn status(e: tonic::Status) -> anyhow::Error {
+    refusal(e).into()
+}
+
+/// A gRPC refusal as a [`Failed`]: its exit code, and a message a person can
+/// act on (`mayfly bench` puts who was refused in front of it).
+pub fn refusal(e: tonic::Status) -> Failed {
     use tonic::Code as C;
     let (code, hint) = match e.code() {
         C::Unauthenticated => (
@@ -115,7 +101,6 @@ pub(super) fn status(e: tonic::Status) -> anyhow::Error {
         code,
         message: format!("{:?}: {}{hint}", e.code(), e.message()),
     }
-    .into()
 }
 
 pub async fn run(args: &ClientArgs, output: Output, cmd: &ClientCommand) -> anyhow::Result<()> {

@@ -59,6 +59,19 @@ impl Printer {
         }
     }
 
+    /// Prints a command's result as [`Printer::print`] does, but to people as
+    /// `text` rather than as the table of its fields.
+    pub fn print_or_text(
+        &self,
+        v: &impl Serialize,
+        text: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        match (self.output, &self.field) {
+            (Output::Table, None) => emit(&text()),
+            _ => self.print(v),
+        }
+    }
+
     /// A stream's line: a closed stdout ends the stream (`Ok(false)`).
     pub fn emit_line(&self, text: &str) -> anyhow::Result<bool> {
         match emit(&format!("{text}\n")) {

@@ -6,7 +6,7 @@ pub mod devcerts;
 mod svid;
 
 use crate::domain::{IdPattern, SpiffeId};
-pub use svid::{BundleError, Svid, TrustBundles, VerifyError, thumbprint};
+pub use svid::{BundleError, Svid, TrustBundles, VerifyError, leaf_id, thumbprint};
 
 use std::fmt;
 use std::net::SocketAddr;

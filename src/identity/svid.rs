@@ -212,6 +212,14 @@ pub fn thumbprint(cert: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
+/// The SPIFFE ID of a certificate one holds, judged by the leaf rules a broker
+/// applies to it (the chain is the broker's to check against its bundles): so
+/// that a client names its own identity, or learns before it connects that the
+/// certificate is no X.509-SVID.
+pub fn leaf_id(der: &[u8], now: UnixTime) -> Result<SpiffeId, VerifyError> {
+    check_leaf(der, now).map(|(id, _)| id)
+}
+
 /// The leaf-only rules: one SPIFFE URI SAN, not a CA, key usage, validity.
 fn check_leaf(der: &[u8], now: UnixTime) -> Result<(SpiffeId, i64), VerifyError> {
     let (_, cert) =

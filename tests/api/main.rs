@@ -7,6 +7,7 @@ mod audit_archive;
 mod audit_archive_db;
 mod audit_sealed;
 mod audit_sqlite;
+mod bench;
 mod cli;
 mod cli_archive;
 mod crm_example;
