@@ -144,6 +144,18 @@ pub(super) fn append_sealed<'a>(db: &Db, events: &'a [AuditEvent]) -> Option<Que
     )
 }
 
+/// What a batch of mints' transaction sets first, where the database has it:
+/// PostgreSQL plans the batch statement (and the sealed audit insert) once per
+/// connection, not at every execution, where a custom plan of that statement
+/// costs more than running it. Scoped to the transaction: other statements
+/// keep PostgreSQL's choice.
+pub(super) fn batch_plans(db: &Db) -> Option<Query<'static>> {
+    match &db.conn {
+        Conn::Postgres(_) => Some(query("SET LOCAL plan_cache_mode = force_generic_plan")),
+        Conn::Sqlite(_) => None,
+    }
+}
+
 /// Sealing the audit events that arrived with no position (an older broker's,
 /// during a rolling upgrade) on the server, where the
 /// database can: PostgreSQL's `mayfly_audit_seal` (migrations/…_audit_chain.sql)

@@ -14,6 +14,7 @@
 //! SQLite's one writer runs each mint's statements in turn in the transaction,
 //! which costs microseconds: its commit (a `fsync`) is what the batch shares.
 use super::arg::List;
+use super::dialect;
 use super::driver::{Conn, Db, Row};
 use super::tokens::{refusal_named, take};
 use super::*;
@@ -167,6 +168,9 @@ fn copy(e: &StoreError) -> StoreError {
 
 async fn in_one_transaction(db: &Db, batch: &[Pending]) -> Result<Vec<Recorded>, Failed> {
     let mut tx = db.begin(Write::InsertToken).await.map_err(Failed::Before)?;
+    if let Some(q) = dialect::batch_plans(db) {
+        tx.execute(q).await.map_err(Failed::Before)?;
+    }
     let judged = match &db.conn {
         Conn::Postgres(_) => judge_in_one_statement(&mut tx, batch).await,
         Conn::Sqlite(_) => judge_one_by_one(db, &mut tx, batch).await,
@@ -236,7 +240,7 @@ const BATCH: &str = "WITH r AS (
                                   kid, cert_thumbprint, issued_at, expires_at, budget, ord)
      ), k AS (
         SELECT id, agent, state, expires_at, tokens_minted FROM tasks
-        WHERE id IN (SELECT task_id FROM r) ORDER BY id FOR NO KEY UPDATE
+        WHERE id = ANY ($2::uuid[]) ORDER BY id FOR NO KEY UPDATE
      ), j AS (
         SELECT r.*, k.state, k.tokens_minted, CASE
             WHEN k.id IS NULL THEN 'task'
