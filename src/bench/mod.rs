@@ -14,6 +14,7 @@
 //! - `hold`: idle connections held open meanwhile.
 //! - `figures`: what a run measured, and its report.
 //! - `command`: `mayfly bench`, its flags to a [`Plan`] and its report printed.
+mod answer;
 mod command;
 mod edge;
 mod figures;
@@ -26,7 +27,8 @@ pub use figures::{ErrorKind, Failure, Figures, Histogram, Latency, Report, Unmea
 pub use tasks::{MIN_TASK, TaskPlan};
 
 use crate::client::{Broker, Failed, Svid, exit};
-use edge::{Ask, Outcome, Route};
+use answer::Outcome;
+use edge::{Ask, Route};
 use std::sync::Arc;
 use std::time::Duration;
 use tasks::{Opener, Slot};

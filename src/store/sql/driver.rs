@@ -17,8 +17,7 @@
 pub(super) use super::arg::{Arg, List, json};
 use super::notices;
 pub(super) use super::row::Row;
-use super::{FaultHook, Write, audit};
-use crate::domain::audit::AuditEvent;
+use super::{FaultHook, Write};
 use crate::store::gate::Health;
 use crate::store::{Notice, StoreError};
 use sqlx::postgres::PgPool;
@@ -29,6 +28,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+pub(super) use tx::Tx;
+
+mod tx;
 
 /// A connected database, and what every call on it passes: the fail-fast gate
 /// (reads are refused while the probe finds the database down, and given up when
@@ -238,20 +240,7 @@ impl Db {
     /// Starts the write transaction of `what`.
     pub async fn begin(&self, what: Write) -> Result<Tx, StoreError> {
         self.may_write(what)?;
-        let inner = match &self.conn {
-            Conn::Postgres(p) => p.begin().await.map(Inner::Pg),
-            Conn::Sqlite(l) => l.writer.begin().await.map(|tx| Inner::Lite {
-                tx,
-                notices: l.notices.clone(),
-                pending: Vec::new(),
-            }),
-        };
-        let inner = watch(&self.health, inner.map_err(map_err))?;
-        Ok(Tx {
-            inner,
-            db: self.clone(),
-            audit: Vec::new(),
-        })
+        Tx::begin(self).await
     }
 
     /// The write `what` as one statement in a transaction of its own.
@@ -379,128 +368,4 @@ async fn run_lite<'c>(
         Want::All => Got::All(q.fetch_all(on).await?.into_iter().map(Row::Lite).collect()),
         Want::Optional => Got::Optional(q.fetch_optional(on).await?.map(Row::Lite)),
     })
-}
-
-/// A write transaction; dropped without [`Tx::commit`], it rolls back.
-pub(super) struct Tx {
-    inner: Inner,
-    /// Where it runs: the gate its calls report to, and the dialect its commit
-    /// asks how to write its audit events.
-    db: Db,
-    /// Its audit events, written sealed by the commit (see [`Tx::record_audit`]).
-    audit: Vec<AuditEvent>,
-}
-
-enum Inner {
-    Pg(sqlx::Transaction<'static, Postgres>),
-    Lite {
-        tx: sqlx::Transaction<'static, Sqlite>,
-        notices: broadcast::Sender<Notice>,
-        /// Told to this process's feeds once the commit is through.
-        pending: Vec<Notice>,
-    },
-}
-
-impl Tx {
-    async fn run(&mut self, q: Query<'_>, want: Want) -> Result<Got, StoreError> {
-        let run = match &mut self.inner {
-            Inner::Pg(tx) => run_pg(&mut **tx, q, want).await,
-            Inner::Lite { tx, .. } => run_lite(&mut **tx, q, want).await,
-        };
-        watch(&self.db.health, run.map_err(map_err))
-    }
-
-    /// The database it runs on.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    /// Records audit events, written sealed by [`Tx::commit`] as the
-    /// transaction's last statement, in the order recorded; a rollback writes
-    /// none. Last, because sealing takes the audit chain's head (the next
-    /// position) under its row lock, held to the commit: a transaction that
-    /// holds it waits on no other lock, so none deadlocks, and it is held only
-    /// for the commit. A transaction that records none never touches the head.
-    pub fn record_audit(&mut self, events: &[&AuditEvent]) {
-        self.audit.extend(events.iter().map(|e| (*e).clone()));
-    }
-
-    /// Runs a statement; returns the rows it changed.
-    pub async fn execute(&mut self, q: Query<'_>) -> Result<u64, StoreError> {
-        self.run(q, Want::Changed).await.map(Got::changed)
-    }
-
-    pub async fn fetch_all(&mut self, q: Query<'_>) -> Result<Vec<Row>, StoreError> {
-        self.run(q, Want::All).await.map(Got::all)
-    }
-
-    pub async fn fetch_optional(&mut self, q: Query<'_>) -> Result<Option<Row>, StoreError> {
-        self.run(q, Want::Optional).await.map(Got::optional)
-    }
-
-    pub async fn fetch_one(&mut self, q: Query<'_>) -> Result<Row, StoreError> {
-        self.fetch_optional(q).await?.ok_or_else(no_row)
-    }
-
-    /// Tells every broker on the database once (and only if) this transaction
-    /// commits, in commit order.
-    pub async fn notify(&mut self, n: Notice) -> Result<(), StoreError> {
-        match &mut self.inner {
-            Inner::Pg(tx) => {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(notices::CHANNEL)
-                    .bind(notices::payload(n))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_err)?;
-            }
-            Inner::Lite { pending, .. } => pending.push(n),
-        }
-        Ok(())
-    }
-
-    /// Writes the audit events recorded, sealed, then commits. SQLite's commit
-    /// and its notices run in a task of their own, so a caller that stops
-    /// waiting (a cancelled request) cannot commit a write without its notice.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
-        let events = std::mem::take(&mut self.audit);
-        if !events.is_empty() {
-            audit::write_sealed(&mut self, &events).await?;
-        }
-        let done = match self.inner {
-            Inner::Pg(tx) => tx.commit().await.map_err(map_err),
-            Inner::Lite {
-                tx,
-                notices,
-                pending,
-            } if pending.is_empty() => {
-                drop(notices);
-                tx.commit().await.map_err(map_err)
-            }
-            Inner::Lite {
-                tx,
-                notices,
-                pending,
-            } => tokio::spawn(async move {
-                tx.commit().await.map_err(map_err)?;
-                for n in pending {
-                    // No feed listening is fine: nobody to tell.
-                    let _ = notices.send(n);
-                }
-                Ok(())
-            })
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Other(format!("committing: {e}")))),
-        };
-        watch(&self.db.health, done)
-    }
-
-    /// Rolls back (what dropping does, but waiting for it).
-    pub async fn rollback(self) -> Result<(), StoreError> {
-        match self.inner {
-            Inner::Pg(tx) => tx.rollback().await,
-            Inner::Lite { tx, .. } => tx.rollback().await,
-        }
-        .map_err(map_err)
-    }
 }

@@ -148,7 +148,7 @@ async fn write(db: &Db, batch: &[Pending]) -> Vec<Result<Recorded, StoreError>> 
             }
             answers
         }
-        Failed::Before(e) | Failed::Commit(e) => batch.iter().map(|_| Err(copy(&e))).collect(),
+        Failed::Before(e) | Failed::Commit(e) => batch.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
@@ -156,14 +156,6 @@ async fn write(db: &Db, batch: &[Pending]) -> Vec<Result<Recorded, StoreError>> 
 enum Failed {
     Before(StoreError),
     Commit(StoreError),
-}
-
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Other(m) => StoreError::Other(m.clone()),
-    }
 }
 
 async fn in_one_transaction(db: &Db, batch: &[Pending]) -> Result<Vec<Recorded>, Failed> {
@@ -182,10 +174,7 @@ async fn in_one_transaction(db: &Db, batch: &[Pending]) -> Result<Vec<Recorded>,
         .filter(|(_, j)| j.is_ok())
         .map(|(p, _)| minted_event(&p.token, &p.audit))
         .collect();
-    let events: Vec<&AuditEvent> = events.iter().collect();
-    insert_audit(&mut tx, &events)
-        .await
-        .map_err(Failed::Before)?;
+    tx.record_audit_owned(events);
     db.may_commit(Write::CommitTokens).map_err(Failed::Before)?;
     // The outcome of a commit that failed is the database's to know: every
     // mint is told the store is unavailable, and retries.
